@@ -1,0 +1,48 @@
+"""`python -m facelock_pl fit --config configs/X.yaml`: a LightningCLI around the protection engine.
+
+Every config value can be overridden on the command line (`--model.eps 0.02`, `--data.batch_size 4`,
+`--trainer.devices 2`); `--print_config` prints the resolved configuration.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from lightning.pytorch.cli import LightningCLI
+
+from .data import FaceDataModule
+from .engine import ProtectionModule
+from .progress import ImagesProgressBar
+
+TRAINER_DEFAULTS = {
+    "max_epochs": 1,  # one pass over the images; each batch is repeated `iterations` times
+    "enable_checkpointing": False,  # resuming works per image from the manifest, not from checkpoints
+    "enable_model_summary": False,
+    "num_sanity_val_steps": 0,
+    "log_every_n_steps": 1,
+    "callbacks": [ImagesProgressBar()],
+}
+
+
+class FaceLockCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_argument("--output_dir", type=str, default="outputs", help="folder for images/, manifest/ and logs")
+        parser.link_arguments("output_dir", "model.output_dir")
+        parser.link_arguments("output_dir", "data.output_dir")
+        parser.link_arguments("output_dir", "trainer.default_root_dir")
+        parser.link_arguments("model.iterations", "data.iterations")
+
+
+def main(args: list[str] | None = None) -> None:
+    FaceLockCLI(
+        ProtectionModule,
+        FaceDataModule,
+        trainer_defaults=TRAINER_DEFAULTS,
+        save_config_kwargs={"overwrite": True},
+        auto_configure_optimizers=False,
+        args=args,
+    )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

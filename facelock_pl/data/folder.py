@@ -1,0 +1,56 @@
+"""A folder of portraits (recursive) as a map-style dataset of working-resolution 8-bit images."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+from .images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, BadImageError, load_rgb, make_uid, square_resize
+
+
+def list_images(root: Path) -> list[tuple[str, str]]:
+    """(uid, relative path) of every image file under `root`, sorted; uids are unique."""
+    relative = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    uids = [make_uid(r) for r in relative]
+    counts = Counter(uids)
+    # `a/b.jpg` and `a/b.png` (or `a__b.jpg`) sanitise alike: disambiguate each by its full name.
+    uids = [u if counts[u] == 1 else f"{u}-{hashlib.sha1(r.encode()).hexdigest()[:8]}" for u, r in zip(uids, relative)]
+    return list(zip(uids, relative))
+
+
+def failed_item(uid: str, source: str, resolution: int, message: str) -> dict:
+    return {"uid": uid, "source": source, "image": torch.zeros(3, resolution, resolution, dtype=torch.uint8),
+            "width": 0, "height": 0, "status": "error", "message": message}
+
+
+class FolderImages(Dataset):
+    """Items: dict(uid, source, image uint8 [3, R, R], width, height, status, message).
+
+    A file that cannot be decoded yields `status="error"` and a message instead of raising: one bad
+    image never stops a run.
+    """
+
+    def __init__(self, root: str | Path, resolution: int = 512, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 entries: list[tuple[str, str]] | None = None):
+        self.root = Path(root).expanduser()
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"data.source {self.root} is not a folder")
+        self.resolution = resolution
+        self.max_pixels = max_pixels
+        self.entries = list_images(self.root) if entries is None else entries
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, index: int) -> dict:
+        uid, relative = self.entries[index]
+        try:
+            image = load_rgb(self.root / relative, self.max_pixels)
+        except BadImageError as error:
+            return failed_item(uid, relative, self.resolution, str(error))
+        return {"uid": uid, "source": relative, "image": square_resize(image, self.resolution),
+                "width": image.width, "height": image.height, "status": "ok", "message": ""}

@@ -1,0 +1,12 @@
+"""Frozen networks the protection attacks: VAEs, face detector and recognisers, LPIPS."""
+
+from .faces import FaceDetector, FaceGeometry
+from .perceptual import LPIPSDistance, LPIPSSpec, load_lpips
+from .recognizers import FaceRecognizer, RecognizerSpec, load_recognizer
+from .vae import FrozenVAE, VAESpec, load_vae
+from .weights import WeightsUnavailableError
+
+__all__ = [
+    "FaceDetector", "FaceGeometry", "FaceRecognizer", "FrozenVAE", "LPIPSDistance", "LPIPSSpec",
+    "RecognizerSpec", "VAESpec", "WeightsUnavailableError", "load_lpips", "load_recognizer", "load_vae",
+]

@@ -1,0 +1,118 @@
+"""Face detection on the clean image, and differentiable crops/alignments that reuse its geometry.
+
+Detection (facenet-pytorch `MTCNN`, whose weights ship in the wheel) runs once per image. Every
+recogniser then turns that geometry into a 2x3 sampling matrix, also once per image, and each PGD
+iteration only applies `warp` (affine_grid + grid_sample), which is differentiable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# The standard ArcFace 112x112 template of the five landmarks (eyes, nose, mouth corners).
+ARCFACE_TEMPLATE_112 = torch.tensor(
+    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]]
+)
+
+
+@dataclass
+class FaceGeometry:
+    """Per image: `found` [B] bool, `boxes` [B, 4] (x1, y1, x2, y2), `landmarks` [B, 5, 2], in pixels."""
+
+    found: torch.Tensor
+    boxes: torch.Tensor
+    landmarks: torch.Tensor
+
+    @classmethod
+    def whole_image(cls, n: int, height: int, width: int) -> "FaceGeometry":
+        """No face: the geometry is the whole image, so alignments stay finite (no NaN gradients)."""
+        boxes = torch.tensor([0.0, 0.0, width, height]).repeat(n, 1)
+        points = (ARCFACE_TEMPLATE_112 / 112.0 * torch.tensor([width, height])).repeat(n, 1, 1)
+        return cls(torch.zeros(n, dtype=torch.bool), boxes, points)
+
+    def to(self, device: torch.device) -> "FaceGeometry":
+        return FaceGeometry(self.found.to(device), self.boxes.to(device), self.landmarks.to(device))
+
+
+class FaceDetector(nn.Module):
+    """MTCNN boxes and 5-point landmarks of the most prominent (largest) face of each image."""
+
+    def __init__(self, min_probability: float = 0.9):
+        super().__init__()
+        from facenet_pytorch import MTCNN
+
+        self.mtcnn = MTCNN(select_largest=True, keep_all=False, post_process=False)
+        self.min_probability = min_probability
+        self.requires_grad_(False).eval()
+
+    @torch.no_grad()
+    def forward(self, images_uint8: torch.Tensor) -> FaceGeometry:
+        """images_uint8: [B, 3, H, W] uint8 RGB, all of one size."""
+        self.mtcnn.device = images_uint8.device  # MTCNN keeps its own device attribute
+        batch = images_uint8.permute(0, 2, 3, 1).float()
+        boxes, probs, points = self.mtcnn.detect(batch, landmarks=True)
+        n, _, height, width = images_uint8.shape
+        geometry = FaceGeometry.whole_image(n, height, width)
+        for i in range(n):
+            if boxes[i] is None or probs[i][0] is None or probs[i][0] < self.min_probability:
+                continue
+            geometry.found[i] = True
+            geometry.boxes[i] = torch.as_tensor(np.asarray(boxes[i][0], dtype=np.float32))
+            geometry.landmarks[i] = torch.as_tensor(np.asarray(points[i][0], dtype=np.float32))
+        return geometry.to(images_uint8.device)
+
+
+def similarity_transform(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
+    """Least-squares similarity (Umeyama) mapping points `src` [B, K, 2] onto `dst` [K, 2]: [B, 2, 3]."""
+    src = src.double()
+    dst = dst.to(src).expand_as(src)
+    mu_s, mu_d = src.mean(1, keepdim=True), dst.mean(1, keepdim=True)
+    s0, d0 = src - mu_s, dst - mu_d
+    cov = d0.transpose(1, 2) @ s0 / src.shape[1]
+    u, sigma, vh = torch.linalg.svd(cov)
+    sign = torch.ones_like(sigma)
+    sign[:, -1] = torch.sign(torch.det(u) * torch.det(vh))
+    rotation = u @ torch.diag_embed(sign) @ vh
+    scale = (sigma * sign).sum(1) / s0.pow(2).sum((1, 2)).div(src.shape[1])
+    linear = scale[:, None, None] * rotation
+    shift = mu_d.transpose(1, 2) - linear @ mu_s.transpose(1, 2)
+    return torch.cat([linear, shift], dim=2).float()
+
+
+def box_transform(boxes: torch.Tensor, out_size: int, margin: float) -> torch.Tensor:
+    """Matrix [B, 2, 3] mapping pixels of the box (grown by `margin` output pixels, as facenet-pytorch's
+    `extract_face` does) onto an `out_size` square."""
+    x1, y1, x2, y2 = boxes.unbind(1)
+    grow_x = margin * (x2 - x1) / (out_size - margin) / 2
+    grow_y = margin * (y2 - y1) / (out_size - margin) / 2
+    x1, x2, y1, y2 = x1 - grow_x, x2 + grow_x, y1 - grow_y, y2 + grow_y
+    sx, sy = out_size / (x2 - x1), out_size / (y2 - y1)
+    zero = torch.zeros_like(sx)
+    # Pixel edges map to pixel edges: centre u of output pixel j sits at (j + 0.5) / sx + x1 - 0.5.
+    return torch.stack(
+        [torch.stack([sx, zero, -(x1 - 0.5) * sx - 0.5], 1), torch.stack([zero, sy, -(y1 - 0.5) * sy - 0.5], 1)], 1
+    )
+
+
+def sampling_theta(src_to_dst: torch.Tensor, in_hw: tuple[int, int], out_hw: tuple[int, int]) -> torch.Tensor:
+    """Turn a pixel-space map source->output ([B, 2, 3], pixel centres at integers) into the
+    normalised output->source matrix that `F.affine_grid(align_corners=False)` expects."""
+    def to_norm(h: int, w: int) -> torch.Tensor:  # pixel -> [-1, 1]
+        return torch.tensor([[2.0 / w, 0, 1.0 / w - 1], [0, 2.0 / h, 1.0 / h - 1], [0, 0, 1]], dtype=torch.float64)
+
+    batch = src_to_dst.shape[0]
+    full = torch.eye(3, dtype=torch.float64).repeat(batch, 1, 1)
+    full[:, :2] = src_to_dst.double().cpu()
+    theta = to_norm(*in_hw) @ torch.linalg.inv(full) @ torch.linalg.inv(to_norm(*out_hw))
+    return theta[:, :2].float().to(src_to_dst.device)
+
+
+def warp(images: torch.Tensor, theta: torch.Tensor, out_hw: tuple[int, int]) -> torch.Tensor:
+    """Differentiable crop/alignment of [-1, 1] images; outside the image is black (-1), as in cv2."""
+    grid = F.affine_grid(theta.to(images.dtype), [images.shape[0], images.shape[1], *out_hw], align_corners=False)
+    return F.grid_sample(images + 1, grid, mode="bilinear", padding_mode="zeros", align_corners=False) - 1

@@ -1,0 +1,164 @@
+"""Face recognisers: embeddings of aligned faces, differentiable with respect to the image.
+
+Backends:
+- `facenet`: facenet-pytorch `InceptionResnetV1` (Schroff et al. 2015) on the 160x160 MTCNN box crop,
+  standardised as (x255 - 127.5) / 128. Weights: `vggface2`, `casia-webface` (facenet-pytorch's released
+  weights, cached under `$TORCH_HOME/checkpoints`) or a local state-dict file (.pt/.safetensors).
+- `onnx`: any ONNX face-recognition model (SFace, ArcFace, AdaFace exports...) converted by `onnx2torch`,
+  on the 112x112 ArcFace alignment (similarity transform of the 5 landmarks). The graph's input is
+  `x_pm1 * input_scale + input_offset` (SFace: 127.5, 127.5 -> [0, 255]; InsightFace: 1, 0).
+- `tiny-random`: a randomly initialised miniature CNN on a 32x32 box crop, for tests and benchmarks only.
+
+`embed(x, theta)` returns L2-normalised embeddings [B, D] of [-1, 1] images `x` warped by `theta`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .faces import ARCFACE_TEMPLATE_112, FaceGeometry, box_transform, sampling_theta, similarity_transform, warp
+from .weights import WeightsUnavailableError, facenet_pytorch_cache_dir, frozen, load_state_dict_file, load_strict_except
+
+FACENET_RELEASES = {
+    "vggface2": "20180402-114759-vggface2.pt",
+    "casia-webface": "20180408-102900-casia-webface.pt",
+}
+
+
+@dataclass
+class RecognizerSpec:
+    """Which face recogniser to load, how to align its input, and its weight in an ensemble.
+
+    Args:
+        kind: `facenet`, `onnx` or `tiny-random`.
+        weights: facenet: `vggface2`, `casia-webface` or a state-dict path; onnx: path to the `.onnx` file.
+        name: label for logs and manifest columns (defaults to the kind).
+        weight: weight of this recogniser's cosine in the FR term.
+        margin: facenet box-crop margin in output pixels (facenet-pytorch's `MTCNN(margin=...)`).
+        input_scale, input_offset: onnx input = x_pm1 * input_scale + input_offset.
+        bgr: onnx model expects BGR channel order.
+    """
+
+    kind: Literal["facenet", "onnx", "tiny-random"] = "facenet"
+    weights: str = "vggface2"
+    name: str | None = None
+    weight: float = 1.0
+    margin: float = 0.0
+    input_scale: float = 127.5
+    input_offset: float = 127.5
+    bgr: bool = False
+
+    @property
+    def label(self) -> str:
+        return self.name or self.kind
+
+
+class FaceRecognizer(nn.Module):
+    """A recogniser together with the alignment that its training used."""
+
+    def __init__(self, net: nn.Module, spec: RecognizerSpec, input_size: int, alignment: Literal["box", "arcface"]):
+        super().__init__()
+        self.net = net
+        self.spec = spec
+        self.input_size = input_size
+        self.alignment = alignment
+
+    def theta(self, geometry: FaceGeometry, image_hw: tuple[int, int]) -> torch.Tensor:
+        """Sampling matrices [B, 2, 3] for these faces; computed once per image."""
+        if self.alignment == "arcface":
+            template = ARCFACE_TEMPLATE_112 * (self.input_size / 112.0)
+            to_face = similarity_transform(geometry.landmarks.cpu(), template)
+        else:
+            to_face = box_transform(geometry.boxes.cpu(), self.input_size, self.spec.margin)
+        return sampling_theta(to_face, image_hw, (self.input_size, self.input_size)).to(geometry.boxes.device)
+
+    def forward(self, faces_pm1: torch.Tensor) -> torch.Tensor:
+        """Embeddings of already-aligned faces in [-1, 1]."""
+        if self.spec.kind == "onnx":
+            faces = faces_pm1.flip(1) if self.spec.bgr else faces_pm1
+            inputs = faces * self.spec.input_scale + self.spec.input_offset
+        elif self.spec.kind == "facenet":
+            inputs = faces_pm1 * (127.5 / 128.0)  # (x255 - 127.5) / 128
+        else:
+            inputs = faces_pm1
+        return F.normalize(self.net(inputs).float().flatten(1), dim=1)
+
+    def embed(self, images_pm1: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+        return self(warp(images_pm1, theta, (self.input_size, self.input_size)))
+
+
+class TinyRandomRecognizerNet(nn.Sequential):
+    """A randomly initialised 3-layer CNN, 32x32 -> 32-d. For tests and benchmarks only."""
+
+    def __init__(self, seed: int = 0):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            super().__init__(
+                nn.Conv2d(3, 16, 3, stride=2, padding=1), nn.ReLU(),
+                nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(),
+                nn.Conv2d(32, 32, 3, stride=2, padding=1), nn.AdaptiveAvgPool2d(1),
+            )
+
+
+def _facenet(spec: RecognizerSpec) -> nn.Module:
+    from facenet_pytorch import InceptionResnetV1
+
+    net = InceptionResnetV1(pretrained=None, classify=False)
+    if spec.weights in FACENET_RELEASES:
+        cached = facenet_pytorch_cache_dir() / FACENET_RELEASES[spec.weights]
+        if not cached.exists():
+            try:  # facenet-pytorch downloads its releases into the same cache
+                from facenet_pytorch.models.inception_resnet_v1 import load_weights
+
+                load_weights(net, spec.weights)
+                return net
+            except Exception as error:
+                raise WeightsUnavailableError(
+                    f"facenet InceptionResnetV1 ({spec.weights})",
+                    [str(cached), "https://github.com/timesler/facenet-pytorch/releases"],
+                    "Put the released .pt file there, or pass a local state dict with "
+                    "--model.recognizers '[{kind: facenet, weights: /path/to/weights.safetensors}]'.",
+                    error,
+                ) from error
+        state = load_state_dict_file(cached)
+    else:
+        path = Path(spec.weights).expanduser()
+        if not path.is_file():
+            raise WeightsUnavailableError(
+                f"facenet InceptionResnetV1 ({spec.weights})", [str(path)],
+                "weights must be 'vggface2', 'casia-webface' or the path of a state-dict file.",
+            )
+        state = load_state_dict_file(path)
+    # Only the classification head (unused for embeddings) may be absent.
+    load_strict_except(net, state, ("logits.",), f"facenet weights {spec.weights}")
+    return net
+
+
+def _onnx(spec: RecognizerSpec) -> nn.Module:
+    path = Path(spec.weights).expanduser()
+    if not path.is_file():
+        raise WeightsUnavailableError(
+            f"ONNX face recogniser {spec.weights}", [str(path)],
+            "Give the path of an .onnx face-recognition model in the recogniser's `weights`.",
+        )
+    import onnx
+    from onnx2torch import convert
+
+    return convert(onnx.load(str(path)))
+
+
+def load_recognizer(spec: RecognizerSpec) -> FaceRecognizer:
+    """Load the recogniser named by `spec`, frozen, in eval mode."""
+    if spec.kind == "facenet":
+        return frozen(FaceRecognizer(_facenet(spec), spec, 160, "box"))
+    if spec.kind == "onnx":
+        return frozen(FaceRecognizer(_onnx(spec), spec, 112, "arcface"))
+    if spec.kind == "tiny-random":
+        return frozen(FaceRecognizer(TinyRandomRecognizerNet(), spec, 32, "box"))
+    raise ValueError(f"unknown recogniser kind {spec.kind!r}")

@@ -1,0 +1,128 @@
+"""The frozen image autoencoder E/D that diffusion editors work in.
+
+Backends:
+- `kl`: diffusers `AutoencoderKL` (Stable Diffusion's VAE), from a hub id or a local folder; the latent is
+  the posterior mean (FaceLock's choice).
+- `taesd`: diffusers `AutoencoderTiny`, from a hub id (e.g. `madebyollin/taesd`), a local diffusers folder,
+  or a local folder holding the original TAESD files `*_encoder.safetensors` / `*_decoder.safetensors`.
+- `tiny-random-kl`: a randomly initialised miniature `AutoencoderKL`, for tests and benchmarks only.
+
+Pixels in and out are in [-1, 1].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+
+from .weights import WeightsUnavailableError, frozen, hub_offline, load_state_dict_file
+
+
+@dataclass
+class VAESpec:
+    """Which autoencoder to load.
+
+    Args:
+        kind: `kl`, `taesd` or `tiny-random-kl`.
+        path: hub id or local folder (unused by `tiny-random-kl`).
+        subfolder: subfolder inside `path` holding the VAE (`vae` for a full pipeline repo).
+        name: label used in logs and manifests.
+    """
+
+    kind: Literal["kl", "taesd", "tiny-random-kl"] = "kl"
+    path: str = "timbrooks/instruct-pix2pix"
+    subfolder: str | None = "vae"
+    name: str = "vae"
+
+
+class FrozenVAE(nn.Module):
+    """Encoder/decoder pair with a uniform interface: `encode(x) -> z`, `decode(z) -> x`."""
+
+    def __init__(self, model: nn.Module, posterior_mean: bool):
+        super().__init__()
+        self.model = model
+        self.posterior_mean = posterior_mean
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model.encode(x)
+        # AutoencoderTiny.forward() rounds latents to 8 bits without gradient: use encode/decode.
+        return out.latent_dist.mean if self.posterior_mean else out.latents
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.model.decode(z).sample
+
+
+def _taesd_from_original_files(folder: Path) -> nn.Module:
+    """AutoencoderTiny from the original TAESD key layout (see ../shared/README.md)."""
+    from diffusers import AutoencoderTiny
+
+    encoders = sorted(folder.glob("*_encoder.safetensors"))
+    decoders = sorted(folder.glob("*_decoder.safetensors"))
+    if len(encoders) != 1 or len(decoders) != 1:
+        raise FileNotFoundError(f"expected one *_encoder.safetensors and one *_decoder.safetensors in {folder}")
+    state = {f"encoder.layers.{k}": v for k, v in load_state_dict_file(encoders[0]).items()}
+    for key, value in load_state_dict_file(decoders[0]).items():
+        index, rest = key.split(".", 1)
+        # Index 0 of the original decoder is a parameter-free clamp that diffusers does not count.
+        state[f"decoder.layers.{int(index) - 1}.{rest}"] = value
+    model = AutoencoderTiny()
+    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+    return model
+
+
+def tiny_random_kl(seed: int = 0) -> nn.Module:
+    """A randomly initialised 2-level AutoencoderKL (latent stride 2). For tests and benchmarks only."""
+    from diffusers import AutoencoderKL
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return AutoencoderKL(
+            in_channels=3,
+            out_channels=3,
+            down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+            up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+            block_out_channels=(8, 16),
+            layers_per_block=1,
+            latent_channels=4,
+            norm_num_groups=4,
+            sample_size=64,
+        )
+
+
+def _from_pretrained(cls, spec: VAESpec) -> nn.Module:
+    local = Path(spec.path).expanduser()
+    source = str(local) if local.exists() else spec.path
+    kwargs = {"subfolder": spec.subfolder} if spec.subfolder else {}
+    return cls.from_pretrained(source, local_files_only=hub_offline(), **kwargs)
+
+
+def load_vae(spec: VAESpec) -> FrozenVAE:
+    """Load the autoencoder named by `spec`, frozen, in eval mode, float32."""
+    from diffusers import AutoencoderKL, AutoencoderTiny
+
+    if spec.kind == "tiny-random-kl":
+        return frozen(FrozenVAE(tiny_random_kl(), posterior_mean=True))
+    try:
+        if spec.kind == "kl":
+            model = _from_pretrained(AutoencoderKL, spec)
+        elif spec.kind == "taesd":
+            folder = Path(spec.path).expanduser()
+            original_layout = folder.is_dir() and any(folder.glob("*_encoder.safetensors"))
+            model = _taesd_from_original_files(folder) if original_layout else _from_pretrained(AutoencoderTiny, spec)
+        else:
+            raise ValueError(f"unknown VAE kind {spec.kind!r}")
+    except ValueError:
+        raise
+    except Exception as error:  # hub, file-system and format errors all end the same way
+        raise WeightsUnavailableError(
+            f"the {spec.kind} VAE {spec.path!r}" + (f" (subfolder {spec.subfolder!r})" if spec.subfolder else ""),
+            [f"local path {Path(spec.path).expanduser()}", f"Hugging Face hub id {spec.path} (HF_HOME cache; offline={hub_offline()})"],
+            "Give a local folder with --model.vae.path (a diffusers VAE folder, or for taesd the original "
+            "taesd_encoder/decoder.safetensors files).",
+            error,
+        ) from error
+    return frozen(FrozenVAE(model.float(), posterior_mean=spec.kind == "kl"))

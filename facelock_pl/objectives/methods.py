@@ -1,0 +1,137 @@
+"""Protection methods: what each PGD iteration ascends. One class per method, as in torchattacks.
+
+Each method's `objective(x_adv, clean, progress)` returns the per-sample objective to *ascend* ([B])
+and the per-sample value of every term it computed. `progress` is iteration / iterations per sample,
+so samples of one batch may be at different iterations. Terms whose weight is zero for the whole
+batch at this iteration are not computed (and neither are the decoder passes only they need).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+from .terms import CleanFeatures, Networks
+
+
+class ProtectionMethod:
+    """Base class. Subclasses set `needs_latent`, `needs_lpips`, `needs_faces` and `objective`."""
+
+    name: str = ""
+    needs_latent = False  # clean latent E(x)
+    needs_lpips = False  # clean LPIPS features
+    needs_faces = False  # FR term in the loss
+
+    def objective(
+        self, nets: Networks, x_adv: torch.Tensor, clean: CleanFeatures, progress: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        raise NotImplementedError
+
+
+class FaceLock(ProtectionMethod):
+    """FaceLock: "Edit Away and My Face Will not Stay" (Wang et al., arXiv 2411.16832).
+
+    Ascends, per sample,
+        -fr_weight    * cos(FR(D(E(x_adv))), FR(x))      while progress >= fr_start
+        +latent_weight * MSE(E(x_adv), E(x))
+        +lpips_weight * LPIPS(D(E(x_adv)), x)           while progress >  lpips_start
+    The gates follow the published code (`i >= 0.35 N` and `i > 0.25 N`). Images without a detected face
+    get no FR term (their other terms still apply).
+
+    Args:
+        fr_weight: weight of the face-recognition cosine (default 1.0).
+        latent_weight: weight of the latent MSE (default 0.2).
+        lpips_weight: weight of LPIPS (default 1.0; 0 disables it and its network).
+        fr_start: share of iterations before the FR term switches on (default 0.35).
+        lpips_start: share of iterations after which LPIPS switches on (default 0.25).
+
+    Example:
+        >>> method = FaceLock(lpips_weight=0.0)
+        >>> # objective, terms = method.objective(nets, x_adv, clean, progress)   # [B], {name: [B]}
+    """
+
+    name = "facelock"
+    needs_latent = True
+    needs_faces = True
+
+    def __init__(self, fr_weight: float = 1.0, latent_weight: float = 0.2, lpips_weight: float = 1.0,
+                 fr_start: float = 0.35, lpips_start: float = 0.25):
+        self.fr_weight, self.latent_weight, self.lpips_weight = fr_weight, latent_weight, lpips_weight
+        self.fr_start, self.lpips_start = fr_start, lpips_start
+        self.needs_lpips = lpips_weight != 0
+
+    def term_weights(self, progress: torch.Tensor, face_found: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-sample weight of each term at this point of the schedule."""
+        return {
+            "fr_cos": -self.fr_weight * ((progress >= self.fr_start) & face_found).float(),
+            "latent_mse": torch.full_like(progress, self.latent_weight),
+            "lpips": self.lpips_weight * (progress > self.lpips_start).float(),
+        }
+
+    def objective(self, nets, x_adv, clean, progress):
+        weights = self.term_weights(progress, clean.face_found)
+        latent = nets.vae.encode(x_adv)
+        terms = {"latent_mse": Networks.latent_mse(latent, clean)}
+        if (weights["fr_cos"] != 0).any() or (weights["lpips"] != 0).any():
+            recon = nets.reconstruct(latent)
+            if (weights["fr_cos"] != 0).any():
+                terms["fr_cos"] = nets.fr_cos(recon, clean)
+            if (weights["lpips"] != 0).any():
+                terms["lpips"] = nets.lpips_distance(recon, clean)
+        objective = sum(weights[name] * value for name, value in terms.items())
+        return objective, terms
+
+
+class PhotoGuard(ProtectionMethod):
+    """PhotoGuard encoder attack (Salman et al., "Raising the Cost of Malicious AI-Powered Image
+    Editing", ICML 2023): descends ||E(x_adv) - z_target||_2 so the editor sees a target latent.
+
+    Args:
+        target: `zero` (the published default, the zero latent) — the only target offered.
+    """
+
+    name = "photoguard"
+
+    def __init__(self, target: Literal["zero"] = "zero"):
+        self.target = target
+
+    def objective(self, nets, x_adv, clean, progress):
+        latent = nets.vae.encode(x_adv).float()
+        distance = latent.flatten(1).norm(dim=1)  # to the zero latent
+        return -distance, {"latent_target_dist": distance}
+
+
+class EncoderAttack(ProtectionMethod):
+    """Untargeted encoder attack (the encoder baseline of the FaceLock paper; after Salman et al.
+    2023): ascends MSE(E(x_adv), E(x)), pushing the latent away from the clean one."""
+
+    name = "encoder"
+    needs_latent = True
+
+    def objective(self, nets, x_adv, clean, progress):
+        mse = Networks.latent_mse(nets.vae.encode(x_adv), clean)
+        return mse, {"latent_mse": mse}
+
+
+class VAEAttack(ProtectionMethod):
+    """VAE attack (the "VAE" baseline of the FaceLock paper): descends ||D(E(x_adv))||_2, driving the
+    reconstruction towards a flat grey image."""
+
+    name = "vae"
+
+    def objective(self, nets, x_adv, clean, progress):
+        recon = nets.reconstruct(nets.vae.encode(x_adv)).float()
+        norm = recon.flatten(1).norm(dim=1)
+        return -norm, {"recon_norm": norm}
+
+
+METHODS: dict[str, type[ProtectionMethod]] = {
+    cls.name: cls for cls in (FaceLock, PhotoGuard, EncoderAttack, VAEAttack)
+}
+
+
+def build_method(name: str, **kwargs) -> ProtectionMethod:
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; choose one of {sorted(METHODS)}")
+    return METHODS[name](**kwargs) if name == "facelock" else METHODS[name]()
