@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import sys
 
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningCLI
 
 from .data import FaceDataModule
 from .engine import ProtectionModule
+from .models import WeightsUnavailableError
 from .progress import ImagesProgressBar
 
 TRAINER_DEFAULTS = {
@@ -20,7 +22,6 @@ TRAINER_DEFAULTS = {
     "enable_model_summary": False,
     "num_sanity_val_steps": 0,
     "log_every_n_steps": 1,
-    "callbacks": [ImagesProgressBar()],
 }
 
 
@@ -32,16 +33,30 @@ class FaceLockCLI(LightningCLI):
         parser.link_arguments("output_dir", "trainer.default_root_dir")
         parser.link_arguments("model.iterations", "data.iterations")
 
+    def instantiate_trainer(self, **kwargs):
+        config = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        trainer = config["trainer"]
+        callbacks = list(trainer.get("callbacks") or [])
+        # The images-counting bar, unless the user turned bars off or brought their own.
+        if trainer.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
+            kwargs["callbacks"] = [*callbacks, ImagesProgressBar()]
+        return super().instantiate_trainer(**kwargs)
+
 
 def main(args: list[str] | None = None) -> None:
-    FaceLockCLI(
-        ProtectionModule,
-        FaceDataModule,
-        trainer_defaults=TRAINER_DEFAULTS,
-        save_config_kwargs={"overwrite": True},
-        auto_configure_optimizers=False,
-        args=args,
-    )
+    try:
+        FaceLockCLI(
+            ProtectionModule,
+            FaceDataModule,
+            trainer_defaults=TRAINER_DEFAULTS,
+            save_config_kwargs={"overwrite": True},
+            auto_configure_optimizers=False,
+            args=args,
+        )
+    except WeightsUnavailableError as error:
+        # Models load before any image is touched: say once, plainly, what is missing and how to fix it.
+        print(f"facelock_pl: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -11,10 +11,13 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import lightning as L
+from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..outputs.manifest import finished_uids
-from .folder import FolderImages
+from .folder import FolderImages, demo_entries
+
+DEMO_SOURCE = "demo"  # the portraits that scikit-image and matplotlib ship
 from .images import DEFAULT_MAX_PIXELS
 
 
@@ -38,7 +41,8 @@ class FaceDataModule(L.LightningDataModule):
     """Portraits to protect.
 
     Args:
-        source: a folder of images (searched recursively for jpg/png/webp/bmp/tiff).
+        source: a folder of images (searched recursively for jpg/png/webp/bmp/tiff), or `demo` for the
+            public-domain portraits that scikit-image and matplotlib ship.
         resolution: working resolution in pixels (centre square crop, antialiased resize).
         batch_size: images optimised together in one PGD step.
         num_workers: loader worker processes (decoding and resizing happen there).
@@ -66,10 +70,15 @@ class FaceDataModule(L.LightningDataModule):
     def setup(self, stage: str) -> None:
         if not self.source:
             raise ValueError("data.source is empty: give a folder of images with --data.source PATH")
-        dataset = FolderImages(self.source, self.resolution, self.max_pixels)
+        if self.source == DEMO_SOURCE:
+            dataset = FolderImages("/", self.resolution, self.max_pixels, entries=demo_entries())
+        else:
+            dataset = FolderImages(self.source, self.resolution, self.max_pixels)
         done = finished_uids(Path(self.output_dir))
         pending = [i for i, (uid, _) in enumerate(dataset.entries) if uid not in done]
         self.num_skipped = len(dataset) - len(pending)
+        rank_zero_info(f"facelock_pl: {len(dataset)} images in {self.source}; skipping {self.num_skipped} already "
+                       f"protected in {self.output_dir}; {len(pending)} to do")
         if self.limit is not None:
             pending = pending[: self.limit]
         self.dataset = Subset(dataset, pending)

@@ -22,6 +22,17 @@ def list_images(root: Path) -> list[tuple[str, str]]:
     return list(zip(uids, relative))
 
 
+def demo_entries() -> list[tuple[str, str]]:
+    """(uid, absolute path) of public-domain portraits that installed packages carry."""
+    import matplotlib
+    import skimage
+
+    return [
+        ("astronaut", str(Path(skimage.__file__).parent / "data" / "astronaut.png")),
+        ("grace_hopper", str(Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg")),
+    ]
+
+
 def failed_item(uid: str, source: str, resolution: int, message: str) -> dict:
     return {"uid": uid, "source": source, "image": torch.zeros(3, resolution, resolution, dtype=torch.uint8),
             "width": 0, "height": 0, "status": "error", "message": message}
@@ -36,8 +47,9 @@ class FolderImages(Dataset):
 
     def __init__(self, root: str | Path, resolution: int = 512, max_pixels: int = DEFAULT_MAX_PIXELS,
                  entries: list[tuple[str, str]] | None = None):
+        """`entries` (uid, path relative to `root` or absolute) replaces listing the folder."""
         self.root = Path(root).expanduser()
-        if not self.root.is_dir():
+        if entries is None and not self.root.is_dir():
             raise FileNotFoundError(f"data.source {self.root} is not a folder")
         self.resolution = resolution
         self.max_pixels = max_pixels

@@ -115,6 +115,7 @@ class ProtectionModule(L.LightningModule):
         self.images_done = 0
         self.counts = {"ok": 0, "no_face": 0, "error": 0}
         self._writer: ManifestWriter | None = None
+        self.requires_grad_(False).eval()
 
     # The frozen networks stay in eval mode: Lightning calls .train() when fitting starts.
     def train(self, mode: bool = True) -> "ProtectionModule":

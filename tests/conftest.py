@@ -1,0 +1,70 @@
+"""Shared fixtures. Kernel tests run Triton on CPU through its interpreter (set before triton loads)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_ASSETS = ROOT.parent / "shared" / "assets"
+needs_shared = pytest.mark.skipif(
+    not SHARED_ASSETS.is_dir(), reason=f"real offline weights and faces not found at {SHARED_ASSETS} (../shared/assets)"
+)
+
+
+def astronaut() -> Image.Image:
+    from skimage import data
+
+    return Image.fromarray(data.astronaut())
+
+
+def grace_hopper() -> Image.Image:
+    import matplotlib
+
+    return Image.open(Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg").convert("RGB")
+
+
+@pytest.fixture
+def face_folder(tmp_path: Path) -> Path:
+    """Two real public-domain portraits that installed packages carry."""
+    folder = tmp_path / "faces"
+    folder.mkdir()
+    astronaut().save(folder / "astronaut.png")
+    grace_hopper().save(folder / "grace_hopper.jpg", quality=95)
+    return folder
+
+
+@pytest.fixture
+def shared_assets() -> Path:
+    if not SHARED_ASSETS.is_dir():
+        pytest.skip(f"real offline weights and faces not found at {SHARED_ASSETS}")
+    return SHARED_ASSETS
+
+
+def tiny_module_kwargs(**overrides) -> dict:
+    """ProtectionModule arguments for the tiny random models (CPU, seconds)."""
+    from facelock_pl.models import LPIPSSpec, RecognizerSpec, VAESpec
+
+    kwargs = dict(method="facelock", iterations=8, vae=VAESpec(kind="tiny-random-kl"),
+                  recognizers=[RecognizerSpec(kind="tiny-random")], lpips=LPIPSSpec(net="tiny-random"), amp_dtype=None)
+    kwargs.update(overrides)
+    return kwargs
+
+
+def copy_tree(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def random_image(size=(80, 96), seed=0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (*size, 3), dtype=np.uint8)

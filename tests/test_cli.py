@@ -1,0 +1,124 @@
+"""`python -m facelock_pl fit --config configs/tiny.yaml` end to end, resume, bad inputs, missing weights."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from conftest import ROOT, random_image
+from facelock_pl.cli import main
+from facelock_pl.data import square_resize
+from facelock_pl.objectives import TERM_NAMES
+from facelock_pl.outputs import SCHEMA, read_manifest
+
+MANIFEST_COLUMNS = ["uid", "source", "status", "message", "method", "width", "height", "iterations", "linf_255", "psnr_db",
+                    *[f"term_{t}" for t in TERM_NAMES], "fr_cos_recon", "seconds", "finished_at", "rank"]
+
+
+@pytest.fixture
+def messy_folder(face_folder: Path) -> Path:
+    """Real faces plus every awkward input of the engine issue."""
+    rgb = Image.fromarray(random_image((90, 120)))
+    sub = face_folder / "sub dir"
+    sub.mkdir()
+    rgb.convert("L").save(sub / "gray.png")
+    rgb.convert("CMYK").save(face_folder / "cmyk.jpg")
+    rgb.convert("RGBA").save(face_folder / "rgba.png")
+    Image.fromarray(np.full((70, 70), 40000, dtype=np.uint16)).save(face_folder / "deep16.png")
+    (face_folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated nonsense")
+    (face_folder / "readme.txt").write_text("not an image")
+    Image.fromarray(random_image((8, 8))).save(face_folder / "tiny.png")
+    Image.fromarray(random_image((64, 64))).save(face_folder / "..%2F..%2Fescape.png")
+    return face_folder
+
+
+def run_tiny(source: Path, out: Path, *extra: str) -> None:
+    main(["fit", "--config", str(ROOT / "configs" / "tiny.yaml"), "--data.source", str(source), "--output_dir", str(out),
+          "--trainer.enable_progress_bar", "false", *extra])
+
+
+def test_tiny_fit_end_to_end_then_resume(messy_folder, tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    out = tmp_path / "out"
+    run_tiny(messy_folder, out)
+    manifest = read_manifest(out)
+    assert list(manifest.columns) == MANIFEST_COLUMNS
+    for part in (out / "manifest").glob("*.parquet"):
+        assert pq.read_schema(part).names == SCHEMA.names
+    status = dict(zip(manifest["uid"], manifest["status"]))
+    assert len(status) == 9  # every image file, none of the .txt
+    assert status["astronaut"] == status["grace_hopper"] == "ok"
+    assert status["broken"] == "error" and status["tiny"] == "error"
+    # Random-noise images have no face: protected without the FR term.
+    assert {status[u] for u in ("sub_dir__gray-" + u.split("-")[-1] for u in status if u.startswith("sub_dir__gray"))} == {"no_face"}
+    assert status["cmyk"] == status["rgba"] == status["deep16"] == "no_face"
+    escape = [u for u in status if "escape" in u]
+    assert len(escape) == 1 and (out / "images" / f"{escape[0]}.png").is_file()
+    errors = manifest[manifest.status == "error"]
+    assert errors["message"].str.len().min() > 10 and not any((out / "images" / f"{u}.png").exists() for u in errors.uid)
+
+    protected = manifest[manifest.status != "error"]
+    assert (protected["linf_255"] <= 3).all() and (protected["linf_255"] > 0).all()
+    assert (protected["psnr_db"] > 38).all() and (protected["iterations"] == 8).all()
+    ok = manifest[manifest.status == "ok"]
+    assert ok["fr_cos_recon"].notna().all() and ok["term_fr_cos"].notna().all() and ok["term_lpips"].notna().all()
+    assert manifest.loc[manifest.status == "no_face", "fr_cos_recon"].isna().all()
+
+    # The PNG is lossless and inside the ε-ball of the 8-bit resized source.
+    png = np.asarray(Image.open(out / "images" / "astronaut.png")).astype(int)
+    source = square_resize(Image.open(messy_folder / "astronaut.png").convert("RGB"), 64).permute(1, 2, 0).numpy().astype(int)
+    assert png.shape == (64, 64, 3) and 0 < np.abs(png - source).max() <= 3
+    assert not list(out.rglob(".tmp-*"))
+    assert (out / "lightning_logs").is_dir()
+
+    caplog.clear()
+    parts_before = sorted((out / "manifest").glob("*.parquet"))
+    ok_pngs = [out / "images" / "astronaut.png", out / "images" / "grace_hopper.png"]
+    ok_before = {p: p.stat().st_mtime_ns for p in ok_pngs}
+    run_tiny(messy_folder, out)
+    # Only `ok` images are skipped; no_face and error ones are tried again.
+    assert "9 images in" in caplog.text and "skipping 2 already protected" in caplog.text and "7 to do" in caplog.text
+    assert {p: p.stat().st_mtime_ns for p in ok_pngs} == ok_before  # not rewritten
+    again = read_manifest(out)
+    assert len(again) == 9 and len(sorted((out / "manifest").glob("*.parquet"))) > len(parts_before)
+
+
+def test_python_dash_m_and_print_config(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "facelock_pl", "fit", "--config", "configs/tiny.yaml", "--model.eps", "0.02",
+         "--data.batch_size", "3", "--output_dir", str(tmp_path), "--print_config"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "eps: 0.02" in result.stdout and "batch_size: 3" in result.stdout
+    assert "kind: tiny-random-kl" in result.stdout and f"output_dir: {tmp_path}" in result.stdout
+
+
+def test_missing_weights_stop_before_any_work(face_folder, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as stop:
+        main(["fit", "--config", str(ROOT / "configs" / "tiny.yaml"), "--data.source", str(face_folder), "--output_dir", str(out),
+              "--model.recognizers", '[{"kind": "onnx", "weights": "/nowhere/sface.onnx"}]'])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "Cannot load the weights of ONNX face recogniser /nowhere/sface.onnx" in err
+    assert "never falls back to random weights" in err
+    assert not (out / "images").exists() and not (out / "manifest").exists()
+
+
+@pytest.mark.parametrize("config", ["facelock.yaml", "photoguard.yaml", "demo.yaml", "offline.yaml", "offline-sface.yaml", "tiny.yaml"])
+def test_shipped_configs_parse(config, capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["fit", "--config", str(ROOT / "configs" / config), "--print_config"])
+    assert done.value.code in (0, None)
+    printed = capsys.readouterr().out
+    assert "method:" in printed and "output_dir: outputs/" in printed

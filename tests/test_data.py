@@ -1,0 +1,128 @@
+"""Input handling: every awkward kind of file becomes an 8-bit RGB image or a clear error."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import random_image
+from facelock_pl.data import BadImageError, FolderImages, list_images, load_rgb, make_uid, square_resize
+
+
+def test_grayscale_rgba_cmyk_palette_become_rgb(tmp_path):
+    rgb = Image.fromarray(random_image())
+    cases = {
+        "gray.png": rgb.convert("L"),
+        "rgba.png": rgb.convert("RGBA"),
+        "cmyk.jpg": rgb.convert("CMYK"),
+        "palette.png": rgb.convert("P"),
+    }
+    for name, image in cases.items():
+        image.save(tmp_path / name)
+        out = load_rgb(tmp_path / name)
+        assert out.mode == "RGB" and out.size == (96, 80), name
+
+
+def test_rgba_transparency_becomes_white(tmp_path):
+    image = Image.new("RGBA", (40, 40), (10, 20, 30, 0))
+    image.save(tmp_path / "clear.png")
+    assert np.asarray(load_rgb(tmp_path / "clear.png")).min() == 255
+
+
+def test_16_bit_png_is_rescaled_not_clipped(tmp_path):
+    levels = np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16)
+    Image.fromarray(levels).save(tmp_path / "deep.png")
+    assert Image.open(tmp_path / "deep.png").mode.startswith("I")
+    out = np.asarray(load_rgb(tmp_path / "deep.png"))
+    assert out.min() == 0 and out.max() == 255
+    assert abs(out[32, 32, 0] - levels[32, 32] / 257) <= 1  # mid-grey stays mid-grey
+
+
+def test_exif_rotation_is_applied(tmp_path):
+    image = Image.fromarray(random_image((40, 100)))  # landscape pixels
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90° clockwise to display
+    image.save(tmp_path / "rotated.jpg", exif=exif)
+    assert load_rgb(tmp_path / "rotated.jpg").size == (40, 100)  # displayed upright: portrait
+
+
+@pytest.mark.parametrize(
+    "content, reason",
+    [(b"this is not an image", "not a decodable image"), (b"\x89PNG\r\n\x1a\n" + b"\0" * 40, "not a decodable image")],
+)
+def test_undecodable_files_raise_a_clear_error(tmp_path, content, reason):
+    (tmp_path / "bad.png").write_bytes(content)
+    with pytest.raises(BadImageError, match=reason):
+        load_rgb(tmp_path / "bad.png")
+
+
+def test_truncated_jpeg_is_an_error(tmp_path):
+    buffer = io.BytesIO()
+    Image.fromarray(random_image((200, 200))).save(buffer, format="JPEG")
+    (tmp_path / "cut.jpg").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    with pytest.raises(BadImageError, match="corrupt"):
+        load_rgb(tmp_path / "cut.jpg")
+
+
+def test_tiny_and_huge_images_are_refused(tmp_path):
+    Image.fromarray(random_image((10, 12))).save(tmp_path / "tiny.png")
+    with pytest.raises(BadImageError, match="smaller than min_side"):
+        load_rgb(tmp_path / "tiny.png")
+    Image.new("L", (3000, 3000)).save(tmp_path / "big.png")
+    with pytest.raises(BadImageError, match="decompression-bomb"):
+        load_rgb(tmp_path / "big.png", max_pixels=1_000_000)
+
+
+def test_square_resize_centre_crops_with_antialiasing():
+    stripes = np.zeros((100, 300, 3), dtype=np.uint8)
+    stripes[:, 100:200] = 255  # the centre square is white
+    out = square_resize(Image.fromarray(stripes), 50)
+    assert out.shape == (3, 50, 50) and out.dtype == torch.uint8
+    assert out.float().mean() > 250
+    checker = (np.indices((256, 256)).sum(0) % 2 * 255).astype(np.uint8)
+    small = square_resize(Image.fromarray(checker).convert("RGB"), 32)
+    assert abs(small.float().mean() - 127.5) < 3 and small.float().std() < 10  # no aliasing
+
+
+@pytest.mark.parametrize("name", ["../../etc/passwd", "/abs/x.png", "..", ".hidden.png", "a/../../b.jpg", "ü ber/bad:name?.png", "x" * 300])
+def test_uids_never_leave_the_output_folder(tmp_path, name):
+    uid = make_uid(name)
+    assert uid and "/" not in uid and "\\" not in uid and not uid.startswith(".")
+    target = (tmp_path / "images" / f"{uid}.png").resolve()
+    assert target.parent == (tmp_path / "images").resolve()
+    assert len(uid) <= 130
+
+
+def test_uids_are_stable_and_distinct(tmp_path):
+    assert make_uid("sub/img 1.jpg") == make_uid("sub/img 1.jpg")
+    assert make_uid("plain.jpg") == "plain"
+    for name in ("a/b.jpg", "a/b.png", "a__b.jpg", "c.txt.jpg"):
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(random_image()).save(path)
+    (tmp_path / "notes.txt").write_text("not an image, not listed")
+    entries = list_images(tmp_path)
+    uids = [u for u, _ in entries]
+    assert len(uids) == 4 and len(set(uids)) == 4
+    assert [r for _, r in entries] == ["a/b.jpg", "a/b.png", "a__b.jpg", "c.txt.jpg"]
+
+
+def test_folder_dataset_turns_bad_files_into_error_items(tmp_path):
+    Image.fromarray(random_image()).save(tmp_path / "good.png")
+    (tmp_path / "fake.jpg").write_text("plain text with an image suffix")
+    dataset = FolderImages(tmp_path, resolution=32)
+    items = {item["uid"]: item for item in (dataset[i] for i in range(len(dataset)))}
+    assert items["good"]["status"] == "ok" and items["good"]["image"].shape == (3, 32, 32)
+    assert (items["good"]["width"], items["good"]["height"]) == (96, 80)
+    assert items["fake"]["status"] == "error" and "not a decodable image" in items["fake"]["message"]
+    assert items["fake"]["image"].shape == (3, 32, 32)
+
+
+def test_missing_source_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a folder"):
+        FolderImages(tmp_path / "nope")
