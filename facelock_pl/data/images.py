@@ -32,8 +32,10 @@ def load_rgb(source: str | Path | bytes, max_pixels: int = DEFAULT_MAX_PIXELS, m
         image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
     except UnidentifiedImageError as error:
         raise BadImageError(f"not a decodable image ({error})") from error
+    except Image.DecompressionBombError as error:  # PIL's own guard, at twice its MAX_IMAGE_PIXELS
+        raise BadImageError(f"image too large to decode safely: {error} (decompression-bomb guard)") from error
     except OSError as error:
-        raise BadImageError(f"cannot read the file ({error})") from error
+        raise BadImageError(f"corrupt or unreadable image data ({error})") from error
     width, height = image.size
     # Checked before decoding the pixels, so a decompression bomb never allocates.
     if width * height > max_pixels:

@@ -2,5 +2,6 @@
 
 from .module import ProtectionModule
 from .optimizer import SignPGD
+from .strategy import STRATEGY_NAME, ProtectionDDPStrategy
 
-__all__ = ["ProtectionModule", "SignPGD"]
+__all__ = ["STRATEGY_NAME", "ProtectionDDPStrategy", "ProtectionModule", "SignPGD"]

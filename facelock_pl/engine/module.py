@@ -22,7 +22,10 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from ..models import FaceDetector, FaceGeometry, LPIPSSpec, RecognizerSpec, VAESpec, load_lpips, load_recognizer, load_vae
 from ..objectives import TERM_NAMES, CleanFeatures, Networks, build_method
-from ..outputs import ManifestWriter, png_bytes, write_bytes_atomic
+from ..data import PAD_STATUS
+from ..outputs import OutputWriter, png_bytes
+from ..outputs.manifest import OutputFormat
+from .summary import RunStats
 from .optimizer import SignPGD
 from .schedule import random_start, step_sizes
 
@@ -70,6 +73,8 @@ class ProtectionModule(L.LightningModule):
         fr_weight, latent_weight, lpips_weight, fr_start, lpips_start: FaceLock's weights and gates.
         fr_reduction: how an ensemble of recognisers is combined: `mean` (weighted) or `max` (worst case).
         amp_dtype: autocast dtype on CUDA (`bfloat16`, `float16` or None); the iterate stays float32.
+        output_format: `png` (images/<uid>.png), `parquet` (dataset/*.parquet: PNG bytes plus every source
+            column, loadable with `datasets.load_dataset`) or `both`.
         output_dir: where images and the manifest go (linked from the top-level `--output_dir`).
     """
 
@@ -90,6 +95,7 @@ class ProtectionModule(L.LightningModule):
         lpips_start: float = 0.25,
         fr_reduction: Literal["mean", "max"] = "mean",
         amp_dtype: Literal["bfloat16", "float16"] | None = "bfloat16",
+        output_format: OutputFormat = "png",
         output_dir: str = "outputs",
     ):
         super().__init__()
@@ -113,8 +119,8 @@ class ProtectionModule(L.LightningModule):
         self.output_dir = Path(output_dir)
         self.state: BatchState | None = None
         self.images_done = 0
-        self.counts = {"ok": 0, "no_face": 0, "error": 0}
-        self._writer: ManifestWriter | None = None
+        self.stats = RunStats()
+        self._writer: OutputWriter | None = None
         self.requires_grad_(False).eval()
 
     # The frozen networks stay in eval mode: Lightning calls .train() when fitting starts.
@@ -125,9 +131,9 @@ class ProtectionModule(L.LightningModule):
         return SignPGD(lo=-1.0, hi=1.0)
 
     @property
-    def writer(self) -> ManifestWriter:
+    def writer(self) -> OutputWriter:
         if self._writer is None:
-            self._writer = ManifestWriter(self.output_dir, self.global_rank)
+            self._writer = OutputWriter(self.output_dir, self.global_rank, self.hparams.output_format)
         return self._writer
 
     def _autocast(self):
@@ -151,7 +157,7 @@ class ProtectionModule(L.LightningModule):
         return BatchState(
             uids=list(batch["uid"]), levels=levels, x=x, x_adv=random_start(x, list(batch["uid"]), self.hparams.seed, self.hparams.eps),
             iteration=torch.zeros(len(valid), dtype=torch.long, device=self.device), valid=valid, clean=clean,
-            meta={k: batch[k] for k in ("source", "width", "height", "status", "message")}, started=time.perf_counter(),
+            meta={k: batch[k] for k in ("source", "width", "height", "status", "message", "extra")}, started=time.perf_counter(),
         )
 
     # ---- one PGD iteration ----------------------------------------------------------------------
@@ -190,13 +196,14 @@ class ProtectionModule(L.LightningModule):
             with self._autocast():
                 recon = self.nets.reconstruct(self.nets.vae.encode(levels_to_pm1(png_levels)))
                 fr_cos_recon = self.nets.fr_cos(recon.float(), state.clean).float()
-        seconds = (time.perf_counter() - state.started) / len(state.uids)
-        rows = []
-        for i, uid in enumerate(state.uids):
-            rows.append(self._row(state, i, png_levels[i], fr_cos_recon, seconds))
-            self.counts[rows[-1]["status"]] += 1
-        self.writer.write(rows)
-        self.images_done += len(state.uids)
+        real = [i for i, status in enumerate(state.meta["status"]) if status != PAD_STATUS]
+        seconds = (time.perf_counter() - state.started) / max(len(real), 1)
+        pngs = {state.uids[i]: png_bytes(png_levels[i]) for i in real if bool(state.valid[i])}
+        rows = [self._row(state, i, png_levels[i], fr_cos_recon, seconds) for i in real]
+        self.writer.write_batch(rows, pngs, {state.uids[i]: state.meta["extra"][i] for i in real})
+        for row in rows:
+            self.stats.add(row)
+        self.images_done += len(real)
 
     def _row(self, state: BatchState, i: int, levels: torch.Tensor, fr_cos_recon: torch.Tensor | None, seconds: float) -> dict:
         meta = {k: v[i] for k, v in state.meta.items()}
@@ -204,7 +211,6 @@ class ProtectionModule(L.LightningModule):
                "height": int(meta["height"]), "iterations": self.hparams.iterations, "seconds": seconds}
         if not bool(state.valid[i]):
             return {**row, "status": "error", "message": meta["message"], "iterations": 0}
-        write_bytes_atomic(self.output_dir / "images" / f"{state.uids[i]}.png", png_bytes(levels))
         diff = levels.float() - state.levels[i].float()
         mse = diff.pow(2).mean().item()
         found = bool(state.clean.face_found[i])
@@ -220,8 +226,15 @@ class ProtectionModule(L.LightningModule):
             row["term_fr_cos"] = None  # computed for the batch, but not part of this image's objective
         return row
 
+    def on_train_start(self) -> None:
+        self.stats.start()
+
     def on_train_end(self) -> None:
-        rank_zero_info(
-            f"facelock_pl: {self.images_done} images this run — ok {self.counts['ok']}, no_face {self.counts['no_face']}, "
-            f"error {self.counts['error']}; outputs in {self.output_dir}"
-        )
+        # Every rank gets here after the same number of steps, so the gather cannot hang.
+        self.stats.stop()
+        gathered = self.trainer.strategy.all_gather(self.stats.as_tensor()) if self.trainer.world_size > 1 else None
+        per_rank = gathered.reshape(self.trainer.world_size, -1) if gathered is not None else self.stats.as_tensor()[None]
+        if self.trainer.is_global_zero:
+            summary = RunStats.summarise(per_rank.cpu())
+            RunStats.write(summary, self.output_dir)
+            rank_zero_info(RunStats.describe(summary, self.output_dir))
