@@ -1,4 +1,8 @@
-"""`python -m facelock_pl fit --config configs/X.yaml`: a LightningCLI around the protection engine.
+"""The command line.
+
+- `python -m facelock_pl fit --config configs/X.yaml`: protect images (a LightningCLI around the engine).
+- `python -m facelock_pl edit --config configs/edit-X.yaml`: edit clean and protected sets.
+- `python -m facelock_pl evaluate --config configs/evaluate-X.yaml`: score the edits, write the report.
 
 Every config value can be overridden on the command line (`--model.eps 0.02`, `--data.batch_size 4`,
 `--trainer.devices 2`); `--print_config` prints the resolved configuration.
@@ -43,8 +47,27 @@ class FaceLockCLI(LightningCLI):
         return super().instantiate_trainer(**kwargs)
 
 
+EVALUATION_COMMANDS = ("edit", "evaluate")
+
+
+def _evaluation_cli(args: list[str]) -> None:
+    import logging
+
+    from jsonargparse import CLI
+
+    from .evaluation import run_edit, run_evaluate
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    commands = {"edit": run_edit, "evaluate": run_evaluate}
+    CLI(commands[args[0]], args=args[1:], as_positional=False)
+
+
 def main(args: list[str] | None = None) -> None:
+    args = sys.argv[1:] if args is None else args
     try:
+        if args and args[0] in EVALUATION_COMMANDS:
+            _evaluation_cli(args)
+            return
         FaceLockCLI(
             ProtectionModule,
             FaceDataModule,

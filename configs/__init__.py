@@ -1,0 +1,1 @@
+"""Shipped configurations and prompt sets (installed as `facelock_pl.configs`)."""

@@ -1,0 +1,135 @@
+"""`python -m facelock_pl evaluate --config …`: score every edit, then write the report.
+
+Per (set, prompt, image): PSNR/SSIM/LPIPS of edit(set) against edit(clean), CLIP-S, CLIP-I, FR for every
+recogniser (face re-detected in the edit) and whether a face was found. Source features (CLIP, FR) are
+computed once per image, text features once per prompt.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+from ..models import LPIPSSpec, RecognizerSpec, load_lpips
+from . import metrics
+from .edit import clean_sources, edit_path, resolve_device
+from .metrics import ClipScorer, ClipSpec, FaceScorer
+from .prompts import DEFAULT_PROMPTS, load_prompts
+from .report import write_report
+from .sets import CLEAN, DataSpec, image_sets
+
+log = logging.getLogger("facelock_pl")
+
+
+def load_edit(out: Path, set_name: str, prompt_id: int, uid: str) -> torch.Tensor | None:
+    path = edit_path(out, set_name, prompt_id, uid)
+    if not path.exists():
+        return None
+    return torch.from_numpy(np.asarray(Image.open(path).convert("RGB")).copy()).permute(2, 0, 1)
+
+
+def _chunks(items: list, size: int):
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def run_evaluate(
+    data: DataSpec,
+    sets: dict[str, str] | None = None,
+    purify: list[str] | None = None,
+    prompts: str = DEFAULT_PROMPTS,
+    prompt_ids: list[int] | None = None,
+    clip: ClipSpec | None = None,
+    recognizers: list[RecognizerSpec] | None = None,
+    lpips: LPIPSSpec | None = None,
+    batch_size: int = 8,
+    samples: int = 3,
+    device: str = "auto",
+    output_dir: str = "outputs/eval",
+) -> pd.DataFrame:
+    """Score the edits written by `edit` (same data/sets/purify/prompts) and write `report/`.
+
+    Args:
+        data, sets, purify, prompts, prompt_ids, output_dir: as for `edit`.
+        clip: CLIP model of CLIP-S and CLIP-I (`ClipSpec`).
+        recognizers: face recognisers; the first gives the `FR` column, the others are black-box transfer
+            checks (a recogniser the protection did not optimise against).
+        lpips: LPIPS network between edits.
+        batch_size: images scored together.
+        samples: images shown per sample grid in `index.html`.
+        device: `auto`, `cpu`, `cuda`, ...
+    """
+    out = Path(output_dir)
+    dev = resolve_device(device)
+    sources = clean_sources(data)
+    uids = sorted(sources)
+    all_sets = image_sets(sets or {}, purify or [])
+    prompt_map = load_prompts(prompts, prompt_ids)
+    clip_scorer = ClipScorer(clip or ClipSpec(), dev)
+    faces = FaceScorer(recognizers or [RecognizerSpec()], dev)
+    lpips_net = load_lpips(lpips or LPIPSSpec()).to(dev)
+
+    source_clip, source_found, source_fr = {}, {}, {}
+    for chunk in _chunks(uids, batch_size):
+        levels = torch.stack([sources[u] for u in chunk])
+        features = clip_scorer.image_features(levels)
+        found, embeddings = faces.embed(levels)
+        for i, uid in enumerate(chunk):
+            source_clip[uid], source_found[uid] = features[i], bool(found[i])
+            source_fr[uid] = [e[i] for e in embeddings]
+    text = clip_scorer.text_features(list(prompt_map.values()))
+
+    rows = []
+    for (pid, prompt), text_features in zip(prompt_map.items(), text):
+        for chunk in _chunks(uids, batch_size):
+            clean_edits = {u: load_edit(out, CLEAN, pid, u) for u in chunk}
+            for image_set in all_sets:
+                pairs = [(u, load_edit(out, image_set.name, pid, u)) for u in chunk]
+                pairs = [(u, e) for u, e in pairs if e is not None]
+                if pairs:
+                    rows += _score(image_set, pid, pairs, clean_edits, source_clip, source_found, source_fr, text_features,
+                                   clip_scorer, faces, lpips_net, dev)
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        raise FileNotFoundError(f"no edits found under {out / 'edits'}: run `python -m facelock_pl edit` first")
+    write_report(frame, out / "report", faces.names, prompt_map, sources, all_sets, samples)
+    log.info("facelock_pl evaluate: %d rows; report in %s", len(frame), out / "report")
+    return frame
+
+
+def _score(image_set, pid, pairs, clean_edits, source_clip, source_found, source_fr, text_features, clip_scorer,
+           faces, lpips_net, dev) -> list[dict]:
+    uids = [u for u, _ in pairs]
+    edits = torch.stack([e for _, e in pairs])
+    edit_clip = clip_scorer.image_features(edits)
+    src_clip = torch.stack([source_clip[u] for u in uids])
+    clip_s = metrics.clip_directional(src_clip, edit_clip, text_features[None]).cpu()
+    clip_i = metrics.clip_image(src_clip, edit_clip).cpu()
+    found, embeddings = faces.embed(edits)
+    comparable = [u for u in uids if clean_edits.get(u) is not None] if image_set.name != CLEAN else []
+    versus = {}
+    if comparable:
+        index = [uids.index(u) for u in comparable]
+        a, b = edits[index], torch.stack([clean_edits[u] for u in comparable])
+        with torch.no_grad():
+            lp = lpips_net.distance(lpips_net.features(b.to(dev).float() / 127.5 - 1), a.to(dev).float() / 127.5 - 1).cpu()
+        for j, u in enumerate(comparable):
+            versus[u] = (float(metrics.psnr(a[j : j + 1], b[j : j + 1])), float(metrics.ssim(a[j : j + 1], b[j : j + 1])),
+                         float(lp[j]))
+    rows = []
+    for i, uid in enumerate(uids):
+        psnr_db, ssim_value, lpips_value = versus.get(uid, (math.nan, math.nan, math.nan))
+        row = {"set": image_set.name, "base_set": image_set.name.split("+")[0], "purification": image_set.purification or "",
+               "prompt_id": pid, "uid": uid, "psnr": psnr_db, "ssim": ssim_value, "lpips": lpips_value,
+               "clip_s": float(clip_s[i]), "clip_i": float(clip_i[i]), "face_found": bool(found[i])}
+        usable = bool(found[i]) and source_found[uid]  # FR needs a face in the source and in the edit
+        for k, name in enumerate(faces.names):
+            row[f"fr:{name}"] = float(embeddings[k][i] @ source_fr[uid][k]) if usable else math.nan
+        rows.append(row)
+    return rows

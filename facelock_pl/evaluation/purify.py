@@ -1,0 +1,65 @@
+"""Purifications an attacker (or a photo platform) applies to a protected image before editing.
+
+Specs are strings: `jpeg:75` (re-encode at quality 75), `blur:1.5` (Gaussian blur, sigma in pixels),
+`resize:0.5` (down-scale by 0.5, then back up, antialiased), `colorjitter` or `colorjitter:0.1`
+(brightness/contrast/saturation jitter of that strength, drawn from a per-image seed). All work on
+uint8 [3, H, W] tensors and are deterministic for a given (spec, uid).
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import torch
+from PIL import Image, ImageEnhance, ImageFilter
+
+from ..engine.schedule import uid_seed
+
+KINDS = ("jpeg", "blur", "resize", "colorjitter")
+DEFAULTS = {"jpeg": 75.0, "blur": 1.5, "resize": 0.5, "colorjitter": 0.1}
+
+
+def parse(spec: str) -> tuple[str, float]:
+    kind, _, value = spec.partition(":")
+    if kind not in KINDS:
+        raise ValueError(f"unknown purification {spec!r}; use one of jpeg:Q, blur:SIGMA, resize:SCALE, colorjitter[:S]")
+    amount = float(value) if value else DEFAULTS[kind]
+    if (kind == "jpeg" and not 1 <= amount <= 100) or (kind == "resize" and not 0 < amount <= 1) or amount < 0:
+        raise ValueError(f"purification {spec!r} is out of range")
+    return kind, amount
+
+
+def label(spec: str) -> str:
+    """A file-name-safe label: `jpeg:75` -> `jpeg75`."""
+    kind, amount = parse(spec)
+    return f"{kind}{amount:g}"
+
+
+def _pil(levels: torch.Tensor) -> Image.Image:
+    return Image.fromarray(np.ascontiguousarray(levels.permute(1, 2, 0).cpu().numpy()))
+
+
+def _tensor(image: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.uint8).copy()).permute(2, 0, 1)
+
+
+def apply(spec: str, levels: torch.Tensor, uid: str = "") -> torch.Tensor:
+    """Purify one uint8 [3, H, W] image."""
+    kind, amount = parse(spec)
+    image = _pil(levels)
+    if kind == "jpeg":
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=int(amount))
+        return _tensor(Image.open(buffer))
+    if kind == "blur":
+        return _tensor(image.filter(ImageFilter.GaussianBlur(radius=amount)))
+    if kind == "resize":
+        small = (max(1, round(image.width * amount)), max(1, round(image.height * amount)))
+        down = image.resize(small, Image.Resampling.BICUBIC, reducing_gap=None)
+        return _tensor(down.resize(image.size, Image.Resampling.BICUBIC))
+    rng = np.random.default_rng(uid_seed(0, f"colorjitter:{uid}"))
+    factors = 1 + rng.uniform(-amount, amount, size=3)
+    for enhancer, factor in zip((ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color), factors):
+        image = enhancer(image).enhance(float(factor))
+    return _tensor(image)

@@ -1,0 +1,73 @@
+"""The image sets an evaluation compares: the clean sources and each protected set, optionally purified.
+
+`clean` is the 8-bit source at the working resolution (the same centre crop and resize as `fit`); a
+protected set is a `fit` output folder (its `images/<uid>.png`) or a plain folder of `<uid>.png`; a
+purified set `<name>+<purification>` is that set after e.g. a JPEG re-save.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..data import FolderImages
+from . import purify
+
+CLEAN = "clean"
+
+
+@dataclass
+class DataSpec:
+    """Args:
+        source: folder of the clean portraits (the `data.source` that `fit` protected).
+        resolution: working resolution (the one `fit` used).
+        limit: evaluate at most this many images (in uid order).
+    """
+
+    source: str = ""
+    resolution: int = 512
+    limit: int | None = None
+
+
+@dataclass
+class ImageSet:
+    name: str
+    folder: Path | None  # None for the clean set
+    purification: str | None = None
+
+    def load(self, uid: str, clean: torch.Tensor) -> torch.Tensor | None:
+        """uint8 [3, H, W], or None when the set has no image for this uid (e.g. it failed to protect)."""
+        if self.folder is None:
+            levels = clean
+        else:
+            path = self.folder / f"{uid}.png"
+            if not path.exists():
+                return None
+            levels = torch.from_numpy(np.asarray(Image.open(path).convert("RGB")).copy()).permute(2, 0, 1)
+        return purify.apply(self.purification, levels, uid) if self.purification else levels
+
+
+def image_sets(sets: dict[str, str], purifications: list[str]) -> list[ImageSet]:
+    """clean, then each protected set, then each protected set under each purification."""
+    out = [ImageSet(CLEAN, None)]
+    for name, location in sets.items():
+        if name == CLEAN or "+" in name:
+            raise ValueError(f"set name {name!r} is reserved or contains '+'")
+        folder = Path(location).expanduser()
+        folder = folder / "images" if (folder / "images").is_dir() else folder
+        if not folder.is_dir():
+            raise FileNotFoundError(f"protected set {name!r}: {location} is not a folder of <uid>.png images")
+        out.append(ImageSet(name, folder))
+        out += [ImageSet(f"{name}+{purify.label(p)}", folder, p) for p in purifications]
+    return out
+
+
+def clean_images(data: DataSpec) -> FolderImages:
+    images = FolderImages(data.source, data.resolution)
+    if data.limit is not None:
+        images.entries = images.entries[: data.limit]
+    return images

@@ -1,0 +1,156 @@
+"""Evaluation harness on tiny offline models: metrics by hand, seeds, resume, report, edit -> evaluate."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import ROOT, tiny_module_kwargs
+from facelock_pl.cli import main
+from facelock_pl.evaluation import Editor, EditorSpec, metrics, purify
+from facelock_pl.evaluation.report import aggregate
+from facelock_pl.models import LPIPSSpec, load_lpips
+
+
+def constant(value: int, size: int = 16, batch: int = 1) -> torch.Tensor:
+    return torch.full((batch, 3, size, size), value, dtype=torch.uint8)
+
+
+def test_psnr_and_ssim_by_hand():
+    a, b = constant(100), constant(110)
+    assert metrics.psnr(a, b).item() == pytest.approx(10 * math.log10(255**2 / 10**2), abs=1e-3)
+    # Constant images: SSIM reduces to its luminance term (2 mu_a mu_b + C1) / (mu_a^2 + mu_b^2 + C1).
+    mu_a, mu_b, c1 = 100 / 255, 110 / 255, 0.01**2
+    assert metrics.ssim(a, b).item() == pytest.approx((2 * mu_a * mu_b + c1) / (mu_a**2 + mu_b**2 + c1), abs=1e-4)
+    noise = torch.randint(0, 256, (2, 3, 24, 24), dtype=torch.uint8)
+    assert torch.allclose(metrics.ssim(noise, noise), torch.ones(2))
+    assert metrics.psnr(noise, noise).isinf().all()
+
+
+def test_clip_scores_by_hand():
+    source = torch.tensor([[1.0, 0.0, 0.0]])
+    edit = torch.tensor([[0.6, 0.8, 0.0]])
+    text = torch.tensor([0.0, 1.0, 0.0])
+    # edit - source = (-0.4, 0.8, 0): cos with (0, 1, 0) = 0.8 / sqrt(0.8)
+    assert metrics.clip_directional(source, edit, text[None]).item() == pytest.approx(0.8 / math.sqrt(0.8), abs=1e-6)
+    assert metrics.clip_image(source, edit).item() == pytest.approx(0.6, abs=1e-6)
+
+
+def test_lpips_split_equals_the_lpips_package():
+    distance = load_lpips(LPIPSSpec(net="tiny-random"))
+    x, y = torch.rand(2, 3, 64, 64) * 2 - 1, torch.rand(2, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        ours = distance.distance(distance.features(x), y)
+        reference = distance.model(x, y).flatten()
+    assert torch.allclose(ours, reference, atol=1e-5) and (ours > 0).all()
+    assert distance.distance(distance.features(x), x).abs().max() < 1e-6
+
+
+def test_fdfr_and_fr_aggregate_over_found_faces_only():
+    frame = pd.DataFrame({
+        "set": ["a"] * 4, "prompt_id": [0, 0, 1, 1], "uid": list("wxyz"), "psnr": [30.0] * 4, "ssim": [0.9] * 4,
+        "lpips": [0.1] * 4, "clip_s": [0.1] * 4, "clip_i": [0.8] * 4, "face_found": [True, False, True, False],
+        "fr:r": [0.2, math.nan, 0.4, math.nan],
+    })
+    by_set = aggregate(frame, ["set"], ["r"])
+    assert by_set.loc["a", "fdfr_mean"] == 0.5
+    assert by_set.loc["a", "fr:r_mean"] == pytest.approx(0.3)
+    assert by_set.loc["a", "n"] == 4
+
+
+def test_purifications_do_what_they_say():
+    levels = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    jpeg = purify.apply("jpeg:75", levels)
+    assert jpeg.shape == levels.shape and (jpeg != levels).any()
+    assert torch.equal(purify.apply("jpeg:75", levels), jpeg)  # deterministic
+    blurred = purify.apply("blur:1.5", levels)
+    assert blurred.float().std() < levels.float().std() * 0.7  # blur removes high frequencies
+    resized = purify.apply("resize:0.5", levels)
+    assert resized.shape == levels.shape and (resized != levels).any()
+    jitter = purify.apply("colorjitter", levels, uid="a")
+    assert torch.equal(purify.apply("colorjitter", levels, uid="a"), jitter)
+    assert purify.label("jpeg:75") == "jpeg75" and purify.label("resize:0.5") == "resize0.5"
+    for bad in ("jpeg:0", "resize:2", "sharpen:1"):
+        with pytest.raises(ValueError):
+            purify.parse(bad)
+
+
+def test_same_seed_same_edit_whatever_the_batch():
+    editor = Editor(EditorSpec(kind="tiny-random", steps=3), torch.device("cpu"))
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    both = editor(images, "Let the person wear sunglasses", [11, 22])
+    alone = editor(images[1:], "Let the person wear sunglasses", [22])
+    assert torch.equal(both[1], alone[0])
+    other_seed = editor(images[1:], "Let the person wear sunglasses", [23])
+    assert not torch.equal(other_seed[0], alone[0])
+
+
+@pytest.fixture
+def protected_set(face_folder, tmp_path):
+    """A tiny `fit` run over the two real portraits."""
+    out = tmp_path / "protected"
+    main(["fit", "--config", str(ROOT / "configs" / "tiny.yaml"), "--data.source", str(face_folder),
+          "--output_dir", str(out), "--trainer.enable_progress_bar", "false"])
+    return out
+
+
+def test_edit_then_evaluate_end_to_end(face_folder, protected_set, tmp_path, caplog):
+    caplog.set_level("INFO")
+    out = tmp_path / "eval"
+    common = ["--data.source", str(face_folder), "--sets", f"{{facelock: {protected_set}}}", "--output_dir", str(out)]
+    main(["edit", "--config", str(ROOT / "configs" / "edit-tiny.yaml"), *common])
+    edits = sorted(p.relative_to(out / "edits").as_posix() for p in (out / "edits").rglob("*.png"))
+    sets = ["clean", "facelock", "facelock+jpeg75", "facelock+resize0.5"]
+    assert edits == sorted(f"{s}/{p}/{u}.png" for s in sets for p in (0, 13) for u in ("astronaut", "grace_hopper"))
+
+    # Resume: nothing to redo; one missing edit is redone.
+    caplog.clear()
+    main(["edit", "--config", str(ROOT / "configs" / "edit-tiny.yaml"), *common])
+    assert "16 edits already done" in caplog.text and "0 edits written" in caplog.text
+    (out / "edits" / "facelock" / "13" / "astronaut.png").unlink()
+    caplog.clear()
+    main(["edit", "--config", str(ROOT / "configs" / "edit-tiny.yaml"), *common])
+    assert "1 edits written" in caplog.text
+
+    main(["evaluate", "--config", str(ROOT / "configs" / "evaluate-tiny.yaml"), *common])
+    report = out / "report"
+    for name in ("table.md", "per_image.parquet", "by_set.csv", "by_prompt.csv", "overall.csv", "metrics.png",
+                 "fr_histogram.png", "fr_heatmap.png", "index.html"):
+        assert (report / name).is_file() and (report / name).stat().st_size > 100, name
+    frame = pd.read_parquet(report / "per_image.parquet")
+    assert len(frame) == 16 and set(frame["set"]) == set(sets)
+    assert frame.loc[frame.set == "clean", "psnr"].isna().all()  # nothing to compare the clean edit with
+    protected = frame[frame.set != "clean"]
+    assert protected["psnr"].notna().all() and protected["ssim"].between(-1, 1).all() and (protected["lpips"] >= 0).all()
+    assert frame["clip_i"].between(-1, 1).all() and {"fr:tiny-a", "fr:tiny-b"} <= set(frame.columns)
+    table = (report / "table.md").read_text()
+    assert table.splitlines()[0].startswith("| set | PSNR ↓ | SSIM ↓ | LPIPS ↑ | CLIP-S ↓ | CLIP-I ↓ | FR (tiny-a) ↓ | FDFR ↑")
+    assert all(f"| {s} |" in table for s in sets)
+    page = (report / "index.html").read_text()
+    assert "source | protected | edit of clean | edit of protected" in page
+    assert not re.search(r'src="(?!data:)', page)  # self-contained
+
+
+def test_fr_is_measured_on_real_faces_and_no_face_counts_as_fdfr():
+    from conftest import astronaut
+    from facelock_pl.models import RecognizerSpec
+
+    scorer = metrics.FaceScorer([RecognizerSpec(kind="tiny-random")], torch.device("cpu"))
+    face = torch.from_numpy(np.asarray(astronaut().resize((128, 128)))).permute(2, 0, 1)
+    noise = torch.randint(0, 256, (3, 128, 128), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    found, (emb,) = scorer.embed(torch.stack([face, noise]))
+    assert found.tolist() == [True, False]
+    assert torch.allclose(emb.norm(dim=1), torch.ones(2), atol=1e-5)
+
+
+def test_missing_editor_weights_are_a_clear_error(monkeypatch, tmp_path):
+    from facelock_pl.models import WeightsUnavailableError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(WeightsUnavailableError, match="InstructPix2Pix.*vae-roundtrip"):
+        Editor(EditorSpec(path=str(tmp_path / "nothing-here")), torch.device("cpu"))
