@@ -35,7 +35,6 @@ class FaceLockCLI(LightningCLI):
         parser.link_arguments("output_dir", "model.output_dir")
         parser.link_arguments("output_dir", "data.output_dir")
         parser.link_arguments("output_dir", "trainer.default_root_dir")
-        parser.link_arguments("model.iterations", "data.iterations")
 
     def instantiate_trainer(self, **kwargs):
         config = self.config_init[self.subcommand] if self.subcommand else self.config_init

@@ -32,10 +32,19 @@ def fit_command(source: Path, out: Path, *extra: str) -> list[str]:
             "--output_dir", str(out), "--data.resolution", "96", "--trainer.enable_progress_bar", "false", *extra]
 
 
-def run(command: list[str]) -> subprocess.CompletedProcess:
+# In-process fits of other tests leave torch.distributed's variables (and a live store on MASTER_PORT).
+_DIST_VARS = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK",
+              "LOCAL_WORLD_SIZE")
+
+
+def clean_env() -> dict:
     # One thread per process in every run, so reductions round alike in 1- and 2-process runs.
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    env = {k: v for k, v in os.environ.items() if k not in _DIST_VARS}
+    return {**env, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+
+
+def run(command: list[str]) -> subprocess.CompletedProcess:
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600, env=clean_env())
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
@@ -75,10 +84,13 @@ def test_sigkill_mid_run_then_rerun_loses_and_repeats_nothing(tmp_path):
     source = portraits(tmp_path / "faces", 8)
     out = tmp_path / "out"
     command = fit_command(source, out, "--data.batch_size", "1", "--model.iterations", "12", "--model.output_format", "both")
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline and len(list((out / "manifest").glob("part-*.parquet"))) < 2:
-        time.sleep(0.05)
+    log = tmp_path / "killed-run.log"
+    with open(log, "wb") as stderr:
+        process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr, env=clean_env())
+        deadline = time.time() + 300
+        while time.time() < deadline and len(list((out / "manifest").glob("part-*.parquet"))) < 2:
+            assert process.poll() is None, log.read_text()[-3000:]
+            time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait()
     done_before = read_manifest(out)

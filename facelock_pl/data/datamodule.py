@@ -4,18 +4,17 @@
   `imagefolder`); `num_shards`/`shard_index` select one contiguous shard of it, `limit` caps the count.
 - Resume: images with an `ok` row in the output manifest are skipped. Rank 0 reads the manifest once and
   broadcasts the finished set, so all ranks shard the same pending list.
-- Ranks: each rank takes a contiguous, disjoint slice of the pending list. Slices are padded with `pad`
-  items to equal length, so every rank runs the same number of steps (Lightning synchronises ranks every
-  step) and no image is repeated — unlike Lightning's `DistributedSampler`, which pads with duplicates.
-- Each loaded batch is yielded `iterations` times in a row (`RepeatedBatches`): one Lightning training
-  step is one PGD iteration, and decoding happens once per batch.
+- Ranks: each rank takes a contiguous, disjoint slice of the pending list — no image twice, none
+  skipped (Lightning's `DistributedSampler` would pad with duplicates instead).
+- Batches: `batch_size` slots, continuously refilled (`SlotFeeder`): one Lightning training step is one
+  PGD iteration over the images in the slots; decoding happens once per image, in the loader workers.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Literal
 
 import lightning as L
 import torch
@@ -23,45 +22,25 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
 from ..outputs import finished_uids, remove_orphan_parts
+from .feeder import SlotFeeder
 from .folder import FolderImages, demo_entries
 from .hf import HFImages, contiguous_shard, detect_format, open_dataset, row_uids
 from .images import DEFAULT_MAX_PIXELS
 
 DEMO_SOURCE = "demo"  # the portraits that scikit-image and matplotlib ship
-PAD_STATUS = "pad"
-
-
-class RepeatedBatches:
-    """Yield each batch of `loader` `repeats` times in a row (the same object each time)."""
-
-    def __init__(self, loader: Iterable, repeats: int):
-        self.loader = loader
-        self.repeats = repeats
-
-    def __len__(self) -> int:
-        return len(self.loader) * self.repeats
-
-    def __iter__(self) -> Iterator:
-        for batch in self.loader:
-            for _ in range(self.repeats):
-                yield batch
 
 
 class RankSlice(Dataset):
-    """Items `indices` of `images`, padded with `pad` items up to `length`."""
+    """Items `indices` of `images`, each with an `extra` dict (other source columns; empty for folders)."""
 
-    def __init__(self, images: Dataset, indices: list[int], length: int, resolution: int):
-        self.images, self.indices, self.length, self.resolution = images, indices, length, resolution
+    def __init__(self, images: Dataset, indices: list[int]):
+        self.images, self.indices = images, indices
 
     def __len__(self) -> int:
-        return self.length
+        return len(self.indices)
 
     def __getitem__(self, i: int) -> dict:
-        if i < len(self.indices):
-            return {"extra": {}, **self.images[self.indices[i]]}
-        r = self.resolution
-        return {"uid": f"<pad-{i}>", "source": "", "image": torch.zeros(3, r, r, dtype=torch.uint8), "width": 0,
-                "height": 0, "status": PAD_STATUS, "message": "", "extra": {}}
+        return {"extra": {}, **self.images[self.indices[i]]}
 
 
 def collate(items: list[dict]) -> dict:
@@ -84,25 +63,25 @@ class FaceDataModule(L.LightningDataModule):
         id_column: column giving each row's uid; None: `<split>-<row index>`.
         num_shards, shard_index: protect only this contiguous shard of the source.
         resolution: working resolution in pixels (centre square crop, antialiased resize).
-        batch_size: images optimised together in one PGD step.
+        batch_size: slots, i.e. images optimised together in one PGD step; `auto` lets the module find the
+            largest that fits in GPU memory (4 on CPU).
         num_workers: loader worker processes (decoding and resizing happen there).
         limit: protect at most this many pending images (after skipping finished ones); None for all.
         max_pixels: inputs with more pixels are rejected before decoding (decompression-bomb guard).
         output_dir: the run's output folder (linked from the top-level `--output_dir`).
-        iterations: PGD iterations per image (linked from `--model.iterations`).
     """
 
     def __init__(self, source: str = "", format: str = "auto", split: str = "train", image_column: str = "image",
                  id_column: str | None = None, num_shards: int = 1, shard_index: int = 0, resolution: int = 512,
-                 batch_size: int = 8, num_workers: int = 0, limit: int | None = None,
-                 max_pixels: int = DEFAULT_MAX_PIXELS, output_dir: str = "outputs", iterations: int = 100):
+                 batch_size: int | Literal["auto"] = 8, num_workers: int = 0, limit: int | None = None,
+                 max_pixels: int = DEFAULT_MAX_PIXELS, output_dir: str = "outputs"):
         super().__init__()
         self.source, self.format, self.split = source, format, split
         self.image_column, self.id_column = image_column, id_column
         self.num_shards, self.shard_index = num_shards, shard_index
         self.resolution, self.batch_size, self.num_workers = resolution, batch_size, num_workers
         self.limit, self.max_pixels = limit, max_pixels
-        self.output_dir, self.iterations = output_dir, iterations
+        self.output_dir = output_dir
         self.dataset: RankSlice | None = None
         self.num_skipped = 0
 
@@ -145,17 +124,20 @@ class FaceDataModule(L.LightningDataModule):
         world = self.trainer.world_size if self.trainer is not None else 1
         rank = self.trainer.global_rank if self.trainer is not None else 0
         per_rank = math.ceil(len(pending) / world)
-        mine = pending[rank * per_rank : (rank + 1) * per_rank]
-        self.dataset = RankSlice(images, mine, per_rank, self.resolution)
+        self.dataset = RankSlice(images, pending[rank * per_rank : (rank + 1) * per_rank])
         rank_zero_info(f"facelock_pl: {len(uids)} images in {self.source}; skipping {self.num_skipped} already "
                        f"protected in {self.output_dir}; {len(pending)} to do on {world} process(es)")
 
     @property
     def num_pending(self) -> int:
-        """Real (non-padding) images this rank will protect."""
-        return len(self.dataset.indices) if self.dataset is not None else 0
+        """Images this rank will protect."""
+        return len(self.dataset) if self.dataset is not None else 0
 
-    def train_dataloader(self) -> RepeatedBatches:
-        loader = DataLoader(self.dataset, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers,
-                            collate_fn=collate, persistent_workers=False)
-        return RepeatedBatches(loader, self.iterations)
+    def train_dataloader(self) -> SlotFeeder:
+        if self.batch_size == "auto":
+            raise ValueError("data.batch_size 'auto' must be resolved by the module before loading")
+        # batch_size=None: single items, decoded and resized in the workers, prefetched ahead of the slots.
+        loader = DataLoader(self.dataset, batch_size=None, shuffle=False, num_workers=self.num_workers,
+                            persistent_workers=False)
+        world = self.trainer.world_size if self.trainer is not None else 1
+        return SlotFeeder(loader, self.batch_size, until_stopped=world > 1)

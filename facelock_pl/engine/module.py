@@ -1,10 +1,14 @@
 """`ProtectionModule`: the frozen networks, and one PGD iteration per Lightning training step.
 
-The data module yields each batch `iterations` times in a row. On the first step of a batch the module
-does the once-per-image work (decode → x, random start, face detection, E(x), FR(x), LPIPS features of
-x); every step then computes the method's objective on x_adv, its input gradient, and the projected
-sign update (`facelock_pl.kernels.pgd_step_`). After the last iteration it quantises, writes the PNGs and
-the manifest rows, and re-measures protection on the saved file.
+The data module hands the step a `SlotBoard`: `batch_size` slots, each holding one image at its own
+iteration. Each step:
+1. refills free slots with new images and does their once-per-image work (face detection, random start,
+   E(x), FR(x), LPIPS features of x) for just those images;
+2. computes the method's objective on the occupied slots, its input gradient, and the projected sign
+   update (`facelock_pl.kernels.pgd_step_`, per-slot step sizes, unoccupied slots masked);
+3. finishes the slots whose image reached `iterations` (or, with adaptive stopping, kept its FR
+   similarity below `stop_below` for `stop_patience` iterations after `min_iterations`): quantises,
+   writes the PNG/parquet and the manifest row, re-measures protection on the saved file, frees the slot.
 """
 
 from __future__ import annotations
@@ -12,38 +16,21 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_info
+import torch.utils.checkpoint
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from ..data import SlotBoard, collate
 from ..models import FaceDetector, FaceGeometry, LPIPSSpec, RecognizerSpec, VAESpec, load_lpips, load_recognizer, load_vae
 from ..objectives import TERM_NAMES, CleanFeatures, Networks, build_method
-from ..data import PAD_STATUS
 from ..outputs import OutputWriter, png_bytes
 from ..outputs.manifest import OutputFormat
-from .summary import RunStats
 from .optimizer import SignPGD
 from .schedule import random_start, step_sizes
-
-
-@dataclass
-class BatchState:
-    """Everything about the batch in flight. Plain attributes, never buffers: shapes change per batch."""
-
-    uids: list[str]
-    levels: torch.Tensor  # uint8 [B, 3, H, W]: the 8-bit source, the x that ε bounds
-    x: torch.Tensor  # float32 [-1, 1]
-    x_adv: torch.Tensor  # float32 master copy of the iterate
-    iteration: torch.Tensor  # [B] long
-    valid: torch.Tensor  # [B] bool: decoded fine
-    clean: CleanFeatures
-    meta: dict
-    started: float
-    terms: dict[str, torch.Tensor] = field(default_factory=dict)  # last value of each term
+from .summary import RunStats
 
 
 def quantise_to_levels(x_adv: torch.Tensor, levels: torch.Tensor, eps: float) -> torch.Tensor:
@@ -56,6 +43,24 @@ def quantise_to_levels(x_adv: torch.Tensor, levels: torch.Tensor, eps: float) ->
 
 def levels_to_pm1(levels: torch.Tensor) -> torch.Tensor:
     return levels.float() / 127.5 - 1
+
+
+class SlotState:
+    """The images in flight, one per slot. Plain attributes, never buffers (checkpoints must not hold them)."""
+
+    def __init__(self, slots: int, levels: torch.Tensor, clean: CleanFeatures):
+        shape = (slots, *levels.shape[1:])
+        device = levels.device
+        self.levels = torch.zeros(shape, dtype=torch.uint8, device=device)  # the 8-bit source x that ε bounds
+        self.x = torch.zeros(shape, device=device)
+        self.x_adv = torch.zeros(shape, device=device)  # float32 master copy of the iterate
+        self.iteration = torch.zeros(slots, dtype=torch.long, device=device)
+        self.streak = torch.zeros(slots, dtype=torch.long, device=device)  # iterations in a row below stop_below
+        self.occupied = torch.zeros(slots, dtype=torch.bool, device=device)
+        self.clean = clean.slots(slots)
+        self.items: list[dict | None] = [None] * slots  # the loader item (metadata; re-queued on OOM)
+        self.started = [0.0] * slots
+        self.terms: dict[str, torch.Tensor] = {}  # last value of each term, per slot
 
 
 class ProtectionModule(L.LightningModule):
@@ -72,7 +77,15 @@ class ProtectionModule(L.LightningModule):
         lpips: the LPIPS network (`LPIPSSpec`); not loaded when `lpips_weight` is 0.
         fr_weight, latent_weight, lpips_weight, fr_start, lpips_start: FaceLock's weights and gates.
         fr_reduction: how an ensemble of recognisers is combined: `mean` (weighted) or `max` (worst case).
+        stop_below: adaptive stopping: an image stops once its FR similarity (of the current iterate's
+            reconstruction) stays below this for `stop_patience` iterations, never before `min_iterations`;
+            its slot is refilled at once. None: every image runs `iterations`.
+        stop_patience, min_iterations: see `stop_below`.
         amp_dtype: autocast dtype on CUDA (`bfloat16`, `float16` or None); the iterate stays float32.
+        channels_last: run the networks on channels-last tensors.
+        compile: `torch.compile` the frozen networks.
+        checkpoint_decoder: recompute the VAE decoder's activations in the backward pass (less memory,
+            larger batches, ~one more decoder forward per iteration).
         output_format: `png` (images/<uid>.png), `parquet` (dataset/*.parquet: PNG bytes plus every source
             column, loadable with `datasets.load_dataset`) or `both`.
         output_dir: where images and the manifest go (linked from the top-level `--output_dir`).
@@ -94,7 +107,13 @@ class ProtectionModule(L.LightningModule):
         fr_start: float = 0.35,
         lpips_start: float = 0.25,
         fr_reduction: Literal["mean", "max"] = "mean",
+        stop_below: float | None = None,
+        stop_patience: int = 5,
+        min_iterations: int = 40,
         amp_dtype: Literal["bfloat16", "float16"] | None = "bfloat16",
+        channels_last: bool = False,
+        compile: bool = False,
+        checkpoint_decoder: bool = False,
         output_format: OutputFormat = "png",
         output_dir: str = "outputs",
     ):
@@ -106,22 +125,37 @@ class ProtectionModule(L.LightningModule):
         self.method = build_method(method, fr_weight=fr_weight, latent_weight=latent_weight, lpips_weight=lpips_weight,
                                    fr_start=fr_start, lpips_start=lpips_start)
         recognizers = [RecognizerSpec()] if recognizers is None else recognizers
-        use_lpips = self.method.needs_lpips
+        if self.method.needs_faces and not recognizers:
+            raise ValueError(f"method {method!r} needs at least one face recogniser")
+        if stop_below is not None and not self.method.needs_faces:
+            raise ValueError("stop_below (adaptive stopping) watches the FR term: it needs method facelock")
         self.nets = Networks(
             load_vae(vae or VAESpec()),
             [load_recognizer(spec) for spec in recognizers],
-            load_lpips(lpips or LPIPSSpec()) if use_lpips else None,
+            load_lpips(lpips or LPIPSSpec()) if self.method.needs_lpips else None,
             fr_reduction,
         )
-        if self.method.needs_faces and not recognizers:
-            raise ValueError(f"method {method!r} needs at least one face recogniser")
         self.detector = FaceDetector() if recognizers else None
-        self.output_dir = Path(output_dir)
-        self.state: BatchState | None = None
+        self.output_dir = output_dir
+        self.state: SlotState | None = None
         self.images_done = 0
         self.stats = RunStats()
         self._writer: OutputWriter | None = None
         self.requires_grad_(False).eval()
+        self._apply_speed_switches()
+
+    def _apply_speed_switches(self) -> None:
+        vae = self.nets.vae
+        if self.hparams.checkpoint_decoder:
+            decode = vae.decode
+            vae.decode = lambda z: torch.utils.checkpoint.checkpoint(decode, z, use_reentrant=False)
+        if self.hparams.channels_last:
+            self.nets.to(memory_format=torch.channels_last)
+        if self.hparams.compile:
+            vae.model.encoder = torch.compile(vae.model.encoder)
+            vae.model.decoder = torch.compile(vae.model.decoder)
+            for recognizer in self.nets.recognizers:
+                recognizer.net = torch.compile(recognizer.net)
 
     # The frozen networks stay in eval mode: Lightning calls .train() when fitting starts.
     def train(self, mode: bool = True) -> "ProtectionModule":
@@ -142,89 +176,193 @@ class ProtectionModule(L.LightningModule):
             return contextlib.nullcontext()
         return torch.autocast("cuda", dtype=getattr(torch, dtype))
 
+    def _layout(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.hparams.channels_last else x
+
     # ---- once per image -------------------------------------------------------------------------
-    def _start_batch(self, batch: dict) -> BatchState:
-        levels = batch["image"]
-        valid = torch.tensor([s == "ok" for s in batch["status"]], device=self.device)
-        x = levels_to_pm1(levels)
+    def _clean_features(self, levels: torch.Tensor, valid: torch.Tensor) -> CleanFeatures:
         if self.detector is not None:
             geometry = self.detector(levels)
         else:
             geometry = FaceGeometry.whole_image(levels.shape[0], *levels.shape[-2:]).to(self.device)
         with self._autocast():
-            clean = self.nets.clean_features(x, geometry, self.method.needs_latent, self.method.needs_lpips)
+            clean = self.nets.clean_features(self._layout(levels_to_pm1(levels)), geometry, self.method.needs_latent,
+                                             self.method.needs_lpips)
         clean.face_found = clean.face_found & valid
-        return BatchState(
-            uids=list(batch["uid"]), levels=levels, x=x, x_adv=random_start(x, list(batch["uid"]), self.hparams.seed, self.hparams.eps),
-            iteration=torch.zeros(len(valid), dtype=torch.long, device=self.device), valid=valid, clean=clean,
-            meta={k: batch[k] for k in ("source", "width", "height", "status", "message", "extra")}, started=time.perf_counter(),
-        )
+        return clean
+
+    def _start(self, filled: list[tuple[int, dict]]) -> None:
+        """Put new images into their slots; undecodable ones are recorded at once and free their slot."""
+        good = [(slot, item) for slot, item in filled if item["status"] == "ok"]
+        bad = [(slot, item) for slot, item in filled if item["status"] != "ok"]
+        if bad:
+            self._record([self._error_row(item) for _, item in bad], {}, {it["uid"]: it["extra"] for _, it in bad})
+            self._board.release([slot for slot, _ in bad])
+        if not good:
+            return
+        batch = collate([item for _, item in good])
+        levels = batch["image"].to(self.device)
+        clean = self._clean_features(levels, torch.ones(len(good), dtype=torch.bool, device=self.device))
+        if self.state is None:
+            self.state = SlotState(self._board.slots, levels, clean)
+        state = self.state
+        index = torch.tensor([slot for slot, _ in good], device=self.device)
+        state.clean.assign_(index, clean)
+        x = levels_to_pm1(levels)
+        state.levels[index], state.x[index] = levels, x
+        state.x_adv[index] = random_start(x, batch["uid"], self.hparams.seed, self.hparams.eps)
+        state.iteration[index], state.streak[index], state.occupied[index] = 0, 0, True
+        now = time.perf_counter()
+        for slot, item in good:
+            state.items[slot], state.started[slot] = item, now
 
     # ---- one PGD iteration ----------------------------------------------------------------------
-    def training_step(self, batch: dict, batch_idx: int) -> None:
-        if self.state is None or self.state.uids != list(batch["uid"]) or bool((self.state.iteration >= self.hparams.iterations).all()):
-            self.state = self._start_batch(batch)
+    def training_step(self, board: SlotBoard, batch_idx: int) -> None:
+        self._board = board
+        self._start(board.refill())
         state = self.state
-        iterations = self.hparams.iterations
-        progress = state.iteration.float() / iterations
-        grad = torch.zeros_like(state.x_adv)
-        if state.valid.any():
-            x_in = state.x_adv.detach().requires_grad_(True)
-            with torch.enable_grad(), self._autocast():
-                objective, terms = self.method.objective(self.nets, x_in, state.clean, progress)
-            grad = torch.autograd.grad(objective.sum(), x_in)[0]
-            state.terms.update({name: value.detach().float() for name, value in terms.items()})
-            self._log_terms(terms, state.valid)
-        self.optimizers().step(x_adv=state.x_adv, grad=grad, x=state.x, step_size=step_sizes(self.hparams.step_size, state.iteration, iterations),
-                               eps=self.hparams.eps, active=state.valid)
-        state.iteration += 1
-        if bool((state.iteration >= iterations).all()):
-            self._finish_batch(state)
+        if state is None or not state.occupied.any():
+            self._sync_stop()
+            return  # an idle step (nothing left on this rank): no PGD iteration, global_step unchanged
+        try:
+            self._pgd_iteration(state)
+        except torch.cuda.OutOfMemoryError:
+            self._back_off(state)
+            return
+        self._finish(state)
+        self._sync_stop()
 
-    def _log_terms(self, terms: dict[str, torch.Tensor], valid: torch.Tensor) -> None:
-        metrics = {f"term/{name}": value.detach().float()[valid].mean() for name, value in terms.items()}
+    def _pgd_iteration(self, state: SlotState) -> None:
+        iterations = self.hparams.iterations
+        active = state.occupied.nonzero().flatten()
+        progress = state.iteration[active].float() / iterations
+        x_in = self._layout(state.x_adv[active]).requires_grad_(True)
+        with torch.enable_grad(), self._autocast():
+            objective, terms = self.method.objective(self.nets, x_in, state.clean.select(active), progress)
+        grad = torch.zeros_like(state.x_adv)
+        grad[active] = torch.autograd.grad(objective.sum(), x_in)[0].to(grad.dtype)
+        for name, value in terms.items():
+            state.terms.setdefault(name, torch.zeros(len(state.occupied), device=self.device))[active] = value.detach().float()
+        self._log_terms(terms)
+        self.optimizers().step(x_adv=state.x_adv, grad=grad, x=state.x, eps=self.hparams.eps, active=state.occupied,
+                               step_size=step_sizes(self.hparams.step_size, state.iteration, iterations))
+        state.iteration[active] += 1
+        if self.hparams.stop_below is not None and "fr_cos" in terms:
+            below = terms["fr_cos"].detach() < self.hparams.stop_below
+            state.streak[active] = torch.where(below, state.streak[active] + 1, torch.zeros_like(state.streak[active]))
+
+    def _log_terms(self, terms: dict[str, torch.Tensor]) -> None:
+        metrics = {f"term/{name}": value.detach().float().mean() for name, value in terms.items()}
         if "fr_cos" in terms:
             metrics["fr_sim"] = metrics["term/fr_cos"]
-        self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=int(valid.sum()))
+        self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=len(next(iter(terms.values()))))
+
+    def _back_off(self, state: SlotState) -> None:
+        """Out of GPU memory: halve the slots; images of dropped slots go back to the queue and restart."""
+        if self._board.slots == 1:
+            raise torch.cuda.OutOfMemoryError("out of memory with a single image per step: lower data.resolution")
+        torch.cuda.empty_cache()
+        dropped = self._board.shrink(self._board.slots // 2)
+        requeue = [state.items[s] for s in dropped if state.occupied[s]]
+        state.occupied[dropped] = False
+        self._board.requeue(requeue)
+        rank_zero_warn(f"facelock_pl: out of GPU memory; continuing with {self._board.slots} images per step")
+
+    def _sync_stop(self) -> None:
+        """Several processes: stop together once no rank has work left (ranks must step in lockstep)."""
+        if self.trainer.world_size > 1:
+            busy = torch.tensor(float(self._board.busy), device=self.device)
+            if float(self.trainer.strategy.reduce(busy, reduce_op="max")) == 0:
+                self.trainer.should_stop = True
 
     # ---- once per image, at the end ------------------------------------------------------------
     @torch.no_grad()
-    def _finish_batch(self, state: BatchState) -> None:
-        png_levels = quantise_to_levels(state.x_adv, state.levels, self.hparams.eps)
+    def _finish(self, state: SlotState) -> None:
+        done = state.occupied & (state.iteration >= self.hparams.iterations)
+        if self.hparams.stop_below is not None:
+            done |= state.occupied & (state.iteration >= self.hparams.min_iterations) & (
+                state.streak >= self.hparams.stop_patience)
+        slots = done.nonzero().flatten()
+        if len(slots) == 0:
+            return
+        png_levels = quantise_to_levels(state.x_adv[slots], state.levels[slots], self.hparams.eps)
+        clean = state.clean.select(slots)
         fr_cos_recon = None
-        if len(self.nets.recognizers) and state.valid.any():
+        if len(self.nets.recognizers):
             with self._autocast():
-                recon = self.nets.reconstruct(self.nets.vae.encode(levels_to_pm1(png_levels)))
-                fr_cos_recon = self.nets.fr_cos(recon.float(), state.clean).float()
-        real = [i for i, status in enumerate(state.meta["status"]) if status != PAD_STATUS]
-        seconds = (time.perf_counter() - state.started) / max(len(real), 1)
-        pngs = {state.uids[i]: png_bytes(png_levels[i]) for i in real if bool(state.valid[i])}
-        rows = [self._row(state, i, png_levels[i], fr_cos_recon, seconds) for i in real]
-        self.writer.write_batch(rows, pngs, {state.uids[i]: state.meta["extra"][i] for i in real})
+                recon = self.nets.reconstruct(self.nets.vae.encode(self._layout(levels_to_pm1(png_levels))))
+                fr_cos_recon = self.nets.fr_cos(recon.float(), clean).float()
+        now = time.perf_counter()
+        rows, pngs, extras = [], {}, {}
+        for j, slot in enumerate(slots.tolist()):
+            item = state.items[slot]
+            pngs[item["uid"]] = png_bytes(png_levels[j])
+            extras[item["uid"]] = item["extra"]
+            rows.append(self._row(state, slot, item, png_levels[j], fr_cos_recon[j] if fr_cos_recon is not None else None,
+                                  now - state.started[slot]))
+        self._record(rows, pngs, extras)
+        state.occupied[slots] = False
+        self._board.release(slots.tolist())
+
+    def _record(self, rows: list[dict], pngs: dict[str, bytes], extras: dict[str, dict]) -> None:
+        self.writer.write_batch(rows, pngs, extras)
         for row in rows:
             self.stats.add(row)
-        self.images_done += len(real)
+        self.images_done += len(rows)
 
-    def _row(self, state: BatchState, i: int, levels: torch.Tensor, fr_cos_recon: torch.Tensor | None, seconds: float) -> dict:
-        meta = {k: v[i] for k, v in state.meta.items()}
-        row = {"uid": state.uids[i], "source": meta["source"], "method": self.hparams.method, "width": int(meta["width"]),
-               "height": int(meta["height"]), "iterations": self.hparams.iterations, "seconds": seconds}
-        if not bool(state.valid[i]):
-            return {**row, "status": "error", "message": meta["message"], "iterations": 0}
-        diff = levels.float() - state.levels[i].float()
+    def _error_row(self, item: dict) -> dict:
+        return {"uid": item["uid"], "source": item["source"], "method": self.hparams.method, "width": int(item["width"]),
+                "height": int(item["height"]), "iterations": 0, "seconds": 0.0, "status": "error",
+                "message": item["message"]}
+
+    def _row(self, state: SlotState, slot: int, item: dict, levels: torch.Tensor, fr_cos_recon: torch.Tensor | None,
+             seconds: float) -> dict:
+        diff = levels.float() - state.levels[slot].float()
         mse = diff.pow(2).mean().item()
-        found = bool(state.clean.face_found[i])
-        row.update(
-            status="ok" if found else "no_face",
-            message="" if found else "no face detected: protected without the face-recognition term",
-            linf_255=diff.abs().max().item(),
-            psnr_db=10 * math.log10(255.0**2 / mse) if mse > 0 else float("inf"),
-            fr_cos_recon=float(fr_cos_recon[i]) if fr_cos_recon is not None and found else None,
-        )
-        row.update({f"term_{name}": float(state.terms[name][i]) for name in TERM_NAMES if name in state.terms})
+        found = bool(state.clean.face_found[slot])
+        row = {"uid": item["uid"], "source": item["source"], "method": self.hparams.method, "width": int(item["width"]),
+               "height": int(item["height"]), "iterations": int(state.iteration[slot]), "seconds": seconds,
+               "status": "ok" if found else "no_face",
+               "message": "" if found else "no face detected: protected without the face-recognition term",
+               "linf_255": diff.abs().max().item(),
+               "psnr_db": 10 * math.log10(255.0**2 / mse) if mse > 0 else float("inf"),
+               "fr_cos_recon": float(fr_cos_recon) if fr_cos_recon is not None and found else None}
+        row.update({f"term_{name}": float(state.terms[name][slot]) for name in TERM_NAMES if name in state.terms})
         if not found:
             row["term_fr_cos"] = None  # computed for the batch, but not part of this image's objective
         return row
+
+    # ---- run level -------------------------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        datamodule = self.trainer.datamodule
+        if datamodule is not None and datamodule.batch_size == "auto":
+            datamodule.batch_size = self.largest_batch(datamodule.resolution)
+            rank_zero_info(f"facelock_pl: batch_size auto -> {datamodule.batch_size}")
+
+    def largest_batch(self, resolution: int, limit: int = 256) -> int:
+        """The largest batch whose PGD iteration fits in GPU memory (doubling until out of memory, then
+        keeping 90% of it for headroom); 4 on CPU, where memory is not the limit."""
+        if self.device.type != "cuda":
+            return 4
+        fits, size, out_of_memory = 0, 1, False
+        while size <= limit and not out_of_memory:
+            try:
+                levels = torch.randint(0, 256, (size, 3, resolution, resolution), dtype=torch.uint8, device=self.device)
+                clean = self._clean_features(levels, torch.ones(size, dtype=torch.bool, device=self.device))
+                x_in = levels_to_pm1(levels).requires_grad_(True)
+                with torch.enable_grad(), self._autocast():
+                    progress = torch.ones(size, device=self.device)  # every term on: the most memory
+                    objective, _ = self.method.objective(self.nets, self._layout(x_in), clean, progress)
+                torch.autograd.grad(objective.sum(), x_in)
+                fits, size = size, size * 2
+            except torch.cuda.OutOfMemoryError:
+                out_of_memory = True
+            finally:
+                torch.cuda.empty_cache()
+        if fits == 0:
+            raise torch.cuda.OutOfMemoryError(f"not even one {resolution}px image fits in GPU memory")
+        # Leave headroom for the slot state and the re-measurement of finished images.
+        return max(1, int(fits * 0.9)) if out_of_memory else fits
 
     def on_train_start(self) -> None:
         self.stats.start()

@@ -27,6 +27,32 @@ class CleanFeatures:
     lpips_features: list[torch.Tensor] | None
     face_found: torch.Tensor  # [B] bool
 
+    def _map(self, fn) -> "CleanFeatures":
+        def each(tensors):
+            return None if tensors is None else [fn(t) for t in tensors]
+
+        return CleanFeatures(None if self.latent is None else fn(self.latent), each(self.thetas), each(self.embeddings),
+                             each(self.lpips_features), fn(self.face_found))
+
+    def select(self, index: torch.Tensor) -> "CleanFeatures":
+        """The features of samples `index` (a gather: the result does not share memory)."""
+        return self._map(lambda t: t[index])
+
+    def slots(self, count: int) -> "CleanFeatures":
+        """Zero-filled storage for `count` samples shaped like these features."""
+        return self._map(lambda t: t.new_zeros((count, *t.shape[1:])))
+
+    def assign_(self, index: torch.Tensor, other: "CleanFeatures") -> None:
+        """Write `other`'s samples into positions `index` (the slots being refilled)."""
+        def put(mine, theirs):
+            for m, t in zip(mine or [], theirs or []):
+                m[index] = t
+        put([self.latent] if self.latent is not None else None, [other.latent] if other.latent is not None else None)
+        put(self.thetas, other.thetas)
+        put(self.embeddings, other.embeddings)
+        put(self.lpips_features, other.lpips_features)
+        self.face_found[index] = other.face_found
+
 
 class Networks(nn.Module):
     """The frozen networks of an attack, and the terms computed with them."""
