@@ -20,11 +20,11 @@ _BACKBONE_WEIGHTS = {"vgg": "vgg16-397923af.pth", "alex": "alexnet-owt-7be5be79.
 @dataclass
 class LPIPSSpec:
     """Args:
-        net: `vgg` (FaceLock's choice), `alex`, `squeeze`, or `tiny-random` (random AlexNet trunk and
-            random linear layers; for tests and benchmarks only).
+        net: `vgg` (FaceLock's choice), `alex`, `squeeze`; `tiny-random` (random AlexNet trunk and
+            random linear layers; for tests) or `random-vgg` (LPIPS-VGG's architecture, random; for timing).
     """
 
-    net: Literal["vgg", "alex", "squeeze", "tiny-random"] = "vgg"
+    net: Literal["vgg", "alex", "squeeze", "tiny-random", "random-vgg"] = "vgg"
 
 
 class LPIPSDistance(nn.Module):
@@ -48,10 +48,11 @@ class LPIPSDistance(nn.Module):
 def load_lpips(spec: LPIPSSpec) -> LPIPSDistance:
     import lpips
 
-    if spec.net == "tiny-random":
+    if spec.net in ("tiny-random", "random-vgg"):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
-            model = lpips.LPIPS(net="alex", pretrained=False, pnet_rand=True, verbose=False)
+            trunk = "alex" if spec.net == "tiny-random" else "vgg"
+            model = lpips.LPIPS(net=trunk, pretrained=False, pnet_rand=True, verbose=False)
             for lin in model.lins:  # non-negative channel weights, as trained LPIPS has: distances >= 0
                 lin.model[-1].weight.data.abs_()
         return frozen(LPIPSDistance(model))

@@ -8,6 +8,7 @@ Backends:
   on the 112x112 ArcFace alignment (similarity transform of the 5 landmarks). The graph's input is
   `x_pm1 * input_scale + input_offset` (SFace: 127.5, 127.5 -> [0, 255]; InsightFace: 1, 0).
 - `tiny-random`: a randomly initialised miniature CNN on a 32x32 box crop, for tests and benchmarks only.
+- `random-facenet`: `InceptionResnetV1` with random weights, for timing benchmarks only.
 
 `embed(x, theta)` returns L2-normalised embeddings [B, D] of [-1, 1] images `x` warped by `theta`.
 """
@@ -36,7 +37,7 @@ class RecognizerSpec:
     """Which face recogniser to load, how to align its input, and its weight in an ensemble.
 
     Args:
-        kind: `facenet`, `onnx` or `tiny-random`.
+        kind: `facenet`, `onnx`, `tiny-random` or `random-facenet`.
         weights: facenet: `vggface2`, `casia-webface` or a state-dict path; onnx: path to the `.onnx` file.
         name: label for logs and manifest columns (defaults to the kind).
         weight: weight of this recogniser's cosine in the FR term.
@@ -45,7 +46,7 @@ class RecognizerSpec:
         bgr: onnx model expects BGR channel order.
     """
 
-    kind: Literal["facenet", "onnx", "tiny-random"] = "facenet"
+    kind: Literal["facenet", "onnx", "tiny-random", "random-facenet"] = "facenet"
     weights: str = "vggface2"
     name: str | None = None
     weight: float = 1.0
@@ -83,7 +84,7 @@ class FaceRecognizer(nn.Module):
         if self.spec.kind == "onnx":
             faces = faces_pm1.flip(1) if self.spec.bgr else faces_pm1
             inputs = faces * self.spec.input_scale + self.spec.input_offset
-        elif self.spec.kind == "facenet":
+        elif self.spec.kind in ("facenet", "random-facenet"):
             inputs = faces_pm1 * (127.5 / 128.0)  # (x255 - 127.5) / 128
         else:
             inputs = faces_pm1
@@ -161,4 +162,10 @@ def load_recognizer(spec: RecognizerSpec) -> FaceRecognizer:
         return frozen(FaceRecognizer(_onnx(spec), spec, 112, "arcface"))
     if spec.kind == "tiny-random":
         return frozen(FaceRecognizer(TinyRandomRecognizerNet(), spec, 32, "box"))
+    if spec.kind == "random-facenet":
+        from facenet_pytorch import InceptionResnetV1
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            return frozen(FaceRecognizer(InceptionResnetV1(pretrained=None), spec, 160, "box"))
     raise ValueError(f"unknown recogniser kind {spec.kind!r}")

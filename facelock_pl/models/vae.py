@@ -6,6 +6,7 @@ Backends:
 - `taesd`: diffusers `AutoencoderTiny`, from a hub id (e.g. `madebyollin/taesd`), a local diffusers folder,
   or a local folder holding the original TAESD files `*_encoder.safetensors` / `*_decoder.safetensors`.
 - `tiny-random-kl`: a randomly initialised miniature `AutoencoderKL`, for tests and benchmarks only.
+- `random-sd-kl`: Stable Diffusion's VAE architecture, randomly initialised: for timing benchmarks only.
 
 Pixels in and out are in [-1, 1].
 """
@@ -27,13 +28,13 @@ class VAESpec:
     """Which autoencoder to load.
 
     Args:
-        kind: `kl`, `taesd` or `tiny-random-kl`.
-        path: hub id or local folder (unused by `tiny-random-kl`).
+        kind: `kl`, `taesd`, `tiny-random-kl` or `random-sd-kl`.
+        path: hub id or local folder (unused by the random kinds).
         subfolder: subfolder inside `path` holding the VAE (`vae` for a full pipeline repo).
         name: label used in logs and manifests.
     """
 
-    kind: Literal["kl", "taesd", "tiny-random-kl"] = "kl"
+    kind: Literal["kl", "taesd", "tiny-random-kl", "random-sd-kl"] = "kl"
     path: str = "timbrooks/instruct-pix2pix"
     subfolder: str | None = "vae"
     name: str = "vae"
@@ -93,6 +94,18 @@ def tiny_random_kl(seed: int = 0) -> nn.Module:
         )
 
 
+def random_sd_kl(seed: int = 0) -> nn.Module:
+    """Stable Diffusion 1.x's AutoencoderKL architecture (83M parameters), random weights. For timing only."""
+    from diffusers import AutoencoderKL
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return AutoencoderKL(
+            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+            block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4, sample_size=512,
+        )
+
+
 def _from_pretrained(cls, spec: VAESpec) -> nn.Module:
     local = Path(spec.path).expanduser()
     source = str(local) if local.exists() else spec.path
@@ -104,8 +117,9 @@ def load_vae(spec: VAESpec) -> FrozenVAE:
     """Load the autoencoder named by `spec`, frozen, in eval mode, float32."""
     from diffusers import AutoencoderKL, AutoencoderTiny
 
-    if spec.kind == "tiny-random-kl":
-        return frozen(FrozenVAE(tiny_random_kl(), posterior_mean=True))
+    if spec.kind in ("tiny-random-kl", "random-sd-kl"):
+        model = tiny_random_kl() if spec.kind == "tiny-random-kl" else random_sd_kl()
+        return frozen(FrozenVAE(model, posterior_mean=True))
     try:
         if spec.kind == "kl":
             model = _from_pretrained(AutoencoderKL, spec)

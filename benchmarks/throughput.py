@@ -1,0 +1,279 @@
+"""Throughput: the project's pipeline (the same code path as `fit`) vs the published per-image loop.
+
+    python benchmarks/throughput.py --preset cpu-real --assets ../shared/assets --images 4 --iterations 30 \
+        --json benchmarks/results/throughput-cpu-real.json
+    python benchmarks/throughput.py --preset cpu-tiny
+    python benchmarks/throughput.py --preset gpu-sd            # SD-VAE architecture at 512 px, random weights
+
+Each measurement runs in its own process (clean memory peak, clean thread pools), on the same models,
+images, resolution and iteration count:
+  reference   `benchmarks/reference_loop.py`: batch 1, clean features and every term recomputed each
+              iteration, unfused update (the published loop);
+  pipeline    `ProtectionModule` + `FaceDataModule` + `lightning.Trainer.fit`, as `fit` runs them;
+  adaptive    the pipeline with adaptive stopping and continuous batching (`--stop-below`).
+Reported: images/s, speedup over the reference, peak memory, achieved TFLOP/s of the pipeline (FLOPs
+counted with `torch.utils.flop_counter` per iteration regime) and its share of a matmul peak measured in
+the same run (bf16 on GPU, fp32 on CPU), and the per-image final `fr_cos_recon` of every variant, so
+speed is never bought with weaker protection unknowingly. JSON plus a printed table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+PRESETS = {
+    "cpu-tiny": dict(resolution=64, images=4, iterations=20, batch_size=4, device="cpu"),
+    "cpu-real": dict(resolution=256, images=4, iterations=30, batch_size=4, device="cpu"),
+    "gpu-sd": dict(resolution=512, images=16, iterations=20, batch_size="auto", device="cuda"),
+}
+
+
+def module_kwargs(preset: str, assets: Path | None, iterations: int) -> dict:
+    from facelock_pl.models import LPIPSSpec, RecognizerSpec, VAESpec
+
+    if preset == "cpu-tiny":
+        return dict(vae=VAESpec(kind="tiny-random-kl"), recognizers=[RecognizerSpec(kind="tiny-random")],
+                    lpips=LPIPSSpec(net="tiny-random"), amp_dtype=None, iterations=iterations)
+    if preset == "cpu-real":
+        if assets is None:
+            raise SystemExit("--preset cpu-real needs --assets DIR (e.g. ../shared/assets)")
+        facenet = assets / "fr" / "facenet-casia" / "facenet_casia_webface_20180408_fp16.safetensors"
+        return dict(vae=VAESpec(kind="taesd", path=str(assets / "vae" / "taesd"), subfolder=None),
+                    recognizers=[RecognizerSpec(kind="facenet", weights=str(facenet), name="facenet-casia")],
+                    lpips_weight=0.0, amp_dtype=None, iterations=iterations)
+    return dict(vae=VAESpec(kind="random-sd-kl"), recognizers=[RecognizerSpec(kind="random-facenet")],
+                lpips=LPIPSSpec(net="random-vgg"), amp_dtype="bfloat16", iterations=iterations)
+
+
+def prepare_images(folder: Path, count: int, assets: Path | None) -> None:
+    """The first `count` shared CelebA-HQ faces, or rotated copies of scikit-image's astronaut."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    faces = sorted((assets / "faces" / "celebahq").glob("*.jpg")) if assets else []
+    for i in range(count):
+        target = folder / f"face{i:03d}.png"
+        if faces:
+            Image.open(faces[i % len(faces)]).convert("RGB").save(target)
+        else:
+            from skimage import data
+
+            Image.fromarray(data.astronaut()).rotate(3 * i).save(target)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def matmul_peak_tflops(device: torch.device) -> float:
+    """Peak of a large matmul measured here: bf16 8192^2 on GPU, fp32 2048^2 on CPU."""
+    n, dtype = (8192, torch.bfloat16) if device.type == "cuda" else (2048, torch.float32)
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    repeats = 20 if device.type == "cuda" else 5
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e12
+
+
+def iteration_flops(module, levels: torch.Tensor) -> dict[str, float]:
+    """FLOPs of one PGD iteration of one image in each regime of FaceLock's schedule."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    clean = module._clean_features(levels, torch.ones(1, dtype=torch.bool, device=levels.device))
+    flops = {}
+    for name, progress in (("encoder_only", 0.0), ("with_lpips", 0.3), ("all_terms", 0.5)):
+        x_in = (levels.float() / 127.5 - 1).requires_grad_(True)
+        with FlopCounterMode(display=False) as counter, torch.enable_grad(), module._autocast():
+            objective, _ = module.method.objective(module.nets, x_in, clean, torch.tensor([progress], device=levels.device))
+            objective.sum().backward()  # autograd.grad() trips FlopCounterMode's module hooks
+        flops[name] = float(counter.get_total_flops())
+    return flops
+
+
+def image_flops(flops: dict[str, float], iterations_run: int, iterations: int) -> float:
+    total = 0.0
+    for i in range(iterations_run):
+        progress = i / iterations
+        total += flops["all_terms"] if progress >= 0.35 else flops["with_lpips"] if progress > 0.25 else flops["encoder_only"]
+    return total
+
+
+# ---- phases (each in its own process) -------------------------------------------------------------
+def run_reference(args, kwargs: dict, device: torch.device) -> dict:
+    from reference_loop import reference_facelock
+
+    from facelock_pl.data import FolderImages
+    from facelock_pl.engine import ProtectionModule
+
+    module = ProtectionModule(**kwargs).to(device)
+    images = FolderImages(args.folder, args.resolution)
+    rows = []
+    start = time.perf_counter()
+    for i in range(len(images)):
+        item = images[i]
+        levels = item["image"][None].to(device)
+        rows.append(reference_facelock(module.nets, module.detector, levels, item["uid"], iterations=args.iterations,
+                                       lpips_weight=kwargs.get("lpips_weight", 1.0)))
+    wall = time.perf_counter() - start
+    return {"images": len(rows), "wall_s": wall, "images_per_s": len(rows) / wall, "peak_memory_mb": peak_memory_mb(device),
+            "fr_cos_recon": {r["uid"]: r["fr_cos_recon"] for r in rows},
+            "iterations": {r["uid"]: args.iterations for r in rows}}
+
+
+def run_pipeline(args, kwargs: dict, device: torch.device) -> dict:
+    import lightning as L
+
+    from facelock_pl.data import FaceDataModule
+    from facelock_pl.engine import ProtectionModule
+    from facelock_pl.outputs import read_manifest
+
+    if args.stop_below is not None:
+        kwargs = {**kwargs, "stop_below": args.stop_below, "min_iterations": args.min_iterations,
+                  "stop_patience": args.stop_patience}
+    out = Path(tempfile.mkdtemp(prefix="facelock-bench-"))
+    module = ProtectionModule(**kwargs, output_dir=str(out))
+    data = FaceDataModule(source=args.folder, resolution=args.resolution, batch_size=args.batch_size,
+                          num_workers=args.num_workers, output_dir=str(out))
+    trainer = L.Trainer(accelerator=device.type, devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=data)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    wall = time.perf_counter() - start
+    manifest = read_manifest(out)
+    result = {"images": len(manifest), "wall_s": wall, "images_per_s": len(manifest) / wall,
+              "peak_memory_mb": peak_memory_mb(device), "batch_size": data.batch_size,
+              "fr_cos_recon": dict(zip(manifest["uid"], manifest["fr_cos_recon"].astype(float))),
+              "iterations": dict(zip(manifest["uid"], manifest["iterations"].astype(int)))}
+    levels = data.dataset[0]["image"][None].to(module.device)
+    flops = iteration_flops(module, levels)
+    total = sum(image_flops(flops, n, args.iterations) for n in result["iterations"].values())
+    result.update(flops_per_iteration=flops, total_tflop=total / 1e12, achieved_tflops=total / wall / 1e12,
+                  matmul_peak_tflops=matmul_peak_tflops(module.device))
+    result["share_of_peak"] = result["achieved_tflops"] / result["matmul_peak_tflops"]
+    return result
+
+
+def phase_main(args) -> None:
+    device = torch.device(args.device)
+    kwargs = module_kwargs(args.preset, Path(args.assets) if args.assets else None, args.iterations)
+    result = run_reference(args, kwargs, device) if args.phase == "reference" else run_pipeline(args, kwargs, device)
+    Path(args.phase_json).write_text(json.dumps(result))
+
+
+# ---- orchestration ----------------------------------------------------------------------------------
+def median(values) -> float | None:
+    values = [v for v in values if v is not None and v == v]
+    return statistics.median(values) if values else None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu-tiny")
+    parser.add_argument("--assets", default=None, help="../shared/assets (real weights and faces)")
+    parser.add_argument("--images", type=int)
+    parser.add_argument("--iterations", type=int)
+    parser.add_argument("--batch-size", default=None, help="int or 'auto'")
+    parser.add_argument("--num-workers", type=int, default=1)
+    parser.add_argument("--stop-below", type=float, default=None, help="adds an adaptive-stopping pipeline run")
+    parser.add_argument("--min-iterations", type=int, default=None)
+    parser.add_argument("--stop-patience", type=int, default=3)
+    parser.add_argument("--skip-reference", action="store_true")
+    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--phase", choices=["reference", "pipeline"], help=argparse.SUPPRESS)
+    parser.add_argument("--phase-json", help=argparse.SUPPRESS)
+    parser.add_argument("--folder", help=argparse.SUPPRESS)
+    parser.add_argument("--resolution", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--device", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    preset = PRESETS[args.preset]
+    args.images = args.images or preset["images"]
+    args.iterations = args.iterations or preset["iterations"]
+    args.resolution = args.resolution or preset["resolution"]
+    args.device = args.device or preset["device"]
+    batch = args.batch_size or preset["batch_size"]
+    args.batch_size = batch if batch == "auto" else int(batch)
+    args.min_iterations = args.min_iterations or max(1, int(0.4 * args.iterations))
+    if args.phase:
+        phase_main(args)
+        return
+
+    folder = Path(tempfile.mkdtemp(prefix="facelock-bench-images-"))
+    prepare_images(folder, args.images, Path(args.assets) if args.assets else None)
+    variants = ([] if args.skip_reference else [("reference", "reference", None)]) + [("pipeline", "pipeline", None)]
+    if args.stop_below is not None:
+        variants.append(("adaptive", "pipeline", args.stop_below))
+    results = {}
+    for name, phase, stop_below in variants:
+        phase_json = folder / f"{name}.json"
+        command = [sys.executable, __file__, "--preset", args.preset, "--phase", phase, "--phase-json", str(phase_json),
+                   "--folder", str(folder), "--resolution", str(args.resolution), "--device", args.device,
+                   "--images", str(args.images), "--iterations", str(args.iterations), "--batch-size", str(args.batch_size),
+                   "--num-workers", str(args.num_workers), "--min-iterations", str(args.min_iterations),
+                   "--stop-patience", str(args.stop_patience)]
+        command += ["--assets", args.assets] if args.assets else []
+        command += ["--stop-below", str(stop_below)] if stop_below is not None else []
+        print(f"running {name} ...", flush=True)
+        subprocess.run(command, check=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+        results[name] = json.loads(phase_json.read_text())
+
+    reference = results.get("reference")
+    for name, result in results.items():
+        result["median_fr_cos_recon"] = median(result["fr_cos_recon"].values())
+        result["mean_iterations"] = statistics.mean(result["iterations"].values())
+        if reference and name != "reference":
+            result["speedup"] = result["images_per_s"] / reference["images_per_s"]
+            common = [u for u in result["fr_cos_recon"] if reference["fr_cos_recon"].get(u) is not None]
+            result["fr_cos_recon_diff_vs_reference"] = {
+                u: result["fr_cos_recon"][u] - reference["fr_cos_recon"][u] for u in common}
+    summary = {"preset": args.preset, "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
+               "cpu_threads": torch.get_num_threads(), "images": args.images, "iterations": args.iterations,
+               "resolution": args.resolution, **results}
+    if "pipeline" in results:
+        summary["speedup"] = results["pipeline"].get("speedup")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(summary, indent=2))
+
+    print(f"\npreset {args.preset} on {summary['device']}: {args.images} images, {args.resolution} px, "
+          f"{args.iterations} iterations")
+    print(f"{'variant':>10} {'images/s':>9} {'speedup':>8} {'peak MB':>8} {'mean it':>8} {'median fr_cos_recon':>20} "
+          f"{'TFLOP/s':>8} {'% peak':>7}")
+    for name, r in results.items():
+        speed = f"{r['speedup']:.2f}x" if "speedup" in r else "1.00x" if name == "reference" else "-"
+        tflops = f"{r['achieved_tflops']:.3f}" if "achieved_tflops" in r else "-"
+        share = f"{100 * r['share_of_peak']:.1f}%" if "share_of_peak" in r else "-"
+        fr = f"{r['median_fr_cos_recon']:.3f}" if r["median_fr_cos_recon"] is not None else "-"
+        print(f"{name:>10} {r['images_per_s']:>9.4f} {speed:>8} {r['peak_memory_mb']:>8.0f} {r['mean_iterations']:>8.1f} "
+              f"{fr:>20} {tflops:>8} {share:>7}")
+    if args.json:
+        print(f"json: {args.json}")
+
+
+if __name__ == "__main__":
+    main()
