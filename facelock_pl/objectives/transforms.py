@@ -1,0 +1,108 @@
+"""Expectation over transformation (EOT): random, differentiable purifications applied to x_adv inside
+the loop, so the perturbation survives them (Athalye et al., "Synthesizing Robust Adversarial Examples",
+ICML 2018).
+
+Specs (strings, as in configs): `jpeg:Q_LO-Q_HI` (kornia's differentiable JPEG at a uniform random
+quality), `resize:S_LO-S_HI` (down-scale by a random factor, antialiased, then back up), `blur:S_LO-S_HI`
+(Gaussian blur, random sigma in pixels), `shift:PIXELS` (random translation up to that many pixels,
+border replicated), `colorjitter:STRENGTH` (brightness/contrast/saturation factors in 1 ± STRENGTH).
+Each draw picks one transformation per image uniformly from the list; parameters come from a generator
+seeded by (seed, uid, iteration, draw), so a run is reproducible whatever the batch. Images are in
+[-1, 1] and stay differentiable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..engine.schedule import uid_seed
+
+DEFAULT_RANGES = {"jpeg": (50.0, 95.0), "resize": (0.5, 1.0), "blur": (0.0, 1.5), "shift": (0.0, 4.0),
+                  "colorjitter": (0.0, 0.1)}
+
+
+@dataclass(frozen=True)
+class Transform:
+    kind: str
+    low: float
+    high: float
+
+    @classmethod
+    def parse(cls, spec: str) -> "Transform":
+        kind, _, value = spec.partition(":")
+        if kind not in DEFAULT_RANGES:
+            raise ValueError(f"unknown EOT transformation {spec!r}; use jpeg, resize, blur, shift or colorjitter")
+        low, high = DEFAULT_RANGES[kind]
+        if value:
+            parts = [float(v) for v in value.split("-")]
+            low, high = (parts[0], parts[0]) if len(parts) == 1 else parts
+            if kind in ("shift", "colorjitter") and len(parts) == 1:
+                low, high = 0.0, parts[0]
+        if low > high or low < 0 or (kind == "jpeg" and not 1 <= low <= high <= 100) or (kind == "resize" and high > 1):
+            raise ValueError(f"EOT transformation {spec!r} has an invalid range")
+        return cls(kind, low, high)
+
+    def apply(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """Transform images x [B, 3, H, W] with parameters from uniform draws u [B, 3] in [0, 1)."""
+        amount = self.low + (self.high - self.low) * u[:, 0]
+        if self.kind == "jpeg":
+            from kornia.enhance import jpeg_codec_differentiable
+
+            return jpeg_codec_differentiable((x + 1) / 2, amount).clamp(0, 1) * 2 - 1
+        if self.kind == "resize":
+            size = x.shape[-2:]
+            return torch.cat([
+                F.interpolate(F.interpolate(xi[None], scale_factor=float(s), mode="bilinear", antialias=True,
+                                            align_corners=False), size=size, mode="bilinear", align_corners=False)
+                for xi, s in zip(x, amount.tolist())
+            ])
+        if self.kind == "blur":
+            from kornia.filters import gaussian_blur2d
+
+            sigma = amount.clamp_min(1e-3)[:, None].expand(-1, 2).to(x)
+            return gaussian_blur2d(x, kernel_size=2 * int(3 * self.high + 0.5) + 1, sigma=sigma, border_type="reflect")
+        if self.kind == "shift":
+            from kornia.geometry.transform import translate
+
+            angle = u[:, 1] * 2 * torch.pi
+            offset = torch.stack([amount * torch.cos(angle), amount * torch.sin(angle)], dim=1).to(x)
+            return translate(x, offset, padding_mode="border", align_corners=False)
+        from kornia.enhance import adjust_brightness, adjust_contrast, adjust_saturation
+
+        factors = 1 + (u * 2 - 1) * amount[:, None]
+        image = (x + 1) / 2
+        image = adjust_brightness(image, (factors[:, 0] - 1).to(x))
+        image = adjust_contrast(image, factors[:, 1].to(x))
+        image = adjust_saturation(image, factors[:, 2].to(x))
+        return image.clamp(0, 1) * 2 - 1
+
+
+class RandomPurification:
+    """Draws one of `transforms` per image and applies it; `draws(...)` gives reproducible uniforms."""
+
+    def __init__(self, specs: list[str]):
+        if not specs:
+            raise ValueError("EOT needs at least one transformation")
+        self.transforms = [Transform.parse(s) for s in specs]
+
+    @staticmethod
+    def draws(seed: int, uids: list[str], iterations: torch.Tensor, draw: int) -> torch.Tensor:
+        """[B, 4] uniforms: column 0 picks the transformation, 1..3 are its parameters."""
+        rows = []
+        for uid, iteration in zip(uids, iterations.tolist()):
+            generator = torch.Generator().manual_seed(uid_seed(seed, f"eot/{uid}/{iteration}/{draw}"))
+            rows.append(torch.rand(4, generator=generator))
+        return torch.stack(rows)
+
+    def __call__(self, x: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+        uniforms = uniforms.to(x.device)
+        choice = (uniforms[:, 0] * len(self.transforms)).long().clamp_max(len(self.transforms) - 1)
+        out = torch.empty_like(x)
+        for k, transform in enumerate(self.transforms):
+            picked = (choice == k).nonzero().flatten()
+            if len(picked):
+                out[picked] = transform.apply(x[picked], uniforms[picked, 1:]).to(x.dtype)
+        return out

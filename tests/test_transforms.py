@@ -1,0 +1,78 @@
+"""EOT transformations: differentiable, with the intended statistics, reproducible under a seed."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import astronaut
+from facelock_pl.objectives.transforms import RandomPurification, Transform
+
+
+@pytest.fixture(scope="module")
+def face() -> torch.Tensor:
+    levels = torch.from_numpy(np.asarray(astronaut().resize((64, 64)))).permute(2, 0, 1)[None]
+    return levels.float() / 127.5 - 1
+
+
+def fixed(value: float, batch: int = 1) -> torch.Tensor:
+    return torch.full((batch, 3), value)
+
+
+@pytest.mark.parametrize("spec", ["jpeg:60-90", "resize:0.5-0.9", "blur:0.5-1.5", "shift:3", "colorjitter:0.2"])
+def test_each_transformation_is_differentiable(face, spec):
+    x = face.clone().requires_grad_(True)
+    out = Transform.parse(spec).apply(x, fixed(0.7))
+    assert out.shape == x.shape and out.min() >= -1.001 and out.max() <= 1.001
+    (out * torch.randn_like(out)).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0 and torch.isfinite(x.grad).all()
+
+
+def test_differentiable_jpeg_matches_a_real_jpeg(face):
+    levels = ((face[0] + 1) * 127.5).round().clamp(0, 255).byte().permute(1, 2, 0).numpy()
+    buffer = io.BytesIO()
+    Image.fromarray(levels).save(buffer, format="JPEG", quality=75)
+    real = torch.from_numpy(np.asarray(Image.open(buffer))).permute(2, 0, 1).float() / 127.5 - 1
+    ours = Transform.parse("jpeg:75").apply(face, fixed(0.0))[0]
+    psnr_vs_real = 10 * torch.log10(4 / (ours - real).pow(2).mean())
+    psnr_vs_input = 10 * torch.log10(4 / (ours - face[0]).pow(2).mean())
+    assert psnr_vs_real > 30 and psnr_vs_input < 45  # it is a JPEG, and close to PIL's at that quality
+
+
+def test_blur_resize_shift_and_jitter_statistics(face):
+    detail = lambda t: (t[..., 1:, :] - t[..., :-1, :]).abs().mean()  # noqa: E731
+    weak, strong = Transform.parse("blur:0.3-2.0").apply(face, fixed(0.0)), Transform.parse("blur:0.3-2.0").apply(face, fixed(0.99))
+    assert detail(strong) < detail(weak) < detail(face)
+    assert detail(Transform.parse("resize:0.5").apply(face, fixed(0.0))) < detail(face)
+    ramp = torch.linspace(-1, 1, 32).expand(1, 3, 32, 32).contiguous()
+    u = torch.tensor([[1.0, 0.0, 0.0]])  # full amount, angle 0: shift along +x by 2 pixels
+    shifted = Transform.parse("shift:2").apply(ramp, u)
+    assert torch.allclose(shifted[..., 10:20], ramp[..., 8:18], atol=1e-4)
+    brighter = Transform.parse("colorjitter:0.2").apply(face, torch.tensor([[1.0, 0.5, 0.5]]))
+    assert brighter.mean() > face.mean()
+
+
+def test_parameters_follow_the_declared_ranges():
+    t = Transform.parse("jpeg:50-90")
+    assert (t.low, t.high) == (50, 90)
+    assert Transform.parse("shift:4") == Transform("shift", 0.0, 4.0)
+    for bad in ("jpeg:0-50", "resize:0.5-2", "sharpen", "blur:2-1"):
+        with pytest.raises(ValueError):
+            Transform.parse(bad)
+    draws = RandomPurification.draws(0, [f"u{i}" for i in range(2000)], torch.zeros(2000, dtype=torch.long), 0)
+    choice = (draws[:, 0] * 3).long()
+    counts = torch.bincount(choice, minlength=3).float() / 2000
+    assert torch.allclose(counts, torch.full((3,), 1 / 3), atol=0.05)  # each transformation about equally often
+    assert 0.45 < draws[:, 1].mean() < 0.55
+
+
+def test_draws_are_reproducible_and_per_image():
+    a = RandomPurification.draws(7, ["x", "y"], torch.tensor([3, 3]), 0)
+    b = RandomPurification.draws(7, ["y"], torch.tensor([3]), 0)
+    assert torch.equal(a[1], b[0])  # independent of the batch
+    assert not torch.equal(a, RandomPurification.draws(7, ["x", "y"], torch.tensor([4, 4]), 0))
+    assert not torch.equal(a, RandomPurification.draws(7, ["x", "y"], torch.tensor([3, 3]), 1))
