@@ -6,9 +6,10 @@ iteration. Each step:
    E(x), FR(x), LPIPS features of x) for just those images;
 2. computes the method's objective on the occupied slots, its input gradient, and the projected sign
    update (`facelock_pl.kernels.pgd_step_`, per-slot step sizes, unoccupied slots masked);
-3. finishes the slots whose image reached `iterations` (or, with adaptive stopping, kept its FR
-   similarity below `stop_below` for `stop_patience` iterations after `min_iterations`): quantises,
-   writes the PNG/parquet and the manifest row, re-measures protection on the saved file, frees the slot.
+3. finishes the slots whose image reached `iterations` (or, with adaptive stopping, whose quantised
+   iterate kept `fr_cos_recon` below `stop_below` for `stop_patience` checks after `min_iterations`):
+   quantises, writes the PNG/parquet and the manifest row, re-measures protection on the saved file,
+   frees the slot.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from ..models import FaceDetector, FaceGeometry, LPIPSSpec, RecognizerSpec, VAES
 from ..objectives import TERM_NAMES, CleanFeatures, Networks, build_method
 from ..outputs import OutputWriter, png_bytes
 from ..outputs.manifest import OutputFormat
+from ..objectives.transforms import RandomPurification
 from .optimizer import SignPGD
 from .schedule import random_start, step_sizes
 from .summary import RunStats
@@ -45,6 +47,11 @@ def levels_to_pm1(levels: torch.Tensor) -> torch.Tensor:
     return levels.float() / 127.5 - 1
 
 
+def _checkpointed(decode):
+    """The decoder with its activations recomputed in backward instead of stored."""
+    return lambda z: torch.utils.checkpoint.checkpoint(decode, z, use_reentrant=False)
+
+
 class SlotState:
     """The images in flight, one per slot. Plain attributes, never buffers (checkpoints must not hold them)."""
 
@@ -55,7 +62,7 @@ class SlotState:
         self.x = torch.zeros(shape, device=device)
         self.x_adv = torch.zeros(shape, device=device)  # float32 master copy of the iterate
         self.iteration = torch.zeros(slots, dtype=torch.long, device=device)
-        self.streak = torch.zeros(slots, dtype=torch.long, device=device)  # iterations in a row below stop_below
+        self.streak = torch.zeros(slots, dtype=torch.long, device=device)  # checks in a row below stop_below
         self.occupied = torch.zeros(slots, dtype=torch.bool, device=device)
         self.clean = clean.slots(slots)
         self.items: list[dict | None] = [None] * slots  # the loader item (metadata; re-queued on OOM)
@@ -72,15 +79,22 @@ class ProtectionModule(L.LightningModule):
         step_size: initial step α, decayed linearly to α/100 over the iterations.
         iterations: PGD iterations per image.
         seed: random-start seed; each image's start depends only on (seed, uid).
-        vae: the autoencoder E/D (`VAESpec`).
+        vae: the autoencoder E/D (`VAESpec`), or a list of them: a VAE ensemble whose latent and
+            reconstruction terms are weighted means (one protection for several editors). The first one is
+            the editor that `fr_cos_recon` measures.
         recognizers: face recognisers of the FR term, and for measuring `fr_cos_recon` (`RecognizerSpec`).
         lpips: the LPIPS network (`LPIPSSpec`); not loaded when `lpips_weight` is 0.
         fr_weight, latent_weight, lpips_weight, fr_start, lpips_start: FaceLock's weights and gates.
         fr_reduction: how an ensemble of recognisers is combined: `mean` (weighted) or `max` (worst case).
-        stop_below: adaptive stopping: an image stops once its FR similarity (of the current iterate's
-            reconstruction) stays below this for `stop_patience` iterations, never before `min_iterations`;
-            its slot is refilled at once. None: every image runs `iterations`.
-        stop_patience, min_iterations: see `stop_below`.
+        eot: expectation over transformation: random differentiable purifications applied to x_adv before
+            the autoencoders at every iteration, e.g. `[jpeg:50-90, resize:0.5-1.0, blur:0-1.0, shift:3]`
+            (see `facelock_pl.objectives.transforms`); None: off.
+        eot_samples: draws averaged per iteration.
+        stop_below: adaptive stopping: every `stop_check_every` iterations from `min_iterations` on, the
+            current iterate is quantised to 8 bits and its `fr_cos_recon` measured; an image whose value is
+            below `stop_below` at `stop_patience` checks in a row stops, and its slot is refilled at once.
+            None: every image runs `iterations`.
+        stop_patience, stop_check_every, min_iterations: see `stop_below`.
         amp_dtype: autocast dtype on CUDA (`bfloat16`, `float16` or None); the iterate stays float32.
         channels_last: run the networks on channels-last tensors.
         compile: `torch.compile` the frozen networks.
@@ -98,7 +112,7 @@ class ProtectionModule(L.LightningModule):
         step_size: float = 0.01,
         iterations: int = 100,
         seed: int = 0,
-        vae: VAESpec | None = None,
+        vae: VAESpec | list[VAESpec] | None = None,
         recognizers: list[RecognizerSpec] | None = None,
         lpips: LPIPSSpec | None = None,
         fr_weight: float = 1.0,
@@ -107,8 +121,11 @@ class ProtectionModule(L.LightningModule):
         fr_start: float = 0.35,
         lpips_start: float = 0.25,
         fr_reduction: Literal["mean", "max"] = "mean",
+        eot: list[str] | None = None,
+        eot_samples: int = 1,
         stop_below: float | None = None,
-        stop_patience: int = 5,
+        stop_patience: int = 2,
+        stop_check_every: int = 5,
         min_iterations: int = 40,
         amp_dtype: Literal["bfloat16", "float16"] | None = "bfloat16",
         channels_last: bool = False,
@@ -129,12 +146,15 @@ class ProtectionModule(L.LightningModule):
             raise ValueError(f"method {method!r} needs at least one face recogniser")
         if stop_below is not None and not self.method.needs_faces:
             raise ValueError("stop_below (adaptive stopping) watches the FR term: it needs method facelock")
+        vaes = vae if isinstance(vae, list) else [vae or VAESpec()]
         self.nets = Networks(
-            load_vae(vae or VAESpec()),
+            [load_vae(spec) for spec in vaes],
             [load_recognizer(spec) for spec in recognizers],
             load_lpips(lpips or LPIPSSpec()) if self.method.needs_lpips else None,
             fr_reduction,
+            vae_weights=[spec.weight for spec in vaes],
         )
+        self.eot = RandomPurification(eot) if eot else None
         self.detector = FaceDetector() if recognizers else None
         self.output_dir = output_dir
         self.state: SlotState | None = None
@@ -145,15 +165,15 @@ class ProtectionModule(L.LightningModule):
         self._apply_speed_switches()
 
     def _apply_speed_switches(self) -> None:
-        vae = self.nets.vae
-        if self.hparams.checkpoint_decoder:
-            decode = vae.decode
-            vae.decode = lambda z: torch.utils.checkpoint.checkpoint(decode, z, use_reentrant=False)
+        for vae in self.nets.vaes:
+            if self.hparams.checkpoint_decoder:
+                vae.decode = _checkpointed(vae.decode)
+            if self.hparams.compile:
+                vae.model.encoder = torch.compile(vae.model.encoder)
+                vae.model.decoder = torch.compile(vae.model.decoder)
         if self.hparams.channels_last:
             self.nets.to(memory_format=torch.channels_last)
         if self.hparams.compile:
-            vae.model.encoder = torch.compile(vae.model.encoder)
-            vae.model.decoder = torch.compile(vae.model.decoder)
             for recognizer in self.nets.recognizers:
                 recognizer.net = torch.compile(recognizer.net)
 
@@ -238,7 +258,7 @@ class ProtectionModule(L.LightningModule):
         progress = state.iteration[active].float() / iterations
         x_in = self._layout(state.x_adv[active]).requires_grad_(True)
         with torch.enable_grad(), self._autocast():
-            objective, terms = self.method.objective(self.nets, x_in, state.clean.select(active), progress)
+            objective, terms = self._objective(state, active, x_in, progress)
         grad = torch.zeros_like(state.x_adv)
         grad[active] = torch.autograd.grad(objective.sum(), x_in)[0].to(grad.dtype)
         for name, value in terms.items():
@@ -247,9 +267,40 @@ class ProtectionModule(L.LightningModule):
         self.optimizers().step(x_adv=state.x_adv, grad=grad, x=state.x, eps=self.hparams.eps, active=state.occupied,
                                step_size=step_sizes(self.hparams.step_size, state.iteration, iterations))
         state.iteration[active] += 1
-        if self.hparams.stop_below is not None and "fr_cos" in terms:
-            below = terms["fr_cos"].detach() < self.hparams.stop_below
-            state.streak[active] = torch.where(below, state.streak[active] + 1, torch.zeros_like(state.streak[active]))
+        if self.hparams.stop_below is not None:
+            self._check_stop(state)
+
+    def _objective(self, state: SlotState, active: torch.Tensor, x_in: torch.Tensor, progress: torch.Tensor):
+        """The method's objective; under EOT, its mean over `eot_samples` random purifications of x_in."""
+        clean = state.clean.select(active)
+        if self.eot is None:
+            return self.method.objective(self.nets, x_in, clean, progress)
+        uids = [state.items[s]["uid"] for s in active.tolist()]
+        draws = [self.method.objective(self.nets, self.eot(x_in, RandomPurification.draws(
+            self.hparams.seed, uids, state.iteration[active], d)), clean, progress) for d in range(self.hparams.eot_samples)]
+        objective = sum(o for o, _ in draws) / len(draws)
+        terms = {name: sum(t[name] for _, t in draws) / len(draws) for name in draws[0][1]}
+        return objective, terms
+
+    @torch.no_grad()
+    def _check_stop(self, state: SlotState) -> None:
+        """Adaptive stopping: measure `fr_cos_recon` of the quantised iterate of the slots due a check."""
+        iteration = state.iteration
+        due = state.occupied & state.clean.face_found & (iteration >= self.hparams.min_iterations) & (
+            iteration % self.hparams.stop_check_every == 0)
+        slots = due.nonzero().flatten()
+        if len(slots) == 0:
+            return
+        fr_cos = self._fr_cos_recon(quantise_to_levels(state.x_adv[slots], state.levels[slots], self.hparams.eps),
+                                    state.clean.select(slots))
+        below = fr_cos < self.hparams.stop_below
+        state.streak[slots] = torch.where(below, state.streak[slots] + 1, torch.zeros_like(state.streak[slots]))
+
+    def _fr_cos_recon(self, png_levels: torch.Tensor, clean: CleanFeatures) -> torch.Tensor:
+        """cos(FR(x), FR(D(E(png)))) through the primary autoencoder ([B])."""
+        with self._autocast():
+            recon = self.nets.reconstruct(self.nets.vae.encode(self._layout(levels_to_pm1(png_levels))))
+            return self.nets.fr_cos(recon.float(), clean).float()
 
     def _log_terms(self, terms: dict[str, torch.Tensor]) -> None:
         metrics = {f"term/{name}": value.detach().float().mean() for name, value in terms.items()}
@@ -286,12 +337,7 @@ class ProtectionModule(L.LightningModule):
         if len(slots) == 0:
             return
         png_levels = quantise_to_levels(state.x_adv[slots], state.levels[slots], self.hparams.eps)
-        clean = state.clean.select(slots)
-        fr_cos_recon = None
-        if len(self.nets.recognizers):
-            with self._autocast():
-                recon = self.nets.reconstruct(self.nets.vae.encode(self._layout(levels_to_pm1(png_levels))))
-                fr_cos_recon = self.nets.fr_cos(recon.float(), clean).float()
+        fr_cos_recon = self._fr_cos_recon(png_levels, state.clean.select(slots)) if len(self.nets.recognizers) else None
         now = time.perf_counter()
         rows, pngs, extras = [], {}, {}
         for j, slot in enumerate(slots.tolist()):

@@ -32,12 +32,14 @@ class VAESpec:
         path: hub id or local folder (unused by the random kinds).
         subfolder: subfolder inside `path` holding the VAE (`vae` for a full pipeline repo).
         name: label used in logs and manifests.
+        weight: weight of this autoencoder in a VAE ensemble.
     """
 
     kind: Literal["kl", "taesd", "tiny-random-kl", "random-sd-kl"] = "kl"
     path: str = "timbrooks/instruct-pix2pix"
     subfolder: str | None = "vae"
     name: str = "vae"
+    weight: float = 1.0
 
 
 class FrozenVAE(nn.Module):

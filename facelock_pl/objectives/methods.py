@@ -71,14 +71,14 @@ class FaceLock(ProtectionMethod):
 
     def objective(self, nets, x_adv, clean, progress):
         weights = self.term_weights(progress, clean.face_found)
-        latent = nets.vae.encode(x_adv)
-        terms = {"latent_mse": Networks.latent_mse(latent, clean)}
+        latents = nets.encode(x_adv)
+        terms = {"latent_mse": nets.latent_mse(latents, clean)}
         if (weights["fr_cos"] != 0).any() or (weights["lpips"] != 0).any():
-            recon = nets.reconstruct(latent)
+            recons = nets.reconstruct_all(latents)
             if (weights["fr_cos"] != 0).any():
-                terms["fr_cos"] = nets.fr_cos(recon, clean)
+                terms["fr_cos"] = nets.vae_mean([nets.fr_cos(r, clean) for r in recons])
             if (weights["lpips"] != 0).any():
-                terms["lpips"] = nets.lpips_distance(recon, clean)
+                terms["lpips"] = nets.vae_mean([nets.lpips_distance(r, clean) for r in recons])
         objective = sum(weights[name] * value for name, value in terms.items())
         return objective, terms
 
@@ -97,8 +97,7 @@ class PhotoGuard(ProtectionMethod):
         self.target = target
 
     def objective(self, nets, x_adv, clean, progress):
-        latent = nets.vae.encode(x_adv).float()
-        distance = latent.flatten(1).norm(dim=1)  # to the zero latent
+        distance = nets.vae_mean([z.float().flatten(1).norm(dim=1) for z in nets.encode(x_adv)])  # to the zero latent
         return -distance, {"latent_target_dist": distance}
 
 
@@ -110,7 +109,7 @@ class EncoderAttack(ProtectionMethod):
     needs_latent = True
 
     def objective(self, nets, x_adv, clean, progress):
-        mse = Networks.latent_mse(nets.vae.encode(x_adv), clean)
+        mse = nets.latent_mse(nets.encode(x_adv), clean)
         return mse, {"latent_mse": mse}
 
 
@@ -121,8 +120,7 @@ class VAEAttack(ProtectionMethod):
     name = "vae"
 
     def objective(self, nets, x_adv, clean, progress):
-        recon = nets.reconstruct(nets.vae.encode(x_adv)).float()
-        norm = recon.flatten(1).norm(dim=1)
+        norm = nets.vae_mean([r.float().flatten(1).norm(dim=1) for r in nets.reconstruct_all(nets.encode(x_adv))])
         return -norm, {"recon_norm": norm}
 
 

@@ -1,8 +1,11 @@
 """Objective terms, each per sample ([B]), and the clean-image features they compare against.
 
 `CleanFeatures` holds everything about the clean image x that stays fixed during the attack
-(E(x), each recogniser's alignment and FR(x), LPIPS features of x): computed once per image by
-`Networks.clean_features`, never per iteration.
+(E(x) of each autoencoder, each recogniser's alignment and FR(x), LPIPS features of x): computed once
+per image by `Networks.clean_features`, never per iteration.
+
+Ensembles: with several autoencoders (one per editor family) the latent and reconstruction terms are
+weighted means over them; with several recognisers the FR cosine is their weighted mean or worst case.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ TERM_NAMES = ("fr_cos", "latent_mse", "lpips", "latent_target_dist", "recon_norm
 
 @dataclass
 class CleanFeatures:
-    latent: torch.Tensor | None  # E(x), [B, C, h, w]
+    latents: list[torch.Tensor] | None  # E(x) per autoencoder, [B, C, h, w]
     thetas: list[torch.Tensor]  # per recogniser: sampling matrices [B, 2, 3]
     embeddings: list[torch.Tensor]  # per recogniser: FR(x), [B, D]
     lpips_features: list[torch.Tensor] | None
@@ -31,8 +34,8 @@ class CleanFeatures:
         def each(tensors):
             return None if tensors is None else [fn(t) for t in tensors]
 
-        return CleanFeatures(None if self.latent is None else fn(self.latent), each(self.thetas), each(self.embeddings),
-                             each(self.lpips_features), fn(self.face_found))
+        return CleanFeatures(each(self.latents), each(self.thetas), each(self.embeddings), each(self.lpips_features),
+                             fn(self.face_found))
 
     def select(self, index: torch.Tensor) -> "CleanFeatures":
         """The features of samples `index` (a gather: the result does not share memory)."""
@@ -47,7 +50,7 @@ class CleanFeatures:
         def put(mine, theirs):
             for m, t in zip(mine or [], theirs or []):
                 m[index] = t
-        put([self.latent] if self.latent is not None else None, [other.latent] if other.latent is not None else None)
+        put(self.latents, other.latents)
         put(self.thetas, other.thetas)
         put(self.embeddings, other.embeddings)
         put(self.lpips_features, other.lpips_features)
@@ -59,33 +62,54 @@ class Networks(nn.Module):
 
     def __init__(
         self,
-        vae: FrozenVAE,
+        vaes: list[FrozenVAE],
         recognizers: list[FaceRecognizer],
         lpips: LPIPSDistance | None,
         fr_reduction: Literal["mean", "max"] = "mean",
+        vae_weights: list[float] | None = None,
     ):
         super().__init__()
-        self.vae = vae
+        if not vaes:
+            raise ValueError("at least one autoencoder is needed")
+        self.vaes = nn.ModuleList(vaes)
+        weights = torch.tensor(vae_weights or [1.0] * len(vaes), dtype=torch.float32)
+        self.vae_weights = (weights / weights.sum()).tolist()
         self.recognizers = nn.ModuleList(recognizers)
         self.lpips = lpips
         self.fr_reduction = fr_reduction
         weights = torch.tensor([r.spec.weight for r in recognizers], dtype=torch.float32)
         self.fr_weights = (weights / weights.sum()).tolist() if recognizers else []
 
+    @property
+    def vae(self) -> FrozenVAE:
+        """The primary autoencoder: the editor whose round trip `fr_cos_recon` measures."""
+        return self.vaes[0]
+
     @torch.no_grad()
     def clean_features(self, x: torch.Tensor, geometry: FaceGeometry, need_latent: bool, need_lpips: bool) -> CleanFeatures:
         thetas = [r.theta(geometry, tuple(x.shape[-2:])) for r in self.recognizers]
         return CleanFeatures(
-            latent=self.vae.encode(x).float() if need_latent else None,
+            latents=[vae.encode(x).float() for vae in self.vaes] if need_latent else None,
             thetas=thetas,
             embeddings=[r.embed(x, t) for r, t in zip(self.recognizers, thetas)],
             lpips_features=self.lpips.features(x) if need_lpips and self.lpips is not None else None,
             face_found=geometry.found,
         )
 
-    def reconstruct(self, latent: torch.Tensor) -> torch.Tensor:
-        """D(z), clipped to the valid range as FaceLock does before FR and LPIPS."""
-        return self.vae.decode(latent).clamp(-1, 1)
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """E(x) of every autoencoder."""
+        return [vae.encode(x) for vae in self.vaes]
+
+    def reconstruct(self, latent: torch.Tensor, index: int = 0) -> torch.Tensor:
+        """D(z) of autoencoder `index`, clipped to the valid range as FaceLock does before FR and LPIPS."""
+        return self.vaes[index].decode(latent).clamp(-1, 1)
+
+    def reconstruct_all(self, latents: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [self.reconstruct(z, i) for i, z in enumerate(latents)]
+
+    def vae_mean(self, values: list[torch.Tensor]) -> torch.Tensor:
+        """Weighted mean over the autoencoders of per-sample values."""
+        return sum(w * v for w, v in zip(self.vae_weights, values))
 
     def fr_cos(self, images: torch.Tensor, clean: CleanFeatures) -> torch.Tensor:
         """Ensemble cosine similarity between FR(images) and FR(x): weighted mean or worst case (max)."""
@@ -96,9 +120,8 @@ class Networks(nn.Module):
             return cosines.max(0).values
         return (torch.tensor(self.fr_weights, device=cosines.device)[:, None] * cosines).sum(0)
 
-    @staticmethod
-    def latent_mse(latent: torch.Tensor, clean: CleanFeatures) -> torch.Tensor:
-        return (latent.float() - clean.latent).pow(2).flatten(1).mean(1)
+    def latent_mse(self, latents: list[torch.Tensor], clean: CleanFeatures) -> torch.Tensor:
+        return self.vae_mean([(z.float() - c).pow(2).flatten(1).mean(1) for z, c in zip(latents, clean.latents)])
 
     def lpips_distance(self, images: torch.Tensor, clean: CleanFeatures) -> torch.Tensor:
         return self.lpips.distance(clean.lpips_features, images).float()

@@ -1,0 +1,80 @@
+"""Ensembles of recognisers and autoencoders, and EOT inside the loop (robust protection)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import tiny_module_kwargs
+from facelock_pl.engine import ProtectionModule
+from facelock_pl.models import FaceGeometry, RecognizerSpec, VAESpec, load_recognizer
+from facelock_pl.models.recognizers import FaceRecognizer, TinyRandomRecognizerNet
+from facelock_pl.models.vae import FrozenVAE, tiny_random_kl
+from facelock_pl.objectives import Networks
+from facelock_pl.outputs import read_manifest
+from test_engine import fit
+
+
+def recognizer(seed: int, weight: float) -> FaceRecognizer:
+    spec = RecognizerSpec(kind="tiny-random", weight=weight, name=f"r{seed}")
+    return FaceRecognizer(TinyRandomRecognizerNet(seed), spec, 32, "box").eval()
+
+
+def vae(seed: int) -> FrozenVAE:
+    return FrozenVAE(tiny_random_kl(seed), posterior_mean=True).eval()
+
+
+@pytest.fixture
+def batch():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 3, 32, 32, generator=gen) * 2 - 1
+    return x, (x + 0.1 * torch.randn(x.shape, generator=gen)).clamp(-1, 1), FaceGeometry.whole_image(2, 32, 32)
+
+
+def test_fr_ensemble_is_the_weighted_mean_or_the_worst_case(batch):
+    x, y, geometry = batch
+    parts = [Networks([vae(0)], [recognizer(s, 1.0)], None) for s in (1, 2)]
+    cos = [p.fr_cos(y, p.clean_features(x, geometry, False, False)) for p in parts]
+    mean = Networks([vae(0)], [recognizer(1, 1.0), recognizer(2, 3.0)], None)
+    assert torch.allclose(mean.fr_cos(y, mean.clean_features(x, geometry, False, False)), 0.25 * cos[0] + 0.75 * cos[1], atol=1e-6)
+    worst = Networks([vae(0)], [recognizer(1, 1.0), recognizer(2, 3.0)], None, fr_reduction="max")
+    assert torch.allclose(worst.fr_cos(y, worst.clean_features(x, geometry, False, False)), torch.maximum(*cos), atol=1e-6)
+
+
+def test_vae_ensemble_terms_are_weighted_means(batch):
+    x, y, geometry = batch
+    single = [Networks([vae(s)], [recognizer(1, 1.0)], None) for s in (0, 1)]
+    mse = [n.latent_mse(n.encode(y), n.clean_features(x, geometry, True, False)) for n in single]
+    fr = [n.fr_cos(n.reconstruct(n.encode(y)[0]), n.clean_features(x, geometry, True, False)) for n in single]
+    both = Networks([vae(0), vae(1)], [recognizer(1, 1.0)], None, vae_weights=[3.0, 1.0])
+    clean = both.clean_features(x, geometry, True, False)
+    assert torch.allclose(both.latent_mse(both.encode(y), clean), 0.75 * mse[0] + 0.25 * mse[1], atol=1e-7)
+    recon_fr = both.vae_mean([both.fr_cos(r, clean) for r in both.reconstruct_all(both.encode(y))])
+    assert torch.allclose(recon_fr, 0.75 * fr[0] + 0.25 * fr[1], atol=1e-6)
+
+
+def pngs(folder) -> dict[str, np.ndarray]:
+    return {p.stem: np.asarray(Image.open(p)) for p in sorted((folder / "images").glob("*.png"))}
+
+
+def test_robust_protection_runs_and_eot_is_reproducible(face_folder, tmp_path):
+    kwargs = tiny_module_kwargs(iterations=6, vae=[VAESpec(kind="tiny-random-kl"), VAESpec(kind="tiny-random-kl", weight=0.5)],
+                                recognizers=[RecognizerSpec(kind="tiny-random"), RecognizerSpec(kind="tiny-random", name="b")],
+                                eot=["jpeg:50-90", "resize:0.5-1.0", "blur:0-1.0", "shift:3"], eot_samples=2)
+    fit(ProtectionModule(**kwargs), face_folder, tmp_path / "a")
+    fit(ProtectionModule(**kwargs), face_folder, tmp_path / "b", batch_size=1)
+    fit(ProtectionModule(**{**kwargs, "seed": 1}), face_folder, tmp_path / "c")
+    a, b, c = pngs(tmp_path / "a"), pngs(tmp_path / "b"), pngs(tmp_path / "c")
+    assert a.keys() == b.keys() == {"astronaut", "grace_hopper"}
+    for uid in a:
+        assert (a[uid] != b[uid]).mean() < 0.01  # same draws per image whatever the batch (up to rounding)
+        assert (a[uid] != c[uid]).mean() > 0.1  # another seed, other draws and start
+    manifest = read_manifest(tmp_path / "a")
+    assert (manifest["linf_255"] <= 3).all() and manifest["term_fr_cos"].notna().all()
+
+
+def test_bad_eot_spec_is_refused():
+    with pytest.raises(ValueError, match="unknown EOT"):
+        ProtectionModule(**tiny_module_kwargs(eot=["sharpen:1"]))
