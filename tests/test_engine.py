@@ -9,7 +9,6 @@ from pathlib import Path
 import lightning as L
 import pandas as pd
 import pytest
-import torch
 
 from conftest import tiny_module_kwargs
 from facelock_pl.data import FaceDataModule

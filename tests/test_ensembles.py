@@ -9,7 +9,7 @@ from PIL import Image
 
 from conftest import tiny_module_kwargs
 from facelock_pl.engine import ProtectionModule
-from facelock_pl.models import FaceGeometry, RecognizerSpec, VAESpec, load_recognizer
+from facelock_pl.models import FaceGeometry, RecognizerSpec, VAESpec
 from facelock_pl.models.recognizers import FaceRecognizer, TinyRandomRecognizerNet
 from facelock_pl.models.vae import FrozenVAE, tiny_random_kl
 from facelock_pl.objectives import Networks

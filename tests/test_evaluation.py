@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import ROOT, tiny_module_kwargs
+from conftest import ROOT
 from facelock_pl.cli import main
 from facelock_pl.evaluation import Editor, EditorSpec, metrics, purify
 from facelock_pl.evaluation.report import aggregate

@@ -45,9 +45,9 @@ def run_evaluate(
     purify: list[str] | None = None,
     prompts: str = DEFAULT_PROMPTS,
     prompt_ids: list[int] | None = None,
-    clip: ClipSpec | None = None,
+    clip: ClipSpec | None = ClipSpec(),
     recognizers: list[RecognizerSpec] | None = None,
-    lpips: LPIPSSpec | None = None,
+    lpips: LPIPSSpec | None = LPIPSSpec(),
     batch_size: int = 8,
     samples: int = 3,
     device: str = "auto",
@@ -57,10 +57,11 @@ def run_evaluate(
 
     Args:
         data, sets, purify, prompts, prompt_ids, output_dir: as for `edit`.
-        clip: CLIP model of CLIP-S and CLIP-I (`ClipSpec`).
+        clip: CLIP model of CLIP-S and CLIP-I (`ClipSpec`); None skips both (e.g. offline, where CLIP's
+            weights cannot be had).
         recognizers: face recognisers; the first gives the `FR` column, the others are black-box transfer
             checks (a recogniser the protection did not optimise against).
-        lpips: LPIPS network between edits.
+        lpips: LPIPS network between edits; None skips LPIPS.
         batch_size: images scored together.
         samples: images shown per sample grid in `index.html`.
         device: `auto`, `cpu`, `cuda`, ...
@@ -71,22 +72,22 @@ def run_evaluate(
     uids = sorted(sources)
     all_sets = image_sets(sets or {}, purify or [])
     prompt_map = load_prompts(prompts, prompt_ids)
-    clip_scorer = ClipScorer(clip or ClipSpec(), dev)
+    clip_scorer = ClipScorer(clip, dev) if clip is not None else None
     faces = FaceScorer(recognizers or [RecognizerSpec()], dev)
-    lpips_net = load_lpips(lpips or LPIPSSpec()).to(dev)
+    lpips_net = load_lpips(lpips).to(dev) if lpips is not None else None
 
     source_clip, source_found, source_fr = {}, {}, {}
     for chunk in _chunks(uids, batch_size):
         levels = torch.stack([sources[u] for u in chunk])
-        features = clip_scorer.image_features(levels)
+        features = clip_scorer.image_features(levels) if clip_scorer else [None] * len(chunk)
         found, embeddings = faces.embed(levels)
         for i, uid in enumerate(chunk):
             source_clip[uid], source_found[uid] = features[i], bool(found[i])
             source_fr[uid] = [e[i] for e in embeddings]
-    text = clip_scorer.text_features(list(prompt_map.values()))
+    text = clip_scorer.text_features(list(prompt_map.values())) if clip_scorer else [None] * len(prompt_map)
 
     rows = []
-    for (pid, prompt), text_features in zip(prompt_map.items(), text):
+    for pid, text_features in zip(prompt_map, text):
         for chunk in _chunks(uids, batch_size):
             clean_edits = {u: load_edit(out, CLEAN, pid, u) for u in chunk}
             for image_set in all_sets:
@@ -107,18 +108,22 @@ def _score(image_set, pid, pairs, clean_edits, source_clip, source_found, source
            faces, lpips_net, dev) -> list[dict]:
     uids = [u for u, _ in pairs]
     edits = torch.stack([e for _, e in pairs])
-    edit_clip = clip_scorer.image_features(edits)
-    src_clip = torch.stack([source_clip[u] for u in uids])
-    clip_s = metrics.clip_directional(src_clip, edit_clip, text_features[None]).cpu()
-    clip_i = metrics.clip_image(src_clip, edit_clip).cpu()
+    clip_s = clip_i = torch.full((len(uids),), math.nan)
+    if clip_scorer is not None:
+        edit_clip = clip_scorer.image_features(edits)
+        src_clip = torch.stack([source_clip[u] for u in uids])
+        clip_s = metrics.clip_directional(src_clip, edit_clip, text_features[None]).cpu()
+        clip_i = metrics.clip_image(src_clip, edit_clip).cpu()
     found, embeddings = faces.embed(edits)
     comparable = [u for u in uids if clean_edits.get(u) is not None] if image_set.name != CLEAN else []
     versus = {}
     if comparable:
         index = [uids.index(u) for u in comparable]
         a, b = edits[index], torch.stack([clean_edits[u] for u in comparable])
-        with torch.no_grad():
-            lp = lpips_net.distance(lpips_net.features(b.to(dev).float() / 127.5 - 1), a.to(dev).float() / 127.5 - 1).cpu()
+        lp = torch.full((len(comparable),), math.nan)
+        if lpips_net is not None:
+            with torch.no_grad():
+                lp = lpips_net.distance(lpips_net.features(b.to(dev).float() / 127.5 - 1), a.to(dev).float() / 127.5 - 1).cpu()
         for j, u in enumerate(comparable):
             versus[u] = (float(metrics.psnr(a[j : j + 1], b[j : j + 1])), float(metrics.ssim(a[j : j + 1], b[j : j + 1])),
                          float(lp[j]))
@@ -131,5 +136,7 @@ def _score(image_set, pid, pairs, clean_edits, source_clip, source_found, source
         usable = bool(found[i]) and source_found[uid]  # FR needs a face in the source and in the edit
         for k, name in enumerate(faces.names):
             row[f"fr:{name}"] = float(embeddings[k][i] @ source_fr[uid][k]) if usable else math.nan
+            if faces.thresholds[k] is not None:
+                row[f"match:{name}"] = float(usable and row[f"fr:{name}"] >= faces.thresholds[k])
         rows.append(row)
     return rows

@@ -118,6 +118,7 @@ class FaceScorer:
         self.detector = FaceDetector().to(device)
         self.recognizers = [load_recognizer(spec).to(device) for spec in specs]
         self.names = [spec.label for spec in specs]
+        self.thresholds = [spec.threshold for spec in specs]
         self.device = device
 
     @torch.no_grad()

@@ -19,18 +19,22 @@ from .edit import edit_path
 from .sets import CLEAN, ImageSet
 
 
-def metric_columns(fr_names: list[str]) -> list[tuple[str, str, str]]:
-    """(column, label, direction that is better for the defence)."""
+def metric_columns(fr_names: list[str], frame: pd.DataFrame | None = None) -> list[tuple[str, str, str]]:
+    """(column, label, direction that is better for the defence); match rates where thresholds exist."""
     primary, *others = fr_names
-    return [("psnr", "PSNR", "↓"), ("ssim", "SSIM", "↓"), ("lpips", "LPIPS", "↑"), ("clip_s", "CLIP-S", "↓"),
-            ("clip_i", "CLIP-I", "↓"), (f"fr:{primary}", f"FR ({primary})", "↓"), ("fdfr", "FDFR", "↑"),
-            *[(f"fr:{name}", f"FR ({name}, transfer)", "↓") for name in others]]
+    columns = [("psnr", "PSNR", "↓"), ("ssim", "SSIM", "↓"), ("lpips", "LPIPS", "↑"), ("clip_s", "CLIP-S", "↓"),
+               ("clip_i", "CLIP-I", "↓"), (f"fr:{primary}", f"FR ({primary})", "↓"), ("fdfr", "FDFR", "↑"),
+               *[(f"fr:{name}", f"FR ({name}, transfer)", "↓") for name in others]]
+    if frame is not None:
+        columns += [(f"match:{n}", f"match ({n})", "↓") for n in fr_names if f"match:{n}" in frame.columns]
+    return columns
 
 
 def aggregate(frame: pd.DataFrame, by: list[str], fr_names: list[str]) -> pd.DataFrame:
-    """Mean and std of every metric per group; FDFR is the share of edits without a detected face."""
+    """Mean and std of every metric per group; FDFR is the share of edits without a detected face, a match
+    rate the share of edits still recognised as the source person (cosine above the threshold)."""
     frame = frame.assign(fdfr=1.0 - frame["face_found"].astype(float), scope="all")
-    columns = [c for c, _, _ in metric_columns(fr_names)]
+    columns = [c for c, _, _ in metric_columns(fr_names, frame)]
     grouped = frame.groupby(by or ["scope"], sort=False)
     stats = grouped[columns].agg(["mean", "std"])
     stats.columns = [f"{c}_{s}" for c, s in stats.columns]
@@ -38,7 +42,8 @@ def aggregate(frame: pd.DataFrame, by: list[str], fr_names: list[str]) -> pd.Dat
 
 
 def markdown_table(by_set: pd.DataFrame, fr_names: list[str]) -> str:
-    columns = metric_columns(fr_names)
+    columns = [c for c in metric_columns(fr_names) if f"{c[0]}_mean" in by_set.columns]
+    columns += [(f"match:{n}", f"match ({n})", "↓") for n in fr_names if f"match:{n}_mean" in by_set.columns]
     header = "| set | " + " | ".join(f"{label} {arrow}" for _, label, arrow in columns) + " | n |"
     lines = [header, "|" + "---|" * (len(columns) + 2)]
     for name, row in by_set.iterrows():
@@ -49,14 +54,15 @@ def markdown_table(by_set: pd.DataFrame, fr_names: list[str]) -> str:
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {int(row['n'])} |")
     note = ("\nArrows: the direction that is better for the defence. PSNR, SSIM and LPIPS compare edit(set) with "
             "edit(clean); FR is cos(FR(source), FR(edit)) over edits with a detected face; FDFR is the share of edits "
-            "where no face was found.\n")
+            "where no face was found; a match rate is the share of edits whose face is still recognised as the "
+            "source person (a detected face with cosine at or above the recogniser's threshold).\n")
     return "\n".join(lines) + "\n" + note
 
 
 def _bars(by_set: pd.DataFrame, fr_names: list[str], path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    columns = metric_columns(fr_names)
+    columns = [c for c in metric_columns(fr_names) if f"{c[0]}_mean" in by_set.columns]
     fig, axes = plt.subplots(1, len(columns), figsize=(3.0 * len(columns), 3.2))
     for ax, (column, label, arrow) in zip(np.atleast_1d(axes), columns):
         means, stds = by_set[f"{column}_mean"], by_set[f"{column}_std"].fillna(0)

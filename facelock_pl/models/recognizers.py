@@ -44,6 +44,8 @@ class RecognizerSpec:
         margin: facenet box-crop margin in output pixels (facenet-pytorch's `MTCNN(margin=...)`).
         input_scale, input_offset: onnx input = x_pm1 * input_scale + input_offset.
         bgr: onnx model expects BGR channel order.
+        threshold: same-person cosine threshold (calibrated on labelled pairs, see
+            `facelock_pl.evaluation.calibrate`); evaluation reports the match rate above it.
     """
 
     kind: Literal["facenet", "onnx", "tiny-random", "random-facenet"] = "facenet"
@@ -54,6 +56,7 @@ class RecognizerSpec:
     input_scale: float = 127.5
     input_offset: float = 127.5
     bgr: bool = False
+    threshold: float | None = None
 
     @property
     def label(self) -> str:

@@ -1,0 +1,121 @@
+"""Ablation of robust protection with real weights, offline: plain FaceLock, + ensembles, + EOT, + both.
+
+    python benchmarks/robustness.py --assets ../shared/assets --faces 4 --iterations 100 \
+        --json benchmarks/results/robustness.json
+
+Protects held-out shared CelebA-HQ faces (the last `--faces` of the sorted list; development used the
+first ones) at 256 px, ε = 0.03, with every variant through `python -m facelock_pl fit`, then scores the
+protected PNGs with the offline evaluation (`edit-offline.yaml` / `evaluate-offline.yaml`): the TAESD round
+trip, as is and after JPEG-75 and a 0.5x resize, for SFace, facenet CASIA-WebFace and w600k_mbf (never in
+any loss: the transfer check). Prints a Markdown table of match rates, stealth and cost; writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+
+VARIANTS = {
+    "facelock (SFace, TAESD)": [],
+    "+ ensemble (facenet+SFace, TAESD+TAESDXL)": ["ensemble"],
+    "+ EOT": ["eot"],
+    "+ ensemble + EOT": ["ensemble", "eot"],
+}
+
+
+def fit_args(assets: Path, parts: list[str]) -> list[str]:
+    sface = {"kind": "onnx", "weights": str(assets / "fr/sface/sface_fp32.onnx"), "name": "sface",
+             "input_scale": 127.5, "input_offset": 127.5}
+    facenet = {"kind": "facenet", "name": "facenet-casia",
+               "weights": str(assets / "fr/facenet-casia/facenet_casia_webface_20180408_fp16.safetensors")}
+    taesd = {"kind": "taesd", "path": str(assets / "vae/taesd"), "subfolder": None, "name": "taesd"}
+    taesdxl = {"kind": "taesd", "path": str(assets / "vae/taesdxl"), "subfolder": None, "name": "taesdxl"}
+    ensemble = "ensemble" in parts
+    args = ["--model.recognizers", json.dumps([facenet, sface] if ensemble else [sface]),
+            "--model.vae", json.dumps([taesd, taesdxl] if ensemble else [taesd])]
+    if "eot" not in parts:
+        args += ["--model.eot", "null"]
+    return args
+
+
+def run(command: list[str]) -> None:
+    print("+", " ".join(command[:6]), "...", flush=True)
+    subprocess.run(command, check=True, cwd=ROOT)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--assets", type=Path, required=True)
+    parser.add_argument("--faces", type=int, default=4)
+    parser.add_argument("--iterations", type=int, default=100)
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
+    parser.add_argument("--json", type=Path, default=ROOT / "benchmarks/results/robustness.json")
+    args = parser.parse_args()
+    assets = args.assets.resolve()
+    work = Path(tempfile.mkdtemp(prefix="facelock-robustness-"))
+    faces = work / "faces"
+    faces.mkdir()
+    for path in sorted((assets / "faces/celebahq").glob("*.jpg"))[-args.faces :]:
+        (faces / path.name).write_bytes(path.read_bytes())
+    evaluate_config = work / "evaluate-offline.yaml"
+    evaluate_config.write_text((ROOT / "configs/evaluate-offline.yaml").read_text().replace("../shared/assets", str(assets)))
+
+    sets = {}
+    for name in args.variants:
+        out = work / f"v{len(sets)}"
+        run([sys.executable, "-m", "facelock_pl", "fit", "--config", "configs/facelock-robust.yaml",
+             "--data.source", str(faces), "--data.batch_size", str(args.batch_size), "--data.num_workers", "0",
+             "--model.iterations", str(args.iterations), "--output_dir", str(out), "--trainer.enable_progress_bar", "false",
+             *fit_args(assets, VARIANTS[name])])
+        sets[name] = out
+    set_names = {f"v{i}": name for i, name in enumerate(sets)}
+    common = ["--data.source", str(faces), "--output_dir", str(work / "eval"),
+              "--sets", json.dumps({f"v{i}": str(p) for i, p in enumerate(sets.values())})]
+    run([sys.executable, "-m", "facelock_pl", "edit", "--config", "configs/edit-offline.yaml", *common,
+         "--editor.vae.path", str(assets / "vae/taesd")])
+    run([sys.executable, "-m", "facelock_pl", "evaluate", "--config", str(evaluate_config), *common])
+
+    frame = pd.read_parquet(work / "eval/report/per_image.parquet")
+    rows = []
+    for set_name, label in [("clean", "no protection"), *set_names.items()]:
+        row = {"variant": label}
+        for suffix, purification in (("", "none"), ("+jpeg75", "jpeg75"), ("+resize0.5", "resize0.5")):
+            part = frame[frame["set"] == set_name + suffix] if set_name != "clean" or not suffix else None
+            if part is None or part.empty:
+                continue
+            for recognizer in ("sface", "facenet-casia", "w600k-mbf"):
+                row[f"{recognizer} match {purification}"] = float(part[f"match:{recognizer}"].mean())
+                row[f"{recognizer} cos {purification}"] = float(part[f"fr:{recognizer}"].mean())
+        if set_name != "clean":
+            manifest = pd.concat([pd.read_parquet(p) for p in (sets[label] / "manifest").glob("*.parquet")])
+            row.update(linf_255_max=float(manifest["linf_255"].max()), psnr_db_min=float(manifest["psnr_db"].min()),
+                       seconds_per_image=float(manifest["seconds"].mean()))
+        rows.append(row)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({"faces": sorted(p.name for p in faces.iterdir()), "iterations": args.iterations,
+                                     "rows": rows}, indent=2))
+    print(f"\nheld-out faces: {args.faces}, 256 px, eps 0.03, {args.iterations} iterations; match rate = share of "
+          "faces still recognised after the TAESD round trip (lower is better)")
+    header = ("| variant | SFace | SFace JPEG-75 | SFace 0.5x | facenet | facenet JPEG-75 | facenet 0.5x | w600k (held out) "
+              "| w600k JPEG-75 | w600k 0.5x | max linf_255 | min PSNR dB | s/image |")
+    print(header)
+    print("|" + "---|" * 13)
+    for row in rows:
+        cells = [row.get(f"{r} match {p}") for r in ("sface", "facenet-casia", "w600k-mbf") for p in ("none", "jpeg75", "resize0.5")]
+        cells = ["–" if c is None else f"{100 * c:.0f}%" for c in cells]
+        extra = [f"{row[k]:.2f}" if k in row else "–" for k in ("linf_255_max", "psnr_db_min", "seconds_per_image")]
+        print(f"| {row['variant']} | " + " | ".join(cells + extra) + " |")
+    print(f"json: {args.json}")
+
+
+if __name__ == "__main__":
+    main()
