@@ -161,6 +161,7 @@ class ProtectionModule(L.LightningModule):
         self.images_done = 0
         self.stats = RunStats()
         self._writer: OutputWriter | None = None
+        self._board: SlotBoard | None = None  # the data module's slot board, handed over each step
         self.requires_grad_(False).eval()
         self._apply_speed_switches()
 
@@ -241,15 +242,15 @@ class ProtectionModule(L.LightningModule):
         self._board = board
         self._start(board.refill())
         state = self.state
-        if state is None or not state.occupied.any():
-            self._sync_stop()
-            return  # an idle step (nothing left on this rank): no PGD iteration, global_step unchanged
-        try:
-            self._pgd_iteration(state)
-        except torch.cuda.OutOfMemoryError:
-            self._back_off(state)
-            return
-        self._finish(state)
+        # With nothing in the slots this is an idle step (this rank is done): no PGD iteration, and
+        # global_step does not move. Every path ends in _sync_stop, which all ranks must reach each step.
+        if state is not None and state.occupied.any():
+            try:
+                self._pgd_iteration(state)
+            except torch.cuda.OutOfMemoryError:
+                self._back_off(state)
+            else:
+                self._finish(state)
         self._sync_stop()
 
     def _pgd_iteration(self, state: SlotState) -> None:
