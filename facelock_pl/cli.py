@@ -11,6 +11,7 @@ Every config value can be overridden on the command line (`--model.eps 0.02`, `-
 from __future__ import annotations
 
 import sys
+import warnings
 
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningCLI
@@ -47,6 +48,9 @@ class FaceLockCLI(LightningCLI):
 
 
 EVALUATION_COMMANDS = ("edit", "evaluate")
+
+# The frozen networks are in eval mode by design; Lightning's warning about it is noise here.
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
 
 
 def _evaluation_cli(args: list[str]) -> None:

@@ -66,7 +66,10 @@ def _bars(by_set: pd.DataFrame, fr_names: list[str], path: Path) -> None:
     fig, axes = plt.subplots(1, len(columns), figsize=(3.0 * len(columns), 3.2))
     for ax, (column, label, arrow) in zip(np.atleast_1d(axes), columns):
         means, stds = by_set[f"{column}_mean"], by_set[f"{column}_std"].fillna(0)
-        ax.bar(range(len(by_set)), means.fillna(0), yerr=stds, capsize=3, color="#4c72b0")
+        shown = means.notna().to_numpy()  # a metric without data (e.g. FR when no edit has a face) gets no bar
+        ax.bar(np.arange(len(by_set))[shown], means[shown], yerr=stds[shown], capsize=3, color="#4c72b0")
+        if not shown.any():
+            ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
         ax.set_xticks(range(len(by_set)), by_set.index, rotation=45, ha="right", fontsize=7)
         ax.set_title(f"{label} {arrow}", fontsize=9)
     fig.tight_layout()
@@ -93,12 +96,14 @@ def _fr_histogram(frame: pd.DataFrame, column: str, path: Path) -> None:
 def _fr_heatmap(frame: pd.DataFrame, column: str, prompts: dict[int, str], path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    table = frame.pivot_table(index="prompt_id", columns="set", values=column, aggfunc="mean", sort=False)
-    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * table.shape[1], 0.9 + 0.3 * table.shape[0]))
+    table = frame.groupby(["prompt_id", "set"], sort=False)[column].mean().unstack("set")
+    fig, ax = plt.subplots(figsize=(3.5 + 1.1 * table.shape[1], 1.5 + 0.3 * table.shape[0]))
     image = ax.imshow(table.to_numpy(dtype=float), vmin=-1, vmax=1, cmap="coolwarm", aspect="auto")
     ax.set_xticks(range(table.shape[1]), table.columns, rotation=45, ha="right", fontsize=7)
     ax.set_yticks(range(table.shape[0]), [f"{p}: {prompts[p][:32]}" for p in table.index], fontsize=7)
     fig.colorbar(image, ax=ax, label=f"mean {column}")
+    if table.isna().all().all():
+        ax.text(0.5, 0.5, "no edit with a detected face", ha="center", va="center", transform=ax.transAxes)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
