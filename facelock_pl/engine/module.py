@@ -273,7 +273,8 @@ class ProtectionModule(L.LightningModule):
 
     def _objective(self, state: SlotState, active: torch.Tensor, x_in: torch.Tensor, progress: torch.Tensor):
         """The method's objective; under EOT, its mean over `eot_samples` random purifications of x_in."""
-        clean = state.clean.select(active)
+        # All slots busy (the usual case): use the stored features as they are, no per-iteration gather.
+        clean = state.clean if len(active) == len(state.occupied) else state.clean.select(active)
         if self.eot is None:
             return self.method.objective(self.nets, x_in, clean, progress)
         uids = [state.items[s]["uid"] for s in active.tolist()]
