@@ -9,8 +9,11 @@ Each measurement runs in its own process (clean memory peak, clean thread pools)
 images, resolution and iteration count:
   reference   `benchmarks/reference_loop.py`: batch 1, clean features and every term recomputed each
               iteration, unfused update (the published loop);
-  pipeline    `ProtectionModule` + `FaceDataModule` + `lightning.Trainer.fit`, as `fit` runs them;
-  adaptive    the pipeline with adaptive stopping and continuous batching (`--stop-below`).
+  pipeline    `ProtectionModule` + `FaceDataModule` + `lightning.Trainer.fit`, as `fit` runs them, on the
+              published algorithm (speed switches only: at equal settings its protection is the reference's);
+  quantised   the pipeline with `quantise_forward` (the objective sees the 8-bit image that is saved);
+  adaptive    quantised + adaptive stopping with continuous batching (`--stop-below`; its checks read
+              `fr_cos_recon` from the forward pass, so they cost nothing).
 Reported: images/s, speedup over the reference, peak memory, achieved TFLOP/s of the pipeline (FLOPs
 counted with `torch.utils.flop_counter` per iteration regime) and its share of a matmul peak measured in
 the same run (bf16 on GPU, fp32 on CPU), and the per-image final `fr_cos_recon` of every variant, so
@@ -34,6 +37,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+VARIANTS = ("reference", "pipeline", "quantised", "adaptive")
 PRESETS = {
     "cpu-tiny": dict(resolution=64, images=4, iterations=20, batch_size=4, device="cpu"),
     # On 2 CPU cores one image per step is fastest (batched convolutions gain nothing, caches suffer).
@@ -150,9 +154,11 @@ def run_pipeline(args, kwargs: dict, device: torch.device) -> dict:
     from facelock_pl.engine import ProtectionModule
     from facelock_pl.outputs import read_manifest
 
-    if args.stop_below is not None:
+    if args.phase in ("quantised", "adaptive"):
+        kwargs = {**kwargs, "quantise_forward": True}
+    if args.phase == "adaptive":
         kwargs = {**kwargs, "stop_below": args.stop_below, "min_iterations": args.min_iterations,
-                  "stop_patience": args.stop_patience}
+                  "stop_patience": args.stop_patience, "stop_check_every": args.stop_check_every}
     out = Path(tempfile.mkdtemp(prefix="facelock-bench-"))
     module = ProtectionModule(**kwargs, output_dir=str(out))
     data = FaceDataModule(source=args.folder, resolution=args.resolution, batch_size=args.batch_size,
@@ -184,6 +190,7 @@ def phase_main(args) -> None:
     device = torch.device(args.device)
     kwargs = module_kwargs(args.preset, Path(args.assets) if args.assets else None, args.iterations)
     result = run_reference(args, kwargs, device) if args.phase == "reference" else run_pipeline(args, kwargs, device)
+    result["settings"] = {k: v for k, v in kwargs.items() if isinstance(v, (int, float, str, bool)) or v is None}
     Path(args.phase_json).write_text(json.dumps(result))
 
 
@@ -201,12 +208,14 @@ def main() -> None:
     parser.add_argument("--iterations", type=int)
     parser.add_argument("--batch-size", default=None, help="int or 'auto'")
     parser.add_argument("--num-workers", type=int, default=1)
-    parser.add_argument("--stop-below", type=float, default=None, help="adds an adaptive-stopping pipeline run")
-    parser.add_argument("--min-iterations", type=int, default=None)
-    parser.add_argument("--stop-patience", type=int, default=3)
-    parser.add_argument("--skip-reference", action="store_true")
+    parser.add_argument("--variants", default="reference,pipeline,quantised,adaptive",
+                        help="comma-separated, run in this order: " + ",".join(VARIANTS))
+    parser.add_argument("--stop-below", type=float, default=-0.5, help="adaptive: target fr_cos_recon")
+    parser.add_argument("--min-iterations", type=int, default=None, help="adaptive: default 40%% of --iterations")
+    parser.add_argument("--stop-patience", type=int, default=2)
+    parser.add_argument("--stop-check-every", type=int, default=1)
     parser.add_argument("--json", type=Path, default=None)
-    parser.add_argument("--phase", choices=["reference", "pipeline"], help=argparse.SUPPRESS)
+    parser.add_argument("--phase", choices=VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--phase-json", help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
     parser.add_argument("--resolution", type=int, help=argparse.SUPPRESS)
@@ -226,19 +235,20 @@ def main() -> None:
 
     folder = Path(tempfile.mkdtemp(prefix="facelock-bench-images-"))
     prepare_images(folder, args.images, Path(args.assets) if args.assets else None)
-    variants = ([] if args.skip_reference else [("reference", "reference", None)]) + [("pipeline", "pipeline", None)]
-    if args.stop_below is not None:
-        variants.append(("adaptive", "pipeline", args.stop_below))
+    variants = args.variants.split(",")
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown:
+        raise SystemExit(f"unknown variants {unknown}; choose from {VARIANTS}")
     results = {}
-    for name, phase, stop_below in variants:
+    for name in variants:
         phase_json = folder / f"{name}.json"
-        command = [sys.executable, __file__, "--preset", args.preset, "--phase", phase, "--phase-json", str(phase_json),
+        command = [sys.executable, __file__, "--preset", args.preset, "--phase", name, "--phase-json", str(phase_json),
                    "--folder", str(folder), "--resolution", str(args.resolution), "--device", args.device,
                    "--images", str(args.images), "--iterations", str(args.iterations), "--batch-size", str(args.batch_size),
                    "--num-workers", str(args.num_workers), "--min-iterations", str(args.min_iterations),
-                   "--stop-patience", str(args.stop_patience)]
+                   "--stop-patience", str(args.stop_patience), "--stop-check-every", str(args.stop_check_every),
+                   "--stop-below", str(args.stop_below)]
         command += ["--assets", args.assets] if args.assets else []
-        command += ["--stop-below", str(stop_below)] if stop_below is not None else []
         print(f"running {name} ...", flush=True)
         subprocess.run(command, check=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
         results[name] = json.loads(phase_json.read_text())

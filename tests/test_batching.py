@@ -61,10 +61,48 @@ def test_adaptive_stopping_stops_early_and_refills(face_folder, tmp_path):
     manifest = read_manifest(tmp_path / "adaptive")
     ok = manifest[manifest.status == "ok"]
     assert len(ok) == 2 and (ok["iterations"] >= 12).all() and (ok["iterations"] < iterations).all()
-    assert trainer.global_step == manifest["iterations"].sum()  # the slot was refilled at once: no idle PGD steps
+    # The slot was refilled at once: no idle steps, only the step that measured each stopping image.
+    assert trainer.global_step == manifest["iterations"].sum() + len(ok)
     assert (ok["term_fr_cos"] < 0.9).all()
     series = logged(trainer)["term/fr_cos"].dropna()
     assert len(series) > 0
+
+
+def test_straight_through_levels_is_the_saved_image_with_identity_gradient():
+    from facelock_pl.engine.module import levels_to_pm1, quantise_to_levels, straight_through_levels
+
+    levels = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
+    x_adv = (levels_to_pm1(levels) + 0.05 * torch.randn(2, 3, 8, 8)).clamp(-1, 1).requires_grad_(True)
+    seen = straight_through_levels(x_adv, levels, 0.03)
+    assert torch.equal(seen.detach(), levels_to_pm1(quantise_to_levels(x_adv.detach(), levels, 0.03)))
+    weights = torch.randn_like(seen)
+    (seen * weights).sum().backward()
+    assert torch.equal(x_adv.grad, weights)
+
+
+@pytest.mark.parametrize("quantise_forward", [True, False])
+def test_quantised_forward_measures_stops_for_free(face_folder, tmp_path, monkeypatch, quantise_forward):
+    """With quantise_forward the forward pass sees the 8-bit image: its fr_cos term is the saved file's
+    fr_cos_recon, and the adaptive-stopping checks need no extra pass (only the final one per image)."""
+    kwargs = tiny_module_kwargs(iterations=30, eps=0.1, step_size=0.02, stop_below=2.0, stop_patience=1,
+                                min_iterations=15, stop_check_every=5, quantise_forward=quantise_forward)
+    module = ProtectionModule(**kwargs)
+    calls = {"n": 0}
+    original = module._fr_cos_recon
+
+    def measured(*args):
+        calls["n"] += 1
+        return original(*args)
+
+    monkeypatch.setattr(module, "_fr_cos_recon", measured)
+    fit(module, face_folder, tmp_path / "q", batch_size=1)
+    ok = read_manifest(tmp_path / "q").query("status == 'ok'")
+    assert len(ok) == 2 and (ok["iterations"] == 15).all()  # always below +2: stops at the first check
+    gap = (ok["term_fr_cos"] - ok["fr_cos_recon"]).abs()
+    if quantise_forward:
+        assert calls["n"] == 2 and (gap < 1e-5).all()
+    else:
+        assert calls["n"] == 4 and (gap > 1e-4).all()  # a check and a final measurement per image
 
 
 def test_out_of_memory_halves_the_slots_and_loses_no_image(face_folder, tmp_path, monkeypatch):

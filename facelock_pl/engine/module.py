@@ -7,9 +7,9 @@ iteration. Each step:
 2. computes the method's objective on the occupied slots, its input gradient, and the projected sign
    update (`facelock_pl.kernels.pgd_step_`, per-slot step sizes, unoccupied slots masked);
 3. finishes the slots whose image reached `iterations` (or, with adaptive stopping, whose quantised
-   iterate kept `fr_cos_recon` below `stop_below` for `stop_patience` checks after `min_iterations`):
-   quantises, writes the PNG/parquet and the manifest row, re-measures protection on the saved file,
-   frees the slot.
+   iterate kept `fr_cos_recon` below `stop_below` for `stop_patience` checks after `min_iterations`; a
+   stopping image takes no further step, so the saved file is the one measured): quantises, writes the
+   PNG/parquet and the manifest row, re-measures protection on the saved file, frees the slot.
 """
 
 from __future__ import annotations
@@ -45,6 +45,13 @@ def quantise_to_levels(x_adv: torch.Tensor, levels: torch.Tensor, eps: float) ->
 
 def levels_to_pm1(levels: torch.Tensor) -> torch.Tensor:
     return levels.float() / 127.5 - 1
+
+
+def straight_through_levels(x_adv: torch.Tensor, levels: torch.Tensor, eps: float) -> torch.Tensor:
+    """The 8-bit image x_adv would be saved as (in [-1, 1]), with the gradient of the identity
+    (straight-through rounding): the forward pass sees exactly the PNG's pixels."""
+    saved = levels_to_pm1(quantise_to_levels(x_adv.detach(), levels, eps)).to(x_adv.dtype)
+    return x_adv + (saved - x_adv.detach())
 
 
 def _checkpointed(decode):
@@ -90,6 +97,12 @@ class ProtectionModule(L.LightningModule):
             the autoencoders at every iteration, e.g. `[jpeg:50-90, resize:0.5-1.0, blur:0-1.0, shift:3]`
             (see `facelock_pl.objectives.transforms`); None: off.
         eot_samples: draws averaged per iteration.
+        quantise_forward: evaluate the objective on the 8-bit image the iterate would be saved as
+            (straight-through rounding) instead of the continuous iterate. The published loop optimises the
+            continuous iterate, whose protection partly lives below one 8-bit level and is lost when the PNG
+            is written; with this switch the optimisation sees what is saved. With one VAE and no EOT the
+            forward pass then also yields `fr_cos_recon` of the current iterate, so adaptive-stopping checks
+            cost nothing.
         stop_below: adaptive stopping: every `stop_check_every` iterations from `min_iterations` on, the
             current iterate is quantised to 8 bits and its `fr_cos_recon` measured; an image whose value is
             below `stop_below` at `stop_patience` checks in a row stops, and its slot is refilled at once.
@@ -123,6 +136,7 @@ class ProtectionModule(L.LightningModule):
         fr_reduction: Literal["mean", "max"] = "mean",
         eot: list[str] | None = None,
         eot_samples: int = 1,
+        quantise_forward: bool = False,
         stop_below: float | None = None,
         stop_patience: int = 2,
         stop_check_every: int = 5,
@@ -258,18 +272,21 @@ class ProtectionModule(L.LightningModule):
         active = state.occupied.nonzero().flatten()
         progress = state.iteration[active].float() / iterations
         x_in = self._layout(state.x_adv[active]).requires_grad_(True)
-        with torch.enable_grad(), self._autocast():
-            objective, terms = self._objective(state, active, x_in, progress)
-        grad = torch.zeros_like(state.x_adv)
-        grad[active] = torch.autograd.grad(objective.sum(), x_in)[0].to(grad.dtype)
+        with torch.enable_grad():
+            x_seen = straight_through_levels(x_in, state.levels[active], self.hparams.eps) if self.hparams.quantise_forward else x_in
+            with self._autocast():
+                objective, terms = self._objective(state, active, x_seen, progress)
+            grad = torch.zeros_like(state.x_adv)
+            grad[active] = torch.autograd.grad(objective.sum(), x_in)[0].to(grad.dtype)
         for name, value in terms.items():
             state.terms.setdefault(name, torch.zeros(len(state.occupied), device=self.device))[active] = value.detach().float()
         self._log_terms(terms)
-        self.optimizers().step(x_adv=state.x_adv, grad=grad, x=state.x, eps=self.hparams.eps, active=state.occupied,
-                               step_size=step_sizes(self.hparams.step_size, state.iteration, iterations))
-        state.iteration[active] += 1
+        stepping = state.occupied
         if self.hparams.stop_below is not None:
-            self._check_stop(state)
+            stepping = stepping & ~self._check_stop(state, active, terms)  # a stopping image keeps the iterate measured
+        self.optimizers().step(x_adv=state.x_adv, grad=grad, x=state.x, eps=self.hparams.eps, active=stepping,
+                               step_size=step_sizes(self.hparams.step_size, state.iteration, iterations))
+        state.iteration[stepping] += 1
 
     def _objective(self, state: SlotState, active: torch.Tensor, x_in: torch.Tensor, progress: torch.Tensor):
         """The method's objective; under EOT, its mean over `eot_samples` random purifications of x_in."""
@@ -284,19 +301,31 @@ class ProtectionModule(L.LightningModule):
         terms = {name: sum(t[name] for _, t in draws) / len(draws) for name in draws[0][1]}
         return objective, terms
 
+    @property
+    def _forward_sees_saved_image(self) -> bool:
+        """Whether the objective's `fr_cos` term is `fr_cos_recon` of the current iterate's 8-bit image."""
+        return self.hparams.quantise_forward and self.eot is None and len(self.nets.vaes) == 1
+
     @torch.no_grad()
-    def _check_stop(self, state: SlotState) -> None:
-        """Adaptive stopping: measure `fr_cos_recon` of the quantised iterate of the slots due a check."""
+    def _check_stop(self, state: SlotState, active: torch.Tensor, terms: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Adaptive stopping: `fr_cos_recon` of the current iterate's 8-bit image, for the slots due a check
+        (read from this iteration's forward pass when it saw exactly that image, else measured). Returns the
+        slots that stop now."""
         iteration = state.iteration
         due = state.occupied & state.clean.face_found & (iteration >= self.hparams.min_iterations) & (
             iteration % self.hparams.stop_check_every == 0)
         slots = due.nonzero().flatten()
-        if len(slots) == 0:
-            return
-        fr_cos = self._fr_cos_recon(quantise_to_levels(state.x_adv[slots], state.levels[slots], self.hparams.eps),
-                                    state.clean.select(slots))
-        below = fr_cos < self.hparams.stop_below
-        state.streak[slots] = torch.where(below, state.streak[slots] + 1, torch.zeros_like(state.streak[slots]))
+        if len(slots) > 0:
+            if self._forward_sees_saved_image and "fr_cos" in terms:
+                fr_cos = torch.zeros(len(state.occupied), device=self.device)
+                fr_cos[active] = terms["fr_cos"].detach().float()
+                fr_cos = fr_cos[slots]
+            else:
+                fr_cos = self._fr_cos_recon(quantise_to_levels(state.x_adv[slots], state.levels[slots], self.hparams.eps),
+                                            state.clean.select(slots))
+            below = fr_cos < self.hparams.stop_below
+            state.streak[slots] = torch.where(below, state.streak[slots] + 1, torch.zeros_like(state.streak[slots]))
+        return state.occupied & (state.streak >= self.hparams.stop_patience)
 
     def _fr_cos_recon(self, png_levels: torch.Tensor, clean: CleanFeatures) -> torch.Tensor:
         """cos(FR(x), FR(D(E(png)))) through the primary autoencoder ([B])."""
