@@ -2,12 +2,22 @@
 
     python benchmarks/robustness.py --assets ../shared/assets --faces 4 --iterations 100 \
         --json benchmarks/results/robustness.json
+    python benchmarks/robustness.py --assets ../shared/assets --split tune --faces 1 \
+        --variant "q=quantised" --variant "q+ti=quantised+smoothing"        # development runs
 
-Protects held-out shared CelebA-HQ faces (the last `--faces` of the sorted list; development used the
-first ones) at 256 px, ε = 0.03, with every variant through `python -m facelock_pl fit`, then scores the
-protected PNGs with the offline evaluation (`edit-offline.yaml` / `evaluate-offline.yaml`): the TAESD round
-trip, as is and after JPEG-75 and a 0.5x resize, for SFace, facenet CASIA-WebFace and w600k_mbf (never in
-any loss: the transfer check). Prints a Markdown table of match rates, stealth and cost; writes JSON.
+Every variant is `configs/facelock-robust.yaml` with the parts it does not name switched off (plain
+FaceLock = SFace + TAESD, no EOT, the published update):
+  ensemble   facenet CASIA-WebFace + SFace in the FR term, TAESD + TAESDXL in the latent terms;
+  eot        the config's random purifications inside the loop;
+  quantised  `quantise_forward` (the objective sees the saved 8-bit image);
+  smoothing  the config's `grad_smoothing` (translation-invariant gradient);
+  momentum   the config's `momentum`.
+Faces: `--split held-out` (default) takes the last `--faces` of the sorted shared CelebA-HQ faces,
+`--split tune` the first ones — tune on those, report on the held-out ones. Each variant runs through
+`python -m facelock_pl fit` at 256 px, ε = 0.03; the protected PNGs are scored with the offline evaluation
+(`edit-offline.yaml` / `evaluate-offline.yaml`): the TAESD round trip, as is and after JPEG-75 and a 0.5x
+resize, for SFace, facenet CASIA-WebFace and w600k_mbf (never in any loss: the transfer check). Prints a
+Markdown table of match rates (and mean cosines), stealth and cost; writes JSON.
 """
 
 from __future__ import annotations
@@ -23,12 +33,24 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 
+PARTS = ("ensemble", "eot", "quantised", "smoothing", "momentum")
+AIDS = "quantised+smoothing+momentum"
 VARIANTS = {
-    "facelock (SFace, TAESD)": [],
-    "+ ensemble (facenet+SFace, TAESD+TAESDXL)": ["ensemble"],
-    "+ EOT": ["eot"],
-    "+ ensemble + EOT": ["ensemble", "eot"],
+    "facelock (SFace, TAESD)": "",
+    "+ ensemble (facenet+SFace, TAESD+TAESDXL)": "ensemble",
+    "+ EOT": f"eot+{AIDS}",
+    "+ ensemble + EOT": f"ensemble+eot+{AIDS}",
 }
+
+
+def parse_variant(text: str) -> tuple[str, list[str]]:
+    """`NAME=part+part` (parts from PARTS; `NAME=` is plain FaceLock)."""
+    name, _, spec = text.partition("=")
+    parts = [p for p in spec.split("+") if p]
+    unknown = sorted(set(parts) - set(PARTS))
+    if not name or unknown:
+        raise SystemExit(f"bad --variant {text!r}: want NAME=part+part with parts from {PARTS}")
+    return name, parts
 
 
 def fit_args(assets: Path, parts: list[str]) -> list[str]:
@@ -41,8 +63,11 @@ def fit_args(assets: Path, parts: list[str]) -> list[str]:
     ensemble = "ensemble" in parts
     args = ["--model.recognizers", json.dumps([facenet, sface] if ensemble else [sface]),
             "--model.vae", json.dumps([taesd, taesdxl] if ensemble else [taesd])]
-    if "eot" not in parts:
-        args += ["--model.eot", "null"]
+    off = {"eot": ["--model.eot", "null"], "quantised": ["--model.quantise_forward", "false"],
+           "smoothing": ["--model.grad_smoothing", "0"], "momentum": ["--model.momentum", "0"]}
+    for part, switch_off in off.items():
+        if part not in parts:
+            args += switch_off
     return args
 
 
@@ -57,25 +82,30 @@ def main() -> None:
     parser.add_argument("--faces", type=int, default=4)
     parser.add_argument("--iterations", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=1)
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
+    parser.add_argument("--split", choices=["held-out", "tune"], default="held-out")
+    parser.add_argument("--variant", action="append", default=None, metavar="NAME=PARTS",
+                        help=f"repeatable; default: the issue's four rows {list(VARIANTS)}")
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks/results/robustness.json")
     args = parser.parse_args()
     assets = args.assets.resolve()
     work = Path(tempfile.mkdtemp(prefix="facelock-robustness-"))
     faces = work / "faces"
     faces.mkdir()
-    for path in sorted((assets / "faces/celebahq").glob("*.jpg"))[-args.faces :]:
+    variants = dict(parse_variant(v) for v in args.variant) if args.variant else {
+        name: parse_variant(f"{name}={spec}")[1] for name, spec in VARIANTS.items()}
+    shared = sorted((assets / "faces/celebahq").glob("*.jpg"))
+    for path in shared[-args.faces :] if args.split == "held-out" else shared[: args.faces]:
         (faces / path.name).write_bytes(path.read_bytes())
     evaluate_config = work / "evaluate-offline.yaml"
     evaluate_config.write_text((ROOT / "configs/evaluate-offline.yaml").read_text().replace("../shared/assets", str(assets)))
 
     sets = {}
-    for name in args.variants:
+    for name, parts in variants.items():
         out = work / f"v{len(sets)}"
         run([sys.executable, "-m", "facelock_pl", "fit", "--config", "configs/facelock-robust.yaml",
              "--data.source", str(faces), "--data.batch_size", str(args.batch_size), "--data.num_workers", "0",
              "--model.iterations", str(args.iterations), "--output_dir", str(out), "--trainer.enable_progress_bar", "false",
-             *fit_args(assets, VARIANTS[name])])
+             *fit_args(assets, parts)])
         sets[name] = out
     set_names = {f"v{i}": name for i, name in enumerate(sets)}
     common = ["--data.source", str(faces), "--output_dir", str(work / "eval"),
@@ -101,9 +131,9 @@ def main() -> None:
                        seconds_per_image=float(manifest["seconds"].mean()))
         rows.append(row)
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"faces": sorted(p.name for p in faces.iterdir()), "iterations": args.iterations,
-                                     "rows": rows}, indent=2))
-    print(f"\nheld-out faces: {args.faces}, 256 px, eps 0.03, {args.iterations} iterations; match rate = share of "
+    args.json.write_text(json.dumps({"split": args.split, "faces": sorted(p.name for p in faces.iterdir()),
+                                     "iterations": args.iterations, "variants": variants, "rows": rows}, indent=2))
+    print(f"\n{args.split} faces: {args.faces}, 256 px, eps 0.03, {args.iterations} iterations; match rate = share of "
           "faces still recognised after the TAESD round trip (lower is better)")
     header = ("| variant | SFace | SFace JPEG-75 | SFace 0.5x | facenet | facenet JPEG-75 | facenet 0.5x | w600k (held out) "
               "| w600k JPEG-75 | w600k 0.5x | max linf_255 | min PSNR dB | s/image |")
@@ -111,7 +141,8 @@ def main() -> None:
     print("|" + "---|" * 13)
     for row in rows:
         cells = [row.get(f"{r} match {p}") for r in ("sface", "facenet-casia", "w600k-mbf") for p in ("none", "jpeg75", "resize0.5")]
-        cells = ["–" if c is None else f"{100 * c:.0f}%" for c in cells]
+        cosines = [row.get(f"{r} cos {p}") for r in ("sface", "facenet-casia", "w600k-mbf") for p in ("none", "jpeg75", "resize0.5")]
+        cells = ["–" if c is None else f"{100 * c:.0f}% ({cos:.2f})" for c, cos in zip(cells, cosines)]
         extra = [f"{row[k]:.2f}" if k in row else "–" for k in ("linf_255_max", "psnr_db_min", "seconds_per_image")]
         print(f"| {row['variant']} | " + " | ".join(cells + extra) + " |")
     print(f"json: {args.json}")

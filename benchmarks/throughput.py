@@ -154,11 +154,6 @@ def run_pipeline(args, kwargs: dict, device: torch.device) -> dict:
     from facelock_pl.engine import ProtectionModule
     from facelock_pl.outputs import read_manifest
 
-    if args.phase in ("quantised", "adaptive"):
-        kwargs = {**kwargs, "quantise_forward": True}
-    if args.phase == "adaptive":
-        kwargs = {**kwargs, "stop_below": args.stop_below, "min_iterations": args.min_iterations,
-                  "stop_patience": args.stop_patience, "stop_check_every": args.stop_check_every}
     out = Path(tempfile.mkdtemp(prefix="facelock-bench-"))
     module = ProtectionModule(**kwargs, output_dir=str(out))
     data = FaceDataModule(source=args.folder, resolution=args.resolution, batch_size=args.batch_size,
@@ -189,6 +184,11 @@ def run_pipeline(args, kwargs: dict, device: torch.device) -> dict:
 def phase_main(args) -> None:
     device = torch.device(args.device)
     kwargs = module_kwargs(args.preset, Path(args.assets) if args.assets else None, args.iterations)
+    if args.phase in ("quantised", "adaptive"):
+        kwargs["quantise_forward"] = True
+    if args.phase == "adaptive":
+        kwargs.update(stop_below=args.stop_below, min_iterations=args.min_iterations, stop_patience=args.stop_patience,
+                      stop_check_every=args.stop_check_every)
     result = run_reference(args, kwargs, device) if args.phase == "reference" else run_pipeline(args, kwargs, device)
     result["settings"] = {k: v for k, v in kwargs.items() if isinstance(v, (int, float, str, bool)) or v is None}
     Path(args.phase_json).write_text(json.dumps(result))

@@ -25,11 +25,21 @@ import torch.utils.checkpoint
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from ..data import SlotBoard, collate
-from ..models import FaceDetector, FaceGeometry, LPIPSSpec, RecognizerSpec, VAESpec, load_lpips, load_recognizer, load_vae
+from ..models import (
+    FaceDetector,
+    FaceGeometry,
+    LPIPSSpec,
+    RecognizerSpec,
+    VAESpec,
+    load_lpips,
+    load_recognizer,
+    load_vae,
+)
 from ..objectives import TERM_NAMES, CleanFeatures, Networks, build_method
+from ..objectives.transforms import RandomPurification
 from ..outputs import OutputWriter, png_bytes
 from ..outputs.manifest import OutputFormat
-from ..objectives.transforms import RandomPurification
+from .gradients import momentum_update_, smooth_gradient
 from .optimizer import SignPGD
 from .schedule import random_start, step_sizes
 from .summary import RunStats
@@ -70,6 +80,7 @@ class SlotState:
         self.x_adv = torch.zeros(shape, device=device)  # float32 master copy of the iterate
         self.iteration = torch.zeros(slots, dtype=torch.long, device=device)
         self.streak = torch.zeros(slots, dtype=torch.long, device=device)  # checks in a row below stop_below
+        self.velocity = torch.zeros(shape, device=device)  # momentum of the gradient (momentum > 0)
         self.occupied = torch.zeros(slots, dtype=torch.bool, device=device)
         self.clean = clean.slots(slots)
         self.items: list[dict | None] = [None] * slots  # the loader item (metadata; re-queued on OOM)
@@ -103,6 +114,10 @@ class ProtectionModule(L.LightningModule):
             is written; with this switch the optimisation sees what is saved. With one VAE and no EOT the
             forward pass then also yields `fr_cos_recon` of the current iterate, so adaptive-stopping checks
             cost nothing.
+        grad_smoothing: std in pixels of a Gaussian blur of the gradient before the sign step (the
+            translation-invariant attack: low-frequency perturbations that JPEG and resizing keep); 0: off.
+        momentum: decay of the gradient momentum (MI attack: the step follows decay · past + the
+            L1-normalised gradient); 0: off (the published loop).
         stop_below: adaptive stopping: every `stop_check_every` iterations from `min_iterations` on, the
             current iterate is quantised to 8 bits and its `fr_cos_recon` measured; an image whose value is
             below `stop_below` at `stop_patience` checks in a row stops, and its slot is refilled at once.
@@ -137,6 +152,8 @@ class ProtectionModule(L.LightningModule):
         eot: list[str] | None = None,
         eot_samples: int = 1,
         quantise_forward: bool = False,
+        grad_smoothing: float = 0.0,
+        momentum: float = 0.0,
         stop_below: float | None = None,
         stop_patience: int = 2,
         stop_check_every: int = 5,
@@ -151,6 +168,8 @@ class ProtectionModule(L.LightningModule):
         super().__init__()
         if not 0 < eps <= 2 or step_size <= 0 or iterations < 1:
             raise ValueError(f"need 0 < eps <= 2, step_size > 0, iterations >= 1 (got {eps}, {step_size}, {iterations})")
+        if grad_smoothing < 0 or not 0 <= momentum < 1:
+            raise ValueError(f"need grad_smoothing >= 0 and 0 <= momentum < 1 (got {grad_smoothing}, {momentum})")
         self.save_hyperparameters()
         self.automatic_optimization = False
         self.method = build_method(method, fr_weight=fr_weight, latent_weight=latent_weight, lpips_weight=lpips_weight,
@@ -247,6 +266,7 @@ class ProtectionModule(L.LightningModule):
         state.levels[index], state.x[index] = levels, x
         state.x_adv[index] = random_start(x, batch["uid"], self.hparams.seed, self.hparams.eps)
         state.iteration[index], state.streak[index], state.occupied[index] = 0, 0, True
+        state.velocity[index] = 0
         now = time.perf_counter()
         for slot, item in good:
             state.items[slot], state.started[slot] = item, now
@@ -277,7 +297,7 @@ class ProtectionModule(L.LightningModule):
             with self._autocast():
                 objective, terms = self._objective(state, active, x_seen, progress)
             grad = torch.zeros_like(state.x_adv)
-            grad[active] = torch.autograd.grad(objective.sum(), x_in)[0].to(grad.dtype)
+            grad[active] = self._shape_gradient(state, active, torch.autograd.grad(objective.sum(), x_in)[0].float())
         for name, value in terms.items():
             state.terms.setdefault(name, torch.zeros(len(state.occupied), device=self.device))[active] = value.detach().float()
         self._log_terms(terms)
@@ -287,6 +307,16 @@ class ProtectionModule(L.LightningModule):
         self.optimizers().step(x_adv=state.x_adv, grad=grad, x=state.x, eps=self.hparams.eps, active=stepping,
                                step_size=step_sizes(self.hparams.step_size, state.iteration, iterations))
         state.iteration[stepping] += 1
+
+    def _shape_gradient(self, state: SlotState, active: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        """The transfer aids, in the order of the TI-MI attack: smoothing, then momentum."""
+        if self.hparams.grad_smoothing > 0:
+            grad = smooth_gradient(grad, self.hparams.grad_smoothing)
+        if self.hparams.momentum > 0:
+            velocity = momentum_update_(state.velocity[active], grad, self.hparams.momentum)
+            state.velocity[active] = velocity
+            grad = velocity
+        return grad
 
     def _objective(self, state: SlotState, active: torch.Tensor, x_in: torch.Tensor, progress: torch.Tensor):
         """The method's objective; under EOT, its mean over `eot_samples` random purifications of x_in."""
