@@ -34,12 +34,12 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 
 PARTS = ("ensemble", "eot", "quantised", "smoothing", "momentum")
-AIDS = "quantised+smoothing+momentum"
-VARIANTS = {
+VARIANTS = {  # the ablation rows; every row after the first optimises the saved 8-bit image
     "facelock (SFace, TAESD)": "",
-    "+ ensemble (facenet+SFace, TAESD+TAESDXL)": "ensemble",
-    "+ EOT": f"eot+{AIDS}",
-    "+ ensemble + EOT": f"ensemble+eot+{AIDS}",
+    "+ quantised forward": "quantised",
+    "+ ensemble (facenet+SFace, TAESD+TAESDXL)": "quantised+ensemble",
+    "+ EOT": "quantised+eot",
+    "+ ensemble + EOT (facelock-robust.yaml)": "quantised+ensemble+eot+smoothing+momentum",
 }
 
 
