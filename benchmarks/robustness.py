@@ -6,7 +6,7 @@
         --variant "q=quantised" --variant "q+ti=quantised+smoothing"        # development runs
 
 Every variant is `configs/facelock-robust.yaml` with the parts it does not name switched off (plain
-FaceLock = SFace + TAESD, no EOT, the published update):
+FaceLock = SFace + TAESD, no EOT, the published update; the config itself is "+ EOT"):
   ensemble   facenet CASIA-WebFace + SFace in the FR term, TAESD + TAESDXL in the latent terms;
   eot        the config's random purifications inside the loop;
   quantised  `quantise_forward` (the objective sees the saved 8-bit image);
@@ -38,8 +38,8 @@ VARIANTS = {  # the issue's ablation rows; every row after the first optimises t
     "facelock (SFace, TAESD)": "",
     "+ quantised forward": "quantised",
     "+ ensemble (facenet+SFace, TAESD+TAESDXL)": "quantised+ensemble",
-    "+ EOT": "quantised+eot",
-    "+ ensemble + EOT (facelock-robust.yaml)": "quantised+ensemble+eot+smoothing+momentum",
+    "+ EOT (facelock-robust.yaml)": "quantised+eot+smoothing+momentum",
+    "+ ensemble + EOT": "quantised+ensemble+eot",
 }
 
 

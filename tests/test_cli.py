@@ -115,7 +115,8 @@ def test_missing_weights_stop_before_any_work(face_folder, tmp_path, capsys, mon
     assert not (out / "images").exists() and not (out / "manifest").exists()
 
 
-@pytest.mark.parametrize("config", ["facelock.yaml", "photoguard.yaml", "demo.yaml", "offline.yaml", "offline-sface.yaml", "tiny.yaml"])
+@pytest.mark.parametrize("config", ["facelock.yaml", "photoguard.yaml", "demo.yaml", "offline.yaml", "offline-sface.yaml", "tiny.yaml",
+                                    "facelock-robust.yaml"])
 def test_shipped_configs_parse(config, capsys):
     with pytest.raises(SystemExit) as done:
         main(["fit", "--config", str(ROOT / "configs" / config), "--print_config"])
