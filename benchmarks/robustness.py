@@ -6,12 +6,18 @@
         --variant "q=quantised" --variant "q+ti=quantised+smoothing"        # development runs
 
 Every variant is `configs/facelock-robust.yaml` with the parts it does not name switched off (plain
-FaceLock = SFace + TAESD, no EOT, the published update; the config itself is "+ EOT"):
-  ensemble   facenet CASIA-WebFace + SFace in the FR term, TAESD + TAESDXL in the latent terms;
-  eot        the config's random purifications inside the loop;
-  quantised  `quantise_forward` (the objective sees the saved 8-bit image);
-  smoothing  the config's `grad_smoothing` (translation-invariant gradient);
-  momentum   the config's `momentum`.
+FaceLock = SFace + TAESD, no EOT, the published loop at `--iterations`; the config itself is
+"quantised+early_fr+recognizers+eot+iterations:150"):
+  recognizers  facenet CASIA-WebFace + SFace in the FR term (a recogniser ensemble; w600k_mbf held out);
+  rotated      SFace + w600k_mbf in the FR term instead (facenet CASIA-WebFace held out);
+  vaes         TAESD + TAESDXL in the latent and reconstruction terms (an autoencoder ensemble);
+  ensemble     both of the above;
+  eot          the config's random purifications inside the loop;
+  quantised    `quantise_forward` (the objective sees the saved 8-bit image);
+  early_fr     the config's `fr_start` (the FR term from the first iteration; else the published 0.35);
+  smoothing    the config's `grad_smoothing` (translation-invariant gradient);
+  momentum     the config's `momentum`;
+  KEY:VALUE    any other model setting, e.g. `fr_start:0`, `fr_reduction:max`, `iterations:200`.
 Faces: `--split held-out` (default) takes the last `--faces` of the sorted shared CelebA-HQ faces,
 `--split tune` the first ones — tune on those, report on the held-out ones. Each variant runs through
 `python -m facelock_pl fit` at 256 px, ε = 0.03; the protected PNGs are scored with the offline evaluation
@@ -33,23 +39,23 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 
-PARTS = ("ensemble", "eot", "quantised", "smoothing", "momentum")
-VARIANTS = {  # the issue's ablation rows; every row after the first optimises the saved 8-bit image
+PARTS = ("recognizers", "rotated", "vaes", "ensemble", "eot", "quantised", "early_fr", "smoothing", "momentum")
+VARIANTS = {  # the issue's ablation rows; every row after the first optimises the saved 8-bit image, FR from the start
     "facelock (SFace, TAESD)": "",
-    "+ quantised forward": "quantised",
-    "+ ensemble (facenet+SFace, TAESD+TAESDXL)": "quantised+ensemble",
-    "+ EOT (facelock-robust.yaml)": "quantised+eot+smoothing+momentum",
-    "+ ensemble + EOT": "quantised+ensemble+eot",
+    "+ ensemble (facenet+SFace)": "quantised+early_fr+recognizers",
+    "+ EOT (SFace)": "quantised+early_fr+eot",
+    "+ ensemble + EOT, 150 it (facelock-robust.yaml)": "quantised+early_fr+recognizers+eot+iterations:150",
+    "rotated: SFace+w600k + EOT, 150 it (facenet held out)": "quantised+early_fr+rotated+eot+iterations:150",
 }
 
 
 def parse_variant(text: str) -> tuple[str, list[str]]:
-    """`NAME=part+part` (parts from PARTS; `NAME=` is plain FaceLock)."""
+    """`NAME=part+part` (parts from PARTS or KEY:VALUE model settings; `NAME=` is plain FaceLock)."""
     name, _, spec = text.partition("=")
     parts = [p for p in spec.split("+") if p]
-    unknown = sorted(set(parts) - set(PARTS))
+    unknown = sorted(p for p in set(parts) - set(PARTS) if ":" not in p)
     if not name or unknown:
-        raise SystemExit(f"bad --variant {text!r}: want NAME=part+part with parts from {PARTS}")
+        raise SystemExit(f"bad --variant {text!r}: want NAME=part+part with parts from {PARTS} or KEY:VALUE")
     return name, parts
 
 
@@ -58,16 +64,24 @@ def fit_args(assets: Path, parts: list[str]) -> list[str]:
              "input_scale": 127.5, "input_offset": 127.5}
     facenet = {"kind": "facenet", "name": "facenet-casia",
                "weights": str(assets / "fr/facenet-casia/facenet_casia_webface_20180408_fp16.safetensors")}
+    w600k = {"kind": "onnx", "weights": str(assets / "fr/insightface-mbf/w600k_mbf.onnx"), "name": "w600k-mbf",
+             "input_scale": 1.0, "input_offset": 0.0}
     taesd = {"kind": "taesd", "path": str(assets / "vae/taesd"), "subfolder": None, "name": "taesd"}
     taesdxl = {"kind": "taesd", "path": str(assets / "vae/taesdxl"), "subfolder": None, "name": "taesdxl"}
-    ensemble = "ensemble" in parts
-    args = ["--model.recognizers", json.dumps([facenet, sface] if ensemble else [sface]),
-            "--model.vae", json.dumps([taesd, taesdxl] if ensemble else [taesd])]
+    recognizers = [facenet, sface] if "recognizers" in parts or "ensemble" in parts else [sface]
+    if "rotated" in parts:
+        recognizers = [sface, w600k]
+    vaes = "vaes" in parts or "ensemble" in parts
+    args = ["--model.recognizers", json.dumps(recognizers),
+            "--model.vae", json.dumps([taesd, taesdxl] if vaes else [taesd])]
     off = {"eot": ["--model.eot", "null"], "quantised": ["--model.quantise_forward", "false"],
+           "early_fr": ["--model.fr_start", "0.35"],
            "smoothing": ["--model.grad_smoothing", "0"], "momentum": ["--model.momentum", "0"]}
     for part, switch_off in off.items():
         if part not in parts:
             args += switch_off
+    for key, _, value in (p.partition(":") for p in parts if ":" in p):
+        args += [f"--model.{key}", value]  # after the switches: a setting named here wins
     return args
 
 

@@ -14,6 +14,9 @@ images, resolution and iteration count:
   quantised   the pipeline with `quantise_forward` (the objective sees the 8-bit image that is saved);
   adaptive    quantised + adaptive stopping with continuous batching (`--stop-below`; its checks read
               `fr_cos_recon` from the forward pass, so they cost nothing).
+`--rounds R` repeats the whole comparison R times, reversing the order of the variants every other round
+(ABBA), so slow drifts of the machine's speed fall alike on every variant; images/s is then the total over
+all rounds and the speedup the median of the per-round ratios (each round's ratios are in the JSON).
 Reported: images/s, speedup over the reference, peak memory, achieved TFLOP/s of the pipeline (FLOPs
 counted with `torch.utils.flop_counter` per iteration regime) and its share of a matmul peak measured in
 the same run (bf16 on GPU, fp32 on CPU), and the per-image final `fr_cos_recon` of every variant, so
@@ -200,6 +203,38 @@ def median(values) -> float | None:
     return statistics.median(values) if values else None
 
 
+def run_phase(args, name: str, folder: Path, round_index: int) -> dict:
+    """One variant in its own process; returns its phase JSON."""
+    phase_json = folder / f"{name}-{round_index}.json"
+    command = [sys.executable, __file__, "--preset", args.preset, "--phase", name, "--phase-json", str(phase_json),
+               "--folder", str(folder), "--resolution", str(args.resolution), "--device", args.device,
+               "--images", str(args.images), "--iterations", str(args.iterations), "--batch-size", str(args.batch_size),
+               "--num-workers", str(args.num_workers), "--min-iterations", str(args.min_iterations),
+               "--stop-patience", str(args.stop_patience), "--stop-check-every", str(args.stop_check_every),
+               "--stop-below", str(args.stop_below)]
+    command += ["--assets", args.assets] if args.assets else []
+    print(f"round {round_index + 1}/{args.rounds}: running {name} ...", flush=True)
+    subprocess.run(command, check=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    return json.loads(phase_json.read_text())
+
+
+def combine_rounds(rounds: list[dict], variants: list[str]) -> dict:
+    """Per variant: the first round's result (per-image values, memory, FLOPs) with images/s over all rounds."""
+    results = {}
+    for name in variants:
+        runs = [r[name] for r in rounds]
+        result = dict(runs[0])
+        result["wall_s"] = sum(r["wall_s"] for r in runs)
+        result["images_per_s"] = sum(r["images"] for r in runs) / result["wall_s"]
+        result["images_per_s_per_round"] = [r["images_per_s"] for r in runs]
+        result["peak_memory_mb"] = max(r["peak_memory_mb"] for r in runs)
+        if "achieved_tflops" in result:
+            result["achieved_tflops"] = sum(r["total_tflop"] for r in runs) / result["wall_s"]
+            result["share_of_peak"] = result["achieved_tflops"] / result["matmul_peak_tflops"]
+        results[name] = result
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu-tiny")
@@ -214,6 +249,7 @@ def main() -> None:
     parser.add_argument("--min-iterations", type=int, default=None, help="adaptive: default 40%% of --iterations")
     parser.add_argument("--stop-patience", type=int, default=2)
     parser.add_argument("--stop-check-every", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=1, help="repeat the comparison, order reversed every other round")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--phase", choices=VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--phase-json", help=argparse.SUPPRESS)
@@ -221,6 +257,8 @@ def main() -> None:
     parser.add_argument("--resolution", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--device", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     preset = PRESETS[args.preset]
     args.images = args.images or preset["images"]
     args.iterations = args.iterations or preset["iterations"]
@@ -239,31 +277,24 @@ def main() -> None:
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:
         raise SystemExit(f"unknown variants {unknown}; choose from {VARIANTS}")
-    results = {}
-    for name in variants:
-        phase_json = folder / f"{name}.json"
-        command = [sys.executable, __file__, "--preset", args.preset, "--phase", name, "--phase-json", str(phase_json),
-                   "--folder", str(folder), "--resolution", str(args.resolution), "--device", args.device,
-                   "--images", str(args.images), "--iterations", str(args.iterations), "--batch-size", str(args.batch_size),
-                   "--num-workers", str(args.num_workers), "--min-iterations", str(args.min_iterations),
-                   "--stop-patience", str(args.stop_patience), "--stop-check-every", str(args.stop_check_every),
-                   "--stop-below", str(args.stop_below)]
-        command += ["--assets", args.assets] if args.assets else []
-        print(f"running {name} ...", flush=True)
-        subprocess.run(command, check=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
-        results[name] = json.loads(phase_json.read_text())
-
+    rounds = []
+    for round_index in range(args.rounds):
+        order = variants if round_index % 2 == 0 else variants[::-1]
+        rounds.append({name: run_phase(args, name, folder, round_index) for name in order})
+    results = combine_rounds(rounds, variants)
     reference = results.get("reference")
     for name, result in results.items():
         result["median_fr_cos_recon"] = median(result["fr_cos_recon"].values())
         result["mean_iterations"] = statistics.mean(result["iterations"].values())
         if reference and name != "reference":
-            result["speedup"] = result["images_per_s"] / reference["images_per_s"]
+            result["speedup_per_round"] = [r[name]["images_per_s"] / r["reference"]["images_per_s"] for r in rounds]
+            result["speedup"] = statistics.median(result["speedup_per_round"])
             common = [u for u in result["fr_cos_recon"] if reference["fr_cos_recon"].get(u) is not None]
             result["fr_cos_recon_diff_vs_reference"] = {
                 u: result["fr_cos_recon"][u] - reference["fr_cos_recon"][u] for u in common}
     summary = {"preset": args.preset, "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
                "cpu_threads": torch.get_num_threads(), "images": args.images, "iterations": args.iterations,
+               "rounds": args.rounds,
                "resolution": args.resolution, **results}
     if "pipeline" in results:
         summary["speedup"] = results["pipeline"].get("speedup")
@@ -272,7 +303,7 @@ def main() -> None:
         args.json.write_text(json.dumps(summary, indent=2))
 
     print(f"\npreset {args.preset} on {summary['device']}: {args.images} images, {args.resolution} px, "
-          f"{args.iterations} iterations")
+          f"{args.iterations} iterations, {args.rounds} round(s)")
     print(f"{'variant':>10} {'images/s':>9} {'speedup':>8} {'peak MB':>8} {'mean it':>8} {'median fr_cos_recon':>20} "
           f"{'TFLOP/s':>8} {'% peak':>7}")
     for name, r in results.items():

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -15,10 +18,17 @@ def test_throughput_benchmark_reports_every_variant(tmp_path):
     result = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "throughput.py"), "--preset", "cpu-tiny", "--images", "2",
          "--iterations", "6", "--variants", "reference,pipeline,adaptive", "--stop-below", "2", "--min-iterations", "2",
-         "--json", str(out)], capture_output=True, text=True, timeout=600)
+         "--rounds", "2", "--json", str(out)], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(out.read_text())
-    assert report["speedup"] == report["pipeline"]["images_per_s"] / report["reference"]["images_per_s"]
+    reference, pipeline = report["reference"], report["pipeline"]
+    # Two rounds, the second in reverse order; the speedup is the median of the paired per-round ratios.
+    order = [line.split("running ")[1].split(" ")[0] for line in result.stdout.splitlines() if "running" in line]
+    assert order == ["reference", "pipeline", "adaptive", "adaptive", "pipeline", "reference"]
+    ratios = [p / r for p, r in zip(pipeline["images_per_s_per_round"], reference["images_per_s_per_round"])]
+    assert report["rounds"] == 2 and pipeline["speedup_per_round"] == ratios
+    assert report["speedup"] == pipeline["speedup"] == (ratios[0] + ratios[1]) / 2
+    assert pipeline["images_per_s"] == 4 / pipeline["wall_s"]  # 2 images in each of 2 rounds
     assert set(report["reference"]["fr_cos_recon"]) == set(report["pipeline"]["fr_cos_recon"]) == {"face000", "face001"}
     assert set(report["pipeline"]["iterations"].values()) == {6}
     # Always below +2: checked from iteration 2 on, every iteration, two in a row -> stops at 3. An image
@@ -32,7 +42,43 @@ def test_throughput_benchmark_reports_every_variant(tmp_path):
     assert "speedup" in result.stdout and "adaptive" in result.stdout
 
 
-def test_throughput_benchmark_refuses_unknown_variants(tmp_path):
-    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "throughput.py"), "--variants", "pipeline,turbo"],
+@pytest.mark.parametrize(("argument", "message"), [(["--variants", "pipeline,turbo"], "turbo"),
+                                                   (["--rounds", "0"], "--rounds must be at least 1")])
+def test_throughput_benchmark_refuses_bad_arguments(argument, message):
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "throughput.py"), *argument],
                             capture_output=True, text=True, timeout=600)
-    assert result.returncode != 0 and "turbo" in result.stderr
+    assert result.returncode != 0 and message in result.stderr
+
+
+def robustness_module():
+    spec = importlib.util.spec_from_file_location("robustness", ROOT / "benchmarks" / "robustness.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_robustness_variants_switch_parts_and_pass_settings():
+    robustness = robustness_module()
+    assets = Path("/assets")
+
+    def settings(spec: str) -> dict:
+        args = robustness.fit_args(assets, robustness.parse_variant(f"v={spec}")[1])
+        return {key: [args[i + 1] for i, a in enumerate(args) if a == key] for key in set(args[::2])}
+
+    def names(value: str) -> list[str]:
+        return [entry["name"] for entry in json.loads(value)]
+
+    plain = settings("")
+    assert names(plain["--model.recognizers"][0]) == ["sface"] and names(plain["--model.vae"][0]) == ["taesd"]
+    assert plain["--model.eot"] == ["null"] and plain["--model.quantise_forward"] == ["false"]
+    both = settings("ensemble+eot")
+    assert names(both["--model.recognizers"][0]) == ["facenet-casia", "sface"]
+    assert names(both["--model.vae"][0]) == ["taesd", "taesdxl"] and "--model.eot" not in both
+    assert names(settings("rotated")["--model.recognizers"][0]) == ["sface", "w600k-mbf"]
+    # KEY:VALUE settings come after the switches, so they win over them.
+    tuned = settings("quantised+fr_start:0+quantise_forward:false")
+    assert tuned["--model.fr_start"] == ["0"] and tuned["--model.quantise_forward"] == ["false"]
+    with pytest.raises(SystemExit, match="turbo"):
+        robustness.parse_variant("v=quantised+turbo")
+    with pytest.raises(SystemExit, match="NAME=part"):
+        robustness.parse_variant("=quantised")

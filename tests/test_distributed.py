@@ -40,13 +40,21 @@ _DIST_VARS = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", 
 def clean_env() -> dict:
     # One thread per process in every run, so reductions round alike in 1- and 2-process runs.
     env = {k: v for k, v in os.environ.items() if k not in _DIST_VARS}
-    return {**env, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    # Faulthandler: a rank that dies on a signal prints its stack, which the failure message then shows.
+    return {**env, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
 
 
 def run(command: list[str]) -> subprocess.CompletedProcess:
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600, env=clean_env())
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0, failure_report(result.stderr)
     return result
+
+
+def failure_report(stderr: str) -> str:
+    """The first rank's crash is what matters; the other rank only reports a closed connection later."""
+    lines = stderr.splitlines()
+    first = next((i for i, line in enumerate(lines) if "Fatal Python error" in line or "Traceback" in line), 0)
+    return "\n".join(lines[first:first + 60]) + "\n...\n" + stderr[-2000:]
 
 
 @pytest.mark.slow
