@@ -250,12 +250,7 @@ def pgd_step_(
         True
     """
     alpha, eps_t, active = _prepare(x_adv, grad, x, step_size, eps, active)
-    if x_adv.is_cuda or _force_triton():
-        _pgd_step_op(x_adv, grad, x, alpha, eps_t, float(lo), float(hi), active)  # one opaque op for torch.compile
-    else:
-        # The PyTorch path needs no custom op; calling it through the dispatcher intermittently failed in CI
-        # (torch 2.14.1 CPU: "schema_.has_value() INTERNAL ASSERT ... Tried to access the schema for").
-        _torch_update_(x_adv, grad, x, alpha, eps_t, float(lo), float(hi), active)
+    _pgd_step_op(x_adv, grad, x, alpha, eps_t, float(lo), float(hi), active)  # one opaque op for torch.compile
     return x_adv
 
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -107,6 +110,28 @@ def test_scalar_and_bad_arguments():
         pgd_step_(x_adv, g[:1], x, 0.01, 0.03)
     with pytest.raises(ValueError, match="step_size"):
         pgd_step_(x_adv, g, x, torch.ones(3), 0.03)
+
+
+def test_probing_the_checkout_as_top_level_kernels_leaves_the_op_intact():
+    """From a checkout the root is on sys.path, and transformers' probe for the PyPI `kernels` package
+    imports this folder as `kernels`; that must not re-register the op (it broke every later call)."""
+    root = Path(__file__).resolve().parents[1]
+    code = f"""
+import sys, torch
+import facelock_pl.kernels as ours
+sys.path.insert(0, {str(root)!r})
+from transformers.utils import is_kernels_available
+assert not is_kernels_available()  # imports {str(root / "kernels")!r} as `kernels`
+shell = sys.modules["kernels"]
+assert shell.__file__.startswith({str(root)!r}) and not hasattr(shell, "pgd_step_")
+assert "kernels.pgd_step" not in sys.modules
+x = torch.zeros(2, 3, 4, 4); x_adv = x.clone()
+ours.pgd_step_(x_adv, torch.ones_like(x), x, 0.01, 0.03)
+assert torch.equal(x_adv, torch.full_like(x, 0.01)), x_adv
+print("op intact")
+"""
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "op intact" in done.stdout, done.stderr[-3000:]
 
 
 def test_opcheck_and_compile(force_triton):
