@@ -5,6 +5,9 @@
     python benchmarks/robustness.py --assets ../shared/assets --split tune --faces 1 \
         --variant "q=quantised" --variant "q+ti=quantised+smoothing"        # development runs
 
+`--work-dir DIR` keeps the protected sets and the scored edits; rerunning the same command resumes where
+it stopped (every step resumes per image). The JSON holds the table's rows and every face's scores.
+
 Every variant is `configs/facelock-robust.yaml` with the parts it does not name switched off (plain
 FaceLock = SFace + TAESD, no EOT, the published loop at `--iterations`; the config itself is
 "quantised+early_fr+recognizers+eot+iterations:150"):
@@ -100,15 +103,24 @@ def main() -> None:
     parser.add_argument("--variant", action="append", default=None, metavar="NAME=PARTS",
                         help=f"repeatable; default: the issue's four rows {list(VARIANTS)}")
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks/results/robustness.json")
+    parser.add_argument("--work-dir", type=Path, default=None,
+                        help="keep the protected sets and edits here; a rerun with the same arguments resumes")
     args = parser.parse_args()
     assets = args.assets.resolve()
-    work = Path(tempfile.mkdtemp(prefix="facelock-robustness-"))
+    work = args.work_dir.resolve() if args.work_dir else Path(tempfile.mkdtemp(prefix="facelock-robustness-"))
     faces = work / "faces"
-    faces.mkdir()
+    faces.mkdir(parents=True, exist_ok=True)
     variants = dict(parse_variant(v) for v in args.variant) if args.variant else {
         name: parse_variant(f"{name}={spec}")[1] for name, spec in VARIANTS.items()}
     shared = sorted((assets / "faces/celebahq").glob("*.jpg"))
-    for path in shared[-args.faces :] if args.split == "held-out" else shared[: args.faces]:
+    chosen = shared[-args.faces :] if args.split == "held-out" else shared[: args.faces]
+    # Resuming is only right for the same faces, variants and settings: a work dir remembers its run.
+    signature = {"faces": [p.name for p in chosen], "iterations": args.iterations, "batch_size": args.batch_size,
+                 "variants": variants}
+    if (work / "run.json").exists() and json.loads((work / "run.json").read_text()) != signature:
+        raise SystemExit(f"{work} holds a different run (run.json): give a fresh --work-dir")
+    (work / "run.json").write_text(json.dumps(signature))
+    for path in chosen:
         (faces / path.name).write_bytes(path.read_bytes())
     evaluate_config = work / "evaluate-offline.yaml"
     evaluate_config.write_text((ROOT / "configs/evaluate-offline.yaml").read_text().replace("../shared/assets", str(assets)))
@@ -145,8 +157,11 @@ def main() -> None:
                        seconds_per_image=float(manifest["seconds"].mean()))
         rows.append(row)
     args.json.parent.mkdir(parents=True, exist_ok=True)
+    scores = [c for c in frame.columns if c.startswith(("match:", "fr:"))]
+    per_face = frame[["set", "uid", *scores]]  # set: "clean", "v0", "v0+jpeg75", ...; "sets" names them
     args.json.write_text(json.dumps({"split": args.split, "faces": sorted(p.name for p in faces.iterdir()),
-                                     "iterations": args.iterations, "variants": variants, "rows": rows}, indent=2))
+                                     "iterations": args.iterations, "variants": variants, "rows": rows,
+                                     "sets": set_names, "per_face": json.loads(per_face.to_json(orient="records"))}, indent=2))
     print(f"\n{args.split} faces: {args.faces}, 256 px, eps 0.03, {args.iterations} iterations; match rate = share of "
           "faces still recognised after the TAESD round trip (lower is better)")
     header = ("| variant | SFace | SFace JPEG-75 | SFace 0.5x | facenet | facenet JPEG-75 | facenet 0.5x | w600k (held out) "
