@@ -88,13 +88,13 @@ def test_quantised_forward_measures_stops_for_free(face_folder, tmp_path, monkey
                                 min_iterations=15, stop_check_every=5, quantise_forward=quantise_forward)
     module = ProtectionModule(**kwargs)
     calls = {"n": 0}
-    original = module._fr_cos_recon
+    original = module._reconstruct
 
     def measured(*args):
         calls["n"] += 1
         return original(*args)
 
-    monkeypatch.setattr(module, "_fr_cos_recon", measured)
+    monkeypatch.setattr(module, "_reconstruct", measured)
     fit(module, face_folder, tmp_path / "q", batch_size=1)
     ok = read_manifest(tmp_path / "q").query("status == 'ok'")
     assert len(ok) == 2 and (ok["iterations"] == 15).all()  # always below +2: stops at the first check

@@ -102,3 +102,25 @@ def test_invalid_arguments_are_refused():
         ProtectionModule(**tiny_module_kwargs(method="nope"))
     with pytest.raises(ValueError, match="recogniser"):
         ProtectionModule(**tiny_module_kwargs(recognizers=[]))
+
+
+def test_fr_cos_detected_realigns_on_the_reconstruction_and_marks_no_face(face_folder):
+    """The detected-anew measure of an unchanged image is the clean measure (cos 1); a faceless image has none."""
+    import torch
+
+    from facelock_pl.data import load_rgb, square_resize
+    from facelock_pl.engine.module import levels_to_pm1
+
+    module = ProtectionModule(**tiny_module_kwargs())
+    faces = torch.stack([square_resize(load_rgb(p), 160) for p in sorted(face_folder.iterdir())])
+    clean = module._clean_features(faces, torch.ones(2, dtype=torch.bool))
+    assert clean.face_found.all()
+    torch.testing.assert_close(module._fr_cos_detected(levels_to_pm1(faces), clean), torch.ones(2), atol=1e-4, rtol=0)
+
+    shifted = torch.roll(faces, shifts=(9, 7), dims=(-2, -1))  # the face moves: only the detected-anew measure follows it
+    fixed = module._fr_cos(levels_to_pm1(shifted), clean)
+    detected = module._fr_cos_detected(levels_to_pm1(shifted), clean)
+    assert (detected > fixed).all() and (detected > 0.9).all()
+
+    grey = torch.full_like(faces, 128)
+    assert module._fr_cos_detected(levels_to_pm1(grey), clean).isnan().all()

@@ -15,6 +15,7 @@ iteration. Each step:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import time
 from typing import Literal
@@ -55,6 +56,11 @@ def quantise_to_levels(x_adv: torch.Tensor, levels: torch.Tensor, eps: float) ->
 
 def levels_to_pm1(levels: torch.Tensor) -> torch.Tensor:
     return levels.float() / 127.5 - 1
+
+
+def pm1_to_levels(x: torch.Tensor) -> torch.Tensor:
+    """The 8-bit image (uint8) of x in [-1, 1], as it would be saved."""
+    return torch.round((x.float() + 1) * 127.5).clamp(0, 255).to(torch.uint8)
 
 
 def straight_through_levels(x_adv: torch.Tensor, levels: torch.Tensor, eps: float) -> torch.Tensor:
@@ -351,17 +357,31 @@ class ProtectionModule(L.LightningModule):
                 fr_cos[active] = terms["fr_cos"].detach().float()
                 fr_cos = fr_cos[slots]
             else:
-                fr_cos = self._fr_cos_recon(quantise_to_levels(state.x_adv[slots], state.levels[slots], self.hparams.eps),
-                                            state.clean.select(slots))
+                png_levels = quantise_to_levels(state.x_adv[slots], state.levels[slots], self.hparams.eps)
+                fr_cos = self._fr_cos(self._reconstruct(png_levels), state.clean.select(slots))
             below = fr_cos < self.hparams.stop_below
             state.streak[slots] = torch.where(below, state.streak[slots] + 1, torch.zeros_like(state.streak[slots]))
         return state.occupied & (state.streak >= self.hparams.stop_patience)
 
-    def _fr_cos_recon(self, png_levels: torch.Tensor, clean: CleanFeatures) -> torch.Tensor:
-        """cos(FR(x), FR(D(E(png)))) through the primary autoencoder ([B])."""
+    def _reconstruct(self, png_levels: torch.Tensor) -> torch.Tensor:
+        """D(E(png)) through the primary autoencoder (the editor `fr_cos_recon` measures), fp32 in [-1, 1]."""
         with self._autocast():
-            recon = self.nets.reconstruct(self.nets.vae.encode(self._layout(levels_to_pm1(png_levels))))
-            return self.nets.fr_cos(recon.float(), clean).float()
+            return self.nets.reconstruct(self.nets.vae.encode(self._layout(levels_to_pm1(png_levels)))).float()
+
+    def _fr_cos(self, images: torch.Tensor, clean: CleanFeatures) -> torch.Tensor:
+        """cos(FR(x), FR(images)), aligned with the source's landmarks, as the objective sees it ([B])."""
+        with self._autocast():
+            return self.nets.fr_cos(images, clean).float()
+
+    def _fr_cos_detected(self, recon: torch.Tensor, clean: CleanFeatures) -> torch.Tensor:
+        """cos(FR(x), FR(recon)) as an evaluation measures it: the reconstruction saved as 8 bits and its face
+        detected anew ([B]; NaN where none is found). The landmarks move by a few pixels, and a perturbation
+        tuned to the source's alignment loses part of its effect (README, Output)."""
+        levels = pm1_to_levels(recon)
+        geometry = self.detector(levels)
+        hw = tuple(levels.shape[-2:])
+        realigned = dataclasses.replace(clean, thetas=[r.theta(geometry, hw) for r in self.nets.recognizers])
+        return self._fr_cos(levels_to_pm1(levels), realigned).masked_fill(~geometry.found, float("nan"))
 
     def _log_terms(self, terms: dict[str, torch.Tensor]) -> None:
         metrics = {f"term/{name}": value.detach().float().mean() for name, value in terms.items()}
@@ -398,15 +418,18 @@ class ProtectionModule(L.LightningModule):
         if len(slots) == 0:
             return
         png_levels = quantise_to_levels(state.x_adv[slots], state.levels[slots], self.hparams.eps)
-        fr_cos_recon = self._fr_cos_recon(png_levels, state.clean.select(slots)) if len(self.nets.recognizers) else None
+        fr_cos = fr_cos_detected = [None] * len(slots)
+        if len(self.nets.recognizers):
+            clean, recon = state.clean.select(slots), self._reconstruct(png_levels)
+            fr_cos = self._fr_cos(recon, clean).tolist()
+            fr_cos_detected = [None if math.isnan(v) else v for v in self._fr_cos_detected(recon, clean).tolist()]
         now = time.perf_counter()
         rows, pngs, extras = [], {}, {}
         for j, slot in enumerate(slots.tolist()):
             item = state.items[slot]
             pngs[item["uid"]] = png_bytes(png_levels[j])
             extras[item["uid"]] = item["extra"]
-            rows.append(self._row(state, slot, item, png_levels[j], fr_cos_recon[j] if fr_cos_recon is not None else None,
-                                  now - state.started[slot]))
+            rows.append(self._row(state, slot, item, png_levels[j], (fr_cos[j], fr_cos_detected[j]), now - state.started[slot]))
         self._record(rows, pngs, extras)
         state.occupied[slots] = False
         self._board.release(slots.tolist())
@@ -422,8 +445,9 @@ class ProtectionModule(L.LightningModule):
                 "height": int(item["height"]), "iterations": 0, "seconds": 0.0, "status": "error",
                 "message": item["message"]}
 
-    def _row(self, state: SlotState, slot: int, item: dict, levels: torch.Tensor, fr_cos_recon: torch.Tensor | None,
-             seconds: float) -> dict:
+    def _row(self, state: SlotState, slot: int, item: dict, levels: torch.Tensor,
+             fr_cos_recon: tuple[float | None, float | None], seconds: float) -> dict:
+        """One manifest row; `fr_cos_recon` is (source alignment, face detected anew), None where not measured."""
         diff = levels.float() - state.levels[slot].float()
         mse = diff.pow(2).mean().item()
         found = bool(state.clean.face_found[slot])
@@ -433,7 +457,8 @@ class ProtectionModule(L.LightningModule):
                "message": "" if found else "no face detected: protected without the face-recognition term",
                "linf_255": diff.abs().max().item(),
                "psnr_db": 10 * math.log10(255.0**2 / mse) if mse > 0 else float("inf"),
-               "fr_cos_recon": float(fr_cos_recon) if fr_cos_recon is not None and found else None}
+               "fr_cos_recon": fr_cos_recon[0] if found else None,
+               "fr_cos_recon_detected": fr_cos_recon[1] if found else None}
         row.update({f"term_{name}": float(state.terms[name][slot]) for name in TERM_NAMES if name in state.terms})
         if not found:
             row["term_fr_cos"] = None  # computed for the batch, but not part of this image's objective

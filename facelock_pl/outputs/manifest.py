@@ -42,6 +42,7 @@ SCHEMA = pa.schema(
         ("psnr_db", pa.float32()),
         *[(f"term_{name}", pa.float32()) for name in TERM_NAMES],
         ("fr_cos_recon", pa.float32()),
+        ("fr_cos_recon_detected", pa.float32()),  # the same, with the face detected anew in the reconstruction
         ("seconds", pa.float32()),
         ("extra_json", pa.string()),  # the row's other source columns (labels, attributes), as JSON
         ("finished_at", pa.float64()),  # unix time; the newest row of a uid wins
