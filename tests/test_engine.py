@@ -66,9 +66,10 @@ def test_clean_work_once_per_image_and_zero_weight_terms_skipped(face_folder, tm
     nets.lpips.features = counting(nets.lpips.features, calls, "lpips_features")
     module.detector.forward = counting(module.detector.forward, calls, "detect")
     fit(module, face_folder, tmp_path / "out", batch_size=1)  # 2 images, 2 batches
-    # Per image: detection 1; E: 1 clean + 8 iterations + 1 final re-measure; iterations 3..7 have FR and
-    # LPIPS on (3/8 >= 0.35 and > 0.25): D 5 + 1 final, FR 1 clean + 5 + 1 final, LPIPS features 1 clean + 5.
-    assert calls == {"detect": 2, "encode": 2 * 10, "decode": 2 * 6, "embed": 2 * 7, "lpips_features": 2 * 6}
+    # Per image: detection 1 clean + 1 in the final reconstruction (fr_cos_recon_detected); E: 1 clean +
+    # 8 iterations + 1 final re-measure; iterations 3..7 have FR and LPIPS on (3/8 >= 0.35 and > 0.25):
+    # D 5 + 1 final, FR 1 clean + 5 + 2 final (source alignment, detected anew), LPIPS features 1 clean + 5.
+    assert calls == {"detect": 2 * 2, "encode": 2 * 10, "decode": 2 * 6, "embed": 2 * 8, "lpips_features": 2 * 6}
 
 
 def test_zero_lpips_weight_loads_and_runs_no_lpips(face_folder, tmp_path):
