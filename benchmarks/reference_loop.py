@@ -20,7 +20,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from facelock_pl.engine.module import levels_to_pm1, quantise_to_levels
+from facelock_pl.pixels import levels_to_pm1, quantise_to_levels
 from facelock_pl.engine.schedule import random_start
 from facelock_pl.kernels import pgd_step_reference_
 from facelock_pl.objectives import Networks

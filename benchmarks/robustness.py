@@ -20,7 +20,7 @@ FaceLock = SFace + TAESD, no EOT, the published loop at `--iterations`; the conf
   early_fr     the config's `fr_start` (the FR term from the first iteration; else the published 0.35);
   smoothing    the config's `grad_smoothing` (translation-invariant gradient);
   momentum     the config's `momentum`;
-  KEY:VALUE    any other model setting, e.g. `fr_start:0`, `fr_reduction:max`, `iterations:200`.
+  KEY:VALUE    any other model setting, e.g. `objective.fr_start:0` (or `fr_start:0`), `attack.iterations:200`.
 Faces: `--split held-out` (default) takes the last `--faces` of the sorted shared CelebA-HQ faces,
 `--split tune` the first ones — tune on those, report on the held-out ones. Each variant runs through
 `python -m facelock_pl fit` at 256 px, ε = 0.03; the protected PNGs are scored with the offline evaluation
@@ -40,7 +40,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from facelock_pl.cli import RENAMED_KEYS as _RENAMED
+
 ROOT = Path(__file__).resolve().parents[1]
+RENAMED_KEYS = {f"--{old}": f"--{new}" for old, new in _RENAMED.items()}  # `fr_start:0` -> --model.objective.fr_start
 
 PARTS = ("recognizers", "rotated", "vaes", "ensemble", "eot", "quantised", "early_fr", "smoothing", "momentum")
 VARIANTS = {  # the ablation rows; every row after the first optimises the saved 8-bit image, FR from the start
@@ -77,14 +80,14 @@ def fit_args(assets: Path, parts: list[str]) -> list[str]:
     vaes = "vaes" in parts or "ensemble" in parts
     args = ["--model.recognizers", json.dumps(recognizers),
             "--model.vae", json.dumps([taesd, taesdxl] if vaes else [taesd])]
-    off = {"eot": ["--model.eot", "null"], "quantised": ["--model.quantise_forward", "false"],
-           "early_fr": ["--model.fr_start", "0.35"],
-           "smoothing": ["--model.grad_smoothing", "0"], "momentum": ["--model.momentum", "0"]}
+    off = {"eot": ["--model.attack.eot", "null"], "quantised": ["--model.attack.quantise_forward", "false"],
+           "early_fr": ["--model.objective.fr_start", "0.35"],
+           "smoothing": ["--model.attack.grad_smoothing", "0"], "momentum": ["--model.attack.momentum", "0"]}
     for part, switch_off in off.items():
         if part not in parts:
             args += switch_off
     for key, _, value in (p.partition(":") for p in parts if ":" in p):
-        args += [f"--model.{key}", value]  # after the switches: a setting named here wins
+        args += [RENAMED_KEYS.get(f"--model.{key}", f"--model.{key}"), value]  # after the switches: a setting named here wins
     return args
 
 
@@ -130,15 +133,14 @@ def main() -> None:
         out = work / f"v{len(sets)}"
         run([sys.executable, "-m", "facelock_pl", "fit", "--config", "configs/facelock-robust.yaml",
              "--data.source", str(faces), "--data.batch_size", str(args.batch_size), "--data.num_workers", "0",
-             "--model.iterations", str(args.iterations), "--output_dir", str(out), "--trainer.enable_progress_bar", "false",
+             "--model.attack.iterations", str(args.iterations), "--output_dir", str(out), "--trainer.enable_progress_bar", "false",
              *fit_args(assets, parts)])
         sets[name] = out
     set_names = {f"v{i}": name for i, name in enumerate(sets)}
-    common = ["--data.source", str(faces), "--output_dir", str(work / "eval"),
-              "--sets", json.dumps({f"v{i}": str(p) for i, p in enumerate(sets.values())})]
-    run([sys.executable, "-m", "facelock_pl", "edit", "--config", "configs/edit-offline.yaml", *common,
+    run([sys.executable, "-m", "facelock_pl", "edit", "--config", "configs/edit-offline.yaml", "--data.source", str(faces),
+         "--output_dir", str(work / "eval"), "--sets", json.dumps({f"v{i}": str(p) for i, p in enumerate(sets.values())}),
          "--editor.vae.path", str(assets / "vae/taesd")])
-    run([sys.executable, "-m", "facelock_pl", "evaluate", "--config", str(evaluate_config), *common])
+    run([sys.executable, "-m", "facelock_pl", "evaluate", "--config", str(evaluate_config), "--output_dir", str(work / "eval")])
 
     frame = pd.read_parquet(work / "eval/report/per_image.parquet")
     rows = []

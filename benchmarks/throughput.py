@@ -26,6 +26,7 @@ speed is never bought with weaker protection unknowingly. JSON plus a printed ta
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
@@ -50,20 +51,23 @@ PRESETS = {
 
 
 def module_kwargs(preset: str, assets: Path | None, iterations: int) -> dict:
+    from facelock_pl.engine import AttackConfig, SpeedConfig
     from facelock_pl.models import LPIPSSpec, RecognizerSpec, VAESpec
+    from facelock_pl.objectives import FaceLockObjective
 
+    attack = AttackConfig(iterations=iterations)
     if preset == "cpu-tiny":
         return dict(vae=VAESpec(kind="tiny-random-kl"), recognizers=[RecognizerSpec(kind="tiny-random")],
-                    lpips=LPIPSSpec(net="tiny-random"), amp_dtype=None, iterations=iterations)
+                    lpips=LPIPSSpec(net="tiny-random"), speed=SpeedConfig(amp_dtype=None), attack=attack)
     if preset == "cpu-real":
         if assets is None:
             raise SystemExit("--preset cpu-real needs --assets DIR (e.g. ../shared/assets)")
         facenet = assets / "fr" / "facenet-casia" / "facenet_casia_webface_20180408_fp16.safetensors"
         return dict(vae=VAESpec(kind="taesd", path=str(assets / "vae" / "taesd"), subfolder=None),
                     recognizers=[RecognizerSpec(kind="facenet", weights=str(facenet), name="facenet-casia")],
-                    lpips_weight=0.0, amp_dtype=None, iterations=iterations)
+                    objective=FaceLockObjective(lpips_weight=0.0), speed=SpeedConfig(amp_dtype=None), attack=attack)
     return dict(vae=VAESpec(kind="random-sd-kl"), recognizers=[RecognizerSpec(kind="random-facenet")],
-                lpips=LPIPSSpec(net="random-vgg"), amp_dtype="bfloat16", iterations=iterations)
+                lpips=LPIPSSpec(net="random-vgg"), speed=SpeedConfig(amp_dtype="bfloat16"), attack=attack)
 
 
 def prepare_images(folder: Path, count: int, assets: Path | None) -> None:
@@ -109,12 +113,14 @@ def iteration_flops(module, levels: torch.Tensor) -> dict[str, float]:
     """FLOPs of one PGD iteration of one image in each regime of FaceLock's schedule."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    clean = module._clean_features(levels, torch.ones(1, dtype=torch.bool, device=levels.device))
+    from facelock_pl.pixels import levels_to_pm1
+
+    clean = module.attack.clean_features(levels)
     flops = {}
     for name, progress in (("encoder_only", 0.0), ("with_lpips", 0.3), ("all_terms", 0.5)):
-        x_in = (levels.float() / 127.5 - 1).requires_grad_(True)
-        with FlopCounterMode(display=False) as counter, torch.enable_grad(), module._autocast():
-            objective, _ = module.method.objective(module.nets, x_in, clean, torch.tensor([progress], device=levels.device))
+        x_in = levels_to_pm1(levels).requires_grad_(True)
+        with FlopCounterMode(display=False) as counter, torch.enable_grad(), module.attack.speed.autocast(levels.device):
+            objective, _ = module.attack.method.objective(module.nets, x_in, clean, torch.tensor([progress], device=levels.device))
             objective.sum().backward()  # autograd.grad() trips FlopCounterMode's module hooks
         flops[name] = float(counter.get_total_flops())
     return flops
@@ -139,11 +145,11 @@ def run_reference(args, kwargs: dict, device: torch.device) -> dict:
     images = FolderImages(args.folder, args.resolution)
     rows = []
     start = time.perf_counter()
+    lpips_weight = kwargs["objective"].lpips_weight if kwargs.get("objective") else 1.0
     for i in range(len(images)):
         item = images[i]
-        levels = item["image"][None].to(device)
-        rows.append(reference_facelock(module.nets, module.detector, levels, item["uid"], iterations=args.iterations,
-                                       lpips_weight=kwargs.get("lpips_weight", 1.0)))
+        rows.append(reference_facelock(module.nets, module.detector, item.image[None].to(device), item.uid,
+                                       iterations=args.iterations, lpips_weight=lpips_weight))
     wall = time.perf_counter() - start
     return {"images": len(rows), "wall_s": wall, "images_per_s": len(rows) / wall, "peak_memory_mb": peak_memory_mb(device),
             "fr_cos_recon": {r["uid"]: r["fr_cos_recon"] for r in rows},
@@ -175,7 +181,7 @@ def run_pipeline(args, kwargs: dict, device: torch.device) -> dict:
               "peak_memory_mb": peak_memory_mb(device), "batch_size": data.batch_size,
               "fr_cos_recon": dict(zip(manifest["uid"], manifest["fr_cos_recon"].astype(float))),
               "iterations": dict(zip(manifest["uid"], manifest["iterations"].astype(int)))}
-    levels = data.dataset[0]["image"][None].to(module.device)
+    levels = data.dataset[0].image[None].to(module.device)
     flops = iteration_flops(module, levels)
     total = sum(image_flops(flops, n, args.iterations) for n in result["iterations"].values())
     result.update(flops_per_iteration=flops, total_tflop=total / 1e12, achieved_tflops=total / wall / 1e12,
@@ -185,15 +191,18 @@ def run_pipeline(args, kwargs: dict, device: torch.device) -> dict:
 
 
 def phase_main(args) -> None:
+    from facelock_pl.engine import AdaptiveStopping
+
     device = torch.device(args.device)
     kwargs = module_kwargs(args.preset, Path(args.assets) if args.assets else None, args.iterations)
     if args.phase in ("quantised", "adaptive"):
-        kwargs["quantise_forward"] = True
+        kwargs["attack"] = dataclasses.replace(kwargs["attack"], quantise_forward=True)
     if args.phase == "adaptive":
-        kwargs.update(stop_below=args.stop_below, min_iterations=args.min_iterations, stop_patience=args.stop_patience,
-                      stop_check_every=args.stop_check_every)
+        kwargs["stopping"] = AdaptiveStopping(below=args.stop_below, min_iterations=args.min_iterations,
+                                              patience=args.stop_patience, check_every=args.stop_check_every)
     result = run_reference(args, kwargs, device) if args.phase == "reference" else run_pipeline(args, kwargs, device)
-    result["settings"] = {k: v for k, v in kwargs.items() if isinstance(v, (int, float, str, bool)) or v is None}
+    groups = [dataclasses.asdict(kwargs[name]) for name in ("attack", "objective", "stopping", "speed") if kwargs.get(name)]
+    result["settings"] = {k: v for group in groups for k, v in group.items() if isinstance(v, (int, float, str, bool)) or v is None}
     Path(args.phase_json).write_text(json.dumps(result))
 
 

@@ -49,6 +49,28 @@ class FaceLockCLI(LightningCLI):
 
 EVALUATION_COMMANDS = ("edit", "evaluate")
 
+# The module's arguments were grouped (attack, objective, stopping, speed); the flat command-line spellings
+# users already have keep working: `--model.eps 0.02` is read as `--model.attack.eps 0.02`.
+_GROUPED = {
+    "attack": ("eps", "step_size", "iterations", "seed", "quantise_forward", "eot", "eot_samples", "grad_smoothing",
+               "momentum"),
+    "objective": ("fr_weight", "latent_weight", "lpips_weight", "fr_start", "lpips_start", "fr_reduction"),
+    "speed": ("amp_dtype", "channels_last", "compile", "checkpoint_decoder"),
+}
+RENAMED_KEYS = {f"model.{key}": f"model.{group}.{key}" for group, keys in _GROUPED.items() for key in keys}
+RENAMED_KEYS.update({"model.stop_below": "model.stopping.below", "model.stop_patience": "model.stopping.patience",
+                     "model.stop_check_every": "model.stopping.check_every",
+                     "model.min_iterations": "model.stopping.min_iterations"})
+
+
+def upgrade_keys(args: list[str]) -> list[str]:
+    """`--model.<old key>[=value]` -> `--model.<group>.<key>[=value]` (see `RENAMED_KEYS`)."""
+    upgraded = []
+    for arg in args:
+        key, sep, value = arg[2:].partition("=") if arg.startswith("--") else ("", "", "")
+        upgraded.append(f"--{RENAMED_KEYS[key]}{sep}{value}" if key in RENAMED_KEYS else arg)
+    return upgraded
+
 # The frozen networks are in eval mode by design; Lightning's warning about it is noise here.
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
 
@@ -77,7 +99,7 @@ def main(args: list[str] | None = None) -> None:
             trainer_defaults=TRAINER_DEFAULTS,
             save_config_kwargs={"overwrite": True},
             auto_configure_optimizers=False,
-            args=args,
+            args=upgrade_keys(args),
         )
     except WeightsUnavailableError as error:
         # Models load before any image is touched: say once, plainly, what is missing and how to fix it.

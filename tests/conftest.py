@@ -52,11 +52,22 @@ def shared_assets() -> Path:
 
 
 def tiny_module_kwargs(**overrides) -> dict:
-    """ProtectionModule arguments for the tiny random models (CPU, seconds)."""
-    from facelock_pl.models import LPIPSSpec, RecognizerSpec, VAESpec
+    """ProtectionModule arguments for the tiny random models (CPU, seconds). Settings of the attack, FaceLock's
+    objective and the speed switches may be given by their field names (`eps=0.1`, `lpips_weight=0`)."""
+    import dataclasses
 
-    kwargs = dict(method="facelock", iterations=8, vae=VAESpec(kind="tiny-random-kl"),
-                  recognizers=[RecognizerSpec(kind="tiny-random")], lpips=LPIPSSpec(net="tiny-random"), amp_dtype=None)
+    from facelock_pl.engine import AttackConfig, SpeedConfig
+    from facelock_pl.models import LPIPSSpec, RecognizerSpec, VAESpec
+    from facelock_pl.objectives import FaceLockObjective
+
+    def group(cls, **defaults):
+        names = {f.name for f in dataclasses.fields(cls)}
+        values = {**defaults, **{k: overrides.pop(k) for k in list(overrides) if k in names}}
+        return cls(**values) if values else None
+
+    kwargs = dict(method="facelock", attack=group(AttackConfig, iterations=8), objective=group(FaceLockObjective),
+                  speed=group(SpeedConfig, amp_dtype=None), vae=VAESpec(kind="tiny-random-kl"),
+                  recognizers=[RecognizerSpec(kind="tiny-random")], lpips=LPIPSSpec(net="tiny-random"))
     kwargs.update(overrides)
     return kwargs
 

@@ -70,15 +70,16 @@ def test_robustness_variants_switch_parts_and_pass_settings():
 
     plain = settings("")
     assert names(plain["--model.recognizers"][0]) == ["sface"] and names(plain["--model.vae"][0]) == ["taesd"]
-    assert plain["--model.eot"] == ["null"] and plain["--model.quantise_forward"] == ["false"]
+    assert plain["--model.attack.eot"] == ["null"] and plain["--model.attack.quantise_forward"] == ["false"]
     both = settings("ensemble+eot")
     assert names(both["--model.recognizers"][0]) == ["facenet-casia", "sface"]
-    assert names(both["--model.vae"][0]) == ["taesd", "taesdxl"] and "--model.eot" not in both
+    assert names(both["--model.vae"][0]) == ["taesd", "taesdxl"] and "--model.attack.eot" not in both
     assert names(settings("rotated")["--model.recognizers"][0]) == ["sface", "w600k-mbf"]
     # Without `early_fr` the published gate is set; a KEY:VALUE setting comes after it, so it wins.
-    assert "--model.fr_start" not in settings("quantised+early_fr") and plain["--model.fr_start"] == ["0.35"]
-    tuned = settings("quantised+fr_start:0.1+quantise_forward:false")
-    assert tuned["--model.fr_start"] == ["0.35", "0.1"] and tuned["--model.quantise_forward"] == ["false"]
+    assert "--model.objective.fr_start" not in settings("quantised+early_fr")
+    assert plain["--model.objective.fr_start"] == ["0.35"]
+    tuned = settings("quantised+fr_start:0.1+attack.quantise_forward:false")
+    assert tuned["--model.objective.fr_start"] == ["0.35", "0.1"] and tuned["--model.attack.quantise_forward"] == ["false"]
     with pytest.raises(SystemExit, match="turbo"):
         robustness.parse_variant("v=quantised+turbo")
     with pytest.raises(SystemExit, match="NAME=part"):

@@ -80,14 +80,14 @@ def test_tiny_fit_end_to_end_then_resume(messy_folder, tmp_path, caplog):
 
     caplog.clear()
     parts_before = sorted((out / "manifest").glob("*.parquet"))
-    ok_pngs = [out / "images" / "astronaut.png", out / "images" / "grace_hopper.png"]
-    ok_before = {p: p.stat().st_mtime_ns for p in ok_pngs}
+    final_pngs = sorted((out / "images").glob("*.png"))  # ok and no_face images
+    final_before = {p: p.stat().st_mtime_ns for p in final_pngs}
     run_tiny(messy_folder, out)
-    # Only `ok` images are skipped; no_face and error ones are tried again.
-    assert "9 images in" in caplog.text and "skipping 2 already protected" in caplog.text and "7 to do" in caplog.text
-    assert {p: p.stat().st_mtime_ns for p in ok_pngs} == ok_before  # not rewritten
+    # ok and no_face images are final; only the two errors are tried again.
+    assert "9 images in" in caplog.text and "skipping 7 already protected" in caplog.text and "2 to do" in caplog.text
+    assert len(final_pngs) == 7 and {p: p.stat().st_mtime_ns for p in final_pngs} == final_before  # not rewritten
     again = read_manifest(out)
-    assert len(again) == 9 and len(sorted((out / "manifest").glob("*.parquet"))) > len(parts_before)
+    assert len(again) == 9 and len(sorted((out / "manifest").glob("*.parquet"))) == len(parts_before) + 1
 
 
 def test_python_dash_m_and_print_config(tmp_path):

@@ -115,11 +115,11 @@ def test_folder_dataset_turns_bad_files_into_error_items(tmp_path):
     Image.fromarray(random_image()).save(tmp_path / "good.png")
     (tmp_path / "fake.jpg").write_text("plain text with an image suffix")
     dataset = FolderImages(tmp_path, resolution=32)
-    items = {item["uid"]: item for item in (dataset[i] for i in range(len(dataset)))}
-    assert items["good"]["status"] == "ok" and items["good"]["image"].shape == (3, 32, 32)
-    assert (items["good"]["width"], items["good"]["height"]) == (96, 80)
-    assert items["fake"]["status"] == "error" and "not a decodable image" in items["fake"]["message"]
-    assert items["fake"]["image"].shape == (3, 32, 32)
+    items = {item.uid: item for item in (dataset[i] for i in range(len(dataset)))}
+    assert items["good"].status == "ok" and items["good"].image.shape == (3, 32, 32)
+    assert (items["good"].width, items["good"].height) == (96, 80)
+    assert items["fake"].status == "error" and "not a decodable image" in items["fake"].message
+    assert items["fake"].image is None
 
 
 def test_missing_source_folder_is_a_clear_error(tmp_path):

@@ -97,13 +97,13 @@ def test_save_to_disk_imagefolder_shards_and_limit(tmp_path):
     dataset = celeb_like(tmp_path).select(range(6))
     datasets.DatasetDict({"validation": dataset}).save_to_disk(str(tmp_path / "disk"))
     dm = make_module(tmp_path / "disk", split="validation")
-    assert dm.num_pending == 6 and dm.dataset[0]["uid"] == "validation-000000"
-    assert dm.dataset[0]["extra"] == {"id": "astro", "label": 1}
+    assert dm.num_pending == 6 and dm.dataset[0].uid == "validation-000000"
+    assert dm.dataset[0].extra == {"id": "astro", "label": 1}
     with pytest.raises(ValueError, match="split 'train' not in"):
         make_module(tmp_path / "disk", split="train")
 
     shard = make_module(tmp_path / "disk", split="validation", num_shards=4, shard_index=1)
-    assert [shard.dataset[i]["uid"] for i in range(shard.num_pending)] == ["validation-000002", "validation-000003"]
+    assert [shard.dataset[i].uid for i in range(shard.num_pending)] == ["validation-000002", "validation-000003"]
     assert make_module(tmp_path / "disk", split="validation", limit=2).num_pending == 2
 
     folder = tmp_path / "imagefolder"
@@ -112,7 +112,7 @@ def test_save_to_disk_imagefolder_shards_and_limit(tmp_path):
         Image.fromarray(random_image(seed=i)).save(folder / f"{i}.png")
     dm = make_module(folder, format="imagefolder")
     items = [dm.dataset[i] for i in range(dm.num_pending)]
-    assert [item["status"] for item in items] == ["ok"] * 3 and items[0]["image"].shape == (3, 32, 32)
+    assert [item.status for item in items] == ["ok"] * 3 and items[0].image.shape == (3, 32, 32)
 
 
 def test_unreachable_hub_dataset_is_a_clear_error(monkeypatch):

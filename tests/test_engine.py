@@ -105,23 +105,41 @@ def test_invalid_arguments_are_refused():
         ProtectionModule(**tiny_module_kwargs(recognizers=[]))
 
 
+@pytest.mark.parametrize("method", ["photoguard", "encoder", "vae"])
+def test_facelock_settings_for_another_method_are_an_error(method):
+    with pytest.raises(ValueError, match=f"model.objective sets FaceLock's terms; method '{method}' has none"):
+        ProtectionModule(**tiny_module_kwargs(method=method, fr_weight=2.0))
+    assert ProtectionModule(**tiny_module_kwargs(method=method)).attack.method.name == method
+
+
+def test_zero_fr_weight_needs_no_recogniser_and_runs_no_fr(face_folder, tmp_path):
+    """`fr_weight: 0` drops the FR term; with `recognizers: []` nothing face-related is loaded or measured."""
+    module = ProtectionModule(**tiny_module_kwargs(fr_weight=0.0, recognizers=[]))
+    assert module.detector is None and len(module.nets.recognizers) == 0
+    trainer = fit(module, face_folder, tmp_path / "out")
+    assert "term/fr_cos" not in logged(trainer).columns
+    manifest = read_manifest(tmp_path / "out")
+    assert manifest["fr_cos_recon"].isna().all() and manifest["term_latent_mse"].notna().all()
+
+
 def test_fr_cos_detected_realigns_on_the_reconstruction_and_marks_no_face(face_folder):
     """The detected-anew measure of an unchanged image is the clean measure (cos 1); a faceless image has none."""
     import torch
 
     from facelock_pl.data import load_rgb, square_resize
-    from facelock_pl.engine.module import levels_to_pm1
+    from facelock_pl.pixels import levels_to_pm1
 
-    module = ProtectionModule(**tiny_module_kwargs())
+    attack = ProtectionModule(**tiny_module_kwargs()).attack
     faces = torch.stack([square_resize(load_rgb(p), 160) for p in sorted(face_folder.iterdir())])
-    clean = module._clean_features(faces, torch.ones(2, dtype=torch.bool))
+    clean = attack.clean_features(faces)
     assert clean.face_found.all()
-    torch.testing.assert_close(module._fr_cos_detected(levels_to_pm1(faces), clean), torch.ones(2), atol=1e-4, rtol=0)
+    meter = attack.meter
+    torch.testing.assert_close(meter.fr_cos_detected(levels_to_pm1(faces), clean), torch.ones(2), atol=1e-4, rtol=0)
 
     shifted = torch.roll(faces, shifts=(9, 7), dims=(-2, -1))  # the face moves: only the detected-anew measure follows it
-    fixed = module._fr_cos(levels_to_pm1(shifted), clean)
-    detected = module._fr_cos_detected(levels_to_pm1(shifted), clean)
+    fixed = meter.fr_cos(levels_to_pm1(shifted), clean)
+    detected = meter.fr_cos_detected(levels_to_pm1(shifted), clean)
     assert (detected > fixed).all() and (detected > 0.9).all()
 
     grey = torch.full_like(faces, 128)
-    assert module._fr_cos_detected(levels_to_pm1(grey), clean).isnan().all()
+    assert meter.fr_cos_detected(levels_to_pm1(grey), clean).isnan().all()

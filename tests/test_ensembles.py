@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -13,6 +15,7 @@ from facelock_pl.models import FaceGeometry, RecognizerSpec, VAESpec
 from facelock_pl.models.recognizers import FaceRecognizer, TinyRandomRecognizerNet
 from facelock_pl.models.vae import FrozenVAE, tiny_random_kl
 from facelock_pl.objectives import Networks
+from facelock_pl.objectives.transforms import RandomPurification
 from facelock_pl.outputs import read_manifest
 from test_engine import fit
 
@@ -59,20 +62,33 @@ def pngs(folder) -> dict[str, np.ndarray]:
     return {p.stem: np.asarray(Image.open(p)) for p in sorted((folder / "images").glob("*.png"))}
 
 
-def test_robust_protection_runs_and_eot_is_reproducible(face_folder, tmp_path):
+def test_eot_draws_belong_to_the_image_and_iteration_not_the_batch():
+    """Exactly what the code guarantees: an image's draws depend on (seed, uid, iteration, draw) alone."""
+    batch = RandomPurification.draws(0, ["a", "b", "c"], torch.tensor([3, 5, 7]), 1)
+    alone = RandomPurification.draws(0, ["b"], torch.tensor([5]), 1)
+    assert torch.equal(batch[1], alone[0])
+    assert not torch.equal(batch, RandomPurification.draws(1, ["a", "b", "c"], torch.tensor([3, 5, 7]), 1))
+    assert not torch.equal(batch, RandomPurification.draws(0, ["a", "b", "c"], torch.tensor([3, 5, 7]), 0))
+
+
+def test_robust_protection_is_reproducible_and_batch_invariant_up_to_rounding(face_folder, tmp_path):
     kwargs = tiny_module_kwargs(iterations=6, vae=[VAESpec(kind="tiny-random-kl"), VAESpec(kind="tiny-random-kl", weight=0.5)],
                                 recognizers=[RecognizerSpec(kind="tiny-random"), RecognizerSpec(kind="tiny-random", name="b")],
                                 eot=["jpeg:50-90", "resize:0.5-1.0", "blur:0-1.0", "shift:3"], eot_samples=2)
     fit(ProtectionModule(**kwargs), face_folder, tmp_path / "a")
+    fit(ProtectionModule(**kwargs), face_folder, tmp_path / "again")
     fit(ProtectionModule(**kwargs), face_folder, tmp_path / "b", batch_size=1)
-    fit(ProtectionModule(**{**kwargs, "seed": 1}), face_folder, tmp_path / "c")
-    a, b, c = pngs(tmp_path / "a"), pngs(tmp_path / "b"), pngs(tmp_path / "c")
+    fit(ProtectionModule(**{**kwargs, "attack": dataclasses.replace(kwargs["attack"], seed=1)}), face_folder, tmp_path / "c")
+    a, again, b, c = (pngs(tmp_path / name) for name in ("a", "again", "b", "c"))
     assert a.keys() == b.keys() == {"astronaut", "grace_hopper"}
     for uid in a:
-        assert (a[uid] != b[uid]).mean() < 0.01  # same draws per image whatever the batch (up to rounding)
-        assert (a[uid] != c[uid]).mean() > 0.1  # another seed, other draws and start
-    manifest = read_manifest(tmp_path / "a")
-    assert (manifest["linf_255"] <= 3).all() and manifest["term_fr_cos"].notna().all()
+        assert np.array_equal(a[uid], again[uid])  # same run, same machine: bit-identical
+        # Batched convolutions round differently from single ones, and sign-PGD turns last-bit differences
+        # into whole steps: the batch-1 result differs in a few pixels, far fewer than another seed's.
+        assert (a[uid] != b[uid]).mean() < 0.25 * (a[uid] != c[uid]).mean()
+    one, two = read_manifest(tmp_path / "a"), read_manifest(tmp_path / "b")
+    assert (one["fr_cos_recon"] - two["fr_cos_recon"]).abs().max() < 0.02
+    assert (one["linf_255"] <= 3).all() and one["term_fr_cos"].notna().all()
 
 
 def test_bad_eot_spec_is_refused():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 
@@ -117,7 +118,7 @@ def test_edit_then_evaluate_end_to_end(face_folder, protected_set, tmp_path, cap
     main(["edit", "--config", str(ROOT / "configs" / "edit-tiny.yaml"), *common])
     assert "1 edits written" in caplog.text
 
-    main(["evaluate", "--config", str(ROOT / "configs" / "evaluate-tiny.yaml"), *common])
+    main(["evaluate", "--config", str(ROOT / "configs" / "evaluate-tiny.yaml"), "--output_dir", str(out)])
     report = out / "report"
     for name in ("table.md", "per_image.parquet", "by_set.csv", "by_prompt.csv", "overall.csv", "metrics.png",
                  "fr_histogram.png", "fr_heatmap.png", "index.html"):
@@ -134,6 +135,33 @@ def test_edit_then_evaluate_end_to_end(face_folder, protected_set, tmp_path, cap
     page = (report / "index.html").read_text()
     assert "source | protected | edit of clean | edit of protected" in page
     assert not re.search(r'src="(?!data:)', page)  # self-contained
+
+
+def test_evaluate_scores_what_edit_recorded_and_refuses_what_it_did_not(face_folder, protected_set, tmp_path):
+    out = tmp_path / "eval"
+    evaluate = ["evaluate", "--config", str(ROOT / "configs" / "evaluate-tiny.yaml"), "--output_dir", str(out)]
+    with pytest.raises(FileNotFoundError, match="run `python -m facelock_pl edit` first"):
+        main(evaluate)
+    edit = ["edit", "--config", str(ROOT / "configs" / "edit-tiny.yaml"), "--data.source", str(face_folder),
+            "--output_dir", str(out), "--prompt_ids", "[0]"]
+    main([*edit, "--sets", f"{{facelock: {protected_set}}}", "--purify", "[jpeg:75]"])
+    record = json.loads((out / "edits" / "edit.json").read_text())
+    assert record["sets"] == {"facelock": str(protected_set.resolve())} and record["purify"] == ["jpeg:75"]
+    assert record["prompt_ids"] == [0] and record["data"]["source"] == str(face_folder.resolve())
+
+    with pytest.raises(ValueError, match="not edited in this output folder: purification 'blur:1.5'"):
+        main([*evaluate, "--purify", "[blur:1.5]"])
+    with pytest.raises(ValueError, match="set 'other'"):
+        main([*evaluate, "--sets", f"{{other: {protected_set}}}"])
+    main([*evaluate, "--purify", "[]"])  # a narrower report: no purified set
+    frame = pd.read_parquet(out / "report" / "per_image.parquet")
+    assert set(frame["set"]) == {"clean", "facelock"} and set(frame["prompt_id"]) == {0}
+
+    # A later edit may add prompts; one with another editor setting would not compare, so it is refused.
+    main([*edit[:-2], "--prompt_ids", "[13]", "--sets", f"{{facelock: {protected_set}}}"])
+    assert json.loads((out / "edits" / "edit.json").read_text())["prompt_ids"] == [0, 13]
+    with pytest.raises(ValueError, match="other editor"):
+        main([*edit, "--editor.steps", "5"])
 
 
 def test_fr_is_measured_on_real_faces_and_no_face_counts_as_fdfr():

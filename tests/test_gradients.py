@@ -48,9 +48,9 @@ def high_frequency_share(out, folder) -> float:
 
 
 def test_gradient_smoothing_makes_the_perturbation_low_frequency(face_folder, tmp_path):
-    kwargs = tiny_module_kwargs(iterations=10, eps=0.1, step_size=0.03, fr_start=0.0)
-    fit(ProtectionModule(**kwargs), face_folder, tmp_path / "plain", batch_size=2)
-    fit(ProtectionModule(**kwargs, grad_smoothing=3.0), face_folder, tmp_path / "ti", batch_size=2)
+    settings = dict(iterations=10, eps=0.1, step_size=0.03, fr_start=0.0)
+    fit(ProtectionModule(**tiny_module_kwargs(**settings)), face_folder, tmp_path / "plain", batch_size=2)
+    fit(ProtectionModule(**tiny_module_kwargs(**settings, grad_smoothing=3.0)), face_folder, tmp_path / "ti", batch_size=2)
     plain, smooth = read_manifest(tmp_path / "plain"), read_manifest(tmp_path / "ti")
     assert (smooth["linf_255"] <= 12).all() and (smooth.status == "ok").all()
     assert high_frequency_share(tmp_path / "ti", face_folder) < 0.5 * high_frequency_share(tmp_path / "plain", face_folder)

@@ -79,7 +79,7 @@ def test_facelock_destroys_identity_with_real_weights(shared_assets, tmp_path):
     assert png.shape == (256, 256, 3)
 
     # The manifest's detected-anew measure is what the offline evaluation computes on the same file.
-    from facelock_pl.engine.module import levels_to_pm1, pm1_to_levels
+    from facelock_pl.pixels import levels_to_pm1, pm1_to_levels
     from facelock_pl.evaluation.metrics import FaceScorer
 
     vae = load_vae(VAESpec(kind="taesd", path=str(shared_assets / "vae" / "taesd"), subfolder=None))
@@ -105,13 +105,12 @@ def test_offline_evaluation_of_the_vae_round_trip(shared_assets, tmp_path):
     for path in sorted((shared_assets / "faces" / "celebahq").glob("*.jpg"))[:2]:
         (faces / path.name).write_bytes(path.read_bytes())
     out = tmp_path / "eval"
-    common = ["--data.source", str(faces), "--output_dir", str(out)]
-    main(["edit", "--config", str(ROOT / "configs" / "edit-offline.yaml"), *common,
+    main(["edit", "--config", str(ROOT / "configs" / "edit-offline.yaml"), "--data.source", str(faces), "--output_dir", str(out),
           "--editor.vae.path", str(shared_assets / "vae" / "taesd")])
     recognizers = (ROOT / "configs" / "evaluate-offline.yaml").read_text().replace("../shared/assets", str(shared_assets))
     config = tmp_path / "evaluate.yaml"
     config.write_text(recognizers)
-    main(["evaluate", "--config", str(config), *common, "--purify", "[jpeg:75]"])
+    main(["evaluate", "--config", str(config), "--output_dir", str(out)])
     frame = pd.read_parquet(out / "report" / "per_image.parquet")
     assert set(frame["set"]) == {"clean"} and len(frame) == 2
     for name in ("sface", "facenet-casia", "w600k-mbf"):

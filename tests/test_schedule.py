@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from facelock_pl.engine.module import levels_to_pm1, quantise_to_levels
+from facelock_pl.pixels import levels_to_pm1, quantise_to_levels
 from facelock_pl.engine.schedule import random_start, step_sizes
 from facelock_pl.objectives import FaceLock
 

@@ -6,8 +6,9 @@
   broadcasts the finished set, so all ranks shard the same pending list.
 - Ranks: each rank takes a contiguous, disjoint slice of the pending list — no image twice, none
   skipped (Lightning's `DistributedSampler` would pad with duplicates instead).
-- Batches: `batch_size` slots, continuously refilled (`SlotFeeder`): one Lightning training step is one
-  PGD iteration over the images in the slots; decoding happens once per image, in the loader workers.
+- Batches: the engine's `batch_size` slots are continuously refilled from an `ImageQueue` (`QueueFeed`): one
+  Lightning training step is one PGD iteration over the images in the slots; decoding happens once per
+  image, in the loader workers.
 """
 
 from __future__ import annotations
@@ -17,21 +18,21 @@ from pathlib import Path
 from typing import Literal
 
 import lightning as L
-import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
 from ..outputs import finished_uids, remove_orphan_parts
-from .feeder import SlotFeeder
+from .feeder import QueueFeed
 from .folder import FolderImages, demo_entries
 from .hf import HFImages, contiguous_shard, detect_format, open_dataset, row_uids
 from .images import DEFAULT_MAX_PIXELS
+from .items import ImageItem
 
 DEMO_SOURCE = "demo"  # the portraits that scikit-image and matplotlib ship
 
 
 class RankSlice(Dataset):
-    """Items `indices` of `images`, each with an `extra` dict (other source columns; empty for folders)."""
+    """Items `indices` of `images`: this process's share of the pending images."""
 
     def __init__(self, images: Dataset, indices: list[int]):
         self.images, self.indices = images, indices
@@ -39,15 +40,8 @@ class RankSlice(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, i: int) -> dict:
-        return {"extra": {}, **self.images[self.indices[i]]}
-
-
-def collate(items: list[dict]) -> dict:
-    """Stack images; keep every other field as a per-sample list (ids, metadata, extra columns)."""
-    batch = {key: [item[key] for item in items] for key in items[0] if key != "image"}
-    batch["image"] = torch.stack([item["image"] for item in items])
-    return batch
+    def __getitem__(self, i: int) -> ImageItem:
+        return self.images[self.indices[i]]
 
 
 class FaceDataModule(L.LightningDataModule):
@@ -133,11 +127,7 @@ class FaceDataModule(L.LightningDataModule):
         """Images this rank will protect."""
         return len(self.dataset) if self.dataset is not None else 0
 
-    def train_dataloader(self) -> SlotFeeder:
-        if self.batch_size == "auto":
-            raise ValueError("data.batch_size 'auto' must be resolved by the module before loading")
+    def train_dataloader(self) -> QueueFeed:
         # batch_size=None: single items, decoded and resized in the workers, prefetched ahead of the slots.
-        loader = DataLoader(self.dataset, batch_size=None, shuffle=False, num_workers=self.num_workers,
-                            persistent_workers=False)
-        world = self.trainer.world_size if self.trainer is not None else 1
-        return SlotFeeder(loader, self.batch_size, until_stopped=world > 1)
+        return QueueFeed(DataLoader(self.dataset, batch_size=None, shuffle=False, num_workers=self.num_workers,
+                                    persistent_workers=False))

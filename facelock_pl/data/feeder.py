@@ -1,9 +1,10 @@
-"""Continuous batching: a fixed number of slots, each refilled with the next image as soon as its
-image is finished (after `iterations` steps, or earlier under adaptive stopping).
+"""Continuous batching, data side: the queue of images waiting for a slot of the attack.
 
-The loader Lightning iterates yields the same `SlotBoard` every step. The board pulls new images only
-when the module asks (`refill()`, inside the training step), after the module released the slots it
-finished in the previous step — so Lightning's one-batch prefetch never delays a refill.
+Lightning iterates a `QueueFeed`, which yields the same `ImageQueue` at every step; the engine takes as many
+images from it as it has free slots (`take`), inside the training step, after freeing the slots it finished
+in the previous step — so Lightning's one-batch prefetch never delays a refill. The feed never ends by
+itself: the engine stops the run (`trainer.should_stop`) once no process has work left, so every process
+runs the same number of steps.
 """
 
 from __future__ import annotations
@@ -11,69 +12,46 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable, Iterator
 
+from .items import ImageItem
 
-class SlotBoard:
-    """Which slots are free, and the stream of images waiting for one.
 
-    Args:
-        items: an iterator of dataset items (decoded in loader workers).
-        slots: number of slots (the batch size).
-    """
+class ImageQueue:
+    """The images still to protect on this process: the loader's stream, with re-queued images first."""
 
-    def __init__(self, items: Iterator[dict], slots: int):
-        self.items = items
-        self.slots = slots
-        self.free = list(range(slots))
-        self.requeued: deque[dict] = deque()
-        self.exhausted = False
+    def __init__(self, items: Iterator[ImageItem]):
+        self._items = items
+        self._requeued: deque[ImageItem] = deque()
+        self._exhausted = False
 
-    def refill(self) -> list[tuple[int, dict]]:
-        """(slot, item) for every free slot that can get an image, lowest slot first."""
-        filled = []
-        self.free.sort()
-        while self.free:
-            item = self.requeued.popleft() if self.requeued else next(self.items, None)
+    def take(self, count: int) -> list[ImageItem]:
+        """Up to `count` images, in order."""
+        taken = []
+        while len(taken) < count:
+            item = self._requeued.popleft() if self._requeued else next(self._items, None)
             if item is None:
-                self.exhausted = True
+                self._exhausted = True
                 break
-            filled.append((self.free.pop(0), item))
-        return filled
+            taken.append(item)
+        return taken
 
-    def release(self, slots: list[int]) -> None:
-        self.free.extend(slots)
-
-    def requeue(self, items: list[dict]) -> None:
+    def requeue(self, items: list[ImageItem]) -> None:
         """Put unfinished images back at the front of the queue (they restart from their random start)."""
-        self.requeued.extendleft(reversed(items))
-        self.exhausted = False
-
-    def shrink(self, slots: int) -> list[int]:
-        """Use only `slots` slots from now on; returns the slot indices dropped."""
-        dropped = list(range(slots, self.slots))
-        self.slots = slots
-        self.free = [s for s in self.free if s < slots]
-        return dropped
+        self._requeued.extendleft(reversed(items))
 
     @property
-    def busy(self) -> bool:
-        """Images in flight or still waiting."""
-        return len(self.free) < self.slots or bool(self.requeued) or not self.exhausted
+    def empty(self) -> bool:
+        """Whether no image is left (known once a `take` came up short)."""
+        return self._exhausted and not self._requeued
 
 
-class SlotFeeder:
-    """What Lightning iterates: yields the `SlotBoard` once per step.
+class QueueFeed:
+    """What Lightning iterates: the same `ImageQueue` at every step, until the engine stops the run."""
 
-    With `until_stopped` (several processes) it never ends by itself: every rank keeps stepping until the
-    module sees, collectively, that no rank is busy — ranks must run the same number of steps.
-    """
-
-    def __init__(self, loader: Iterable, slots: int, until_stopped: bool = False):
+    def __init__(self, loader: Iterable[ImageItem]):
         self.loader = loader
-        self.slots = slots
-        self.until_stopped = until_stopped
-        self.board: SlotBoard | None = None
+        self.queue: ImageQueue | None = None
 
-    def __iter__(self) -> Iterator[SlotBoard]:
-        self.board = SlotBoard(iter(self.loader), self.slots)
-        while self.until_stopped or self.board.busy:
-            yield self.board
+    def __iter__(self) -> Iterator[ImageQueue]:
+        self.queue = ImageQueue(iter(self.loader))
+        while True:
+            yield self.queue

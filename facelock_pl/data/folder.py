@@ -6,10 +6,10 @@ import hashlib
 from collections import Counter
 from pathlib import Path
 
-import torch
 from torch.utils.data import Dataset
 
 from .images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, BadImageError, load_rgb, make_uid, square_resize
+from .items import ImageItem
 
 
 def list_images(root: Path) -> list[tuple[str, str]]:
@@ -33,16 +33,11 @@ def demo_entries() -> list[tuple[str, str]]:
     ]
 
 
-def failed_item(uid: str, source: str, resolution: int, message: str) -> dict:
-    return {"uid": uid, "source": source, "image": torch.zeros(3, resolution, resolution, dtype=torch.uint8),
-            "width": 0, "height": 0, "status": "error", "message": message}
-
-
 class FolderImages(Dataset):
-    """Items: dict(uid, source, image uint8 [3, R, R], width, height, status, message).
+    """`ImageItem`s of the image files under a folder, at the working resolution.
 
-    A file that cannot be decoded yields `status="error"` and a message instead of raising: one bad
-    image never stops a run.
+    A file that cannot be decoded yields an item with `status="error"` and a message instead of raising:
+    one bad image never stops a run.
     """
 
     def __init__(self, root: str | Path, resolution: int = 512, max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -58,11 +53,10 @@ class FolderImages(Dataset):
     def __len__(self) -> int:
         return len(self.entries)
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, index: int) -> ImageItem:
         uid, relative = self.entries[index]
         try:
             image = load_rgb(self.root / relative, self.max_pixels)
         except BadImageError as error:
-            return failed_item(uid, relative, self.resolution, str(error))
-        return {"uid": uid, "source": relative, "image": square_resize(image, self.resolution),
-                "width": image.width, "height": image.height, "status": "ok", "message": ""}
+            return ImageItem.failed(uid, relative, str(error))
+        return ImageItem(uid, relative, square_resize(image, self.resolution), image.width, image.height)

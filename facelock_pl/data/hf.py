@@ -10,16 +10,12 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 from pathlib import Path
-from typing import Literal
-
 import numpy as np
 from torch.utils.data import Dataset
 
 from ..models.weights import hub_offline
-from .folder import failed_item
 from .images import DEFAULT_MAX_PIXELS, BadImageError, load_rgb, make_uid, square_resize
-
-SourceFormat = Literal["auto", "folder", "imagefolder", "parquet", "disk", "hub"]
+from .items import ImageItem
 
 
 def detect_format(source: str) -> str:
@@ -99,7 +95,7 @@ def contiguous_shard(n: int, num_shards: int, shard_index: int) -> list[int]:
 
 
 class HFImages(Dataset):
-    """Items like `FolderImages`, plus `extra`: the row's other columns."""
+    """`ImageItem`s of a dataset's image column; `extra` holds the row's other columns."""
 
     def __init__(self, dataset, uids: list[str], image_column: str = "image", resolution: int = 512,
                  max_pixels: int = DEFAULT_MAX_PIXELS, source: str = ""):
@@ -119,7 +115,7 @@ class HFImages(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, index: int) -> ImageItem:
         row = self.dataset[index]
         uid = self.uids[index]
         extra = {k: v for k, v in row.items() if k != self.image_column}
@@ -130,10 +126,9 @@ class HFImages(Dataset):
         else:
             data = value
         if data is None:
-            return {**failed_item(uid, source, self.resolution, "image is null"), "extra": extra}
+            return ImageItem.failed(uid, source, "image is null", extra=extra)
         try:
             image = load_rgb(bytes(data), self.max_pixels)
         except BadImageError as error:
-            return {**failed_item(uid, source, self.resolution, str(error)), "extra": extra}
-        return {"uid": uid, "source": source, "image": square_resize(image, self.resolution), "width": image.width,
-                "height": image.height, "status": "ok", "message": "", "extra": extra}
+            return ImageItem.failed(uid, source, str(error), extra=extra)
+        return ImageItem(uid, source, square_resize(image, self.resolution), image.width, image.height, extra=extra)

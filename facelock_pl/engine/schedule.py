@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
-
 import torch
+
+from ..seeding import uid_generator
 
 
 def step_sizes(step_size: float, iteration: torch.Tensor, iterations: int) -> torch.Tensor:
@@ -12,14 +12,8 @@ def step_sizes(step_size: float, iteration: torch.Tensor, iterations: int) -> to
     return step_size - (step_size - step_size / 100) * iteration.float() / iterations
 
 
-def uid_seed(seed: int, uid: str) -> int:
-    return int.from_bytes(hashlib.sha256(f"{seed}:{uid}".encode()).digest()[:8], "little") & (2**63 - 1)
-
-
 def random_start(x: torch.Tensor, uids: list[str], seed: int, eps: float) -> torch.Tensor:
     """x + U(−ε, ε), clipped to [-1, 1]. Each image's noise depends only on (seed, uid): not on its batch,
     its position in it, the device or the number of processes."""
-    noise = torch.stack(
-        [torch.rand(x.shape[1:], generator=torch.Generator().manual_seed(uid_seed(seed, uid))) for uid in uids]
-    )
+    noise = torch.stack([torch.rand(x.shape[1:], generator=uid_generator(seed, uid)) for uid in uids])
     return (x + (noise * 2 - 1).to(x) * eps).clamp(-1, 1)

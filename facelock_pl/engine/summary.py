@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from ..outputs import write_bytes_atomic
+from ..outputs import ManifestRow, write_bytes_atomic
 
 _FIELDS = ("ok", "no_face", "error", "fr_n", "fr_sum", "psnr_n", "psnr_sum", "seconds")
 
@@ -28,14 +28,14 @@ class RunStats:
         if self._started is not None:
             self.values["seconds"] = time.perf_counter() - self._started
 
-    def add(self, row: dict) -> None:
-        self.values[row["status"]] += 1
-        if row.get("fr_cos_recon") is not None:
+    def add(self, row: ManifestRow) -> None:
+        self.values[row.status] += 1
+        if row.fr_cos_recon is not None:
             self.values["fr_n"] += 1
-            self.values["fr_sum"] += row["fr_cos_recon"]
-        if row.get("psnr_db") is not None and math.isfinite(row["psnr_db"]):
+            self.values["fr_sum"] += row.fr_cos_recon
+        if row.psnr_db is not None and math.isfinite(row.psnr_db):
             self.values["psnr_n"] += 1
-            self.values["psnr_sum"] += row["psnr_db"]
+            self.values["psnr_sum"] += row.psnr_db
 
     def as_tensor(self) -> torch.Tensor:
         return torch.tensor([self.values[k] for k in _FIELDS], dtype=torch.float64)

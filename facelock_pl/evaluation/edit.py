@@ -1,19 +1,24 @@
 """`python -m facelock_pl edit --config …`: edit every set with every prompt, resumably.
 
-Output: `<output_dir>/edits/<set>/<prompt_id>/<uid>.png` (lossless, written atomically). Existing edits
-are skipped, so a rerun finishes an interrupted job.
+Output: `<output_dir>/edits/<set>/<prompt_id>/<uid>.png` (lossless, written atomically), and
+`<output_dir>/edits/edit.json`, the record of what was edited that `evaluate` reads. Existing edits are
+skipped, so a rerun finishes an interrupted job; a later `edit` into the same folder may add sets,
+purifications and prompts, made with the same sources, editor and seed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
 import torch
 
-from ..outputs import png_bytes, write_bytes_atomic
+from ..outputs import write_bytes_atomic
+from ..pixels import png_bytes
 from .editors import Editor, EditorSpec, edit_seed
 from .prompts import DEFAULT_PROMPTS, load_prompts
+from .record import EditRecord
 from .sets import DataSpec, ImageSet, clean_images, image_sets
 
 log = logging.getLogger("facelock_pl")
@@ -33,10 +38,10 @@ def clean_sources(data: DataSpec) -> dict[str, torch.Tensor]:
     sources = {}
     for i in range(len(images)):
         item = images[i]
-        if item["status"] == "ok":
-            sources[item["uid"]] = item["image"]
+        if item.status == "ok":
+            sources[item.uid] = item.image
         else:
-            log.warning("facelock_pl: skipping %s: %s", item["source"], item["message"])
+            log.warning("facelock_pl: skipping %s: %s", item.source, item.message)
     return sources
 
 
@@ -67,9 +72,15 @@ def run_edit(
         output_dir: where `edits/` goes.
     """
     out = Path(output_dir)
-    sources = clean_sources(data)
-    all_sets = image_sets(sets or {}, purify or [])
     prompt_map = load_prompts(prompts, prompt_ids)
+    editor = editor or EditorSpec()
+    data = dataclasses.replace(data, source=str(Path(data.source).expanduser().resolve()))
+    record = EditRecord(data, {n: str(Path(f).expanduser().resolve()) for n, f in (sets or {}).items()}, purify or [],
+                        prompts, list(prompt_map), dataclasses.asdict(editor), seed)
+    previous = EditRecord.load(out)
+    (previous.merged_with(record) if previous else record).save(out)  # refused before any work if it cannot merge
+    sources = clean_sources(data)
+    all_sets = image_sets(record.sets, record.purify)
     todo = [(s, pid, [u for u in sources if not edit_path(out, s.name, pid, u).exists()]) for s in all_sets for pid in prompt_map]
     todo = [(s, pid, uids) for s, pid, uids in todo if uids]
     skipped = len(all_sets) * len(prompt_map) * len(sources) - sum(len(uids) for *_, uids in todo)
@@ -77,7 +88,7 @@ def run_edit(
              len(sources), skipped)
     edited = 0
     if todo:
-        model = Editor(editor or EditorSpec(), resolve_device(device))
+        model = Editor(editor, resolve_device(device))
         for image_set, pid, uids in todo:
             edited += _edit_set(model, image_set, pid, prompt_map[pid], uids, sources, seed, batch_size, out)
     log.info("facelock_pl edit: %d edits written to %s/edits", edited, out)

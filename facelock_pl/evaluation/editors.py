@@ -13,14 +13,13 @@ clean and protected edits of one image share noise, and batches do not change re
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
 import torch
 
-from ..engine.schedule import uid_seed
+from ..seeding import uid_seed
 from ..models import VAESpec, load_vae
-from ..models.weights import WeightsUnavailableError, hub_offline
+from ..models.weights import load_pretrained
 
 
 @dataclass
@@ -84,20 +83,13 @@ def _pipeline(spec: EditorSpec, device: torch.device):
         pipeline = tiny_instruct_pix2pix()
     else:
         dtype = getattr(torch, spec.dtype) if device.type == "cuda" else torch.float32
-        local = Path(spec.path).expanduser()
-        try:
-            pipeline = StableDiffusionInstructPix2PixPipeline.from_pretrained(
-                str(local) if local.exists() else spec.path, torch_dtype=dtype, safety_checker=None,
-                local_files_only=hub_offline(),
-            )
-        except Exception as error:
-            raise WeightsUnavailableError(
-                f"the InstructPix2Pix pipeline {spec.path!r}",
-                [f"local path {local}", f"Hugging Face hub id {spec.path} (HF_HOME cache; offline={hub_offline()})"],
-                "Give a local pipeline folder with --editor.path, or use --editor.kind vae-roundtrip to score what "
-                "survives the editor's autoencoder offline.",
-                error,
-            ) from error
+        pipeline = load_pretrained(
+            lambda source, local_files_only: StableDiffusionInstructPix2PixPipeline.from_pretrained(
+                source, torch_dtype=dtype, safety_checker=None, local_files_only=local_files_only),
+            spec.path, f"the InstructPix2Pix pipeline {spec.path!r}",
+            "Give a local pipeline folder with --editor.path, or use --editor.kind vae-roundtrip to score what "
+            "survives the editor's autoencoder offline.",
+        )
         pipeline.scheduler = EulerAncestralDiscreteScheduler.from_config(pipeline.scheduler.config)
     pipeline.set_progress_bar_config(disable=True)
     return pipeline.to(device)

@@ -11,16 +11,16 @@ import logging
 import math
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
 
 from ..models import LPIPSSpec, RecognizerSpec, load_lpips
+from ..pixels import levels_to_pm1, read_levels
 from . import metrics
 from .edit import clean_sources, edit_path, resolve_device
 from .metrics import ClipScorer, ClipSpec, FaceScorer
-from .prompts import DEFAULT_PROMPTS, load_prompts
+from .prompts import load_prompts
+from .record import EditRecord
 from .report import write_report
 from .sets import CLEAN, DataSpec, image_sets
 
@@ -29,9 +29,7 @@ log = logging.getLogger("facelock_pl")
 
 def load_edit(out: Path, set_name: str, prompt_id: int, uid: str) -> torch.Tensor | None:
     path = edit_path(out, set_name, prompt_id, uid)
-    if not path.exists():
-        return None
-    return torch.from_numpy(np.asarray(Image.open(path).convert("RGB")).copy()).permute(2, 0, 1)
+    return read_levels(path) if path.exists() else None
 
 
 def _chunks(items: list, size: int):
@@ -40,10 +38,9 @@ def _chunks(items: list, size: int):
 
 
 def run_evaluate(
-    data: DataSpec,
+    data: DataSpec | None = None,
     sets: dict[str, str] | None = None,
     purify: list[str] | None = None,
-    prompts: str = DEFAULT_PROMPTS,
     prompt_ids: list[int] | None = None,
     clip: ClipSpec | None = ClipSpec(),
     recognizers: list[RecognizerSpec] | None = None,
@@ -53,10 +50,13 @@ def run_evaluate(
     device: str = "auto",
     output_dir: str = "outputs/eval",
 ) -> pd.DataFrame:
-    """Score the edits written by `edit` (same data/sets/purify/prompts) and write `report/`.
+    """Score the edits that `edit` wrote into `output_dir` and write `report/`.
+
+    What was edited comes from `edit`'s record (`edits/edit.json`); `sets`, `purify` and `prompt_ids` narrow
+    it down (naming anything that was not edited is an error), `data` may set a `limit`.
 
     Args:
-        data, sets, purify, prompts, prompt_ids, output_dir: as for `edit`.
+        data, sets, purify, prompt_ids, output_dir: as for `edit`; None: everything `edit` recorded.
         clip: CLIP model of CLIP-S and CLIP-I (`ClipSpec`); None skips both (e.g. offline, where CLIP's
             weights cannot be had).
         recognizers: face recognisers; the first gives the `FR` column, the others are black-box transfer
@@ -67,11 +67,18 @@ def run_evaluate(
         device: `auto`, `cpu`, `cuda`, ...
     """
     out = Path(output_dir)
+    record = EditRecord.load(out)
+    if record is None:
+        raise FileNotFoundError(f"no edits in {out} (no {EditRecord.path(out)}): run `python -m facelock_pl edit` first")
+    record = record.select(sets, purify, prompt_ids)
+    if data is not None and (str(Path(data.source).expanduser().resolve()), data.resolution) != (
+            record.data.source, record.data.resolution):
+        raise ValueError(f"data {data} is not what was edited ({record.data}); leave data out to use it")
     dev = resolve_device(device)
-    sources = clean_sources(data)
+    sources = clean_sources(data or record.data)
     uids = sorted(sources)
-    all_sets = image_sets(sets or {}, purify or [])
-    prompt_map = load_prompts(prompts, prompt_ids)
+    all_sets = image_sets(record.sets, record.purify)
+    prompt_map = load_prompts(record.prompts, record.prompt_ids)
     clip_scorer = ClipScorer(clip, dev) if clip is not None else None
     faces = FaceScorer(recognizers or [RecognizerSpec()], dev)
     lpips_net = load_lpips(lpips).to(dev) if lpips is not None else None
@@ -123,7 +130,7 @@ def _score(image_set, pid, pairs, clean_edits, source_clip, source_found, source
         lp = torch.full((len(comparable),), math.nan)
         if lpips_net is not None:
             with torch.no_grad():
-                lp = lpips_net.distance(lpips_net.features(b.to(dev).float() / 127.5 - 1), a.to(dev).float() / 127.5 - 1).cpu()
+                lp = lpips_net.distance(lpips_net.features(levels_to_pm1(b.to(dev))), levels_to_pm1(a.to(dev))).cpu()
         for j, u in enumerate(comparable):
             versus[u] = (float(metrics.psnr(a[j : j + 1], b[j : j + 1])), float(metrics.ssim(a[j : j + 1], b[j : j + 1])),
                          float(lp[j]))

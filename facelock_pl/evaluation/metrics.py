@@ -13,7 +13,6 @@ Images are uint8 [B, 3, H, W] tensors.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import torch
@@ -21,25 +20,22 @@ import torch.nn.functional as F
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 from ..models import FaceDetector, RecognizerSpec, load_recognizer
-from ..models.weights import WeightsUnavailableError, hub_offline
+from ..models.weights import load_pretrained
+from ..pixels import levels_to_pm1, levels_to_unit
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-def _unit(levels: torch.Tensor) -> torch.Tensor:
-    return levels.float() / 255
-
-
 def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """PSNR in dB per image pair ([B]); inf for identical images."""
-    return peak_signal_noise_ratio(_unit(a).double(), _unit(b).double(), data_range=1.0, reduction="none", dim=(1, 2, 3)).float()
+    return peak_signal_noise_ratio(levels_to_unit(a).double(), levels_to_unit(b).double(), data_range=1.0, reduction="none", dim=(1, 2, 3)).float()
 
 
 def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """SSIM per image pair ([B]), Gaussian window 11, sigma 1.5 — in float64: in float32 the variance terms
     E[x²] − μ² cancel badly (constant images score 1e-4 off)."""
-    return structural_similarity_index_measure(_unit(a).double(), _unit(b).double(), data_range=1.0, reduction="none").float()
+    return structural_similarity_index_measure(levels_to_unit(a).double(), levels_to_unit(b).double(), data_range=1.0, reduction="none").float()
 
 
 @dataclass
@@ -62,16 +58,11 @@ class ClipScorer:
         else:
             from transformers import CLIPModel, CLIPTokenizer
 
-            local = Path(spec.path).expanduser()
-            source = str(local) if local.exists() else spec.path
-            try:
-                self.model = CLIPModel.from_pretrained(source, local_files_only=hub_offline())
-                self.tokenizer = CLIPTokenizer.from_pretrained(source, local_files_only=hub_offline())
-            except Exception as error:
-                raise WeightsUnavailableError(
-                    f"CLIP {spec.path!r}", [f"local path {local}", f"Hugging Face hub id {spec.path}"],
-                    "Give a local CLIP folder with --clip.path.", error,
-                ) from error
+            self.model, self.tokenizer = load_pretrained(
+                lambda source, local_files_only: (CLIPModel.from_pretrained(source, local_files_only=local_files_only),
+                                                  CLIPTokenizer.from_pretrained(source, local_files_only=local_files_only)),
+                spec.path, f"CLIP {spec.path!r}", "Give a local CLIP folder with --clip.path, or --clip null.",
+            )
         self.model = self.model.eval().requires_grad_(False).to(device)
         self.device = device
         self.size = self.model.config.vision_config.image_size
@@ -84,7 +75,7 @@ class ClipScorer:
     @torch.no_grad()
     def image_features(self, levels: torch.Tensor) -> torch.Tensor:
         """CLIP preprocessing (shortest side to the model size, bicubic, centre crop, CLIP normalisation)."""
-        x = _unit(levels).to(self.device)
+        x = levels_to_unit(levels).to(self.device)
         h, w = x.shape[-2:]
         scale = self.size / min(h, w)
         x = F.interpolate(x, size=(max(self.size, round(h * scale)), max(self.size, round(w * scale))), mode="bicubic",
@@ -126,5 +117,5 @@ class FaceScorer:
         """found [B] bool, and per recogniser [B, D] embeddings (meaningless where not found)."""
         levels = levels.to(self.device)
         geometry = self.detector(levels)
-        x = levels.float() / 127.5 - 1
+        x = levels_to_pm1(levels)
         return geometry.found, [r.embed(x, r.theta(geometry, tuple(x.shape[-2:]))) for r in self.recognizers]

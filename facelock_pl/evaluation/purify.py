@@ -14,7 +14,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageEnhance, ImageFilter
 
-from ..engine.schedule import uid_seed
+from ..pixels import levels_to_pil, pil_to_levels
+from ..seeding import uid_seed
 
 KINDS = ("jpeg", "blur", "resize", "colorjitter")
 DEFAULTS = {"jpeg": 75.0, "blur": 1.5, "resize": 0.5, "colorjitter": 0.1}
@@ -36,30 +37,22 @@ def label(spec: str) -> str:
     return f"{kind}{amount:g}"
 
 
-def _pil(levels: torch.Tensor) -> Image.Image:
-    return Image.fromarray(np.ascontiguousarray(levels.permute(1, 2, 0).cpu().numpy()))
-
-
-def _tensor(image: Image.Image) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.uint8).copy()).permute(2, 0, 1)
-
-
 def apply(spec: str, levels: torch.Tensor, uid: str = "") -> torch.Tensor:
     """Purify one uint8 [3, H, W] image."""
     kind, amount = parse(spec)
-    image = _pil(levels)
+    image = levels_to_pil(levels)
     if kind == "jpeg":
         buffer = io.BytesIO()
         image.save(buffer, format="JPEG", quality=int(amount))
-        return _tensor(Image.open(buffer))
+        return pil_to_levels(Image.open(buffer))
     if kind == "blur":
-        return _tensor(image.filter(ImageFilter.GaussianBlur(radius=amount)))
+        return pil_to_levels(image.filter(ImageFilter.GaussianBlur(radius=amount)))
     if kind == "resize":
         small = (max(1, round(image.width * amount)), max(1, round(image.height * amount)))
         down = image.resize(small, Image.Resampling.BICUBIC, reducing_gap=None)
-        return _tensor(down.resize(image.size, Image.Resampling.BICUBIC))
+        return pil_to_levels(down.resize(image.size, Image.Resampling.BICUBIC))
     rng = np.random.default_rng(uid_seed(0, f"colorjitter:{uid}"))
     factors = 1 + rng.uniform(-amount, amount, size=3)
     for enhancer, factor in zip((ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color), factors):
         image = enhancer(image).enhance(float(factor))
-    return _tensor(image)
+    return pil_to_levels(image)

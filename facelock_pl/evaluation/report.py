@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
 
-from ..outputs import png_bytes, write_bytes_atomic
+from ..outputs import write_bytes_atomic
+from ..pixels import png_bytes, read_levels
 from .edit import edit_path
 from .sets import CLEAN, ImageSet
 
@@ -118,7 +118,7 @@ def _grid(rows: list[list[torch.Tensor]]) -> bytes:
 def _sample_grids(out: Path, sets: list[ImageSet], sources: dict, prompts: dict[int, str], samples: int) -> dict[str, bytes]:
     """Per protected set and prompt: rows of source | protected | edit(clean) | edit(protected)."""
     def load(path: Path):
-        return torch.from_numpy(np.asarray(Image.open(path).convert("RGB")).copy()).permute(2, 0, 1) if path.exists() else None
+        return read_levels(path) if path.exists() else None
 
     grids = {}
     for image_set in sets:

@@ -10,11 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 
 from ..data import FolderImages
+from ..pixels import read_levels
 from . import purify
 
 CLEAN = "clean"
@@ -23,7 +22,8 @@ CLEAN = "clean"
 @dataclass
 class DataSpec:
     """Args:
-        source: folder of the clean portraits (the `data.source` that `fit` protected).
+        source: folder of the clean portraits (the `data.source` that `fit` protected); `edit` records it as an
+            absolute path.
         resolution: working resolution (the one `fit` used).
         limit: evaluate at most this many images (in uid order).
     """
@@ -47,7 +47,7 @@ class ImageSet:
             path = self.folder / f"{uid}.png"
             if not path.exists():
                 return None
-            levels = torch.from_numpy(np.asarray(Image.open(path).convert("RGB")).copy()).permute(2, 0, 1)
+            levels = read_levels(path)
         return purify.apply(self.purification, levels, uid) if self.purification else levels
 
 

@@ -20,7 +20,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from .weights import WeightsUnavailableError, frozen, hub_offline, load_state_dict_file
+from .weights import frozen, load_pretrained, load_state_dict_file
 
 
 @dataclass
@@ -108,13 +108,6 @@ def random_sd_kl(seed: int = 0) -> nn.Module:
         )
 
 
-def _from_pretrained(cls, spec: VAESpec) -> nn.Module:
-    local = Path(spec.path).expanduser()
-    source = str(local) if local.exists() else spec.path
-    kwargs = {"subfolder": spec.subfolder} if spec.subfolder else {}
-    return cls.from_pretrained(source, local_files_only=hub_offline(), **kwargs)
-
-
 def load_vae(spec: VAESpec) -> FrozenVAE:
     """Load the autoencoder named by `spec`, frozen, in eval mode, float32."""
     from diffusers import AutoencoderKL, AutoencoderTiny
@@ -122,23 +115,20 @@ def load_vae(spec: VAESpec) -> FrozenVAE:
     if spec.kind in ("tiny-random-kl", "random-sd-kl"):
         model = tiny_random_kl() if spec.kind == "tiny-random-kl" else random_sd_kl()
         return frozen(FrozenVAE(model, posterior_mean=True))
-    try:
-        if spec.kind == "kl":
-            model = _from_pretrained(AutoencoderKL, spec)
-        elif spec.kind == "taesd":
-            folder = Path(spec.path).expanduser()
-            original_layout = folder.is_dir() and any(folder.glob("*_encoder.safetensors"))
-            model = _taesd_from_original_files(folder) if original_layout else _from_pretrained(AutoencoderTiny, spec)
-        else:
-            raise ValueError(f"unknown VAE kind {spec.kind!r}")
-    except ValueError:
-        raise
-    except Exception as error:  # hub, file-system and format errors all end the same way
-        raise WeightsUnavailableError(
-            f"the {spec.kind} VAE {spec.path!r}" + (f" (subfolder {spec.subfolder!r})" if spec.subfolder else ""),
-            [f"local path {Path(spec.path).expanduser()}", f"Hugging Face hub id {spec.path} (HF_HOME cache; offline={hub_offline()})"],
-            "Give a local folder with --model.vae.path (a diffusers VAE folder, or for taesd the original "
-            "taesd_encoder/decoder.safetensors files).",
-            error,
-        ) from error
+    if spec.kind not in ("kl", "taesd"):
+        raise ValueError(f"unknown VAE kind {spec.kind!r}")
+    cls = AutoencoderKL if spec.kind == "kl" else AutoencoderTiny
+    kwargs = {"subfolder": spec.subfolder} if spec.subfolder else {}
+
+    def load(source: str, local_files_only: bool) -> nn.Module:
+        folder = Path(source)
+        if spec.kind == "taesd" and folder.is_dir() and any(folder.glob("*_encoder.safetensors")):
+            return _taesd_from_original_files(folder)
+        return cls.from_pretrained(source, local_files_only=local_files_only, **kwargs)
+
+    model = load_pretrained(
+        load, spec.path, f"the {spec.kind} VAE {spec.path!r}" + (f" (subfolder {spec.subfolder!r})" if spec.subfolder else ""),
+        "Give a local folder with --model.vae.path (a diffusers VAE folder, or for taesd the original "
+        "taesd_encoder/decoder.safetensors files).",
+    )
     return frozen(FrozenVAE(model.float(), posterior_mean=spec.kind == "kl"))

@@ -7,10 +7,20 @@ weights raises `WeightsUnavailableError`, and the run stops before any image is 
 
 from __future__ import annotations
 
+import functools
 import os
+import socket
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
+from urllib.parse import urlparse
 
 import torch
+
+T = TypeVar("T")
+
+OFFLINE_ROUTE = ("Without network: run `python -m facelock_pl assets download --to DIR` on a machine that has it, "
+                 "copy DIR over, and use an offline config (configs/offline.yaml) with --assets DIR.")
 
 
 class WeightsUnavailableError(RuntimeError):
@@ -27,6 +37,37 @@ class WeightsUnavailableError(RuntimeError):
 
 def hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+
+
+@functools.cache
+def hub_reachable(timeout_s: float = 3.0) -> bool:
+    """Whether the Hugging Face hub's host accepts a connection (checked once per process)."""
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=timeout_s).close()
+        return True
+    except OSError:
+        return False
+
+
+def load_pretrained(load: Callable[[str, bool], T], path: str, model: str, hint: str) -> T:
+    """`load(source, local_files_only)` for a local folder, else for a hub id (from the cache when the hub
+    cannot be reached, so no download is retried); any failure becomes a `WeightsUnavailableError` that says
+    what failed and how to work without network."""
+    local = Path(path).expanduser()
+    if local.exists():
+        source, offline, where = str(local), True, [f"local path {local}"]
+    else:
+        offline = hub_offline() or not hub_reachable()
+        reason = "HF_HUB_OFFLINE is set" if hub_offline() else "the hub cannot be reached: no network" if offline else "online"
+        source, where = path, [f"local path {local} (absent)", f"Hugging Face hub id {path} ({reason}; cache: HF_HOME)"]
+    try:
+        return load(source, offline)
+    except Exception as error:  # hub, file-system and format errors all end the same way
+        route = f" {OFFLINE_ROUTE}" if offline and not local.exists() else ""
+        raise WeightsUnavailableError(model, where, hint + route, error) from error
 
 
 def torch_checkpoint_dir() -> Path:

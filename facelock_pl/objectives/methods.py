@@ -8,11 +8,33 @@ batch at this iteration are not computed (and neither are the decoder passes onl
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 
 from .terms import CleanFeatures, Networks
+
+
+@dataclass
+class FaceLockObjective:
+    """FaceLock's terms: their weights, their gates, and how a recogniser ensemble is combined.
+
+    Args:
+        fr_weight: weight of the face-recognition cosine (0: no FR term; recognisers then only measure).
+        latent_weight: weight of the latent MSE.
+        lpips_weight: weight of LPIPS (0: no LPIPS term, and its network is not loaded).
+        fr_start: share of iterations before the FR term switches on (published: 0.35).
+        lpips_start: share of iterations after which LPIPS switches on (published: 0.25).
+        fr_reduction: several recognisers: their weighted `mean` cosine, or the worst case `max`.
+    """
+
+    fr_weight: float = 1.0
+    latent_weight: float = 0.2
+    lpips_weight: float = 1.0
+    fr_start: float = 0.35
+    lpips_start: float = 0.25
+    fr_reduction: Literal["mean", "max"] = "mean"
 
 
 class ProtectionMethod:
@@ -40,7 +62,7 @@ class FaceLock(ProtectionMethod):
     get no FR term (their other terms still apply).
 
     Args:
-        fr_weight: weight of the face-recognition cosine (default 1.0).
+        fr_weight: weight of the face-recognition cosine (default 1.0; 0 drops the FR term).
         latent_weight: weight of the latent MSE (default 0.2).
         lpips_weight: weight of LPIPS (default 1.0; 0 disables it and its network).
         fr_start: share of iterations before the FR term switches on (default 0.35).
@@ -53,13 +75,13 @@ class FaceLock(ProtectionMethod):
 
     name = "facelock"
     needs_latent = True
-    needs_faces = True
 
     def __init__(self, fr_weight: float = 1.0, latent_weight: float = 0.2, lpips_weight: float = 1.0,
                  fr_start: float = 0.35, lpips_start: float = 0.25):
         self.fr_weight, self.latent_weight, self.lpips_weight = fr_weight, latent_weight, lpips_weight
         self.fr_start, self.lpips_start = fr_start, lpips_start
         self.needs_lpips = lpips_weight != 0
+        self.needs_faces = fr_weight != 0
 
     def term_weights(self, progress: torch.Tensor, face_found: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per-sample weight of each term at this point of the schedule."""
@@ -85,16 +107,10 @@ class FaceLock(ProtectionMethod):
 
 class PhotoGuard(ProtectionMethod):
     """PhotoGuard encoder attack (Salman et al., "Raising the Cost of Malicious AI-Powered Image
-    Editing", ICML 2023): descends ||E(x_adv) - z_target||_2 so the editor sees a target latent.
-
-    Args:
-        target: `zero` (the published default, the zero latent) — the only target offered.
-    """
+    Editing", ICML 2023): descends ||E(x_adv) - 0||_2, pulling the latent to the zero latent (the published
+    default target)."""
 
     name = "photoguard"
-
-    def __init__(self, target: Literal["zero"] = "zero"):
-        self.target = target
 
     def objective(self, nets, x_adv, clean, progress):
         distance = nets.vae_mean([z.float().flatten(1).norm(dim=1) for z in nets.encode(x_adv)])  # to the zero latent
@@ -129,7 +145,13 @@ METHODS: dict[str, type[ProtectionMethod]] = {
 }
 
 
-def build_method(name: str, **kwargs) -> ProtectionMethod:
+def build_method(name: str, objective: FaceLockObjective | None = None) -> ProtectionMethod:
+    """The method called `name`; `objective` configures FaceLock and is an error for any other method."""
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; choose one of {sorted(METHODS)}")
-    return METHODS[name](**kwargs) if name == "facelock" else METHODS[name]()
+    if name != FaceLock.name:
+        if objective is not None and objective != FaceLockObjective():
+            raise ValueError(f"model.objective sets FaceLock's terms; method {name!r} has none (remove it)")
+        return METHODS[name]()
+    o = objective or FaceLockObjective()
+    return FaceLock(o.fr_weight, o.latent_weight, o.lpips_weight, o.fr_start, o.lpips_start)

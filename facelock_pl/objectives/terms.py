@@ -81,6 +81,10 @@ class Networks(nn.Module):
         self.fr_weights = (weights / weights.sum()).tolist() if recognizers else []
 
     @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
     def vae(self) -> FrozenVAE:
         """The primary autoencoder: the editor whose round trip `fr_cos_recon` measures."""
         return self.vaes[0]

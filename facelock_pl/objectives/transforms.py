@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..engine.schedule import uid_seed
+from ..seeding import uid_generator
 
 DEFAULT_RANGES = {"jpeg": (50.0, 95.0), "resize": (0.5, 1.0), "blur": (0.0, 1.5), "shift": (0.0, 4.0),
                   "colorjitter": (0.0, 0.1)}
@@ -93,8 +93,7 @@ class RandomPurification:
         """[B, 4] uniforms: column 0 picks the transformation, 1..3 are its parameters."""
         rows = []
         for uid, iteration in zip(uids, iterations.tolist()):
-            generator = torch.Generator().manual_seed(uid_seed(seed, f"eot/{uid}/{iteration}/{draw}"))
-            rows.append(torch.rand(4, generator=generator))
+            rows.append(torch.rand(4, generator=uid_generator(seed, f"eot/{uid}/{iteration}/{draw}")))
         return torch.stack(rows)
 
     def __call__(self, x: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:

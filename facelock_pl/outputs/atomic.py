@@ -6,14 +6,9 @@ half-written file under the final name.
 
 from __future__ import annotations
 
-import io
 import os
 import tempfile
 from pathlib import Path
-
-import numpy as np
-import torch
-from PIL import Image
 
 TMP_PREFIX = ".tmp-"
 
@@ -30,10 +25,3 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def png_bytes(levels: torch.Tensor) -> bytes:
-    """Lossless PNG of a uint8 [3, H, W] tensor."""
-    buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(levels.permute(1, 2, 0).cpu().numpy())).save(buffer, format="PNG")
-    return buffer.getvalue()

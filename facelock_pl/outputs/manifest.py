@@ -1,54 +1,36 @@
 """The manifest and the protected dataset, written as atomic parquet parts.
 
-Per finished batch, `OutputWriter.write_batch` writes, in this order:
+Per finished batch, `OutputWriter.write` writes, in this order:
 1. the protected images: `images/<uid>.png` and/or one part `dataset/<part>.parquet` (an `image` column
    of PNG bytes plus every original column), each atomically;
 2. `manifest/<part>.parquet`: one row per input — the commit record of the batch.
 A crash between 1 and 2 leaves a dataset part without its manifest part: `remove_orphan_parts` deletes
 it before the next run, so the protected dataset holds every image exactly once. Reading merges all
-manifest parts and keeps the newest row of each uid (a rerun retries images that were not `ok`).
+manifest parts and keeps the newest row of each uid (a rerun retries `error` images only).
 Both folders load with `datasets.load_dataset("parquet", data_dir=...)`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
-import json
 import os
 import time
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..objectives import TERM_NAMES
+from ..pixels import png_bytes
 from .atomic import TMP_PREFIX, write_bytes_atomic
+from .records import SCHEMA, ManifestRow, ProtectedImage
+
+if TYPE_CHECKING:  # the outputs only read an item's attributes; data imports outputs
+    from ..data.items import ImageItem
 
 OutputFormat = Literal["png", "parquet", "both"]
-
-SCHEMA = pa.schema(
-    [
-        ("uid", pa.string()),
-        ("source", pa.string()),
-        ("status", pa.string()),  # ok | no_face | error
-        ("message", pa.string()),
-        ("method", pa.string()),
-        ("width", pa.int32()),
-        ("height", pa.int32()),
-        ("iterations", pa.int32()),
-        ("linf_255", pa.float32()),
-        ("psnr_db", pa.float32()),
-        *[(f"term_{name}", pa.float32()) for name in TERM_NAMES],
-        ("fr_cos_recon", pa.float32()),
-        ("fr_cos_recon_detected", pa.float32()),  # the same, with the face detected anew in the reconstruction
-        ("seconds", pa.float32()),
-        ("extra_json", pa.string()),  # the row's other source columns (labels, attributes), as JSON
-        ("finished_at", pa.float64()),  # unix time; the newest row of a uid wins
-        ("rank", pa.int32()),
-    ]
-)
 
 
 def manifest_dir(output_dir: Path) -> Path:
@@ -63,42 +45,46 @@ def _parts(folder: Path) -> list[Path]:
     return sorted(p for p in folder.glob("*.parquet") if not p.name.startswith(TMP_PREFIX))
 
 
-def _jsonable(extra: dict) -> str:
-    plain = {k: v for k, v in extra.items() if isinstance(v, (str, int, float, bool, list, type(None)))}
-    return json.dumps(plain, sort_keys=True, default=str)
-
-
 class OutputWriter:
-    """Writes one batch's images and rows; part names `part-<run>-r<rank>-<seq>.parquet` never collide."""
+    """Writes one batch's images and rows; part names `part-<run>-r<rank>-<seq>.parquet` never collide.
 
-    def __init__(self, output_dir: Path, rank: int = 0, output_format: OutputFormat = "png"):
+    Args:
+        output_dir: the run's output folder.
+        rank: this process's rank (in part names and rows).
+        output_format: `png` (images/<uid>.png), `parquet` (dataset/*.parquet) or `both`.
+        method: the protection method's name, recorded in every row.
+    """
+
+    def __init__(self, output_dir: Path, rank: int = 0, output_format: OutputFormat = "png", method: str = ""):
         if output_format not in ("png", "parquet", "both"):
             raise ValueError(f"output format must be png, parquet or both, got {output_format!r}")
         self.output_dir = Path(output_dir)
         self.rank = rank
         self.format = output_format
+        self.method = method
         self.run_id = f"{time.time_ns():x}-{os.getpid()}"
         self.sequence = 0
 
-    def write_batch(self, rows: list[dict], pngs: dict[str, bytes], extras: dict[str, dict]) -> None:
-        """`rows`: manifest rows; `pngs`: uid -> PNG bytes of the protected images; `extras`: uid -> other columns."""
+    def write(self, finished: list[ProtectedImage], failed: list[ImageItem] = ()) -> list[ManifestRow]:
+        """Write the protected images, then the manifest part that commits them; returns the rows written."""
+        rows = [ManifestRow.protected(image, self.method) for image in finished]
+        rows += [ManifestRow.failed(item, self.method) for item in failed]
         if not rows:
-            return
+            return rows
         name = f"part-{self.run_id}-r{self.rank}-{self.sequence:06d}.parquet"
         self.sequence += 1
+        pngs = {image.item.uid: png_bytes(image.levels) for image in finished}
         if self.format in ("png", "both"):
             for uid, data in pngs.items():
                 write_bytes_atomic(self.output_dir / "images" / f"{uid}.png", data)
         if self.format in ("parquet", "both") and pngs:
-            write_bytes_atomic(dataset_dir(self.output_dir) / name, _dataset_part(pngs, extras))
+            write_bytes_atomic(dataset_dir(self.output_dir) / name, _dataset_part(pngs, {i.item.uid: i.item.extra for i in finished}))
         now = time.time()
-        for row in rows:
-            row.setdefault("finished_at", now)
-            row.setdefault("rank", self.rank)
-            row["extra_json"] = _jsonable(extras.get(row["uid"], {}))
+        rows = [dataclasses.replace(row, finished_at=now, rank=self.rank) for row in rows]
         buffer = io.BytesIO()
-        pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), buffer)
+        pq.write_table(pa.Table.from_pylist([dataclasses.asdict(row) for row in rows], schema=SCHEMA), buffer)
         write_bytes_atomic(manifest_dir(self.output_dir) / name, buffer.getvalue())
+        return rows
 
 
 def _dataset_part(pngs: dict[str, bytes], extras: dict[str, dict]) -> bytes:
@@ -136,7 +122,10 @@ def read_manifest(output_dir: Path) -> pd.DataFrame:
     return frame.reset_index(drop=True)
 
 
+FINAL_STATUSES = ("ok", "no_face")  # protected (with or without a face); `error` rows are retried
+
+
 def finished_uids(output_dir: Path) -> set[str]:
-    """Uids whose newest row is `ok` (their images were written before the row)."""
+    """Uids whose newest row is final: protected, with or without a face (their images were written before the row)."""
     frame = read_manifest(output_dir)
-    return set(frame.loc[frame["status"] == "ok", "uid"])
+    return set(frame.loc[frame["status"].isin(FINAL_STATUSES), "uid"])

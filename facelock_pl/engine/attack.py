@@ -1,0 +1,254 @@
+"""`PGDAttack`: projected sign-gradient ascent of a method's objective, one iteration per call, over a
+fixed number of slots that each hold one image at its own iteration (continuous batching).
+
+    attack.admit(items)           # new images into free slots: detection, random start, clean features
+    terms = attack.step(optim)    # one PGD iteration of every occupied slot
+    done = attack.finish()        # images that reached their iterations (or stopped early), as saved
+
+The iteration itself, top to bottom: the method's objective on the iterate (as the PNG will store it, under
+random purifications if asked), its input gradient, the transfer aids on that gradient, the adaptive
+stopping check, and the fused projected sign update (`SignPGD` → `facelock_pl.kernels.pgd_step_`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from ..data.items import ImageItem
+from ..models import FaceDetector, FaceGeometry
+from ..objectives import CleanFeatures, Networks, ProtectionMethod
+from ..objectives.transforms import RandomPurification
+from ..outputs.records import ProtectedImage
+from ..pixels import levels_to_pm1, quantise_to_levels, straight_through_levels
+from .gradients import momentum_update_, smooth_gradient
+from .measure import ProtectionMeter
+from .optimizer import SignPGD
+from .schedule import random_start, step_sizes
+from .speed import SpeedConfig
+from .stopping import AdaptiveStopping
+
+
+@dataclass
+class AttackConfig:
+    """The PGD loop every method shares.
+
+    Args:
+        eps: L∞ budget ε in [-1, 1] pixel units (0.03 ≈ 3.8/255; saved PNGs differ by ≤ ⌊ε·127.5⌋ = 3 levels).
+        step_size: initial step α, decayed linearly to α/100 over the iterations.
+        iterations: PGD iterations per image.
+        seed: seed of the random start and of the EOT draws; each image's draws depend only on (seed, uid).
+        quantise_forward: evaluate the objective on the 8-bit image the iterate would be saved as
+            (straight-through rounding) instead of the continuous iterate, whose protection partly lives below
+            one 8-bit level and is lost when the PNG is written.
+        eot: expectation over transformation: random differentiable purifications applied to the iterate
+            before the autoencoders at every iteration, e.g. `[jpeg:50-90, resize:0.5-1.0, blur:0-1.0, shift:3]`
+            (see `facelock_pl.objectives.transforms`); None: off.
+        eot_samples: EOT draws averaged per iteration.
+        grad_smoothing: std in pixels of a Gaussian blur of the gradient before the sign step (translation-
+            invariant attack); 0: off.
+        momentum: decay of the gradient momentum (MI attack); 0: off (the published loop).
+    """
+
+    eps: float = 0.03
+    step_size: float = 0.01
+    iterations: int = 100
+    seed: int = 0
+    quantise_forward: bool = False
+    eot: list[str] | None = None
+    eot_samples: int = 1
+    grad_smoothing: float = 0.0
+    momentum: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.eps <= 2 or self.step_size <= 0 or self.iterations < 1 or self.eot_samples < 1:
+            raise ValueError(f"need 0 < eps <= 2, step_size > 0, iterations >= 1, eot_samples >= 1 (got {self.eps}, "
+                             f"{self.step_size}, {self.iterations}, {self.eot_samples})")
+        if self.grad_smoothing < 0 or not 0 <= self.momentum < 1:
+            raise ValueError(f"need grad_smoothing >= 0 and 0 <= momentum < 1 (got {self.grad_smoothing}, {self.momentum})")
+
+
+class SlotState:
+    """The images in flight, one per slot. Plain attributes, never buffers (checkpoints must not hold them)."""
+
+    def __init__(self, slots: int, levels: torch.Tensor, clean: CleanFeatures):
+        shape, device = (slots, *levels.shape[1:]), levels.device
+        self.levels = torch.zeros(shape, dtype=torch.uint8, device=device)  # the 8-bit source x that ε bounds
+        self.x = torch.zeros(shape, device=device)
+        self.x_adv = torch.zeros(shape, device=device)  # float32 master copy of the iterate
+        self.iteration = torch.zeros(slots, dtype=torch.long, device=device)
+        self.streak = torch.zeros(slots, dtype=torch.long, device=device)  # stopping checks in a row below target
+        self.velocity = torch.zeros(shape, device=device)  # gradient momentum
+        self.occupied = torch.zeros(slots, dtype=torch.bool, device=device)
+        self.clean = clean.slots(slots)
+        self.items: list[ImageItem | None] = [None] * slots
+        self.started = [0.0] * slots
+        self.terms: dict[str, torch.Tensor] = {}  # the last value of each term, per slot (NaN: not computed)
+
+    def record_terms(self, active: torch.Tensor, terms: dict[str, torch.Tensor]) -> None:
+        for name, value in terms.items():
+            store = self.terms.setdefault(name, torch.full_like(self.iteration, float("nan"), dtype=torch.float32))
+            store[active] = value.detach().float()
+
+
+class PGDAttack:
+    """PGD of `method`'s objective on the frozen `nets`, over `capacity` slots.
+
+    Args:
+        method: what each iteration ascends (`facelock_pl.objectives`).
+        nets: the frozen autoencoders, recognisers and LPIPS.
+        detector: face detection for the clean images (None: no recogniser, no faces needed).
+        config, stopping, speed: the loop's settings, adaptive stopping, speed switches.
+        capacity: slots, i.e. images optimised together.
+    """
+
+    def __init__(self, method: ProtectionMethod, nets: Networks, detector: FaceDetector | None, config: AttackConfig,
+                 stopping: AdaptiveStopping, speed: SpeedConfig, capacity: int = 1):
+        self.method, self.nets, self.detector = method, nets, detector
+        self.config, self.stopping, self.speed = config, stopping, speed
+        self.capacity = capacity
+        self.eot = RandomPurification(config.eot) if config.eot else None
+        self.meter = ProtectionMeter(nets, detector, speed)
+        self.slots: SlotState | None = None
+
+    # ---- images in and out -------------------------------------------------------------------------
+    def free_slots(self) -> list[int]:
+        occupied = self.slots.occupied.tolist() if self.slots is not None else [False] * self.capacity
+        return [slot for slot in range(self.capacity) if not occupied[slot]]
+
+    @property
+    def busy(self) -> bool:
+        return self.slots is not None and bool(self.slots.occupied.any())
+
+    @torch.no_grad()
+    def clean_features(self, levels: torch.Tensor) -> CleanFeatures:
+        """Once per image: face geometry, E(x), FR(x) and LPIPS features of the clean 8-bit images."""
+        if self.detector is not None:
+            geometry = self.detector(levels)
+        else:
+            geometry = FaceGeometry.whole_image(levels.shape[0], *levels.shape[-2:]).to(levels.device)
+        with self.speed.autocast(levels.device):
+            return self.nets.clean_features(self.speed.layout(levels_to_pm1(levels)), geometry,
+                                            self.method.needs_latent, self.method.needs_lpips)
+
+    def admit(self, items: list[ImageItem]) -> list[ImageItem]:
+        """Give each item a free slot (lowest first); returns the items that could not be read, whose slots stay free."""
+        placed = list(zip(self.free_slots(), items))
+        good = [(slot, item) for slot, item in placed if item.status == "ok"]
+        if good:
+            self._start([slot for slot, _ in good], [item for _, item in good])
+        return [item for _, item in placed if item.status != "ok"]
+
+    def _start(self, slots: list[int], items: list[ImageItem]) -> None:
+        levels = torch.stack([item.image for item in items]).to(self.nets.device)
+        clean = self.clean_features(levels)
+        if self.slots is None:
+            self.slots = SlotState(self.capacity, levels, clean)
+        s, index, x = self.slots, torch.tensor(slots, device=levels.device), levels_to_pm1(levels)
+        s.clean.assign_(index, clean)
+        s.levels[index], s.x[index] = levels, x
+        s.x_adv[index] = random_start(x, [item.uid for item in items], self.config.seed, self.config.eps)
+        s.iteration[index], s.streak[index], s.occupied[index], s.velocity[index] = 0, 0, True, 0
+        for store in s.terms.values():
+            store[index] = float("nan")
+        now = time.perf_counter()
+        for slot, item in zip(slots, items):
+            s.items[slot], s.started[slot] = item, now
+
+    def shrink(self, capacity: int) -> list[ImageItem]:
+        """Use only `capacity` slots from now on; returns the images of dropped slots (to restart later)."""
+        dropped = list(range(capacity, self.capacity))
+        self.capacity = capacity
+        if self.slots is None:
+            return []
+        requeue = [self.slots.items[slot] for slot in dropped if self.slots.occupied[slot]]
+        self.slots.occupied[dropped] = False
+        return requeue
+
+    # ---- one PGD iteration ---------------------------------------------------------------------------
+    def step(self, optimizer: SignPGD) -> dict[str, torch.Tensor]:
+        """One iteration of every occupied slot; returns each term's per-image values (for logging)."""
+        s, cfg = self.slots, self.config
+        active = s.occupied.nonzero().flatten()
+        x_in = self.speed.layout(s.x_adv[active]).requires_grad_(True)
+        with torch.enable_grad():
+            x_seen = straight_through_levels(x_in, s.levels[active], cfg.eps) if cfg.quantise_forward else x_in
+            with self.speed.autocast(x_in.device):
+                objective, terms = self._objective(x_seen, active)
+            grad = torch.zeros_like(s.x_adv)
+            grad[active] = self._shape_gradient(torch.autograd.grad(objective.sum(), x_in)[0].float(), active)
+        s.record_terms(active, terms)
+        stepping = s.occupied & ~self._stops_now(active, terms)  # a stopping image keeps the iterate it was measured at
+        optimizer.step(x_adv=s.x_adv, grad=grad, x=s.x, eps=cfg.eps, active=stepping,
+                       step_size=step_sizes(cfg.step_size, s.iteration, cfg.iterations))
+        s.iteration[stepping] += 1
+        return terms
+
+    def _objective(self, x: torch.Tensor, active: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The method's objective ([B]) and terms; under EOT, their mean over `eot_samples` random purifications."""
+        s, cfg = self.slots, self.config
+        progress = s.iteration[active].float() / cfg.iterations
+        # All slots busy (the usual case): the stored features as they are, no per-iteration gather.
+        clean = s.clean if len(active) == len(s.occupied) else s.clean.select(active)
+        if self.eot is None:
+            return self.method.objective(self.nets, x, clean, progress)
+        uids = [s.items[slot].uid for slot in active.tolist()]
+        draws = [self.method.objective(self.nets, self.eot(x, RandomPurification.draws(cfg.seed, uids, s.iteration[active], d)),
+                                       clean, progress) for d in range(cfg.eot_samples)]
+        objective = sum(o for o, _ in draws) / len(draws)
+        return objective, {name: sum(t[name] for _, t in draws) / len(draws) for name in draws[0][1]}
+
+    def _shape_gradient(self, grad: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+        """The transfer aids, in the order of the TI-MI attack: smoothing, then momentum."""
+        if self.config.grad_smoothing > 0:
+            grad = smooth_gradient(grad, self.config.grad_smoothing)
+        if self.config.momentum > 0:
+            grad = momentum_update_(self.slots.velocity[active], grad, self.config.momentum)
+            self.slots.velocity[active] = grad
+        return grad
+
+    @torch.no_grad()
+    def _stops_now(self, active: torch.Tensor, terms: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Slots ([B] bool) whose image stops at this iteration under adaptive stopping."""
+        s = self.slots
+        if not self.stopping.enabled:
+            return torch.zeros_like(s.occupied)
+        due = self.stopping.due(s.iteration, s.occupied & s.clean.face_found).nonzero().flatten()
+        if len(due) > 0:
+            self.stopping.record_(s.streak, due, self._fr_cos_of_iterate(due, active, terms))
+        return s.occupied & self.stopping.stopped(s.streak)
+
+    def _fr_cos_of_iterate(self, slots: torch.Tensor, active: torch.Tensor, terms: dict) -> torch.Tensor:
+        """`fr_cos_recon` of the current iterates' 8-bit images. When this iteration's forward pass saw exactly
+        those images (quantised forward, one autoencoder, no EOT), its FR term is that value: no extra pass."""
+        s = self.slots
+        if self.config.quantise_forward and self.eot is None and len(self.nets.vaes) == 1 and "fr_cos" in terms:
+            per_slot = torch.zeros(len(s.occupied), device=s.x.device)
+            per_slot[active] = terms["fr_cos"].detach().float()
+            return per_slot[slots]
+        png = quantise_to_levels(s.x_adv[slots], s.levels[slots], self.config.eps)
+        return self.meter.fr_cos(self.meter.reconstruct(png), s.clean.select(slots))
+
+    # ---- finished images -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def finish(self) -> list[ProtectedImage]:
+        """The images that ran their iterations (or stopped early), quantised as saved and measured; frees their slots."""
+        s = self.slots
+        done = s.occupied & (s.iteration >= self.config.iterations)
+        if self.stopping.enabled:
+            done |= s.occupied & self.stopping.stopped(s.streak)
+        slots = done.nonzero().flatten()
+        if len(slots) == 0:
+            return []
+        png = quantise_to_levels(s.x_adv[slots], s.levels[slots], self.config.eps)
+        fr_cos, fr_cos_detected = self.meter.saved(png, s.clean.select(slots))
+        now = time.perf_counter()
+        finished = [ProtectedImage(
+            item=s.items[slot], levels=png[j].cpu(), source_levels=s.levels[slot].cpu(), iterations=int(s.iteration[slot]),
+            face_found=bool(s.clean.face_found[slot]), terms={name: float(v[slot]) for name, v in s.terms.items()},
+            fr_cos_recon=fr_cos[j], fr_cos_recon_detected=fr_cos_detected[j], seconds=now - s.started[slot],
+        ) for j, slot in enumerate(slots.tolist())]
+        s.occupied[slots] = False
+        return finished

@@ -1,0 +1,58 @@
+"""How much identity survives the editor's autoencoder: `fr_cos_recon` of a saved 8-bit image.
+
+The image goes through the primary autoencoder's round trip D(E(png)) (the editor the manifest reports on),
+then every recogniser compares the reconstruction's face with the clean one:
+- `fr_cos_recon`: aligned with the source's landmarks — what the objective optimises;
+- `fr_cos_recon_detected`: the reconstruction saved as 8 bits and its face detected anew, as `evaluate`
+  and any real recognition pipeline measure it (NaN where no face is found). Landmarks move by a few
+  pixels in the reconstruction, and a perturbation tuned to the source's alignment loses part of its effect.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from ..models import FaceDetector
+from ..objectives import CleanFeatures, Networks
+from ..pixels import levels_to_pm1, pm1_to_levels
+from .speed import SpeedConfig
+
+
+class ProtectionMeter:
+    def __init__(self, nets: Networks, detector: FaceDetector | None, speed: SpeedConfig):
+        self.nets, self.detector, self.speed = nets, detector, speed
+
+    @property
+    def measures(self) -> bool:
+        """Whether there is a recogniser to measure with."""
+        return len(self.nets.recognizers) > 0
+
+    def reconstruct(self, png_levels: torch.Tensor) -> torch.Tensor:
+        """D(E(png)) through the primary autoencoder, fp32 in [-1, 1]."""
+        with self.speed.autocast(png_levels.device):
+            return self.nets.reconstruct(self.nets.vae.encode(self.speed.layout(levels_to_pm1(png_levels)))).float()
+
+    def fr_cos(self, images: torch.Tensor, clean: CleanFeatures) -> torch.Tensor:
+        """cos(FR(x), FR(images)) with the source's alignment, as the objective sees it ([B])."""
+        with self.speed.autocast(images.device):
+            return self.nets.fr_cos(images, clean).float()
+
+    def fr_cos_detected(self, recon: torch.Tensor, clean: CleanFeatures) -> torch.Tensor:
+        """cos(FR(x), FR(recon)) with the face of the 8-bit reconstruction detected anew ([B]; NaN: no face)."""
+        levels = pm1_to_levels(recon)
+        geometry = self.detector(levels)
+        hw = tuple(levels.shape[-2:])
+        realigned = dataclasses.replace(clean, thetas=[r.theta(geometry, hw) for r in self.nets.recognizers])
+        return self.fr_cos(levels_to_pm1(levels), realigned).masked_fill(~geometry.found, float("nan"))
+
+    @torch.no_grad()
+    def saved(self, png_levels: torch.Tensor, clean: CleanFeatures) -> tuple[list, list]:
+        """(`fr_cos_recon`, `fr_cos_recon_detected`) per image; None where not measurable."""
+        if not self.measures:
+            return [None] * len(png_levels), [None] * len(png_levels)
+        recon = self.reconstruct(png_levels)
+        fr_cos = self.fr_cos(recon, clean).tolist()
+        detected = self.fr_cos_detected(recon, clean).tolist()
+        return fr_cos, [None if value != value else value for value in detected]  # NaN: no face found

@@ -1,0 +1,80 @@
+"""What `edit` did, written next to its edits (`<output_dir>/edits/edit.json`) and read back by `evaluate`,
+so the two commands cannot disagree about which sets, purifications and prompts there are."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..outputs import write_bytes_atomic
+from .sets import DataSpec
+
+
+@dataclass
+class EditRecord:
+    """The edits of one output folder.
+
+    Attributes:
+        data: the clean portraits (source as an absolute path) and the working resolution.
+        sets: protected set name -> its folder (absolute).
+        purify: purifications applied to every protected set before editing.
+        prompts, prompt_ids: the prompt file and the ids edited.
+        editor: the editor's settings (`EditorSpec` as a dict).
+        seed: the base seed of the edits.
+    """
+
+    data: DataSpec
+    sets: dict[str, str]
+    purify: list[str]
+    prompts: str
+    prompt_ids: list[int]
+    editor: dict
+    seed: int
+
+    @staticmethod
+    def path(output_dir: Path) -> Path:
+        return Path(output_dir) / "edits" / "edit.json"
+
+    @classmethod
+    def load(cls, output_dir: Path) -> "EditRecord | None":
+        path = cls.path(output_dir)
+        if not path.is_file():
+            return None
+        fields = json.loads(path.read_text())
+        return cls(**{**fields, "data": DataSpec(**fields["data"])})
+
+    def save(self, output_dir: Path) -> None:
+        write_bytes_atomic(self.path(output_dir), json.dumps(dataclasses.asdict(self), indent=2).encode())
+
+    def merged_with(self, newer: "EditRecord") -> "EditRecord":
+        """This record plus the sets, purifications and prompts of a later `edit` into the same folder; the
+        edits themselves must have been made alike (same sources, editor and seed), else they would not compare."""
+        limits = (self.data.limit, newer.data.limit)
+        data = dataclasses.replace(self.data, limit=None if None in limits else max(limits))
+        for name, mine, theirs in (("sources", (self.data.source, self.data.resolution), (newer.data.source, newer.data.resolution)),
+                                   ("prompts", self.prompts, newer.prompts), ("editor", self.editor, newer.editor),
+                                   ("seed", self.seed, newer.seed)):
+            if mine != theirs:
+                raise ValueError(f"this output folder holds edits made with other {name} ({mine!r}, now {theirs!r}): "
+                                 "give a new --output_dir")
+        clash = {n for n in self.sets.keys() & newer.sets.keys() if self.sets[n] != newer.sets[n]}
+        if clash:
+            raise ValueError(f"set(s) {sorted(clash)} were edited from another folder: rename them or give a new --output_dir")
+        return dataclasses.replace(self, data=data, sets={**self.sets, **newer.sets},
+                                   purify=self.purify + [p for p in newer.purify if p not in self.purify],
+                                   prompt_ids=sorted(set(self.prompt_ids) | set(newer.prompt_ids)))
+
+    def select(self, sets: dict[str, str] | None, purify: list[str] | None, prompt_ids: list[int] | None) -> "EditRecord":
+        """The part of the edits that `evaluate` was asked to score (everything when nothing is named); asking for
+        anything that was not edited is an error, not a silently smaller report."""
+        sets = {n: str(Path(f).expanduser().resolve()) for n, f in sets.items()} if sets is not None else self.sets
+        missing = [f"set {n!r}" for n in sets if self.sets.get(n) != sets[n]]
+        missing += [f"purification {p!r}" for p in purify or [] if p not in self.purify]
+        missing += [f"prompt {i}" for i in prompt_ids or [] if i not in self.prompt_ids]
+        if missing:
+            raise ValueError(f"not edited in this output folder: {', '.join(missing)} (edited: sets {self.sets}, "
+                             f"purify {self.purify}, prompts {self.prompt_ids}); run `edit` with them first")
+        return dataclasses.replace(self, sets=sets, purify=self.purify if purify is None else purify,
+                                   prompt_ids=self.prompt_ids if prompt_ids is None else prompt_ids)

@@ -1,0 +1,118 @@
+"""The records the outputs are written from: a finished image, and the manifest row that describes it.
+
+The manifest's parquet schema is derived from `ManifestRow`, so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import typing
+from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import torch
+
+if TYPE_CHECKING:  # the outputs only read an item's attributes; data imports outputs
+    from ..data.items import ImageItem
+
+
+
+@dataclass
+class ProtectedImage:
+    """One image the engine finished, as it hands it to the outputs.
+
+    Attributes:
+        item: the input image.
+        levels: uint8 [3, H, W], the protected image exactly as saved.
+        source_levels: uint8 [3, H, W], the 8-bit source that ε bounds.
+        iterations: PGD iterations run.
+        face_found: whether a face was detected (else it was protected without the FR term).
+        terms: the last value of each objective term the method computed, by name.
+        fr_cos_recon, fr_cos_recon_detected: protection measured on the saved image (see `engine.measure`).
+        seconds: wall time from admission to the end.
+    """
+
+    item: ImageItem
+    levels: torch.Tensor
+    source_levels: torch.Tensor
+    iterations: int
+    face_found: bool
+    terms: dict[str, float]
+    fr_cos_recon: float | None
+    fr_cos_recon_detected: float | None
+    seconds: float
+
+
+def _float64() -> dict:
+    return {"arrow": pa.float64()}
+
+
+@dataclass
+class ManifestRow:
+    """One row of `OUT/manifest/*.parquet` per input image (columns: README, Output)."""
+
+    uid: str
+    source: str
+    status: str  # ok | no_face | error
+    message: str
+    method: str
+    width: int
+    height: int
+    iterations: int
+    linf_255: float | None = None
+    psnr_db: float | None = None
+    term_fr_cos: float | None = None
+    term_latent_mse: float | None = None
+    term_lpips: float | None = None
+    term_latent_target_dist: float | None = None
+    term_recon_norm: float | None = None
+    fr_cos_recon: float | None = None
+    fr_cos_recon_detected: float | None = None  # the same, with the face detected anew in the reconstruction
+    seconds: float = 0.0
+    extra_json: str = "{}"  # the row's other source columns (labels, attributes), as JSON
+    finished_at: float = field(default=0.0, metadata=_float64())  # unix time; the newest row of a uid wins
+    rank: int = 0
+
+    @classmethod
+    def protected(cls, image: ProtectedImage, method: str) -> "ManifestRow":
+        item = image.item
+        diff = image.levels.float() - image.source_levels.float()
+        mse = diff.pow(2).mean().item()
+        terms = {f"term_{name}": value for name, value in image.terms.items() if value == value}  # NaN: not computed
+        if not image.face_found:
+            terms.pop("term_fr_cos", None)  # computed for the batch, but not part of this image's objective
+        return cls(
+            uid=item.uid, source=item.source, method=method, width=item.width, height=item.height,
+            iterations=image.iterations, seconds=image.seconds,
+            status="ok" if image.face_found else "no_face",
+            message="" if image.face_found else "no face detected: protected without the face-recognition term",
+            linf_255=diff.abs().max().item(), psnr_db=10 * math.log10(255.0**2 / mse) if mse > 0 else float("inf"),
+            fr_cos_recon=image.fr_cos_recon if image.face_found else None,
+            fr_cos_recon_detected=image.fr_cos_recon_detected if image.face_found else None,
+            extra_json=jsonable(item.extra), **terms,
+        )
+
+    @classmethod
+    def failed(cls, item: ImageItem, method: str) -> "ManifestRow":
+        return cls(uid=item.uid, source=item.source, status="error", message=item.message, method=method,
+                   width=item.width, height=item.height, iterations=0, extra_json=jsonable(item.extra))
+
+
+def jsonable(extra: dict) -> str:
+    """The JSON of a row's plain-valued extra columns (images and other binary cells are left out)."""
+    plain = {k: v for k, v in extra.items() if isinstance(v, (str, int, float, bool, list, type(None)))}
+    return json.dumps(plain, sort_keys=True, default=str)
+
+
+_ARROW_TYPES = {str: pa.string(), int: pa.int32(), float: pa.float32(), float | None: pa.float32()}
+
+
+def _schema(row_type: type) -> pa.Schema:
+    hints = typing.get_type_hints(row_type)
+    return pa.schema([(f.name, f.metadata.get("arrow", _ARROW_TYPES[hints[f.name]])) for f in dataclasses.fields(row_type)])
+
+
+SCHEMA = _schema(ManifestRow)

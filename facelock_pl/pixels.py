@@ -1,0 +1,79 @@
+"""Pixel conventions and PNG I/O, in one place.
+
+Inside the engine pixels are floats in [-1, 1] ("pm1"). At the edges — decoding, PNG files, evaluation —
+they are 8-bit levels: uint8 tensors [3, H, W] or [B, 3, H, W] in 0..255. An L∞ budget ε in [-1, 1] units
+allows ⌊ε·127.5⌋ levels of change in the saved 8-bit image (ε = 0.03 → 3 levels).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+def levels_to_pm1(levels: torch.Tensor) -> torch.Tensor:
+    """uint8 levels -> float32 in [-1, 1]."""
+    return levels.float() / 127.5 - 1
+
+
+def pm1_to_levels(x: torch.Tensor) -> torch.Tensor:
+    """The 8-bit image (uint8) of x in [-1, 1], as it would be saved."""
+    return torch.round((x.float() + 1) * 127.5).clamp(0, 255).to(torch.uint8)
+
+
+def levels_to_unit(levels: torch.Tensor) -> torch.Tensor:
+    """uint8 levels -> float32 in [0, 1] (what torchmetrics, CLIP and kornia expect)."""
+    return levels.float() / 255
+
+
+def unit_to_levels(x: torch.Tensor) -> torch.Tensor:
+    """float in [0, 1] -> uint8 levels (rounded, clipped)."""
+    return torch.round(x.float().clamp(0, 1) * 255).to(torch.uint8)
+
+
+def budget_levels(eps: float) -> int:
+    """How many 8-bit levels an ε (in [-1, 1] units) allows: ⌊ε·127.5⌋."""
+    return math.floor(eps * 127.5 + 1e-6)
+
+
+def quantise_to_levels(x_adv: torch.Tensor, levels: torch.Tensor, eps: float) -> torch.Tensor:
+    """The 8-bit image of x_adv that keeps ‖png − source‖∞ ≤ ⌊ε·127.5⌋ levels (`levels`: the 8-bit source)."""
+    budget = budget_levels(eps)
+    rounded = torch.round((x_adv.float() + 1) * 127.5)
+    source = levels.float()
+    return torch.minimum(torch.maximum(rounded, source - budget), source + budget).clamp(0, 255).to(torch.uint8)
+
+
+def straight_through_levels(x_adv: torch.Tensor, levels: torch.Tensor, eps: float) -> torch.Tensor:
+    """The 8-bit image x_adv would be saved as (in [-1, 1]), with the gradient of the identity
+    (straight-through rounding): the forward pass sees exactly the PNG's pixels."""
+    saved = levels_to_pm1(quantise_to_levels(x_adv.detach(), levels, eps)).to(x_adv.dtype)
+    return x_adv + (saved - x_adv.detach())
+
+
+def pil_to_levels(image: Image.Image) -> torch.Tensor:
+    """An RGB PIL image -> uint8 [3, H, W]."""
+    return torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
+
+
+def levels_to_pil(levels: torch.Tensor) -> Image.Image:
+    """uint8 [3, H, W] -> RGB PIL image."""
+    return Image.fromarray(np.ascontiguousarray(levels.permute(1, 2, 0).cpu().numpy()))
+
+
+def png_bytes(levels: torch.Tensor) -> bytes:
+    """Lossless PNG of a uint8 [3, H, W] tensor."""
+    buffer = io.BytesIO()
+    levels_to_pil(levels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def read_levels(path: str | Path) -> torch.Tensor:
+    """uint8 [3, H, W] of an image file (as RGB); for files this project wrote (PNG edits, protected images)."""
+    with Image.open(path) as image:
+        return pil_to_levels(image)
