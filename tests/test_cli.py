@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import yaml
 from PIL import Image
 
 from conftest import ROOT, random_image
@@ -99,6 +100,19 @@ def test_python_dash_m_and_print_config(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "eps: 0.02" in result.stdout and "batch_size: 3" in result.stdout
     assert "kind: tiny-random-kl" in result.stdout and f"output_dir: {tmp_path}" in result.stdout
+
+
+def test_flat_model_keys_of_earlier_versions_still_work(capsys):
+    """`--model.eps`, `--model.stop_below`... were grouped (attack, objective, stopping, speed); the old
+    command-line spellings are read as the new keys."""
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(ROOT / "configs" / "tiny.yaml"), "--model.eps", "0.02", "--model.stop_below=-0.4",
+              "--model.fr_weight", "2", "--model.amp_dtype", "float16", "--model.min_iterations", "7", "--print_config"])
+    printed = capsys.readouterr().out
+    model = yaml.safe_load(printed)["model"]
+    assert model["attack"]["eps"] == 0.02 and model["stopping"] == {"below": -0.4, "patience": 2, "check_every": 5,
+                                                                   "min_iterations": 7}
+    assert model["objective"]["fr_weight"] == 2 and model["speed"]["amp_dtype"] == "float16"
 
 
 def test_missing_weights_stop_before_any_work(face_folder, tmp_path, capsys, monkeypatch):

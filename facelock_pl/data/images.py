@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ..pixels import pil_to_levels
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 DEFAULT_MAX_PIXELS = 100_000_000  # decompression-bomb guard: ~10k x 10k
 _UID_MAX_LEN = 120
@@ -71,8 +73,7 @@ def square_resize(image: Image.Image, resolution: int) -> torch.Tensor:
     side = min(width, height)
     left, top = (width - side) // 2, (height - side) // 2
     square = image.crop((left, top, left + side, top + side))
-    resized = square.resize((resolution, resolution), Image.Resampling.LANCZOS, reducing_gap=None)
-    return torch.from_numpy(np.asarray(resized, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
+    return pil_to_levels(square.resize((resolution, resolution), Image.Resampling.LANCZOS, reducing_gap=None))
 
 
 def make_uid(name: str) -> str:

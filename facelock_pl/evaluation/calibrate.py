@@ -16,6 +16,7 @@ import torch
 
 from ..data import load_rgb
 from ..models import RecognizerSpec
+from ..pixels import pil_to_levels
 from .metrics import FaceScorer
 
 
@@ -26,7 +27,7 @@ def pair_scores(pairs_csv: Path, specs: list[RecognizerSpec], device: torch.devi
     scorer = FaceScorer(specs, device or torch.device("cpu"))
     embeddings = {}
     for name in sorted({r["file_x"] for r in rows} | {r["file_y"] for r in rows}):
-        levels = torch.from_numpy(np.asarray(load_rgb(folder / name))).permute(2, 0, 1)[None]
+        levels = pil_to_levels(load_rgb(folder / name))[None]
         found, embs = scorer.embed(levels)
         if not bool(found[0]):
             raise ValueError(f"no face found in {folder / name}: pairs must show detectable faces")

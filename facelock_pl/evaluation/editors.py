@@ -20,6 +20,7 @@ import torch
 from ..seeding import uid_seed
 from ..models import VAESpec, load_vae
 from ..models.weights import load_pretrained
+from ..pixels import levels_to_unit, unit_to_levels
 
 
 @dataclass
@@ -61,7 +62,7 @@ class Editor:
     @torch.no_grad()
     def __call__(self, levels: torch.Tensor, prompt: str, seeds: list[int]) -> torch.Tensor:
         """Edit uint8 [B, 3, H, W] images with one prompt; returns uint8 [B, 3, H, W]."""
-        x = levels.to(self.device).float() / 255
+        x = levels_to_unit(levels.to(self.device))
         if self.vae is not None:
             out = (self.vae.decode(self.vae.encode(x * 2 - 1)).clamp(-1, 1) + 1) / 2
         else:
@@ -71,7 +72,7 @@ class Editor:
                 image_guidance_scale=self.spec.image_guidance, guidance_scale=self.spec.guidance,
                 generator=generators, output_type="pt",
             ).images
-        return torch.round(out.float().clamp(0, 1) * 255).to(torch.uint8).cpu()
+        return unit_to_levels(out).cpu()
 
 
 def _pipeline(spec: EditorSpec, device: torch.device):

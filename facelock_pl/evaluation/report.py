@@ -111,8 +111,7 @@ def _fr_heatmap(frame: pd.DataFrame, column: str, prompts: dict[int, str], path:
 
 def _grid(rows: list[list[torch.Tensor]]) -> bytes:
     """A PNG of uint8 [3, H, W] tiles, row by row."""
-    tiles = [[t.permute(1, 2, 0).numpy() for t in row] for row in rows]
-    return png_bytes(torch.from_numpy(np.concatenate([np.concatenate(r, axis=1) for r in tiles], axis=0)).permute(2, 0, 1))
+    return png_bytes(torch.cat([torch.cat(row, dim=2) for row in rows], dim=1))
 
 
 def _sample_grids(out: Path, sets: list[ImageSet], sources: dict, prompts: dict[int, str], samples: int) -> dict[str, bytes]:
