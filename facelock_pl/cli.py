@@ -1,111 +1,155 @@
-"""The command line.
+"""The command line: `python -m facelock_pl COMMAND [options]` (or `facelock-pl COMMAND`).
 
-- `python -m facelock_pl fit --config configs/X.yaml`: protect images (a LightningCLI around the engine).
-- `python -m facelock_pl edit --config configs/edit-X.yaml`: edit clean and protected sets.
-- `python -m facelock_pl evaluate --config configs/evaluate-X.yaml`: score the edits, write the report.
-
-Every config value can be overridden on the command line (`--model.eps 0.02`, `--data.batch_size 4`,
-`--trainer.devices 2`); `--print_config` prints the resolved configuration.
+Every config value can be overridden on the command line (`--model.attack.eps 0.02`, `--data.batch_size 4`,
+`--trainer.devices 2`); `--print_config` prints the resolved configuration; `-v` shows the libraries' logs
+and warnings. Misspelt options are errors (no prefix matching), reported in one line with the nearest
+valid keys.
 """
 
 from __future__ import annotations
 
+import difflib
+import logging
+import re
 import sys
 import warnings
 
-from lightning.pytorch.callbacks import ProgressBar
-from lightning.pytorch.cli import LightningCLI
+from .config_files import ConfigError, prepare_args
+from .outputs.lock import OutputLockedError
 
-from .data import FaceDataModule
-from .engine import ProtectionModule
-from .models import WeightsUnavailableError
-from .progress import ImagesProgressBar
+USAGE = """usage: python -m facelock_pl COMMAND [-v] [--config FILE] [--assets DIR] [options]
 
-TRAINER_DEFAULTS = {
-    "max_epochs": 1,  # one pass over the images; each batch is repeated `iterations` times
-    "enable_checkpointing": False,  # resuming works per image from the manifest, not from checkpoints
-    "enable_model_summary": False,
-    "num_sanity_val_steps": 0,
-    "log_every_n_steps": 1,
-}
+Protect portraits against AI editing (FaceLock, arXiv 2411.16832).
 
+commands:
+  fit        protect images:            fit --config configs/protect.yaml --data.source FOLDER --output_dir OUT
+  edit       edit clean and protected images (evaluation, step 1): edit --config configs/edit.yaml --sets '{name: OUT}'
+  evaluate   score the edits and write the report (evaluation, step 2): evaluate --config configs/evaluate.yaml
+  assets     fetch the offline weights bundle: assets download --to DIR (then --assets DIR)
 
-class FaceLockCLI(LightningCLI):
-    def add_arguments_to_parser(self, parser) -> None:
-        parser.add_argument("--output_dir", type=str, default="outputs", help="folder for images/, manifest/ and logs")
-        parser.link_arguments("output_dir", "model.output_dir")
-        parser.link_arguments("output_dir", "data.output_dir")
-        parser.link_arguments("output_dir", "trainer.default_root_dir")
+`python -m facelock_pl COMMAND --help` lists a command's options.
 
-    def instantiate_trainer(self, **kwargs):
-        config = self.config_init[self.subcommand] if self.subcommand else self.config_init
-        trainer = config["trainer"]
-        callbacks = list(trainer.get("callbacks") or [])
-        # The images-counting bar, unless the user turned bars off or brought their own.
-        if trainer.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
-            kwargs["callbacks"] = [*callbacks, ImagesProgressBar()]
-        return super().instantiate_trainer(**kwargs)
+exit codes:
+  0  everything asked for is protected (or already was)
+  1  an unexpected error (a bug or a broken environment; the traceback is printed)
+  2  the run could not start: a bad option, path or value, missing weights, an output folder in use
+  3  the run finished, but some images could not be protected (their manifest rows say why)
+  4  the source holds no image to protect
+  5  stopped by SIGTERM, SIGINT or SIGUSR1 (SLURM's pre-timeout signal): finished images are kept, rerun to resume
+"""
+
+EXIT_OK, EXIT_CRASH, EXIT_USAGE, EXIT_PARTLY_FAILED, EXIT_NO_IMAGES, EXIT_INTERRUPTED = range(6)
+COMMANDS = ("fit", "edit", "evaluate", "assets")
 
 
-EVALUATION_COMMANDS = ("edit", "evaluate")
-
-# The module's arguments were grouped (attack, objective, stopping, speed); the flat command-line spellings
-# users already have keep working: `--model.eps 0.02` is read as `--model.attack.eps 0.02`.
-_GROUPED = {
-    "attack": ("eps", "step_size", "iterations", "seed", "quantise_forward", "eot", "eot_samples", "grad_smoothing",
-               "momentum"),
-    "objective": ("fr_weight", "latent_weight", "lpips_weight", "fr_start", "lpips_start", "fr_reduction"),
-    "speed": ("amp_dtype", "channels_last", "compile", "checkpoint_decoder"),
-}
-RENAMED_KEYS = {f"model.{key}": f"model.{group}.{key}" for group, keys in _GROUPED.items() for key in keys}
-RENAMED_KEYS.update({"model.stop_below": "model.stopping.below", "model.stop_patience": "model.stopping.patience",
-                     "model.stop_check_every": "model.stopping.check_every",
-                     "model.min_iterations": "model.stopping.min_iterations"})
+class NoImagesError(RuntimeError):
+    """The source holds no image to protect."""
 
 
-def upgrade_keys(args: list[str]) -> list[str]:
-    """`--model.<old key>[=value]` -> `--model.<group>.<key>[=value]` (see `RENAMED_KEYS`)."""
-    upgraded = []
-    for arg in args:
-        key, sep, value = arg[2:].partition("=") if arg.startswith("--") else ("", "", "")
-        upgraded.append(f"--{RENAMED_KEYS[key]}{sep}{value}" if key in RENAMED_KEYS else arg)
-    return upgraded
-
-# The frozen networks are in eval mode by design; Lightning's warning about it is noise here.
-warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
+class _Handler(logging.StreamHandler):
+    """The project's messages on stderr, bare."""
 
 
-def _evaluation_cli(args: list[str]) -> None:
-    import logging
+def configure_output(verbose: bool) -> None:
+    """Our messages always; the libraries' logs and warnings only with -v."""
+    ours = logging.getLogger("facelock_pl")
+    ours.setLevel(logging.INFO)
+    if not any(isinstance(h, _Handler) for h in ours.handlers):
+        handler = _Handler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        ours.addHandler(handler)
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
+    if not verbose:
+        warnings.filterwarnings("ignore")
 
-    from jsonargparse import CLI
 
-    from .evaluation import run_edit, run_evaluate
+def _known_keys(parser) -> list[str]:
+    keys = []
+    for action in parser._actions:
+        keys += [option[2:] for option in action.option_strings if option.startswith("--") and not option.endswith("+")]
+    return keys
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    commands = {"edit": run_edit, "evaluate": run_evaluate}
-    CLI(commands[args[0]], args=args[1:], as_positional=False)
+
+def explain(error: Exception, parser=None) -> str:
+    """One line for a user's mistake; with the nearest valid keys for an unknown one."""
+    message = " ".join(str(error).split())
+    unknown = re.findall(r"--([\w.]+)", message.split("unrecognized arguments:")[-1]) if "unrecognized" in message else []
+    unknown += re.findall(r"Key '([\w.]+)' is not expected", message)
+    if parser is not None and unknown:
+        close = difflib.get_close_matches(unknown[0], _known_keys(parser), n=3, cutoff=0.6)
+        if close:
+            message += "; did you mean " + " or ".join(f"--{c}" for c in close) + "?"
+    return message
 
 
 def main(args: list[str] | None = None) -> None:
-    args = sys.argv[1:] if args is None else args
+    args = sys.argv[1:] if args is None else list(args)
+    verbose = any(a in ("-v", "--verbose") for a in args)
+    args = [a for a in args if a not in ("-v", "--verbose")]
+    if not args or args[0] in ("-h", "--help"):
+        print(USAGE)
+        raise SystemExit(EXIT_OK if args else EXIT_USAGE)
+    command, rest = args[0], args[1:]
+    if command not in COMMANDS:
+        close = difflib.get_close_matches(command, COMMANDS, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        print(f"facelock_pl: unknown command {command!r} (commands: {', '.join(COMMANDS)}){hint}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+    configure_output(verbose)
+    raise SystemExit(_run(command, rest))
+
+
+def parse_strictly(parser, args: list[str]):
+    """`parser.parse_args`, with a user's mistake turned into a one-line `ConfigError`."""
+    from jsonargparse import ArgumentError
+
     try:
-        if args and args[0] in EVALUATION_COMMANDS:
-            _evaluation_cli(args)
-            return
-        FaceLockCLI(
-            ProtectionModule,
-            FaceDataModule,
-            trainer_defaults=TRAINER_DEFAULTS,
-            save_config_kwargs={"overwrite": True},
-            auto_configure_optimizers=False,
-            args=upgrade_keys(args),
-        )
-    except WeightsUnavailableError as error:
-        # Models load before any image is touched: say once, plainly, what is missing and how to fix it.
-        print(f"facelock_pl: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+        return parser.parse_args(args)
+    except ArgumentError as error:
+        raise ConfigError(explain(error, parser)) from None
+
+
+def _evaluation(command: str, args: list[str]) -> int:
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    from .evaluation import run_edit, run_evaluate
+
+    function = {"edit": run_edit, "evaluate": run_evaluate}[command]
+    parser = ArgumentParser(prog=f"python -m facelock_pl {command}", description=function.__doc__.split("\n")[0],
+                            exit_on_error=False, allow_abbrev=False)
+    parser.add_argument("-c", "--config", action=ActionConfigFile, help="a YAML config file (configs/edit*.yaml, evaluate*.yaml)")
+    parser.add_function_arguments(function, as_positional=False)
+    config = parser.instantiate_classes(parse_strictly(parser, args))
+    function(**{key: value for key, value in vars(config).items() if key != "config"})
+    return EXIT_OK
+
+
+def _run(command: str, args: list[str]) -> int:
+    from .models import WeightsUnavailableError
+
+    try:
+        args = prepare_args(args)
+        if command == "fit":
+            from .fit import run_fit
+
+            return run_fit(args)
+        if command == "assets":
+            from .assets import main as assets_main
+
+            return assets_main(args)
+        return _evaluation(command, args)
+    except (ConfigError, WeightsUnavailableError, OutputLockedError) as error:
+        message = str(error)
+    except NoImagesError as error:
+        print(f"facelock_pl {command}: {error}", file=sys.stderr)
+        return EXIT_NO_IMAGES
+    except KeyboardInterrupt:
+        print(f"facelock_pl {command}: interrupted before the run started; nothing was protected", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print(f"facelock_pl {command}: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

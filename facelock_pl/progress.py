@@ -1,17 +1,90 @@
-"""A progress bar that counts images, not just PGD steps."""
+"""Progress in the user's units: images done and to do, the current image's iteration, elapsed, ETA, images/s.
+
+On a terminal, a live rich bar; in a log (not a terminal), a line every 5% of the images. The ETA counts the
+PGD steps left — the iterations left of the images in flight plus, for images not started, the mean
+iterations that finished images needed (under adaptive stopping fewer than `iterations`) — divided by the
+slots, times the recent seconds per step.
+"""
 
 from __future__ import annotations
 
-from lightning.pytorch.callbacks import TQDMProgressBar
+import time
+
+from lightning.pytorch.callbacks import ProgressBar
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from . import logs
 
 
-class ImagesProgressBar(TQDMProgressBar):
-    """Lightning's bar (one tick per PGD iteration) with `images: done/total` beside it."""
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    minutes, seconds = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"
 
-    def get_metrics(self, trainer, pl_module) -> dict:
-        metrics = super().get_metrics(trainer, pl_module)
-        metrics.pop("v_num", None)
-        total = getattr(trainer.datamodule, "num_pending", None) if trainer.datamodule is not None else None
-        done = getattr(pl_module, "images_done", 0)
-        metrics["images"] = f"{done}/{total}" if total is not None else str(done)
-        return metrics
+
+class ImagesProgress(ProgressBar):
+    """Shown by global rank 0 for its own share of the images."""
+
+    def __init__(self):
+        super().__init__()
+        self._enabled = True
+        self.bar: Progress | None = None
+        self.task = None
+        self.step_seconds: float | None = None  # exponential moving average
+        self._last: float | None = None
+        self._started = 0.0
+        self._logged = 0
+
+    def disable(self) -> None:
+        self._enabled = False
+
+    def enable(self) -> None:
+        self._enabled = True
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if not (self._enabled and trainer.is_global_zero):
+            return
+        self.total = trainer.datamodule.num_pending if trainer.datamodule is not None else 0
+        self._started = self._last = time.perf_counter()
+        console = Console(stderr=True)
+        if console.is_terminal:
+            self.bar = Progress(TextColumn("images"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
+                                TimeElapsedColumn(), console=console, transient=False)
+            self.task = self.bar.add_task("protect", total=self.total, status="")
+            self.bar.start()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if not (self._enabled and trainer.is_global_zero):
+            return
+        now = time.perf_counter()
+        step = now - self._last
+        self.step_seconds = step if self.step_seconds is None else 0.9 * self.step_seconds + 0.1 * step
+        self._last = now
+        done, status = pl_module.images_done, self.status(pl_module)
+        if self.bar is not None:
+            self.bar.update(self.task, completed=done, status=status)
+        elif self.total and done >= self._logged + max(1, self.total // 20):
+            self._logged = done
+            logs.info(f"facelock_pl: images {done}/{self.total} {status} elapsed {_duration(now - self._started)}")
+
+    def status(self, pl_module) -> str:
+        attack, done = pl_module.attack, pl_module.images_done
+        iterations = attack.config.iterations
+        in_flight = attack.slots.iteration[attack.slots.occupied].tolist() if attack.busy else []
+        finished_iterations = pl_module.stats.iterations_mean(iterations)
+        not_started = max(0, self.total - done - len(in_flight))
+        steps_left = (sum(finished_iterations - i if finished_iterations > i else 0 for i in in_flight)
+                      + not_started * finished_iterations) / max(1, attack.capacity)
+        elapsed = time.perf_counter() - self._started
+        current = f"iteration {max(in_flight)}/{iterations}" if in_flight else "idle"
+        rate = f"{done / elapsed:.3f} images/s" if done and elapsed > 0 else "– images/s"
+        eta = _duration(steps_left * self.step_seconds) if self.step_seconds is not None else "?"
+        return f"{current}  {rate}  ETA {eta}"
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import torch
@@ -63,7 +62,7 @@ def tiny_module_kwargs(**overrides) -> dict:
     def group(cls, **defaults):
         names = {f.name for f in dataclasses.fields(cls)}
         values = {**defaults, **{k: overrides.pop(k) for k in list(overrides) if k in names}}
-        return cls(**values) if values else None
+        return cls(**values)
 
     kwargs = dict(method="facelock", attack=group(AttackConfig, iterations=8), objective=group(FaceLockObjective),
                   speed=group(SpeedConfig, amp_dtype=None), vae=VAESpec(kind="tiny-random-kl"),
@@ -72,9 +71,13 @@ def tiny_module_kwargs(**overrides) -> dict:
     return kwargs
 
 
-def copy_tree(src: Path, dst: Path) -> Path:
-    shutil.copytree(src, dst)
-    return dst
+def run_cli(*args) -> int:
+    """The command line, in this process; returns its exit code."""
+    from facelock_pl.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main([str(a) for a in args])
+    return stop.value.code
 
 
 def random_image(size=(80, 96), seed=0) -> np.ndarray:

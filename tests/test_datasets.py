@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT, astronaut, grace_hopper, random_image
-from facelock_pl.cli import main
+from conftest import ROOT, astronaut, grace_hopper, random_image, run_cli
 from facelock_pl.data import FaceDataModule
 from facelock_pl.outputs import read_manifest
 
@@ -64,9 +63,10 @@ def test_parquet_dataset_with_bad_rows_to_protected_parquet(tmp_path, caplog):
     source = tmp_path / "celeb.parquet"
     celeb_like(tmp_path).to_parquet(str(source))
     out = tmp_path / "out"
-    main(["fit", "--config", str(ROOT / "configs" / "tiny.yaml"), "--data.source", str(source), "--data.id_column", "id",
-          "--data.batch_size", "3", "--model.output_format", "both", "--output_dir", str(out),
-          "--trainer.enable_progress_bar", "false"])
+    code = run_cli("fit", "--config", ROOT / "configs" / "tiny.yaml", "--data.source", source, "--data.id_column", "id",
+                   "--data.batch_size", "3", "--model.output_format", "both", "--output_dir", out,
+                   "--trainer.enable_progress_bar", "false")
+    assert code == 3  # three bad rows: partly failed
     manifest = read_manifest(out).set_index("uid")
     assert len(manifest) == 7
     dup = [u for u in manifest.index if u.startswith("astro-dup1-")]
@@ -116,7 +116,9 @@ def test_save_to_disk_imagefolder_shards_and_limit(tmp_path):
 
 
 def test_unreachable_hub_dataset_is_a_clear_error(monkeypatch):
+    from facelock_pl.config_files import ConfigError
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
-    with pytest.raises(FileNotFoundError, match="mattymchen/celeba-hq.*--data.source"):
+    with pytest.raises(ConfigError, match="mattymchen/celeba-hq.*--data.source"):
         make_module("mattymchen/celeba-hq")

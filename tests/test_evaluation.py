@@ -11,8 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import ROOT
-from facelock_pl.cli import main
+from conftest import ROOT, run_cli
 from facelock_pl.evaluation import Editor, EditorSpec, metrics, purify
 from facelock_pl.evaluation.report import aggregate
 from facelock_pl.models import LPIPSSpec, load_lpips
@@ -95,8 +94,8 @@ def test_same_seed_same_edit_whatever_the_batch():
 def protected_set(face_folder, tmp_path):
     """A tiny `fit` run over the two real portraits."""
     out = tmp_path / "protected"
-    main(["fit", "--config", str(ROOT / "configs" / "tiny.yaml"), "--data.source", str(face_folder),
-          "--output_dir", str(out), "--trainer.enable_progress_bar", "false"])
+    assert run_cli("fit", "--config", ROOT / "configs" / "tiny.yaml", "--data.source", face_folder, "--output_dir", out,
+                   "--trainer.enable_progress_bar", "false") == 0
     return out
 
 
@@ -104,21 +103,21 @@ def test_edit_then_evaluate_end_to_end(face_folder, protected_set, tmp_path, cap
     caplog.set_level("INFO")
     out = tmp_path / "eval"
     common = ["--data.source", str(face_folder), "--sets", f"{{facelock: {protected_set}}}", "--output_dir", str(out)]
-    main(["edit", "--config", str(ROOT / "configs" / "edit-tiny.yaml"), *common])
+    assert run_cli("edit", "--config", ROOT / "configs" / "edit-tiny.yaml", *common) == 0
     edits = sorted(p.relative_to(out / "edits").as_posix() for p in (out / "edits").rglob("*.png"))
     sets = ["clean", "facelock", "facelock+jpeg75", "facelock+resize0.5"]
     assert edits == sorted(f"{s}/{p}/{u}.png" for s in sets for p in (0, 13) for u in ("astronaut", "grace_hopper"))
 
     # Resume: nothing to redo; one missing edit is redone.
     caplog.clear()
-    main(["edit", "--config", str(ROOT / "configs" / "edit-tiny.yaml"), *common])
+    assert run_cli("edit", "--config", ROOT / "configs" / "edit-tiny.yaml", *common) == 0
     assert "16 edits already done" in caplog.text and "0 edits written" in caplog.text
     (out / "edits" / "facelock" / "13" / "astronaut.png").unlink()
     caplog.clear()
-    main(["edit", "--config", str(ROOT / "configs" / "edit-tiny.yaml"), *common])
+    assert run_cli("edit", "--config", ROOT / "configs" / "edit-tiny.yaml", *common) == 0
     assert "1 edits written" in caplog.text
 
-    main(["evaluate", "--config", str(ROOT / "configs" / "evaluate-tiny.yaml"), "--output_dir", str(out)])
+    assert run_cli("evaluate", "--config", ROOT / "configs" / "evaluate-tiny.yaml", "--output_dir", out) == 0
     report = out / "report"
     for name in ("table.md", "per_image.parquet", "by_set.csv", "by_prompt.csv", "overall.csv", "metrics.png",
                  "fr_histogram.png", "fr_heatmap.png", "index.html"):
@@ -137,31 +136,32 @@ def test_edit_then_evaluate_end_to_end(face_folder, protected_set, tmp_path, cap
     assert not re.search(r'src="(?!data:)', page)  # self-contained
 
 
-def test_evaluate_scores_what_edit_recorded_and_refuses_what_it_did_not(face_folder, protected_set, tmp_path):
+def test_evaluate_scores_what_edit_recorded_and_refuses_what_it_did_not(face_folder, protected_set, tmp_path, capsys):
     out = tmp_path / "eval"
-    evaluate = ["evaluate", "--config", str(ROOT / "configs" / "evaluate-tiny.yaml"), "--output_dir", str(out)]
-    with pytest.raises(FileNotFoundError, match="run `python -m facelock_pl edit` first"):
-        main(evaluate)
-    edit = ["edit", "--config", str(ROOT / "configs" / "edit-tiny.yaml"), "--data.source", str(face_folder),
-            "--output_dir", str(out), "--prompt_ids", "[0]"]
-    main([*edit, "--sets", f"{{facelock: {protected_set}}}", "--purify", "[jpeg:75]"])
+    evaluate = ["evaluate", "--config", ROOT / "configs" / "evaluate-tiny.yaml", "--output_dir", out]
+
+    def refused(*args) -> str:
+        assert run_cli(*args) == 2
+        return capsys.readouterr().err
+
+    assert "run `python -m facelock_pl edit` first" in refused(*evaluate)
+    edit = ["edit", "--config", ROOT / "configs" / "edit-tiny.yaml", "--data.source", face_folder, "--output_dir", out,
+            "--prompt_ids", "[0]"]
+    assert run_cli(*edit, "--sets", f"{{facelock: {protected_set}}}", "--purify", "[jpeg:75]") == 0
     record = json.loads((out / "edits" / "edit.json").read_text())
     assert record["sets"] == {"facelock": str(protected_set.resolve())} and record["purify"] == ["jpeg:75"]
     assert record["prompt_ids"] == [0] and record["data"]["source"] == str(face_folder.resolve())
 
-    with pytest.raises(ValueError, match="not edited in this output folder: purification 'blur:1.5'"):
-        main([*evaluate, "--purify", "[blur:1.5]"])
-    with pytest.raises(ValueError, match="set 'other'"):
-        main([*evaluate, "--sets", f"{{other: {protected_set}}}"])
-    main([*evaluate, "--purify", "[]"])  # a narrower report: no purified set
+    assert "not edited in this output folder: purification 'blur:1.5'" in refused(*evaluate, "--purify", "[blur:1.5]")
+    assert "set 'other'" in refused(*evaluate, "--sets", f"{{other: {protected_set}}}")
+    assert run_cli(*evaluate, "--purify", "[]") == 0  # a narrower report: no purified set
     frame = pd.read_parquet(out / "report" / "per_image.parquet")
     assert set(frame["set"]) == {"clean", "facelock"} and set(frame["prompt_id"]) == {0}
 
     # A later edit may add prompts; one with another editor setting would not compare, so it is refused.
-    main([*edit[:-2], "--prompt_ids", "[13]", "--sets", f"{{facelock: {protected_set}}}"])
+    assert run_cli(*edit[:-2], "--prompt_ids", "[13]", "--sets", f"{{facelock: {protected_set}}}") == 0
     assert json.loads((out / "edits" / "edit.json").read_text())["prompt_ids"] == [0, 13]
-    with pytest.raises(ValueError, match="other editor"):
-        main([*edit, "--editor.steps", "5"])
+    assert "other editor" in refused(*edit, "--editor.steps", "5")
 
 
 def test_fr_is_measured_on_real_faces_and_no_face_counts_as_fdfr():

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import ROOT, needs_shared
+from conftest import ROOT, needs_shared, run_cli
 from facelock_pl.data import load_rgb, square_resize
 from facelock_pl.models import RecognizerSpec, VAESpec, load_vae
 
@@ -57,17 +57,14 @@ def test_taesd_reconstructs_a_shared_face(shared_assets):
 
 @pytest.mark.slow
 def test_facelock_destroys_identity_with_real_weights(shared_assets, tmp_path):
-    from facelock_pl.cli import main
     from facelock_pl.outputs import read_manifest
 
     out = tmp_path / "out"
     facenet = shared_assets / "fr" / "facenet-casia" / "facenet_casia_webface_20180408_fp16.safetensors"
-    main(["fit", "--config", str(ROOT / "configs" / "offline.yaml"),
-          "--data.source", str(shared_assets / "faces" / "celebahq"), "--data.limit", "1", "--data.batch_size", "1",
-          "--data.num_workers", "0", "--model.iterations", "60", "--output_dir", str(out),
-          "--model.vae.path", str(shared_assets / "vae" / "taesd"),
-          "--model.recognizers", f'[{{"kind": "facenet", "name": "facenet-casia", "weights": "{facenet}"}}]',
-          "--trainer.enable_progress_bar", "false"])
+    code = run_cli("fit", "--config", ROOT / "configs" / "offline.yaml", "--assets", shared_assets, "--data.limit", "1",
+                   "--data.batch_size", "1", "--data.num_workers", "0", "--model.attack.iterations", "60",
+                   "--output_dir", out, "--trainer.enable_progress_bar", "false")
+    assert code == 0
     row = read_manifest(out).iloc[0]
     print(f"FaceLock 60 it, 256 px, {row.uid}: fr_cos_recon {row.fr_cos_recon:.3f} (detected anew "
           f"{row.fr_cos_recon_detected:.3f}), linf_255 {row.linf_255}, "
@@ -98,19 +95,15 @@ def test_offline_evaluation_of_the_vae_round_trip(shared_assets, tmp_path):
     round trip of each face (cos(SFace(x), SFace(TAESD(x))) is 0.90-0.98), also after JPEG-75."""
     import pandas as pd
 
-    from facelock_pl.cli import main
-
     faces = tmp_path / "faces"
     faces.mkdir()
     for path in sorted((shared_assets / "faces" / "celebahq").glob("*.jpg"))[:2]:
         (faces / path.name).write_bytes(path.read_bytes())
     out = tmp_path / "eval"
-    main(["edit", "--config", str(ROOT / "configs" / "edit-offline.yaml"), "--data.source", str(faces), "--output_dir", str(out),
-          "--editor.vae.path", str(shared_assets / "vae" / "taesd")])
-    recognizers = (ROOT / "configs" / "evaluate-offline.yaml").read_text().replace("../shared/assets", str(shared_assets))
-    config = tmp_path / "evaluate.yaml"
-    config.write_text(recognizers)
-    main(["evaluate", "--config", str(config), "--output_dir", str(out)])
+    assert run_cli("edit", "--config", ROOT / "configs" / "edit-offline.yaml", "--assets", shared_assets,
+                   "--data.source", faces, "--output_dir", out) == 0
+    assert run_cli("evaluate", "--config", ROOT / "configs" / "evaluate-offline.yaml", "--assets", shared_assets,
+                   "--output_dir", out) == 0
     frame = pd.read_parquet(out / "report" / "per_image.parquet")
     assert set(frame["set"]) == {"clean"} and len(frame) == 2
     for name in ("sface", "facenet-casia", "w600k-mbf"):

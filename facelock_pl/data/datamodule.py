@@ -1,9 +1,11 @@
 """`FaceDataModule`: which images to protect, on which rank, loaded and resized in worker processes.
 
 - Sources: a folder of images, `demo`, or a Hugging Face dataset (hub id, parquet, `save_to_disk`,
-  `imagefolder`); `num_shards`/`shard_index` select one contiguous shard of it, `limit` caps the count.
-- Resume: images with an `ok` row in the output manifest are skipped. Rank 0 reads the manifest once and
-  broadcasts the finished set, so all ranks shard the same pending list.
+  `imagefolder`); `num_shards`/`shard_index` select one contiguous shard of it, `limit` its first images.
+  The run's own output folder is never part of the source, wherever it is.
+- Resume: images with a final row (`ok` or `no_face`) in the output manifest are skipped, and every file
+  keeps the uid it was given (adding files never renames earlier ones). Rank 0 reads the manifest once
+  and broadcasts what it found, so all ranks shard the same pending list.
 - Ranks: each rank takes a contiguous, disjoint slice of the pending list — no image twice, none
   skipped (Lightning's `DistributedSampler` would pad with duplicates instead).
 - Batches: the engine's `batch_size` slots are continuously refilled from an `ImageQueue` (`QueueFeed`): one
@@ -18,10 +20,11 @@ from pathlib import Path
 from typing import Literal
 
 import lightning as L
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
-from ..outputs import finished_uids, remove_orphan_parts
+from .. import logs
+from ..outputs import read_manifest, repair
+from ..outputs.manifest import FINAL_STATUSES
 from .feeder import QueueFeed
 from .folder import FolderImages, demo_entries
 from .hf import HFImages, contiguous_shard, detect_format, open_dataset, row_uids
@@ -29,6 +32,7 @@ from .images import DEFAULT_MAX_PIXELS
 from .items import ImageItem
 
 DEMO_SOURCE = "demo"  # the portraits that scikit-image and matplotlib ship
+FORMATS = ("auto", "folder", "imagefolder", "parquet", "disk", "hub")
 
 
 class RankSlice(Dataset):
@@ -48,79 +52,101 @@ class FaceDataModule(L.LightningDataModule):
     """Portraits to protect.
 
     Args:
-        source: a folder of images (recursive; jpg/png/webp/bmp/tiff), `demo`, parquet file(s) or a folder
+        source: a folder of images (recursive; jpg/png/webp/bmp/tiff/gif), `demo`, parquet file(s) or a folder
             of them, a `save_to_disk` folder, an imagefolder, or a Hugging Face hub id (e.g.
             `mattymchen/celeba-hq`).
-        format: `auto` (detect), `folder`, `imagefolder`, `parquet`, `disk` or `hub`.
+        format: `auto` (decided from what `source` is, see `hf.detect_format`), `folder`, `imagefolder`,
+            `parquet`, `disk` or `hub`.
         split: dataset split (datasets sources).
-        image_column: column holding the images (datasets sources).
+        image_column: column holding the images (datasets sources): encoded images, `datasets.Image` cells or
+            paths (read below the dataset's folder only, unless `allow_external_paths`).
         id_column: column giving each row's uid; None: `<split>-<row index>`.
         num_shards, shard_index: protect only this contiguous shard of the source.
-        resolution: working resolution in pixels (centre square crop, antialiased resize).
-        batch_size: slots, i.e. images optimised together in one PGD step; `auto` lets the module find the
-            largest that fits in GPU memory (4 on CPU).
+        resolution: working resolution in pixels, at least 32 and a multiple of 8 (centre square crop,
+            antialiased resize).
+        batch_size: slots, i.e. images optimised together in one PGD step (at least 1); `auto` lets the module
+            find the largest that fits in GPU memory (4 on CPU).
         num_workers: loader worker processes (decoding and resizing happen there).
-        limit: protect at most this many pending images (after skipping finished ones); None for all.
+        limit: only the first `limit` images of the source (shard); None for all. Images already protected
+            among them are skipped, so a rerun with the same limit has nothing to do.
         max_pixels: inputs with more pixels are rejected before decoding (decompression-bomb guard).
+        allow_external_paths: let dataset cells name image files outside the dataset's own folder.
         output_dir: the run's output folder (linked from the top-level `--output_dir`).
     """
 
-    def __init__(self, source: str = "", format: str = "auto", split: str = "train", image_column: str = "image",
-                 id_column: str | None = None, num_shards: int = 1, shard_index: int = 0, resolution: int = 512,
-                 batch_size: int | Literal["auto"] = 8, num_workers: int = 0, limit: int | None = None,
-                 max_pixels: int = DEFAULT_MAX_PIXELS, output_dir: str = "outputs"):
+    def __init__(self, source: str = "", format: Literal["auto", "folder", "imagefolder", "parquet", "disk", "hub"] = "auto",
+                 split: str = "train", image_column: str = "image", id_column: str | None = None, num_shards: int = 1,
+                 shard_index: int = 0, resolution: int = 512, batch_size: int | Literal["auto"] = 8, num_workers: int = 0,
+                 limit: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS, allow_external_paths: bool = False,
+                 output_dir: str = "outputs"):
         super().__init__()
+        check_options(source, format, num_shards, shard_index, resolution, batch_size, num_workers, limit, max_pixels)
         self.source, self.format, self.split = source, format, split
         self.image_column, self.id_column = image_column, id_column
         self.num_shards, self.shard_index = num_shards, shard_index
         self.resolution, self.batch_size, self.num_workers = resolution, batch_size, num_workers
-        self.limit, self.max_pixels = limit, max_pixels
+        self.limit, self.max_pixels, self.allow_external_paths = limit, max_pixels, allow_external_paths
         self.output_dir = output_dir
         self.dataset: RankSlice | None = None
         self.num_skipped = 0
+        self.num_images = 0
 
-    def images(self) -> tuple[Dataset, list[str]]:
-        """All images of the source shard, and their uids."""
-        if not self.source:
-            raise ValueError("data.source is empty: give a folder or dataset with --data.source")
-        fmt = detect_format(self.source) if self.format == "auto" else self.format
+    def images(self, known: dict[str, str] | None = None) -> tuple[Dataset, list[str]]:
+        """All images of the source shard (up to `limit`), and their uids; `known`: relative path -> uid recorded
+        for a folder source earlier."""
+        exclude = [Path(self.output_dir)]
+        fmt = detect_format(self.source, exclude) if self.format == "auto" else self.format
         if self.source == DEMO_SOURCE or fmt == "folder":
             entries = demo_entries() if self.source == DEMO_SOURCE else None
-            images = FolderImages("/" if entries else self.source, self.resolution, self.max_pixels, entries=entries)
-            keep = contiguous_shard(len(images), self.num_shards, self.shard_index)
+            images = FolderImages("/" if entries else self.source, self.resolution, self.max_pixels, entries=entries,
+                                  exclude=exclude, known=known)
+            keep = contiguous_shard(len(images), self.num_shards, self.shard_index)[: self.limit]
             images.entries = [images.entries[i] for i in keep]
             return images, [uid for uid, _ in images.entries]
-        dataset = open_dataset(self.source, fmt, self.split)
-        keep = contiguous_shard(len(dataset), self.num_shards, self.shard_index)
+        dataset = open_dataset(self.source, fmt, self.split, exclude)
+        keep = contiguous_shard(len(dataset), self.num_shards, self.shard_index)[: self.limit]
         dataset = dataset.select(keep) if len(keep) != len(dataset) else dataset
         uids, renamed = row_uids(dataset, self.id_column, self.split, keep)
         if renamed:
-            rank_zero_warn(f"facelock_pl: {renamed} rows repeat an id of column {self.id_column!r}; "
-                           "renamed deterministically with a -dup<k>-<hash> suffix")
-        return HFImages(dataset, uids, self.image_column, self.resolution, self.max_pixels, self.source), uids
+            logs.warning(f"facelock_pl: {renamed} rows repeat an id of column {self.id_column!r}; renamed "
+                         "deterministically with a -dup<k>-<hash> suffix")
+        images = HFImages(dataset, uids, self.image_column, self.resolution, self.max_pixels, self.source,
+                          base_dir=self._dataset_folder(fmt), allow_external_paths=self.allow_external_paths)
+        clashes = {name: new for name, new in images.columns.items() if name != new}
+        if clashes:
+            logs.warning("facelock_pl: source column(s) " + ", ".join(f"{k!r} -> {v!r}" for k, v in clashes.items()) +
+                         " renamed: the protected dataset writes its own 'uid' and 'image' columns")
+        return images, uids
 
-    def _agreed_finished(self) -> set[str]:
-        """The finished uids, read once on rank 0 and broadcast to every rank."""
+    def _dataset_folder(self, fmt: str) -> Path | None:
+        """Where relative paths in a dataset's cells point: the dataset's own folder (None for hub datasets)."""
+        if fmt == "hub":
+            return None
+        path = Path(self.source).expanduser()
+        return path.parent if path.is_file() or "*" in self.source else path
+
+    def _agreed_state(self) -> tuple[set[str], dict[str, str]]:
+        """(finished uids, relative path -> uid of every recorded row), read once on rank 0 and broadcast."""
         strategy = self.trainer.strategy if self.trainer is not None else None
-        done: set[str] | None = None
+        state = None
         if strategy is None or strategy.is_global_zero:
-            remove_orphan_parts(Path(self.output_dir))
-            done = finished_uids(Path(self.output_dir))
-        return strategy.broadcast(done, src=0) if strategy is not None else done
+            repair(Path(self.output_dir))
+            manifest = read_manifest(Path(self.output_dir))
+            state = (set(manifest.loc[manifest["status"].isin(FINAL_STATUSES), "uid"]),
+                     dict(zip(manifest["source"], manifest["uid"])))
+        return strategy.broadcast(state, src=0) if strategy is not None else state
 
     def setup(self, stage: str) -> None:
-        images, uids = self.images()
-        done = self._agreed_finished()
+        done, known = self._agreed_state()
+        images, uids = self.images(known)
         pending = [i for i, uid in enumerate(uids) if uid not in done]
-        self.num_skipped = len(uids) - len(pending)
-        if self.limit is not None:
-            pending = pending[: self.limit]
+        self.num_images, self.num_skipped = len(uids), len(uids) - len(pending)
         world = self.trainer.world_size if self.trainer is not None else 1
         rank = self.trainer.global_rank if self.trainer is not None else 0
         per_rank = math.ceil(len(pending) / world)
         self.dataset = RankSlice(images, pending[rank * per_rank : (rank + 1) * per_rank])
-        rank_zero_info(f"facelock_pl: {len(uids)} images in {self.source}; skipping {self.num_skipped} already "
-                       f"protected in {self.output_dir}; {len(pending)} to do on {world} process(es)")
+        logs.info(f"facelock_pl: {len(uids)} images in {self.source}; skipping {self.num_skipped} already "
+                  f"protected in {self.output_dir}; {len(pending)} to do on {world} process(es)")
 
     @property
     def num_pending(self) -> int:
@@ -131,3 +157,24 @@ class FaceDataModule(L.LightningDataModule):
         # batch_size=None: single items, decoded and resized in the workers, prefetched ahead of the slots.
         return QueueFeed(DataLoader(self.dataset, batch_size=None, shuffle=False, num_workers=self.num_workers,
                                     persistent_workers=False))
+
+
+def check_options(source: str, format: str, num_shards: int, shard_index: int, resolution: int,
+                  batch_size: int | str, num_workers: int, limit: int | None, max_pixels: int) -> None:
+    """Refuse option values that cannot work, before anything loads (one clear message each)."""
+    problems = []
+    if not source:
+        problems.append("data.source is empty: give a folder of images or a dataset")
+    if format not in FORMATS:
+        problems.append(f"data.format must be one of {', '.join(FORMATS)} (got {format!r})")
+    if batch_size != "auto" and (not isinstance(batch_size, int) or batch_size < 1):
+        problems.append(f"data.batch_size must be at least 1 or 'auto' (got {batch_size!r})")
+    if resolution < 32 or resolution % 8:
+        problems.append(f"data.resolution must be at least 32 and a multiple of 8 (got {resolution})")
+    if num_shards < 1 or not 0 <= shard_index < num_shards:
+        problems.append(f"data.shard_index must be in [0, data.num_shards) (got {shard_index} of {num_shards})")
+    if num_workers < 0 or (limit is not None and limit < 0) or max_pixels < 1:
+        problems.append(f"data.num_workers and data.limit must be >= 0, data.max_pixels >= 1 (got {num_workers}, "
+                        f"{limit}, {max_pixels})")
+    if problems:
+        raise ValueError("; ".join(problems))

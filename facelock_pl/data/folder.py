@@ -2,24 +2,54 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter
 from pathlib import Path
 
 from torch.utils.data import Dataset
 
-from .images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, BadImageError, load_rgb, make_uid, square_resize
+from .images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, BadImageError, load_rgb, make_uid, square_resize, unique_uid
 from .items import ImageItem
 
 
-def list_images(root: Path) -> list[tuple[str, str]]:
-    """(uid, relative path) of every image file under `root`, sorted; uids are unique."""
-    relative = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    uids = [make_uid(r) for r in relative]
-    counts = Counter(uids)
-    # `a/b.jpg` and `a/b.png` (or `a__b.jpg`) sanitise alike: disambiguate each by its full name.
-    uids = [u if counts[u] == 1 else f"{u}-{hashlib.sha1(r.encode()).hexdigest()[:8]}" for u, r in zip(uids, relative)]
-    return list(zip(uids, relative))
+def image_files(root: Path, exclude: list[Path] = ()) -> list[str]:
+    """Relative paths of the image files under `root`, sorted; nothing below a folder of `exclude` (the
+    run's own output folder, wherever it is)."""
+    excluded = [Path(e).expanduser().resolve() for e in exclude]
+    files = []
+    for path in root.rglob("*"):
+        if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
+            resolved = path.resolve()
+            if not any(resolved.is_relative_to(e) for e in excluded):
+                files.append(path.relative_to(root).as_posix())
+    return sorted(files)
+
+
+def folder_uids(relative: list[str], known: dict[str, str] | None = None) -> list[str]:
+    """A unique uid per relative path, stable when files are added.
+
+    A path recorded earlier (`known`: relative path -> uid, from the output's manifest) keeps its uid. A new
+    file gets its stem (`a/b.jpg` -> `a__b`), or its stem with the suffix (`a__b.jpg`) when another file
+    shares the stem or the stem is taken; a hash is appended if even that is taken.
+    """
+    known = known or {}
+    taken = set(known.values())
+    stems = Counter(make_uid(r) for r in relative if r not in known)
+    uids = []
+    for r in relative:
+        if r in known:
+            uids.append(known[r])
+            continue
+        stem = make_uid(r)
+        uid = unique_uid(make_uid(r, keep_suffix=True) if stems[stem] > 1 or stem in taken else stem, taken, r)
+        taken.add(uid)
+        uids.append(uid)
+    return uids
+
+
+def list_images(root: Path, exclude: list[Path] = (), known: dict[str, str] | None = None) -> list[tuple[str, str]]:
+    """(uid, relative path) of every image file under `root`, sorted; uids are unique (see `folder_uids`)."""
+    relative = image_files(root, exclude)
+    return list(zip(folder_uids(relative, known), relative))
 
 
 def demo_entries() -> list[tuple[str, str]]:
@@ -41,14 +71,15 @@ class FolderImages(Dataset):
     """
 
     def __init__(self, root: str | Path, resolution: int = 512, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 entries: list[tuple[str, str]] | None = None):
-        """`entries` (uid, path relative to `root` or absolute) replaces listing the folder."""
+                 entries: list[tuple[str, str]] | None = None, exclude: list[Path] = (), known: dict[str, str] | None = None):
+        """`entries` (uid, path relative to `root` or absolute) replaces listing the folder; `exclude` and
+        `known` are passed to `list_images`."""
         self.root = Path(root).expanduser()
         if entries is None and not self.root.is_dir():
             raise FileNotFoundError(f"data.source {self.root} is not a folder")
         self.resolution = resolution
         self.max_pixels = max_pixels
-        self.entries = list_images(self.root) if entries is None else entries
+        self.entries = list_images(self.root, exclude, known) if entries is None else entries
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -58,5 +89,5 @@ class FolderImages(Dataset):
         try:
             image = load_rgb(self.root / relative, self.max_pixels)
         except BadImageError as error:
-            return ImageItem.failed(uid, relative, str(error))
+            return ImageItem.failed(uid, relative, str(error), *error.size)
         return ImageItem(uid, relative, square_resize(image, self.resolution), image.width, image.height)

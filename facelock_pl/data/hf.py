@@ -1,46 +1,73 @@
 """Hugging Face `datasets` as a source: hub ids, local parquet files, `save_to_disk` folders, imagefolders.
 
 Images are read as raw bytes (`Image(decode=False)`) and decoded per item by `load_rgb`, so a corrupt
-row, a null image or a decompression bomb becomes an `error` item instead of an exception. Every other
-column of the row travels with it (`extra`) to the outputs.
+row, a null image, a missing file or a decompression bomb becomes an `error` item instead of an exception.
+Every other column of the row travels with it (`extra`) to the outputs; a column named like one the
+protected dataset writes itself (`uid`, `image`) travels as `source_<name>`.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections import Counter
 from pathlib import Path
+
 import numpy as np
 from torch.utils.data import Dataset
 
+from ..config_files import ConfigError
 from ..models.weights import hub_offline
-from .images import DEFAULT_MAX_PIXELS, BadImageError, load_rgb, make_uid, square_resize
+from .images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, BadImageError, load_rgb, make_uid, square_resize, unique_uid
 from .items import ImageItem
 
+RESERVED_COLUMNS = ("uid", "image")  # the protected dataset's own columns
 
-def detect_format(source: str) -> str:
-    """`folder`, `parquet`, `disk` or `hub` for a source string (`auto`)."""
+
+def renamed_column(name: str, columns: list[str]) -> str:
+    """The name a source column travels under: `source_<name>` for a reserved name (made unique)."""
+    if name not in RESERVED_COLUMNS:
+        return name
+    renamed = f"source_{name}"
+    while renamed in columns:
+        renamed = f"source_{renamed}"
+    return renamed
+
+
+def parquet_files(folder: Path, exclude: list[Path] = ()) -> list[Path]:
+    """The parquet files of a dataset folder: at its top level, or in `data/` (the hub's layout)."""
+    excluded = [Path(e).expanduser().resolve() for e in exclude]
+    files = [*folder.glob("*.parquet"), *folder.glob("data/**/*.parquet")]
+    return sorted(f for f in files if not any(f.resolve().is_relative_to(e) for e in excluded))
+
+
+def detect_format(source: str, exclude: list[Path] = ()) -> str:
+    """`folder`, `parquet`, `disk` or `hub`, from what the user passed (`data.format: auto`).
+
+    A `.parquet` file, or a folder with parquet files at its top level or in `data/` and no image files at
+    its top level, is a parquet dataset; a `save_to_disk` folder is `disk`; any other folder is a folder of
+    images (parquet files deeper down are ignored); anything else is a hub id.
+    """
     path = Path(source).expanduser()
     if path.is_file():
         return "parquet" if path.suffix == ".parquet" else "folder"
     if path.is_dir():
         if (path / "dataset_dict.json").exists() or (path / "state.json").exists():
             return "disk"
-        if any(path.rglob("*.parquet")):
-            return "parquet"
-        return "folder"
+        images_on_top = any(p.suffix.lower() in IMAGE_SUFFIXES for p in path.iterdir())
+        return "parquet" if parquet_files(path, exclude) and not images_on_top else "folder"
     if "*" in source and source.endswith(".parquet"):
         return "parquet"
     return "hub"
 
 
-def open_dataset(source: str, fmt: str, split: str):
+def open_dataset(source: str, fmt: str, split: str, exclude: list[Path] = ()):
     """The `datasets.Dataset` for one split of a non-folder source."""
     import datasets
 
     path = Path(source).expanduser()
     if fmt == "parquet":
-        files = [str(p) for p in sorted(path.rglob("*.parquet"))] if path.is_dir() else source
+        files = [str(p) for p in parquet_files(path, exclude)] if path.is_dir() else source
+        if not files:
+            raise ConfigError(f"no parquet files in {path} (looked at its top level and in data/)")
         loaded = datasets.load_dataset("parquet", data_files={split: files}, split=split)
     elif fmt == "imagefolder":
         loaded = datasets.load_dataset("imagefolder", data_dir=str(path), split=split)
@@ -48,13 +75,13 @@ def open_dataset(source: str, fmt: str, split: str):
         loaded = datasets.load_from_disk(str(path))
         if isinstance(loaded, datasets.DatasetDict):
             if split not in loaded:
-                raise ValueError(f"split {split!r} not in {source} (has {sorted(loaded)})")
+                raise ConfigError(f"split {split!r} not in {source} (has {sorted(loaded)})")
             loaded = loaded[split]
     elif fmt == "hub":
         try:
             loaded = datasets.load_dataset(source, split=split)
         except Exception as error:
-            raise FileNotFoundError(
+            raise ConfigError(
                 f"cannot load the dataset {source!r} (split {split!r}) from the Hugging Face hub "
                 f"(offline={hub_offline()}; {type(error).__name__}: {error}). Give a local folder, parquet file(s) "
                 "or save_to_disk folder with --data.source."
@@ -67,22 +94,23 @@ def open_dataset(source: str, fmt: str, split: str):
 def row_uids(dataset, id_column: str | None, split: str, row_offset: list[int]) -> tuple[list[str], int]:
     """Uids per row: the sanitised `id_column`, else `<split>-<row index in the full split>`.
 
-    Duplicate ids get a deterministic suffix (`-dup<k>` for the k-th repeat in row order, plus a hash);
-    returns the uids and the number of rows that were renamed.
+    A repeated id gets a deterministic suffix (`-dup<k>-<hash>` for the k-th repeat in row order), made
+    longer where it would equal another row's id; returns the uids and the number of rows renamed.
     """
     if id_column is None:
         return [f"{split}-{i:06d}" for i in row_offset], 0
     if id_column not in dataset.column_names:
-        raise ValueError(f"id_column {id_column!r} is not a column ({dataset.column_names})")
+        raise ConfigError(f"id_column {id_column!r} is not a column ({dataset.column_names})")
     raw = [str(v) for v in dataset[id_column]]
     uids = [make_uid(v) for v in raw]
-    seen: Counter = Counter()
+    taken, seen = set(uids), {}
     renamed = 0
     for i, uid in enumerate(uids):
-        seen[uid] += 1
+        seen[uid] = seen.get(uid, 0) + 1
         if seen[uid] > 1:
             digest = hashlib.sha1(f"{raw[i]}#{seen[uid]}".encode()).hexdigest()[:6]
-            uids[i] = f"{uid}-dup{seen[uid] - 1}-{digest}"
+            uids[i] = unique_uid(f"{uid}-dup{seen[uid] - 1}-{digest}", taken, f"{raw[i]}#{i}")
+            taken.add(uids[i])
             renamed += 1
     return uids, renamed
 
@@ -95,14 +123,20 @@ def contiguous_shard(n: int, num_shards: int, shard_index: int) -> list[int]:
 
 
 class HFImages(Dataset):
-    """`ImageItem`s of a dataset's image column; `extra` holds the row's other columns."""
+    """`ImageItem`s of a dataset's image column; `extra` holds the row's other columns.
+
+    A cell may hold encoded bytes, `{"bytes", "path"}` (a `datasets.Image` column) or a path string. Paths are
+    read relative to `base_dir` (the dataset's own folder) and only below it, unless `allow_external_paths`:
+    a dataset must not make the tool read any file it names.
+    """
 
     def __init__(self, dataset, uids: list[str], image_column: str = "image", resolution: int = 512,
-                 max_pixels: int = DEFAULT_MAX_PIXELS, source: str = ""):
+                 max_pixels: int = DEFAULT_MAX_PIXELS, source: str = "", base_dir: Path | None = None,
+                 allow_external_paths: bool = False):
         import datasets
 
         if image_column not in dataset.column_names:
-            raise ValueError(f"image_column {image_column!r} is not a column ({dataset.column_names})")
+            raise ConfigError(f"image_column {image_column!r} is not a column ({dataset.column_names})")
         if isinstance(dataset.features[image_column], datasets.Image):
             dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
         self.dataset = dataset
@@ -111,24 +145,47 @@ class HFImages(Dataset):
         self.resolution = resolution
         self.max_pixels = max_pixels
         self.source = source
+        self.base_dir = Path(base_dir).resolve() if base_dir is not None else None
+        self.allow_external_paths = allow_external_paths
+        self.columns = {name: renamed_column(name, dataset.column_names) for name in dataset.column_names if name != image_column}
 
     def __len__(self) -> int:
         return len(self.dataset)
 
+    def _read_path(self, name: str) -> bytes:
+        path = Path(name).expanduser()
+        if not path.is_absolute() and self.base_dir is not None:
+            path = self.base_dir / path
+        inside = self.base_dir is not None and path.resolve().is_relative_to(self.base_dir)
+        if not inside and not self.allow_external_paths:
+            raise BadImageError(f"the image cell names a file outside the dataset's folder ({name}); pass "
+                                "--data.allow_external_paths true to read it")
+        try:
+            return path.read_bytes()
+        except OSError as error:
+            raise BadImageError(f"cannot read the image file {name}: {error.strerror or error}") from error
+
+    def _encoded(self, value) -> bytes:
+        if isinstance(value, dict):
+            if value.get("bytes"):
+                return bytes(value["bytes"])
+            if value.get("path"):
+                return self._read_path(value["path"])
+        elif isinstance(value, str):
+            return self._read_path(value)
+        elif isinstance(value, (bytes, bytearray, memoryview)):
+            return bytes(value)
+        elif value is not None:
+            raise BadImageError(f"the image cell holds a {type(value).__name__}, not an image")
+        raise BadImageError("image is null")
+
     def __getitem__(self, index: int) -> ImageItem:
         row = self.dataset[index]
         uid = self.uids[index]
-        extra = {k: v for k, v in row.items() if k != self.image_column}
-        value = row[self.image_column]
+        extra = {self.columns[k]: v for k, v in row.items() if k != self.image_column}
         source = f"{self.source}#{uid}"
-        if isinstance(value, dict):
-            data = value.get("bytes") or (Path(value["path"]).read_bytes() if value.get("path") else None)
-        else:
-            data = value
-        if data is None:
-            return ImageItem.failed(uid, source, "image is null", extra=extra)
         try:
-            image = load_rgb(bytes(data), self.max_pixels)
+            image = load_rgb(self._encoded(row[self.image_column]), self.max_pixels)
         except BadImageError as error:
-            return ImageItem.failed(uid, source, str(error), extra=extra)
+            return ImageItem.failed(uid, source, str(error), *error.size, extra=extra)
         return ImageItem(uid, source, square_resize(image, self.resolution), image.width, image.height, extra=extra)

@@ -31,7 +31,7 @@ from .speed import SpeedConfig
 from .stopping import AdaptiveStopping
 
 
-@dataclass
+@dataclass(frozen=True)
 class AttackConfig:
     """The PGD loop every method shares.
 

@@ -8,12 +8,13 @@ run summary.
 
 from __future__ import annotations
 
+import signal
 from typing import Literal
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from .. import logs
 from ..data import ImageItem, ImageQueue
 from ..models import FaceDetector, LPIPSSpec, RecognizerSpec, VAESpec, load_lpips, load_recognizer, load_vae
 from ..objectives import FaceLockObjective, Networks, build_method
@@ -22,9 +23,10 @@ from ..outputs.manifest import OutputFormat
 from .attack import AttackConfig, PGDAttack
 from .memory import largest_batch
 from .optimizer import SignPGD
+from .signals import StopRequests
 from .speed import SpeedConfig
 from .stopping import AdaptiveStopping
-from .summary import RunStats
+from .summary import RunStats, describe, write_summary
 
 
 class ProtectionModule(L.LightningModule):
@@ -48,10 +50,10 @@ class ProtectionModule(L.LightningModule):
     def __init__(
         self,
         method: Literal["facelock", "photoguard", "encoder", "vae"] = "facelock",
-        attack: AttackConfig | None = None,
-        objective: FaceLockObjective | None = None,
-        stopping: AdaptiveStopping | None = None,
-        speed: SpeedConfig | None = None,
+        attack: AttackConfig = AttackConfig(),
+        objective: FaceLockObjective = FaceLockObjective(),
+        stopping: AdaptiveStopping = AdaptiveStopping(),
+        speed: SpeedConfig = SpeedConfig(),
         vae: VAESpec | list[VAESpec] | None = None,
         recognizers: list[RecognizerSpec] | None = None,
         lpips: LPIPSSpec | None = None,
@@ -63,7 +65,6 @@ class ProtectionModule(L.LightningModule):
         self.automatic_optimization = False
         protection = build_method(method, objective)
         recognizers = [RecognizerSpec()] if recognizers is None else recognizers
-        stopping, speed = stopping or AdaptiveStopping(), speed or SpeedConfig()
         if protection.needs_faces and not recognizers:
             raise ValueError(f"method {method!r} needs at least one face recogniser (or objective.fr_weight: 0)")
         if stopping.enabled and not protection.needs_faces:
@@ -73,16 +74,19 @@ class ProtectionModule(L.LightningModule):
             [load_vae(spec) for spec in vaes],
             [load_recognizer(spec) for spec in recognizers],
             load_lpips(lpips or LPIPSSpec()) if protection.needs_lpips else None,
-            (objective or FaceLockObjective()).fr_reduction,
+            objective.fr_reduction,
             vae_weights=[spec.weight for spec in vaes],
         )
         self.detector = FaceDetector() if recognizers else None
         self.requires_grad_(False).eval()
         speed.apply(self.nets)
-        self.attack = PGDAttack(protection, self.nets, self.detector, attack or AttackConfig(), stopping, speed)
+        self.attack = PGDAttack(protection, self.nets, self.detector, attack, stopping, speed)
         self.output_dir = output_dir
         self.images_done = 0
         self.stats = RunStats()
+        self.stop_requests = StopRequests()
+        self.interrupted_by: str | None = None  # the stop signal's name, once any process received one
+        self.summary: dict | None = None  # summary.json's content, on every process, once the run is over
         self._writer: OutputWriter | None = None
 
     # The frozen networks stay in eval mode: Lightning calls .train() when fitting starts.
@@ -129,14 +133,19 @@ class ProtectionModule(L.LightningModule):
             raise torch.cuda.OutOfMemoryError("out of memory with a single image per step: lower data.resolution")
         torch.cuda.empty_cache()
         queue.requeue(self.attack.shrink(self.attack.capacity // 2))
-        rank_zero_warn(f"facelock_pl: out of GPU memory; continuing with {self.attack.capacity} images per step")
+        logs.warning(f"facelock_pl: out of GPU memory; continuing with {self.attack.capacity} images per step")
 
     def _stop_when_done(self, queue: ImageQueue) -> None:
-        """Stop once no process has work left; with several processes they vote every step (lockstep)."""
-        busy = self.attack.busy or not queue.empty
+        """Stop once no process has work left, or once any received a stop signal. With several processes they
+        vote every step, so all stop after the same step."""
+        received = self.stop_requests.received
+        vote = torch.tensor([float(self.attack.busy or not queue.empty), float(received or 0)], device=self.device)
         if self.trainer.world_size > 1:
-            busy = bool(self.trainer.strategy.reduce(torch.tensor(float(busy), device=self.device), reduce_op="max"))
-        if not busy:
+            vote = self.trainer.strategy.reduce(vote, reduce_op="max")
+        busy, signum = bool(vote[0]), int(vote[1])
+        if signum:
+            self.interrupted_by = signal.Signals(signum).name
+        if signum or not busy:
             self.trainer.should_stop = True
 
     # ---- run level ------------------------------------------------------------------------------------
@@ -144,18 +153,21 @@ class ProtectionModule(L.LightningModule):
         datamodule = self.trainer.datamodule
         if datamodule is not None and datamodule.batch_size == "auto":
             datamodule.batch_size = largest_batch(self.attack, datamodule.resolution)
-            rank_zero_info(f"facelock_pl: batch_size auto -> {datamodule.batch_size}")
+            logs.info(f"facelock_pl: batch_size auto -> {datamodule.batch_size}")
         self.attack.capacity = datamodule.batch_size if datamodule is not None else 1
 
     def on_train_start(self) -> None:
         self.stats.start()
+        self.stop_requests.install()  # after Lightning installed its own handlers (see engine.signals)
 
     def on_train_end(self) -> None:
         # Every process gets here after the same number of steps, so the gather cannot hang.
+        self.stop_requests.restore()
         self.stats.stop()
         gathered = self.trainer.strategy.all_gather(self.stats.as_tensor()) if self.trainer.world_size > 1 else None
         per_rank = gathered.reshape(self.trainer.world_size, -1) if gathered is not None else self.stats.as_tensor()[None]
+        last_run = {**RunStats.summarise(per_rank.cpu()), "interrupted": self.interrupted_by}
         if self.trainer.is_global_zero:
-            summary = RunStats.summarise(per_rank.cpu())
-            RunStats.write(summary, self.output_dir)
-            rank_zero_info(RunStats.describe(summary, self.output_dir))
+            self.summary = write_summary(self.output_dir, last_run)
+            logs.info(describe(self.summary, self.output_dir))
+        self.summary = self.trainer.strategy.broadcast(self.summary, src=0)

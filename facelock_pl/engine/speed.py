@@ -12,7 +12,7 @@ import torch.utils.checkpoint
 from ..objectives import Networks
 
 
-@dataclass
+@dataclass(frozen=True)
 class SpeedConfig:
     """Args:
         amp_dtype: autocast dtype on CUDA (`bfloat16`, `float16` or None for fp32); the iterate stays fp32.

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 
-@dataclass
+@dataclass(frozen=True)
 class AdaptiveStopping:
     """Stop protecting an image once its protection is reached, and give its slot to the next image.
 

@@ -1,4 +1,5 @@
-"""Run summary: counts, throughput per rank and in total, mean protection and stealth."""
+"""The run summary, `OUT/summary.json`: `folder` describes everything the output folder holds (all runs),
+`last_run` this run (counts, throughput per process and in total, whether it was interrupted)."""
 
 from __future__ import annotations
 
@@ -7,15 +8,16 @@ import math
 import time
 from pathlib import Path
 
+import pandas as pd
 import torch
 
-from ..outputs import ManifestRow, write_bytes_atomic
+from ..outputs import ManifestRow, read_manifest, write_bytes_atomic
 
-_FIELDS = ("ok", "no_face", "error", "fr_n", "fr_sum", "psnr_n", "psnr_sum", "seconds")
+_FIELDS = ("ok", "no_face", "error", "fr_n", "fr_sum", "psnr_n", "psnr_sum", "iterations_sum", "seconds")
 
 
 class RunStats:
-    """Per-rank running sums; ranks exchange them as one float64 tensor."""
+    """Per-process running sums; processes exchange them as one float64 tensor."""
 
     def __init__(self):
         self.values = dict.fromkeys(_FIELDS, 0.0)
@@ -36,22 +38,25 @@ class RunStats:
         if row.psnr_db is not None and math.isfinite(row.psnr_db):
             self.values["psnr_n"] += 1
             self.values["psnr_sum"] += row.psnr_db
+        self.values["iterations_sum"] += row.iterations
+
+    def iterations_mean(self, default: float) -> float:
+        """Mean PGD iterations of the images protected so far (`default` before the first)."""
+        protected = self.values["ok"] + self.values["no_face"]
+        return self.values["iterations_sum"] / protected if protected else default
 
     def as_tensor(self) -> torch.Tensor:
         return torch.tensor([self.values[k] for k in _FIELDS], dtype=torch.float64)
 
     @staticmethod
     def summarise(per_rank: torch.Tensor) -> dict:
-        """`per_rank`: [world, fields] from `as_tensor` of each rank."""
+        """This run, from `per_rank` ([world, fields], `as_tensor` of each process)."""
         ranks = [dict(zip(_FIELDS, row.tolist())) for row in per_rank]
         total = {k: sum(r[k] for r in ranks) for k in _FIELDS}
         images = [r["ok"] + r["no_face"] + r["error"] for r in ranks]
         wall = max(r["seconds"] for r in ranks)
         return {
-            "images": int(sum(images)),
-            "ok": int(total["ok"]),
-            "no_face": int(total["no_face"]),
-            "error": int(total["error"]),
+            "images": int(sum(images)), "ok": int(total["ok"]), "no_face": int(total["no_face"]), "error": int(total["error"]),
             "images_per_s_per_rank": [n / r["seconds"] if r["seconds"] > 0 else 0.0 for n, r in zip(images, ranks)],
             "images_per_s_total": sum(images) / wall if wall > 0 else 0.0,
             "wall_seconds": wall,
@@ -60,19 +65,44 @@ class RunStats:
             "world_size": len(ranks),
         }
 
-    @staticmethod
-    def write(summary: dict, output_dir: Path) -> None:
-        write_bytes_atomic(Path(output_dir) / "summary.json", json.dumps(summary, indent=2).encode())
 
-    @staticmethod
-    def describe(summary: dict, output_dir: Path) -> str:
-        fr = summary["mean_fr_cos_recon"]
-        psnr = summary["mean_psnr_db"]
-        per_rank = ", ".join(f"{v:.3f}" for v in summary["images_per_s_per_rank"])
-        return (
-            f"facelock_pl: {summary['images']} images this run — ok {summary['ok']}, no_face {summary['no_face']}, "
-            f"error {summary['error']}; {summary['images_per_s_total']:.3f} images/s total over {summary['world_size']} "
-            f"process(es) (per rank: {per_rank}); mean fr_cos_recon "
-            f"{'n/a' if fr is None else f'{fr:.3f}'}, mean psnr_db {'n/a' if psnr is None else f'{psnr:.2f}'}; "
-            f"outputs in {output_dir}"
-        )
+def _mean(column: pd.Series) -> float | None:
+    finite = column.dropna()
+    finite = finite[finite.abs() != float("inf")]
+    return float(finite.mean()) if len(finite) else None
+
+
+def folder_summary(output_dir: Path) -> dict:
+    """Everything the output folder holds: the newest row of every image, over all runs."""
+    manifest = read_manifest(output_dir)
+    counts = manifest["status"].value_counts()
+    return {"images": len(manifest), **{s: int(counts.get(s, 0)) for s in ("ok", "no_face", "error")},
+            "mean_fr_cos_recon": _mean(manifest["fr_cos_recon"]),
+            "mean_fr_cos_recon_detected": _mean(manifest["fr_cos_recon_detected"]),
+            "mean_psnr_db": _mean(manifest["psnr_db"])}
+
+
+def write_summary(output_dir: Path, last_run: dict) -> dict:
+    summary = {"folder": folder_summary(output_dir), "last_run": last_run}
+    write_bytes_atomic(Path(output_dir) / "summary.json", json.dumps(summary, indent=2).encode())
+    return summary
+
+
+def _number(value: float | None, digits: int) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def describe(summary: dict, output_dir: Path) -> str:
+    """A short report for the terminal."""
+    run, folder = summary["last_run"], summary["folder"]
+    lines = [f"facelock_pl: this run: {run['images']} image(s): ok {run['ok']}, no_face {run['no_face']}, "
+             f"error {run['error']} in {run['wall_seconds']:.0f} s ({run['images_per_s_total']:.3f} images/s over "
+             f"{run['world_size']} process(es))" + (f"; INTERRUPTED by {run['interrupted']}" if run.get("interrupted") else ""),
+             f"  {output_dir} holds {folder['images']} image(s): ok {folder['ok']}, no_face {folder['no_face']}, error "
+             f"{folder['error']}; mean fr_cos_recon {_number(folder['mean_fr_cos_recon'], 3)} (face detected anew: "
+             f"{_number(folder['mean_fr_cos_recon_detected'], 3)}), mean PSNR {_number(folder['mean_psnr_db'], 2)} dB"]
+    if run.get("interrupted"):
+        lines.append("  finished images are kept: rerun the same command to protect the rest")
+    if run["error"]:
+        lines.append(f"  {run['error']} image(s) failed: their rows in {output_dir}/manifest have status 'error' and a message")
+    return "\n".join(lines)

@@ -32,9 +32,9 @@ def edit_path(output_dir: Path, set_name: str, prompt_id: int, uid: str) -> Path
     return Path(output_dir) / "edits" / set_name / str(prompt_id) / f"{uid}.png"
 
 
-def clean_sources(data: DataSpec) -> dict[str, torch.Tensor]:
-    """uid -> uint8 [3, R, R] clean source, for every image that decodes."""
-    images = clean_images(data)
+def clean_sources(data: DataSpec, sets: dict[str, str]) -> dict[str, torch.Tensor]:
+    """uid -> uint8 [3, R, R] clean source, for every image that decodes (uids as the protected `sets` have them)."""
+    images = clean_images(data, sets)
     sources = {}
     for i in range(len(images)):
         item = images[i]
@@ -79,7 +79,7 @@ def run_edit(
                         prompts, list(prompt_map), dataclasses.asdict(editor), seed)
     previous = EditRecord.load(out)
     (previous.merged_with(record) if previous else record).save(out)  # refused before any work if it cannot merge
-    sources = clean_sources(data)
+    sources = clean_sources(data, record.sets)
     all_sets = image_sets(record.sets, record.purify)
     todo = [(s, pid, [u for u in sources if not edit_path(out, s.name, pid, u).exists()]) for s in all_sets for pid in prompt_map]
     todo = [(s, pid, uids) for s, pid, uids in todo if uids]

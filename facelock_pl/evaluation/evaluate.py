@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from ..config_files import ConfigError
 from ..models import LPIPSSpec, RecognizerSpec, load_lpips
 from ..pixels import levels_to_pm1, read_levels
 from . import metrics
@@ -69,13 +70,13 @@ def run_evaluate(
     out = Path(output_dir)
     record = EditRecord.load(out)
     if record is None:
-        raise FileNotFoundError(f"no edits in {out} (no {EditRecord.path(out)}): run `python -m facelock_pl edit` first")
+        raise ConfigError(f"no edits in {out} (no {EditRecord.path(out)}): run `python -m facelock_pl edit` first")
     record = record.select(sets, purify, prompt_ids)
     if data is not None and (str(Path(data.source).expanduser().resolve()), data.resolution) != (
             record.data.source, record.data.resolution):
-        raise ValueError(f"data {data} is not what was edited ({record.data}); leave data out to use it")
+        raise ConfigError(f"data {data} is not what was edited ({record.data}); leave data out to use it")
     dev = resolve_device(device)
-    sources = clean_sources(data or record.data)
+    sources = clean_sources(data or record.data, record.sets)
     uids = sorted(sources)
     all_sets = image_sets(record.sets, record.purify)
     prompt_map = load_prompts(record.prompts, record.prompt_ids)

@@ -8,6 +8,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..config_files import ConfigError
 from ..outputs import write_bytes_atomic
 from .sets import DataSpec
 
@@ -57,11 +58,11 @@ class EditRecord:
                                    ("prompts", self.prompts, newer.prompts), ("editor", self.editor, newer.editor),
                                    ("seed", self.seed, newer.seed)):
             if mine != theirs:
-                raise ValueError(f"this output folder holds edits made with other {name} ({mine!r}, now {theirs!r}): "
+                raise ConfigError(f"this output folder holds edits made with other {name} ({mine!r}, now {theirs!r}): "
                                  "give a new --output_dir")
         clash = {n for n in self.sets.keys() & newer.sets.keys() if self.sets[n] != newer.sets[n]}
         if clash:
-            raise ValueError(f"set(s) {sorted(clash)} were edited from another folder: rename them or give a new --output_dir")
+            raise ConfigError(f"set(s) {sorted(clash)} were edited from another folder: rename them or give a new --output_dir")
         return dataclasses.replace(self, data=data, sets={**self.sets, **newer.sets},
                                    purify=self.purify + [p for p in newer.purify if p not in self.purify],
                                    prompt_ids=sorted(set(self.prompt_ids) | set(newer.prompt_ids)))
@@ -74,7 +75,7 @@ class EditRecord:
         missing += [f"purification {p!r}" for p in purify or [] if p not in self.purify]
         missing += [f"prompt {i}" for i in prompt_ids or [] if i not in self.prompt_ids]
         if missing:
-            raise ValueError(f"not edited in this output folder: {', '.join(missing)} (edited: sets {self.sets}, "
+            raise ConfigError(f"not edited in this output folder: {', '.join(missing)} (edited: sets {self.sets}, "
                              f"purify {self.purify}, prompts {self.prompt_ids}); run `edit` with them first")
         return dataclasses.replace(self, sets=sets, purify=self.purify if purify is None else purify,
                                    prompt_ids=self.prompt_ids if prompt_ids is None else prompt_ids)

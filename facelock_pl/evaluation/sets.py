@@ -66,8 +66,22 @@ def image_sets(sets: dict[str, str], purifications: list[str]) -> list[ImageSet]
     return out
 
 
-def clean_images(data: DataSpec) -> FolderImages:
-    images = FolderImages(data.source, data.resolution)
+def recorded_uids(sets: dict[str, str]) -> dict[str, str]:
+    """Source path -> uid, as the protected sets' own manifests recorded them (`fit` keeps a file's uid when
+    others are added, so the clean set must name each file as the protected sets do)."""
+    from ..outputs import read_manifest
+
+    known: dict[str, str] = {}
+    for location in sets.values():
+        manifest = read_manifest(Path(location).expanduser())
+        for source, uid in zip(manifest["source"], manifest["uid"]):
+            known.setdefault(source, uid)
+    return known
+
+
+def clean_images(data: DataSpec, sets: dict[str, str] | None = None) -> FolderImages:
+    """The clean sources at the working resolution, uids as the protected `sets` recorded them."""
+    images = FolderImages(data.source, data.resolution, known=recorded_uids(sets or {}))
     if data.limit is not None:
         images.entries = images.entries[: data.limit]
     return images

@@ -57,8 +57,8 @@ def load_pretrained(load: Callable[[str, bool], T], path: str, model: str, hint:
     cannot be reached, so no download is retried); any failure becomes a `WeightsUnavailableError` that says
     what failed and how to work without network."""
     local = Path(path).expanduser()
-    if local.exists():
-        source, offline, where = str(local), True, [f"local path {local}"]
+    if local.exists() or path.startswith(("/", ".", "~")):  # a file-system path, never a hub id
+        source, offline, where = str(local), True, [f"local path {local}" + ("" if local.exists() else " (absent)")]
     else:
         offline = hub_offline() or not hub_reachable()
         reason = "HF_HUB_OFFLINE is set" if hub_offline() else "the hub cannot be reached: no network" if offline else "online"
@@ -66,7 +66,7 @@ def load_pretrained(load: Callable[[str, bool], T], path: str, model: str, hint:
     try:
         return load(source, offline)
     except Exception as error:  # hub, file-system and format errors all end the same way
-        route = f" {OFFLINE_ROUTE}" if offline and not local.exists() else ""
+        route = f" {OFFLINE_ROUTE}" if offline and source == path else ""
         raise WeightsUnavailableError(model, where, hint + route, error) from error
 
 

@@ -16,7 +16,7 @@ import torch
 from .terms import CleanFeatures, Networks
 
 
-@dataclass
+@dataclass(frozen=True)
 class FaceLockObjective:
     """FaceLock's terms: their weights, their gates, and how a recogniser ensemble is combined.
 
@@ -145,13 +145,13 @@ METHODS: dict[str, type[ProtectionMethod]] = {
 }
 
 
-def build_method(name: str, objective: FaceLockObjective | None = None) -> ProtectionMethod:
-    """The method called `name`; `objective` configures FaceLock and is an error for any other method."""
+def build_method(name: str, objective: FaceLockObjective = FaceLockObjective()) -> ProtectionMethod:
+    """The method called `name`; a non-default `objective` configures FaceLock and is an error for any other method."""
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; choose one of {sorted(METHODS)}")
     if name != FaceLock.name:
-        if objective is not None and objective != FaceLockObjective():
+        if objective != FaceLockObjective():
             raise ValueError(f"model.objective sets FaceLock's terms; method {name!r} has none (remove it)")
         return METHODS[name]()
-    o = objective or FaceLockObjective()
+    o = objective
     return FaceLock(o.fr_weight, o.latent_weight, o.lpips_weight, o.fr_start, o.lpips_start)

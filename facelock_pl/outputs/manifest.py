@@ -4,8 +4,8 @@ Per finished batch, `OutputWriter.write` writes, in this order:
 1. the protected images: `images/<uid>.png` and/or one part `dataset/<part>.parquet` (an `image` column
    of PNG bytes plus every original column), each atomically;
 2. `manifest/<part>.parquet`: one row per input — the commit record of the batch.
-A crash between 1 and 2 leaves a dataset part without its manifest part: `remove_orphan_parts` deletes
-it before the next run, so the protected dataset holds every image exactly once. Reading merges all
+A crash between 1 and 2 leaves a dataset part without its manifest part: `repair` deletes it before the
+next run, so the protected dataset holds every image exactly once. Reading merges all
 manifest parts and keeps the newest row of each uid (a rerun retries `error` images only).
 Both folders load with `datasets.load_dataset("parquet", data_dir=...)`.
 """
@@ -16,6 +16,7 @@ import dataclasses
 import io
 import os
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -23,6 +24,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .. import logs
 from ..pixels import png_bytes
 from .atomic import TMP_PREFIX, write_bytes_atomic
 from .records import SCHEMA, ManifestRow, ProtectedImage
@@ -79,7 +81,7 @@ class OutputWriter:
                 write_bytes_atomic(self.output_dir / "images" / f"{uid}.png", data)
         if self.format in ("parquet", "both") and pngs:
             write_bytes_atomic(dataset_dir(self.output_dir) / name, _dataset_part(pngs, {i.item.uid: i.item.extra for i in finished}))
-        now = time.time()
+        now = datetime.now(timezone.utc)
         rows = [dataclasses.replace(row, finished_at=now, rank=self.rank) for row in rows]
         buffer = io.BytesIO()
         pq.write_table(pa.Table.from_pylist([dataclasses.asdict(row) for row in rows], schema=SCHEMA), buffer)
@@ -101,31 +103,57 @@ def _dataset_part(pngs: dict[str, bytes], extras: dict[str, dict]) -> bytes:
     return buffer.getvalue()
 
 
-def remove_orphan_parts(output_dir: Path) -> list[Path]:
-    """Delete dataset parts whose manifest part was never written (a crash in between) and stale temp files."""
+def repair(output_dir: Path) -> list[Path]:
+    """Before a run (rank 0): move damaged manifest parts to `manifest/damaged/` (their images count as not done
+    and are protected again), then delete dataset parts whose manifest part is missing (a crash between the two
+    writes, or a quarantined part) and stale temp files. Returns the paths moved or deleted."""
+    moved = []
+    for part in _parts(manifest_dir(output_dir)):
+        try:
+            pq.read_metadata(part)
+        except (pa.ArrowException, OSError) as error:
+            target = manifest_dir(output_dir) / "damaged" / part.name
+            target.parent.mkdir(exist_ok=True)
+            part.replace(target)
+            logs.warning(f"facelock_pl: damaged manifest part {part.name} ({error}) moved to {target.parent}; "
+                         "its images will be protected again")
+            moved.append(target)
     committed = {p.name for p in _parts(manifest_dir(output_dir))}
     removed = [p for p in _parts(dataset_dir(output_dir)) if p.name not in committed]
     for folder in (manifest_dir(output_dir), dataset_dir(output_dir), Path(output_dir) / "images"):
         removed += list(folder.glob(f"{TMP_PREFIX}*")) if folder.is_dir() else []
     for path in removed:
         path.unlink(missing_ok=True)
-    return removed
+    return moved + removed
+
+
+def _read_part(path: Path) -> pa.Table | None:
+    """One manifest part in today's schema (parts of earlier versions converted); None if unreadable."""
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as error:
+        logs.warning(f"facelock_pl: skipping unreadable manifest part {path} ({error})")
+        return None
+    columns = {}
+    for field in SCHEMA:
+        if field.name not in table.column_names:
+            columns[field.name] = pa.nulls(len(table), field.type)
+        elif field.name == "finished_at" and pa.types.is_floating(table.schema.field(field.name).type):
+            seconds = table[field.name].to_numpy(zero_copy_only=False)  # unix seconds, before timestamps
+            columns[field.name] = pa.array((seconds * 1e6).astype("int64"), pa.timestamp("us", tz="UTC"))
+        else:
+            columns[field.name] = table[field.name].cast(field.type)
+    return pa.table(columns, schema=SCHEMA)
 
 
 def read_manifest(output_dir: Path) -> pd.DataFrame:
     """All rows, newest per uid, sorted by uid; an empty frame with the schema's columns if none."""
-    parts = _parts(manifest_dir(output_dir))
-    if not parts:
+    tables = [t for t in (_read_part(p) for p in _parts(manifest_dir(output_dir))) if t is not None]
+    if not tables:
         return SCHEMA.empty_table().to_pandas()
-    frame = pd.concat([pq.read_table(p, schema=SCHEMA).to_pandas() for p in parts], ignore_index=True)
+    frame = pa.concat_tables(tables).to_pandas()
     frame = frame.sort_values(["uid", "finished_at"]).drop_duplicates("uid", keep="last")
     return frame.reset_index(drop=True)
 
 
 FINAL_STATUSES = ("ok", "no_face")  # protected (with or without a face); `error` rows are retried
-
-
-def finished_uids(output_dir: Path) -> set[str]:
-    """Uids whose newest row is final: protected, with or without a face (their images were written before the row)."""
-    frame = read_manifest(output_dir)
-    return set(frame.loc[frame["status"].isin(FINAL_STATUSES), "uid"])

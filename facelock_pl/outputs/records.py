@@ -9,8 +9,9 @@ import dataclasses
 import json
 import math
 import typing
-from typing import TYPE_CHECKING
 from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import torch
@@ -46,8 +47,8 @@ class ProtectedImage:
     seconds: float
 
 
-def _float64() -> dict:
-    return {"arrow": pa.float64()}
+def _timestamp() -> dict:
+    return {"arrow": pa.timestamp("us", tz="UTC")}
 
 
 @dataclass
@@ -73,7 +74,7 @@ class ManifestRow:
     fr_cos_recon_detected: float | None = None  # the same, with the face detected anew in the reconstruction
     seconds: float = 0.0
     extra_json: str = "{}"  # the row's other source columns (labels, attributes), as JSON
-    finished_at: float = field(default=0.0, metadata=_float64())  # unix time; the newest row of a uid wins
+    finished_at: datetime | None = field(default=None, metadata=_timestamp())  # UTC; the newest row of a uid wins
     rank: int = 0
 
     @classmethod
@@ -112,7 +113,8 @@ _ARROW_TYPES = {str: pa.string(), int: pa.int32(), float: pa.float32(), float | 
 
 def _schema(row_type: type) -> pa.Schema:
     hints = typing.get_type_hints(row_type)
-    return pa.schema([(f.name, f.metadata.get("arrow", _ARROW_TYPES[hints[f.name]])) for f in dataclasses.fields(row_type)])
+    return pa.schema([(f.name, f.metadata["arrow"] if "arrow" in f.metadata else _ARROW_TYPES[hints[f.name]])
+                      for f in dataclasses.fields(row_type)])
 
 
 SCHEMA = _schema(ManifestRow)

@@ -1,0 +1,134 @@
+"""`python -m facelock_pl assets`: the offline weights bundle that the offline configs read (`--assets DIR`).
+
+    python -m facelock_pl assets download --to DIR   # on a machine with network; then copy DIR over
+    python -m facelock_pl assets check DIR           # on the air-gapped machine: every file as downloaded
+
+The bundle has the layout of `../shared/assets` (what `configs/*offline*.yaml` and `facelock-robust.yaml` name
+under `${assets}`): the TAESD and TAESDXL autoencoders, the SFace, facenet (CASIA-WebFace) and w600k_mbf
+recognisers, from their public sources. MTCNN, the face detector, ships inside facenet-pytorch's wheel.
+`DIR/SHA256SUMS` records every file's checksum when it is downloaded; `check` verifies them. Bring your own
+portraits with `--data.source` (the bundle holds no faces).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+
+import sys
+import tempfile
+import urllib.request
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .outputs import write_bytes_atomic
+
+
+@dataclass(frozen=True)
+class Asset:
+    """One file of the bundle: where it goes, where it comes from, and the member to take from an archive."""
+
+    target: str
+    url: str
+    member: str | None = None  # a file inside a zip archive
+    licence: str = ""
+
+
+_TAESD = "https://github.com/madebyollin/taesd/raw/main/"
+ASSETS = (
+    Asset("vae/taesd/taesd_encoder.safetensors", _TAESD + "taesd_encoder.safetensors", licence="MIT"),
+    Asset("vae/taesd/taesd_decoder.safetensors", _TAESD + "taesd_decoder.safetensors", licence="MIT"),
+    Asset("vae/taesdxl/taesdxl_encoder.safetensors", _TAESD + "taesdxl_encoder.safetensors", licence="MIT"),
+    Asset("vae/taesdxl/taesdxl_decoder.safetensors", _TAESD + "taesdxl_decoder.safetensors", licence="MIT"),
+    Asset("fr/sface/sface_fp32.onnx",
+          "https://github.com/opencv/opencv_zoo/raw/main/models/face_recognition_sface/face_recognition_sface_2021dec.onnx",
+          licence="Apache-2.0"),
+    Asset("fr/facenet-casia/facenet_casia_webface_20180408_fp16.safetensors",
+          "https://github.com/timesler/facenet-pytorch/releases/download/v2.2.9/20180408-102900-casia-webface.pt",
+          licence="MIT (weights: research use)"),
+    Asset("fr/insightface-mbf/w600k_mbf.onnx", "https://github.com/deepinsight/insightface/releases/download/v0.7/buffalo_s.zip",
+          member="w600k_mbf.onnx", licence="non-commercial research only"),
+)
+
+
+def _fetch(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=120) as response:  # noqa: S310 - fixed https (or test file://) URLs
+        return response.read()
+
+
+def _payload(asset: Asset, data: bytes) -> bytes:
+    """The bytes to store: an archive's member, a torch checkpoint as fp16 safetensors, or the file as is."""
+    if asset.member is not None:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            name = next(n for n in archive.namelist() if n.endswith(asset.member))
+            return archive.read(name)
+    if asset.target.endswith(".safetensors") and not asset.url.endswith(".safetensors"):
+        import torch
+        from safetensors.torch import save
+
+        with tempfile.NamedTemporaryFile(suffix=".pt") as handle:
+            handle.write(data)
+            handle.flush()
+            state = torch.load(handle.name, map_location="cpu", weights_only=True)
+        return save({k: v.half().contiguous() if v.is_floating_point() else v.contiguous() for k, v in state.items()})
+    return data
+
+
+def download(to: Path, assets: tuple[Asset, ...] = ASSETS) -> list[str]:
+    """Fetch every asset not yet in `to`; (re)write `to/SHA256SUMS`. Returns the lines of SHA256SUMS."""
+    to.mkdir(parents=True, exist_ok=True)
+    for asset in assets:
+        target = to / asset.target
+        if target.is_file():
+            print(f"have      {asset.target}")
+            continue
+        print(f"fetching  {asset.target}  <- {asset.url}", flush=True)
+        write_bytes_atomic(target, _payload(asset, _fetch(asset.url)))
+    lines = [f"{hashlib.sha256((to / a.target).read_bytes()).hexdigest()}  {a.target}" for a in assets]
+    write_bytes_atomic(to / "SHA256SUMS", ("\n".join(lines) + "\n").encode())
+    return lines
+
+
+def check(bundle: Path) -> list[str]:
+    """The files of `bundle` that are missing or differ from its SHA256SUMS (empty: all good)."""
+    sums = bundle / "SHA256SUMS"
+    if not sums.is_file():
+        return [f"{sums} is missing"]
+    problems = []
+    for line in sums.read_text().splitlines():
+        digest, _, name = line.partition("  ")
+        path = bundle / name
+        if not path.is_file():
+            problems.append(f"{name}: missing")
+        elif hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+            problems.append(f"{name}: checksum differs")
+    return problems
+
+
+def main(args: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m facelock_pl assets", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    fetch = commands.add_parser("download", help="fetch the bundle (needs network)")
+    fetch.add_argument("--to", type=Path, required=True, help="the bundle folder")
+    verify = commands.add_parser("check", help="verify a bundle against its SHA256SUMS")
+    verify.add_argument("bundle", type=Path)
+    options = parser.parse_args(args)
+    if options.command == "download":
+        try:
+            download(options.to)
+        except OSError as error:
+            print(f"facelock_pl assets: download failed ({error}); rerun to continue where it stopped", file=sys.stderr)
+            return 1
+        print(f"bundle ready in {options.to}: use it with --assets {options.to}")
+        return 0
+    problems = check(options.bundle)
+    for problem in problems:
+        print(f"facelock_pl assets: {problem}", file=sys.stderr)
+    if not problems:
+        print(f"{options.bundle}: every file matches SHA256SUMS")
+    return 2 if problems else 0
+
+
+

@@ -1,0 +1,39 @@
+"""Stop requests: SIGTERM (what schedulers send before they kill), SIGINT (Ctrl+C) and SIGUSR1 (SLURM's
+pre-timeout signal, `sbatch --signal=USR1@120`) only set a flag. The module reads it at the end of each
+step, every process votes on it together with the "work left" vote, and all of them stop after the same
+step: finished images are kept, the summary says `interrupted`, the command exits with its own code.
+
+The handlers replace Lightning's SIGTERM handler for the run: that one broadcasts from inside the signal
+handler, which deadlocks against a collective that another process is already in.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+
+
+class StopRequests:
+    """Records the first stop signal; a second Ctrl+C stops at once (KeyboardInterrupt)."""
+
+    def __init__(self):
+        self.received: signal.Signals | None = None
+        self._previous: dict = {}
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # signals are delivered to the main thread only
+        for signum in STOP_SIGNALS:
+            self._previous[signum] = signal.signal(signum, self._handle)
+
+    def restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.received == signal.SIGINT and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.received = signal.Signals(signum)

@@ -1,0 +1,134 @@
+"""`python -m facelock_pl fit`: a LightningCLI around the engine, and what happens before and after it.
+
+Before any model loads, every option is checked (a mistake is one line, exit code 2), the source must exist
+and hold images, and the output folder must be writable; then global rank 0 takes the output folder's lock.
+After the run, the exit code says whether everything asked for was protected (see `facelock_pl.cli`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.cli import LightningCLI
+
+from .cli import EXIT_INTERRUPTED, EXIT_NO_IMAGES, EXIT_OK, EXIT_PARTLY_FAILED, NoImagesError, parse_strictly
+from .config_files import ConfigError
+from .data import FaceDataModule
+from .data.datamodule import DEMO_SOURCE
+from .data.folder import image_files
+from .data.hf import detect_format
+from .engine import AdaptiveStopping, AttackConfig, ProtectionModule, SpeedConfig
+from .objectives import FaceLockObjective, build_method
+from .outputs.lock import OutputLock
+from .progress import ImagesProgress
+
+TRAINER_DEFAULTS = {
+    "max_epochs": 1,  # one pass over the images; each batch is repeated `iterations` times
+    "enable_checkpointing": False,  # resuming works per image from the manifest, not from checkpoints
+    "enable_model_summary": False,
+    "num_sanity_val_steps": 0,
+    "log_every_n_steps": 1,
+}
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # namespace/name, as on the Hugging Face hub
+
+
+def _is_rank_zero_launch() -> bool:
+    """Whether this process is global rank 0 (or alone): launchers tell the others by these variables."""
+    return all(int(os.environ.get(name, "0") or 0) == 0 for name in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
+
+
+def _writable(output_dir: Path) -> None:
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ConfigError(f"output_dir {output_dir} is a file, not a folder")
+    existing = next(p for p in (output_dir, *output_dir.parents) if p.exists())
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"output_dir {output_dir} cannot be written ({existing} is not writable)")
+
+
+def _check_source(data: FaceDataModule) -> None:
+    source = data.source
+    if source == DEMO_SOURCE or Path(source).expanduser().exists() or ("*" in source and source.endswith(".parquet")):
+        fmt = detect_format(source, [Path(data.output_dir)]) if data.format == "auto" else data.format
+        if fmt == "folder" and source != DEMO_SOURCE and Path(source).is_dir():
+            if not image_files(Path(source).expanduser(), [Path(data.output_dir)]):
+                raise NoImagesError(f"no image files (jpg, png, webp, bmp, tiff, gif) in {source}")
+        return
+    if data.format in ("auto", "hub") and HUB_ID.match(source):
+        return  # a Hugging Face dataset id; loading it tells whether it exists
+    raise ConfigError(f"data.source {source!r} does not exist: give a folder of images, a parquet file or dataset "
+                      "folder, or a Hugging Face dataset id (namespace/name)")
+
+
+def check_before_loading(config) -> None:
+    """Refuse, before any model loads, a run that cannot work; raises `ConfigError` or `NoImagesError`."""
+    output_dir = Path(config.output_dir).expanduser()
+    data_options = {k: v for k, v in vars(config.data).items() if k != "output_dir"}
+    try:
+        data = FaceDataModule(**data_options, output_dir=str(output_dir))
+        model = config.model
+        groups = [(cls, model.get(name)) for cls, name in ((AttackConfig, "attack"), (FaceLockObjective, "objective"),
+                                                           (AdaptiveStopping, "stopping"), (SpeedConfig, "speed"))]
+        built = {cls: cls(**vars(values)) for cls, values in groups}
+        build_method(model.method, built[FaceLockObjective])
+    except (ValueError, TypeError) as error:
+        raise ConfigError(str(error)) from None
+    _writable(output_dir)
+    _check_source(data)
+
+
+class FitCLI(LightningCLI):
+    """LightningCLI for `fit`: ProtectionModule + FaceDataModule, a top-level `--output_dir`, strict parsing."""
+
+    def __init__(self, args: list[str], locks: list[OutputLock]):
+        self.locks = locks  # the caller releases them, also when instantiating the models fails
+        super().__init__(ProtectionModule, FaceDataModule, run=False, args=args, trainer_defaults=TRAINER_DEFAULTS,
+                         seed_everything_default=False, save_config_kwargs={"overwrite": True},
+                         auto_configure_optimizers=False,
+                         parser_kwargs={"exit_on_error": False, "allow_abbrev": False, "prog": "python -m facelock_pl fit"})
+
+    def parse_arguments(self, parser, args) -> None:
+        self.config = parse_strictly(parser, args)
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_argument("--output_dir", type=str, default="outputs", help="folder for images/, manifest/ and logs")
+        parser.link_arguments("output_dir", "model.output_dir")
+        parser.link_arguments("output_dir", "data.output_dir")
+        parser.link_arguments("output_dir", "trainer.default_root_dir")
+
+    def before_instantiate_classes(self) -> None:
+        check_before_loading(self.config)
+        if _is_rank_zero_launch():
+            self.locks.append(OutputLock(self.config.output_dir))
+            self.locks[-1].acquire()
+
+    def instantiate_trainer(self, **kwargs):
+        trainer = self.config_init["trainer"]
+        callbacks = list(trainer.get("callbacks") or [])
+        # The images-counting progress, unless the user turned bars off or brought their own.
+        if trainer.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
+            kwargs["callbacks"] = [*callbacks, ImagesProgress()]
+        return super().instantiate_trainer(**kwargs)
+
+
+def exit_code(summary: dict | None, images_in_source: int) -> int:
+    run = (summary or {}).get("last_run", {})
+    if run.get("interrupted"):
+        return EXIT_INTERRUPTED
+    if images_in_source == 0:
+        return EXIT_NO_IMAGES
+    return EXIT_PARTLY_FAILED if run.get("error") else EXIT_OK
+
+
+def run_fit(args: list[str]) -> int:
+    locks: list[OutputLock] = []
+    try:
+        cli = FitCLI(args, locks)
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+        return exit_code(cli.model.summary, cli.datamodule.num_images)
+    finally:
+        for lock in locks:
+            lock.release()
+

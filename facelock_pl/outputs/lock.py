@@ -1,0 +1,84 @@
+"""One run per output folder: an exclusive lock file, `OUT/.facelock.lock`.
+
+Created atomically (`O_CREAT | O_EXCL`, which also holds on network file systems), it records the holder's
+host and process id. A second run is refused at once with a clear message. A lock left by a process that
+is gone (killed, crashed) on this host is taken over with a message; one held from another host cannot be
+checked, and the message says how to remove it if that run is over.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .. import logs
+
+LOCK_NAME = ".facelock.lock"
+
+
+class OutputLockedError(RuntimeError):
+    """Another run is writing into the same output folder."""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+class OutputLock:
+    """`with OutputLock(output_dir):` — held for the whole run by one process (global rank 0)."""
+
+    def __init__(self, output_dir: str | Path):
+        self.path = Path(output_dir) / LOCK_NAME
+        self.me = {"host": socket.gethostname(), "pid": os.getpid()}
+
+    def _create(self) -> bool:
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as handle:
+            json.dump({**self.me, "since": datetime.now(timezone.utc).isoformat(timespec="seconds")}, handle)
+        return True
+
+    def _holder(self) -> dict:
+        try:
+            return json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}  # being written right now, or damaged
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self._create():
+            return
+        holder = self._holder()
+        stale = holder.get("host") == self.me["host"] and isinstance(holder.get("pid"), int) and not _alive(holder["pid"])
+        if not stale:
+            raise OutputLockedError(
+                f"another run is writing into {self.path.parent} (process {holder.get('pid', '?')} on "
+                f"{holder.get('host', '?')} since {holder.get('since', '?')}): wait for it, or use another "
+                f"--output_dir. If that run is over, delete {self.path}")
+        logs.warning(f"facelock_pl: taking over the lock of process {holder['pid']}, which is gone ({self.path})")
+        self.path.unlink(missing_ok=True)
+        if not self._create():
+            raise OutputLockedError(f"another run took {self.path} at the same moment: use another --output_dir")
+
+    def release(self) -> None:
+        holder = self._holder()
+        if (holder.get("host"), holder.get("pid")) == (self.me["host"], self.me["pid"]):  # only our own lock
+            self.path.unlink(missing_ok=True)
+
+    def __enter__(self) -> "OutputLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
