@@ -40,7 +40,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from facelock_pl.cli import RENAMED_KEYS as _RENAMED
+from facelock_pl.config_files import RENAMED_KEYS as _RENAMED
 
 ROOT = Path(__file__).resolve().parents[1]
 RENAMED_KEYS = {f"--{old}": f"--{new}" for old, new in _RENAMED.items()}  # `fr_start:0` -> --model.objective.fr_start

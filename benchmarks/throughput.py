@@ -5,8 +5,10 @@
     python benchmarks/throughput.py --preset cpu-tiny
     python benchmarks/throughput.py --preset gpu-sd            # SD-VAE architecture at 512 px, random weights
 
-Each measurement runs in its own process (clean memory peak, clean thread pools), on the same models,
-images, resolution and iteration count:
+Each measurement runs in its own process (clean memory, clean thread pools), on the same models, images,
+resolution and iteration count; wall time excludes loading the models (the reference: its per-image loop;
+the others: `trainer.fit`, i.e. decoding, clean-image features, PGD, writing PNGs and the manifest, and the
+final re-measurement); peak memory is what the timed work needed above what the process already held:
   reference   `benchmarks/reference_loop.py`: batch 1, clean features and every term recomputed each
               iteration, unfused update (the published loop);
   pipeline    `ProtectionModule` + `FaceDataModule` + `lightning.Trainer.fit`, as `fit` runs them, on the
@@ -29,11 +31,12 @@ import argparse
 import dataclasses
 import json
 import os
-import resource
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -71,25 +74,56 @@ def module_kwargs(preset: str, assets: Path | None, iterations: int) -> dict:
 
 
 def prepare_images(folder: Path, count: int, assets: Path | None) -> None:
-    """The first `count` shared CelebA-HQ faces, or rotated copies of scikit-image's astronaut."""
+    """The first `count` shared CelebA-HQ faces, or rotated face crops of the portraits that scikit-image and
+    matplotlib ship (crops, so that MTCNN finds the face even at cpu-tiny's 64 px)."""
+    import matplotlib
     from PIL import Image
+    from skimage import data
 
     folder.mkdir(parents=True, exist_ok=True)
     faces = sorted((assets / "faces" / "celebahq").glob("*.jpg")) if assets else []
+    portraits = [Image.fromarray(data.astronaut()).crop((120, 0, 380, 260)),
+                 Image.open(Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg").crop((60, 60, 460, 460))]
     for i in range(count):
         target = folder / f"face{i:03d}.png"
         if faces:
             Image.open(faces[i % len(faces)]).convert("RGB").save(target)
         else:
-            from skimage import data
-
-            Image.fromarray(data.astronaut()).rotate(3 * i).save(target)
+            portraits[i % 2].convert("RGB").rotate(3 * (i // 2)).save(target)
 
 
-def peak_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+class PeakMemory:
+    """Memory the work inside the block needed, in MB: on CUDA the peak allocated; on CPU the peak resident
+    memory above what the process held when the block began (sampled every 5 ms), so imports and loaded
+    models, the same for every variant, do not hide the differences between them."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.peak_mb = device, 0.0
+
+    @staticmethod
+    def _resident_mb() -> float:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+    def __enter__(self) -> "PeakMemory":
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            self._start, self._stop = self._resident_mb(), threading.Event()
+            self._sampler = threading.Thread(target=self._sample, daemon=True)
+            self._sampler.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.005):
+            self.peak_mb = max(self.peak_mb, self._resident_mb() - self._start)
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            self.peak_mb = torch.cuda.max_memory_allocated() / 2**20
+        else:
+            self._stop.set()
+            self._sampler.join()
 
 
 def matmul_peak_tflops(device: torch.device) -> float:
@@ -144,14 +178,15 @@ def run_reference(args, kwargs: dict, device: torch.device) -> dict:
     module = ProtectionModule(**kwargs).to(device)
     images = FolderImages(args.folder, args.resolution)
     rows = []
-    start = time.perf_counter()
     lpips_weight = kwargs["objective"].lpips_weight if kwargs.get("objective") else 1.0
-    for i in range(len(images)):
-        item = images[i]
-        rows.append(reference_facelock(module.nets, module.detector, item.image[None].to(device), item.uid,
-                                       iterations=args.iterations, lpips_weight=lpips_weight))
+    start = time.perf_counter()
+    with PeakMemory(device) as memory:
+        for i in range(len(images)):
+            item = images[i]
+            rows.append(reference_facelock(module.nets, module.detector, item.image[None].to(device), item.uid,
+                                           iterations=args.iterations, lpips_weight=lpips_weight))
     wall = time.perf_counter() - start
-    return {"images": len(rows), "wall_s": wall, "images_per_s": len(rows) / wall, "peak_memory_mb": peak_memory_mb(device),
+    return {"images": len(rows), "wall_s": wall, "images_per_s": len(rows) / wall, "peak_memory_mb": memory.peak_mb,
             "fr_cos_recon": {r["uid"]: r["fr_cos_recon"] for r in rows},
             "iterations": {r["uid"]: args.iterations for r in rows}}
 
@@ -163,22 +198,20 @@ def run_pipeline(args, kwargs: dict, device: torch.device) -> dict:
     from facelock_pl.engine import ProtectionModule
     from facelock_pl.outputs import read_manifest
 
-    out = Path(tempfile.mkdtemp(prefix="facelock-bench-"))
+    out = Path(args.folder).parent / f"out-{args.phase}"
     module = ProtectionModule(**kwargs, output_dir=str(out))
     data = FaceDataModule(source=args.folder, resolution=args.resolution, batch_size=args.batch_size,
                           num_workers=args.num_workers, output_dir=str(out))
     trainer = L.Trainer(accelerator=device.type, devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    trainer.fit(module, datamodule=data)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    with PeakMemory(device) as memory:
+        trainer.fit(module, datamodule=data)
     wall = time.perf_counter() - start
     manifest = read_manifest(out)
+    shutil.rmtree(out)
     result = {"images": len(manifest), "wall_s": wall, "images_per_s": len(manifest) / wall,
-              "peak_memory_mb": peak_memory_mb(device), "batch_size": data.batch_size,
+              "peak_memory_mb": memory.peak_mb, "batch_size": data.batch_size,
               "fr_cos_recon": dict(zip(manifest["uid"], manifest["fr_cos_recon"].astype(float))),
               "iterations": dict(zip(manifest["uid"], manifest["iterations"].astype(int)))}
     levels = data.dataset[0].image[None].to(module.device)
@@ -191,8 +224,10 @@ def run_pipeline(args, kwargs: dict, device: torch.device) -> dict:
 
 
 def phase_main(args) -> None:
+    from facelock_pl.cli import configure_output
     from facelock_pl.engine import AdaptiveStopping
 
+    configure_output(verbose=False)
     device = torch.device(args.device)
     kwargs = module_kwargs(args.preset, Path(args.assets) if args.assets else None, args.iterations)
     if args.phase in ("quantised", "adaptive"):
@@ -214,7 +249,7 @@ def median(values) -> float | None:
 
 def run_phase(args, name: str, folder: Path, round_index: int) -> dict:
     """One variant in its own process; returns its phase JSON."""
-    phase_json = folder / f"{name}-{round_index}.json"
+    phase_json = folder.parent / f"{name}-{round_index}.json"
     command = [sys.executable, __file__, "--preset", args.preset, "--phase", name, "--phase-json", str(phase_json),
                "--folder", str(folder), "--resolution", str(args.resolution), "--device", args.device,
                "--images", str(args.images), "--iterations", str(args.iterations), "--batch-size", str(args.batch_size),
@@ -280,16 +315,17 @@ def main() -> None:
         phase_main(args)
         return
 
-    folder = Path(tempfile.mkdtemp(prefix="facelock-bench-images-"))
-    prepare_images(folder, args.images, Path(args.assets) if args.assets else None)
     variants = args.variants.split(",")
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:
         raise SystemExit(f"unknown variants {unknown}; choose from {VARIANTS}")
     rounds = []
-    for round_index in range(args.rounds):
-        order = variants if round_index % 2 == 0 else variants[::-1]
-        rounds.append({name: run_phase(args, name, folder, round_index) for name in order})
+    with tempfile.TemporaryDirectory(prefix="facelock-bench-") as work:  # images and outputs, removed at the end
+        folder = Path(work) / "images"
+        prepare_images(folder, args.images, Path(args.assets) if args.assets else None)
+        for round_index in range(args.rounds):
+            order = variants if round_index % 2 == 0 else variants[::-1]
+            rounds.append({name: run_phase(args, name, folder, round_index) for name in order})
     results = combine_rounds(rounds, variants)
     reference = results.get("reference")
     for name, result in results.items():
@@ -322,6 +358,14 @@ def main() -> None:
         fr = f"{r['median_fr_cos_recon']:.3f}" if r["median_fr_cos_recon"] is not None else "-"
         print(f"{name:>10} {r['images_per_s']:>9.4f} {speed:>8} {r['peak_memory_mb']:>8.0f} {r['mean_iterations']:>8.1f} "
               f"{fr:>20} {tflops:>8} {share:>7}")
+    print("wall time: reference = its per-image loop; the others = `trainer.fit` (decoding, clean-image features, PGD, "
+          "writing PNGs and the manifest, the final re-measurement); neither includes loading the models. peak MB: "
+          "memory the timed work needed above what the process held before it (CPU: resident memory, sampled).")
+    adaptive, pipeline = results.get("adaptive"), results.get("pipeline")
+    if adaptive and pipeline and adaptive["images_per_s"] < pipeline["images_per_s"]:
+        print(f"adaptive is slower than pipeline here: its images stopped after {adaptive['mean_iterations']:.1f} of "
+              f"{args.iterations} iterations on average, too few saved iterations to pay for the quantised forward and "
+              "the stopping checks (random or small models rarely reach the target early)")
     if args.json:
         print(f"json: {args.json}")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import os
 import re
 import sys
 import warnings
@@ -62,6 +63,12 @@ def configure_output(verbose: bool) -> None:
         logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
     if not verbose:
         warnings.filterwarnings("ignore")
+        # The Hugging Face libraries set their loggers' levels when first imported: tell them through the
+        # environment (which launched processes inherit too).
+        for variable, value in (("TRANSFORMERS_VERBOSITY", "error"), ("DIFFUSERS_VERBOSITY", "error"),
+                                ("DATASETS_VERBOSITY", "error"), ("HF_DATASETS_DISABLE_PROGRESS_BARS", "1"),
+                                ("HF_HUB_DISABLE_PROGRESS_BARS", "1")):
+            os.environ.setdefault(variable, value)
 
 
 def _known_keys(parser) -> list[str]:
@@ -77,10 +84,20 @@ def explain(error: Exception, parser=None) -> str:
     unknown = re.findall(r"--([\w.]+)", message.split("unrecognized arguments:")[-1]) if "unrecognized" in message else []
     unknown += re.findall(r"Key '([\w.]+)' is not expected", message)
     if parser is not None and unknown:
-        close = difflib.get_close_matches(unknown[0], _known_keys(parser), n=3, cutoff=0.6)
+        close = suggestions(unknown[0], _known_keys(parser))
         if close:
             message += "; did you mean " + " or ".join(f"--{c}" for c in close) + "?"
     return message
+
+
+def suggestions(key: str, known: list[str], n: int = 3) -> list[str]:
+    """Known keys whose last part starts with, or resembles, the last part of `key`; then keys like all of `key`."""
+    last = key.rsplit(".", 1)[-1]
+    tails = {k: k.rsplit(".", 1)[-1] for k in known}
+    starting = [k for k, tail in tails.items() if tail.startswith(last) and tail != last]
+    alike = [k for k, tail in tails.items() if tail in difflib.get_close_matches(last, list(tails.values()), n=n, cutoff=0.75)]
+    ranked = starting + alike + difflib.get_close_matches(key, known, n=n, cutoff=0.6)
+    return list(dict.fromkeys(ranked))[:n]
 
 
 def main(args: list[str] | None = None) -> None:
@@ -140,7 +157,7 @@ def _run(command: str, args: list[str]) -> int:
             return assets_main(args)
         return _evaluation(command, args)
     except (ConfigError, WeightsUnavailableError, OutputLockedError) as error:
-        message = str(error)
+        message = " ".join(str(error).split())  # one line
     except NoImagesError as error:
         print(f"facelock_pl {command}: {error}", file=sys.stderr)
         return EXIT_NO_IMAGES

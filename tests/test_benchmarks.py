@@ -13,6 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_throughput_benchmark_reports_every_variant(tmp_path):
     out = tmp_path / "throughput.json"
     result = subprocess.run(

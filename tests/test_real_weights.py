@@ -29,6 +29,7 @@ pytestmark = needs_shared
     ],
     ids=["facenet-casia", "sface"],
 )
+@pytest.mark.slow
 def test_recogniser_chain_verifies_pairs(shared_assets, spec, shared_readme_threshold):
     from facelock_pl.evaluation.calibrate import calibrate, pair_scores
 

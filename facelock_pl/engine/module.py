@@ -9,6 +9,8 @@ run summary.
 from __future__ import annotations
 
 import signal
+from dataclasses import asdict
+from pathlib import Path
 from typing import Literal
 
 import lightning as L
@@ -20,6 +22,7 @@ from ..models import FaceDetector, LPIPSSpec, RecognizerSpec, VAESpec, load_lpip
 from ..objectives import FaceLockObjective, Networks, build_method
 from ..outputs import OutputWriter, ProtectedImage
 from ..outputs.manifest import OutputFormat
+from ..outputs.settings import keep_settings
 from .attack import AttackConfig, PGDAttack
 from .memory import largest_batch
 from .optimizer import SignPGD
@@ -81,6 +84,7 @@ class ProtectionModule(L.LightningModule):
         self.requires_grad_(False).eval()
         speed.apply(self.nets)
         self.attack = PGDAttack(protection, self.nets, self.detector, attack, stopping, speed)
+        self.objective, self.vae_specs = objective, vaes
         self.output_dir = output_dir
         self.images_done = 0
         self.stats = RunStats()
@@ -149,6 +153,16 @@ class ProtectionModule(L.LightningModule):
             self.trainer.should_stop = True
 
     # ---- run level ------------------------------------------------------------------------------------
+    def protection_settings(self) -> dict:
+        """What decides the protected images (speed switches do not): recorded in OUT/protection.json."""
+        attack = self.attack
+        return {"method": attack.method.name, "attack": asdict(attack.config), "objective": asdict(self.objective),
+                "stopping": asdict(attack.stopping), "vae": [asdict(spec) for spec in self.vae_specs],
+                "recognizers": [asdict(r.spec) for r in self.nets.recognizers]}
+
+    def setup(self, stage: str) -> None:
+        keep_settings(Path(self.output_dir), self.protection_settings(), write=self.global_rank == 0)
+
     def on_fit_start(self) -> None:
         datamodule = self.trainer.datamodule
         if datamodule is not None and datamodule.batch_size == "auto":

@@ -16,13 +16,14 @@ import torch
 
 from ..config_files import ConfigError
 from ..models import LPIPSSpec, RecognizerSpec, load_lpips
+from ..outputs.settings import read_settings
 from ..pixels import levels_to_pm1, read_levels
 from . import metrics
 from .edit import clean_sources, edit_path, resolve_device
 from .metrics import ClipScorer, ClipSpec, FaceScorer
 from .prompts import load_prompts
 from .record import EditRecord
-from .report import write_report
+from .report import ReportContext, write_report
 from .sets import CLEAN, DataSpec, image_sets
 
 log = logging.getLogger("facelock_pl")
@@ -60,8 +61,8 @@ def run_evaluate(
         data, sets, purify, prompt_ids, output_dir: as for `edit`; None: everything `edit` recorded.
         clip: CLIP model of CLIP-S and CLIP-I (`ClipSpec`); None skips both (e.g. offline, where CLIP's
             weights cannot be had).
-        recognizers: face recognisers; the first gives the `FR` column, the others are black-box transfer
-            checks (a recogniser the protection did not optimise against).
+        recognizers: face recognisers, each scoring every edit (the report marks, per set, the ones that were in
+            its loss; the others are unseen by it: the transfer check).
         lpips: LPIPS network between edits; None skips LPIPS.
         batch_size: images scored together.
         samples: images shown per sample grid in `index.html`.
@@ -107,7 +108,9 @@ def run_evaluate(
     frame = pd.DataFrame(rows)
     if frame.empty:
         raise FileNotFoundError(f"no edits found under {out / 'edits'}: run `python -m facelock_pl edit` first")
-    write_report(frame, out / "report", faces.names, prompt_map, sources, all_sets, samples)
+    context = ReportContext(recognizers or [RecognizerSpec()], {n: read_settings(Path(f)) for n, f in record.sets.items()},
+                            prompt_map, prompt_free=record.editor["kind"] == "vae-roundtrip")
+    write_report(frame, out / "report", faces.names, sources, all_sets, samples, context)
     log.info("facelock_pl evaluate: %d rows; report in %s", len(frame), out / "report")
     return frame
 

@@ -1,33 +1,67 @@
 """The evaluation report: `report/table.md` (the paper's Table 1 layout), per-image parquet, aggregates,
-PNG plots and one self-contained `index.html`."""
+PNG plots and one self-contained `index.html`.
+
+Each protected set is shown with the settings it was made with (its `protection.json`), and every
+recogniser's columns say, per set, whether that recogniser was in the set's loss ("in loss") or never seen
+by it: protection against an unseen recogniser is the claim that matters. Metrics without data (CLIP or
+LPIPS switched off) and prompt-only views of prompt-free edits (the autoencoder round trip) are left out.
+"""
 
 from __future__ import annotations
 
 import base64
 import html
 import io
-import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
+from ..models import RecognizerSpec
 from ..outputs import write_bytes_atomic
 from ..pixels import png_bytes, read_levels
 from .edit import edit_path
 from .sets import CLEAN, ImageSet
 
+LEGEND = ("Arrows: the direction that is better for the defence. PSNR, SSIM and LPIPS compare edit(set) with edit(clean); "
+          "CLIP-S is the directional CLIP similarity of the edit to its prompt, CLIP-I the CLIP similarity of edit and "
+          "source; FR is cos(FR(source), FR(edit)) over edits with a detected face; FDFR is the share of edits where no "
+          "face was found; a match rate is the share of edits whose face is still recognised as the source person (a "
+          "detected face with cosine at or above the recogniser's threshold). \"in loss\": the set was optimised "
+          "against that recogniser; every other recogniser is unseen by it.")
 
-def metric_columns(fr_names: list[str], frame: pd.DataFrame | None = None) -> list[tuple[str, str, str]]:
-    """(column, label, direction that is better for the defence); match rates where thresholds exist."""
-    primary, *others = fr_names
+
+@dataclass
+class ReportContext:
+    """What the report says besides the numbers: how each set was made, which recognisers scored it, prompts."""
+
+    recognizers: list[RecognizerSpec]
+    settings: dict[str, dict | None] = field(default_factory=dict)  # protected set name -> its protection.json
+    prompts: dict[int, str] = field(default_factory=dict)
+    prompt_free: bool = False  # the edit ignores prompts (autoencoder round trip)
+
+    def in_loss(self, set_name: str, recognizer: RecognizerSpec) -> bool:
+        settings = self.settings.get(set_name.split("+")[0])
+        if not settings or settings["method"] != "facelock" or settings["objective"]["fr_weight"] == 0:
+            return False
+        return any(r["kind"] == recognizer.kind and _same_weights(r["weights"], recognizer.weights)
+                   for r in settings["recognizers"])
+
+
+def _same_weights(a: str, b: str) -> bool:
+    return a == b or Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+
+
+def metric_columns(fr_names: list[str], frame: pd.DataFrame) -> list[tuple[str, str, str]]:
+    """(column, label, direction that is better for the defence) of every metric that has data."""
     columns = [("psnr", "PSNR", "↓"), ("ssim", "SSIM", "↓"), ("lpips", "LPIPS", "↑"), ("clip_s", "CLIP-S", "↓"),
-               ("clip_i", "CLIP-I", "↓"), (f"fr:{primary}", f"FR ({primary})", "↓"), ("fdfr", "FDFR", "↑"),
-               *[(f"fr:{name}", f"FR ({name}, transfer)", "↓") for name in others]]
-    if frame is not None:
-        columns += [(f"match:{n}", f"match ({n})", "↓") for n in fr_names if f"match:{n}" in frame.columns]
-    return columns
+               ("clip_i", "CLIP-I", "↓"), ("fdfr", "FDFR", "↑"),
+               *[(f"fr:{name}", f"FR ({name})", "↓") for name in fr_names],
+               *[(f"match:{name}", f"match ({name})", "↓") for name in fr_names]]
+    present = frame.assign(fdfr=0.0)
+    return [c for c in columns if c[0] in present.columns and present[c[0]].notna().any()]
 
 
 def aggregate(frame: pd.DataFrame, by: list[str], fr_names: list[str]) -> pd.DataFrame:
@@ -41,55 +75,56 @@ def aggregate(frame: pd.DataFrame, by: list[str], fr_names: list[str]) -> pd.Dat
     return stats.assign(n=grouped.size())
 
 
-def markdown_table(by_set: pd.DataFrame, fr_names: list[str]) -> str:
-    columns = [c for c in metric_columns(fr_names) if f"{c[0]}_mean" in by_set.columns]
-    columns += [(f"match:{n}", f"match ({n})", "↓") for n in fr_names if f"match:{n}_mean" in by_set.columns]
-    header = "| set | " + " | ".join(f"{label} {arrow}" for _, label, arrow in columns) + " | n |"
-    lines = [header, "|" + "---|" * (len(columns) + 2)]
+def markdown_table(by_set: pd.DataFrame, frame: pd.DataFrame, fr_names: list[str], context: ReportContext) -> str:
+    columns = metric_columns(fr_names, frame)
+    specs = dict(zip(fr_names, context.recognizers))
+    lines = ["| set | " + " | ".join(f"{label} {arrow}" for _, label, arrow in columns) + " | n |",
+             "|" + "---|" * (len(columns) + 2)]
     for name, row in by_set.iterrows():
         cells = []
         for column, _, _ in columns:
             mean, std = row[f"{column}_mean"], row[f"{column}_std"]
-            cells.append("–" if pd.isna(mean) else f"{mean:.3f} ± {0.0 if pd.isna(std) else std:.3f}")
+            cell = "–" if pd.isna(mean) else f"{mean:.3f} ± {0.0 if pd.isna(std) else std:.3f}"
+            recognizer = specs.get(column.split(":", 1)[-1]) if ":" in column else None
+            cells.append(cell + (" (in loss)" if recognizer and context.in_loss(str(name), recognizer) else ""))
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {int(row['n'])} |")
-    note = ("\nArrows: the direction that is better for the defence. PSNR, SSIM and LPIPS compare edit(set) with "
-            "edit(clean); FR is cos(FR(source), FR(edit)) over edits with a detected face; FDFR is the share of edits "
-            "where no face was found; a match rate is the share of edits whose face is still recognised as the "
-            "source person (a detected face with cosine at or above the recogniser's threshold).\n")
-    return "\n".join(lines) + "\n" + note
+    return "\n".join(lines) + "\n\n" + LEGEND + "\n"
 
 
-def _bars(by_set: pd.DataFrame, fr_names: list[str], path: Path) -> None:
+def _bars(by_set: pd.DataFrame, frame: pd.DataFrame, fr_names: list[str], path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    columns = [c for c in metric_columns(fr_names) if f"{c[0]}_mean" in by_set.columns]
-    fig, axes = plt.subplots(1, len(columns), figsize=(3.0 * len(columns), 3.2))
-    for ax, (column, label, arrow) in zip(np.atleast_1d(axes), columns):
+    columns = metric_columns(fr_names, frame)
+    per_row = 4
+    rows = -(-len(columns) // per_row)
+    fig, axes = plt.subplots(rows, per_row, figsize=(4.2 * per_row, 3.6 * rows), squeeze=False)
+    for ax in axes.flat[len(columns):]:
+        ax.axis("off")
+    for ax, (column, label, arrow) in zip(axes.flat, columns):
         means, stds = by_set[f"{column}_mean"], by_set[f"{column}_std"].fillna(0)
-        shown = means.notna().to_numpy()  # a metric without data (e.g. FR when no edit has a face) gets no bar
+        shown = means.notna().to_numpy()
         ax.bar(np.arange(len(by_set))[shown], means[shown], yerr=stds[shown], capsize=3, color="#4c72b0")
-        if not shown.any():
-            ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
-        ax.set_xticks(range(len(by_set)), by_set.index, rotation=45, ha="right", fontsize=7)
-        ax.set_title(f"{label} {arrow}", fontsize=9)
+        ax.set_xticks(range(len(by_set)), by_set.index, rotation=30, ha="right", fontsize=10)
+        ax.set_title(f"{label} {arrow}", fontsize=12)
+        ax.tick_params(axis="y", labelsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
 def _fr_histogram(frame: pd.DataFrame, column: str, path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = plt.subplots(figsize=(9, 4.5))
     for name, group in frame.groupby("set", sort=False):
         values = group[column].dropna()
         if len(values):
-            ax.hist(values, bins=20, range=(-1, 1), histtype="step", linewidth=1.5, label=name)
-    ax.set_xlabel(f"{column.replace('fr:', 'FR ')}: cos(source, edit)")
-    ax.set_ylabel("edits")
-    ax.legend(fontsize=7)
+            ax.hist(values, bins=20, range=(-1, 1), histtype="step", linewidth=2, label=name)
+    ax.set_xlabel(f"{column.replace('fr:', 'FR ')}: cos(source, edit)", fontsize=12)
+    ax.set_ylabel("edits", fontsize=12)
+    ax.legend(fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
@@ -97,15 +132,13 @@ def _fr_heatmap(frame: pd.DataFrame, column: str, prompts: dict[int, str], path:
     import matplotlib.pyplot as plt
 
     table = frame.groupby(["prompt_id", "set"], sort=False)[column].mean().unstack("set")
-    fig, ax = plt.subplots(figsize=(3.5 + 1.1 * table.shape[1], 1.5 + 0.3 * table.shape[0]))
+    fig, ax = plt.subplots(figsize=(5 + 1.4 * table.shape[1], 2 + 0.4 * table.shape[0]))
     image = ax.imshow(table.to_numpy(dtype=float), vmin=-1, vmax=1, cmap="coolwarm", aspect="auto")
-    ax.set_xticks(range(table.shape[1]), table.columns, rotation=45, ha="right", fontsize=7)
-    ax.set_yticks(range(table.shape[0]), [f"{p}: {prompts[p][:32]}" for p in table.index], fontsize=7)
+    ax.set_xticks(range(table.shape[1]), table.columns, rotation=30, ha="right", fontsize=10)
+    ax.set_yticks(range(table.shape[0]), [f"{p}: {prompts[p][:40]}" for p in table.index], fontsize=10)
     fig.colorbar(image, ax=ax, label=f"mean {column}")
-    if table.isna().all().all():
-        ax.text(0.5, 0.5, "no edit with a detected face", ha="center", va="center", transform=ax.transAxes)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
@@ -114,7 +147,7 @@ def _grid(rows: list[list[torch.Tensor]]) -> bytes:
     return png_bytes(torch.cat([torch.cat(row, dim=2) for row in rows], dim=1))
 
 
-def _sample_grids(out: Path, sets: list[ImageSet], sources: dict, prompts: dict[int, str], samples: int) -> dict[str, bytes]:
+def _sample_grids(out: Path, sets: list[ImageSet], sources: dict, context: ReportContext, samples: int) -> dict[str, bytes]:
     """Per protected set and prompt: rows of source | protected | edit(clean) | edit(protected)."""
     def load(path: Path):
         return read_levels(path) if path.exists() else None
@@ -123,7 +156,7 @@ def _sample_grids(out: Path, sets: list[ImageSet], sources: dict, prompts: dict[
     for image_set in sets:
         if image_set.name == CLEAN:
             continue
-        for pid in list(prompts)[:3]:
+        for pid in list(context.prompts)[: 1 if context.prompt_free else 3]:
             rows = []
             for uid in sorted(sources)[:samples]:
                 protected = image_set.load(uid, sources[uid])
@@ -132,7 +165,8 @@ def _sample_grids(out: Path, sets: list[ImageSet], sources: dict, prompts: dict[
                 if protected is not None and clean_edit is not None and set_edit is not None:
                     rows.append([sources[uid], protected, clean_edit, set_edit])
             if rows:
-                grids[f"{image_set.name} — prompt {pid}: {prompts[pid]}"] = _grid(rows)
+                title = image_set.name if context.prompt_free else f"{image_set.name} — prompt {pid}: {context.prompts[pid]}"
+                grids[title] = _grid(rows)
     return grids
 
 
@@ -140,47 +174,73 @@ def _data_uri(data: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(data).decode()
 
 
-def write_report(frame: pd.DataFrame, out: Path, fr_names: list[str], prompts: dict[int, str], sources: dict,
-                 sets: list[ImageSet], samples: int) -> None:
+def _html_table(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _settings_rows(context: ReportContext) -> list[list[str]]:
+    rows = []
+    for name, settings in context.settings.items():
+        if settings is None:
+            rows.append([name, "unknown (no protection.json next to the images)", "", "", "", ""])
+            continue
+        attack, objective = settings["attack"], settings["objective"]
+        fr_term = settings["method"] == "facelock" and objective["fr_weight"] != 0
+        in_loss = [r.get("name") or r["kind"] for r in settings["recognizers"]] if fr_term else []
+        extras = [k for k in ("quantise_forward", "eot") if attack.get(k)]
+        rows.append([name, settings["method"] + (f" (+ {', '.join(extras)})" if extras else ""),
+                     f"{attack['eps']} ({attack['eps'] * 127.5:.1f}/255)", str(attack["iterations"]),
+                     ", ".join(in_loss) or "none", ", ".join(v.get("name") or v["kind"] for v in settings["vae"])])
+    return rows
+
+
+def write_report(frame: pd.DataFrame, out: Path, fr_names: list[str], sources: dict, sets: list[ImageSet], samples: int,
+                 context: ReportContext) -> None:
     out.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     frame.to_parquet(buffer, index=False)
     write_bytes_atomic(out / "per_image.parquet", buffer.getvalue())
     by_set = aggregate(frame, ["set"], fr_names)
-    by_prompt = aggregate(frame, ["set", "prompt_id"], fr_names)
-    overall = aggregate(frame, [], fr_names)
-    for name, table in (("by_set", by_set), ("by_prompt", by_prompt), ("overall", overall)):
+    tables = {"by_set": by_set, "overall": aggregate(frame, [], fr_names)}
+    if not context.prompt_free:
+        tables["by_prompt"] = aggregate(frame, ["set", "prompt_id"], fr_names)
+    for name, table in tables.items():
         write_bytes_atomic(out / f"{name}.csv", table.to_csv().encode())
-    table_md = markdown_table(by_set, fr_names)
+    table_md = markdown_table(by_set, frame, fr_names, context)
     write_bytes_atomic(out / "table.md", table_md.encode())
 
-    primary = f"fr:{fr_names[0]}"
-    _bars(by_set, fr_names, out / "metrics.png")
-    _fr_histogram(frame, primary, out / "fr_histogram.png")
-    _fr_heatmap(frame, primary, prompts, out / "fr_heatmap.png")
-    grids = _sample_grids(out, sets, sources, prompts, samples)
+    plots = {"Metrics per set (mean ± std)": "metrics.png"}
+    _bars(by_set, frame, fr_names, out / "metrics.png")
+    primary = next((f"fr:{n}" for n in fr_names if frame[f"fr:{n}"].notna().any()), None)
+    if primary is not None:
+        plots[f"{primary[3:]}: distribution of FR per set"] = "fr_histogram.png"
+        _fr_histogram(frame, primary, out / "fr_histogram.png")
+        if not context.prompt_free and frame["prompt_id"].nunique() > 1:
+            plots[f"{primary[3:]}: mean FR per prompt and set"] = "fr_heatmap.png"
+            _fr_heatmap(frame, primary, context.prompts, out / "fr_heatmap.png")
+    write_bytes_atomic(out / "index.html", _page(frame, table_md, plots, out, sets, sources, samples, context).encode())
 
-    plots = "".join(f'<h3>{html.escape(title)}</h3><img src="{_data_uri((out / name).read_bytes())}">'
-                    for title, name in (("Metrics per set (mean ± std)", "metrics.png"),
-                                        ("FR distribution per set", "fr_histogram.png"),
-                                        ("Mean FR per prompt and set", "fr_heatmap.png")))
-    samples_html = "".join(f'<h3>{html.escape(title)}</h3><p>source | protected | edit of clean | edit of protected</p>'
-                           f'<img src="{_data_uri(data)}">' for title, data in grids.items())
-    page = (
+
+def _page(frame, table_md, plots, out, sets, sources, samples, context) -> str:
+    table_lines = [line for line in table_md.splitlines() if line.startswith("|") and not line.startswith("|---")]
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in table_lines]
+    images = "".join(f'<h3>{html.escape(title)}</h3><img src="{_data_uri((out / name).read_bytes())}">'
+                     for title, name in plots.items())
+    grids = "".join(f'<h3>{html.escape(title)}</h3><p>source | protected | edit of clean | edit of protected</p>'
+                    f'<img src="{_data_uri(data)}">' for title, data in _sample_grids(out, sets, sources, context, samples).items())
+    edit = "the editor's autoencoder round trip (no prompt)" if context.prompt_free else f"{len(context.prompts)} prompt(s)"
+    prompts = "" if context.prompt_free else "<h2>Prompts</h2><ol>" + "".join(
+        f"<li value='{pid}'>{html.escape(text)}</li>" for pid, text in context.prompts.items()) + "</ol>"
+    return (
         "<!doctype html><html><head><meta charset='utf-8'><title>facelock_pl evaluation</title><style>"
-        "body{font-family:sans-serif;max-width:1200px;margin:2em auto}table{border-collapse:collapse}"
-        "td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px}img{max-width:100%}</style></head><body>"
-        f"<h1>facelock_pl evaluation</h1><p>{len(frame)} scored edits, {frame['uid'].nunique()} images, "
-        f"{frame['prompt_id'].nunique()} prompts, sets: {html.escape(', '.join(frame['set'].unique()))}.</p>"
-        f"<h2>Table</h2>{_markdown_to_html(table_md)}<h2>Plots</h2>{plots}<h2>Samples</h2>{samples_html}"
-        f"<h2>Prompts</h2><pre>{html.escape(json.dumps(prompts, indent=1, ensure_ascii=False))}</pre></body></html>"
+        "body{font-family:sans-serif;max-width:1400px;margin:2em auto;font-size:15px}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:4px 8px;font-size:14px}img{max-width:100%}p.legend{color:#444}</style>"
+        f"</head><body><h1>facelock_pl evaluation</h1><p>{len(frame)} scored edits of {frame['uid'].nunique()} images; "
+        f"edit: {html.escape(edit)}; sets: {html.escape(', '.join(frame['set'].unique()))}.</p>"
+        "<h2>Protected sets</h2>" + _html_table(["set", "method", "ε", "iterations", "recognisers in the loss", "autoencoders"],
+                                                _settings_rows(context)) +
+        f"<h2>Results</h2>{_html_table(cells[0], cells[1:])}<p class='legend'>{html.escape(LEGEND)}</p>"
+        f"<h2>Plots</h2>{images}<h2>Samples</h2>{grids}{prompts}</body></html>"
     )
-    write_bytes_atomic(out / "index.html", page.encode())
-
-
-def _markdown_to_html(table_md: str) -> str:
-    lines = [line for line in table_md.splitlines() if line.startswith("|") and not line.startswith("|---")]
-    cells = [[html.escape(c.strip()) for c in line.strip("|").split("|")] for line in lines]
-    head = "".join(f"<th>{c}</th>" for c in cells[0])
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in cells[1:])
-    return f"<table><tr>{head}</tr>{body}</table>"

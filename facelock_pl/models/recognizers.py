@@ -30,6 +30,7 @@ FACENET_RELEASES = {
     "vggface2": "20180402-114759-vggface2.pt",
     "casia-webface": "20180408-102900-casia-webface.pt",
 }
+FACENET_RELEASE_URL = "https://github.com/timesler/facenet-pytorch/releases/download/v2.2.9/"
 
 
 @dataclass
@@ -115,17 +116,16 @@ def _facenet(spec: RecognizerSpec) -> nn.Module:
 
     net = InceptionResnetV1(pretrained=None, classify=False)
     if spec.weights in FACENET_RELEASES:
+        # facenet-pytorch's own releases, in its cache; fetched here (not by facenet-pytorch, whose loader
+        # unpickles without weights_only) and read as tensors only.
         cached = facenet_pytorch_cache_dir() / FACENET_RELEASES[spec.weights]
         if not cached.exists():
-            try:  # facenet-pytorch downloads its releases into the same cache
-                from facenet_pytorch.models.inception_resnet_v1 import load_weights
-
-                load_weights(net, spec.weights)
-                return net
+            try:
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                torch.hub.download_url_to_file(FACENET_RELEASE_URL + cached.name, str(cached), progress=False)
             except Exception as error:
                 raise WeightsUnavailableError(
-                    f"facenet InceptionResnetV1 ({spec.weights})",
-                    [str(cached), "https://github.com/timesler/facenet-pytorch/releases"],
+                    f"facenet InceptionResnetV1 ({spec.weights})", [str(cached), FACENET_RELEASE_URL + cached.name],
                     "Put the released .pt file there, or pass a local state dict with "
                     "--model.recognizers '[{kind: facenet, weights: /path/to/weights.safetensors}]'.",
                     error,

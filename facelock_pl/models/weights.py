@@ -66,8 +66,10 @@ def load_pretrained(load: Callable[[str, bool], T], path: str, model: str, hint:
     try:
         return load(source, offline)
     except Exception as error:  # hub, file-system and format errors all end the same way
-        route = f" {OFFLINE_ROUTE}" if offline and source == path else ""
-        raise WeightsUnavailableError(model, where, hint + route, error) from error
+        from_cache_only = offline and source == path
+        # Offline, the libraries' own messages ("does not appear to have a file named config.json") mislead.
+        cause = FileNotFoundError("not in the local Hugging Face cache") if from_cache_only else error
+        raise WeightsUnavailableError(model, where, hint + (f" {OFFLINE_ROUTE}" if from_cache_only else ""), cause) from error
 
 
 def torch_checkpoint_dir() -> Path:
@@ -81,13 +83,19 @@ def facenet_pytorch_cache_dir() -> Path:
 
 
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
-    """A state dict from `.safetensors`, or from a `.pt`/`.pth` file (tensors only, no pickled code)."""
+    """A state dict from `.safetensors`, or from a `.pt`/`.pth` file read with `weights_only=True`: a checkpoint
+    whose pickle would run code is refused, never executed."""
     path = Path(path)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
 
-        return load_file(str(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
+            return load_file(str(path))
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise WeightsUnavailableError(f"the state dict {path}", [str(path)],
+                                      "It must be a .safetensors file or a plain tensor checkpoint (weights_only).",
+                                      error) from error
     return state.get("state_dict", state) if isinstance(state, dict) else state
 
 

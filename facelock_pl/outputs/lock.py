@@ -39,6 +39,7 @@ class OutputLock:
     def __init__(self, output_dir: str | Path):
         self.path = Path(output_dir) / LOCK_NAME
         self.me = {"host": socket.gethostname(), "pid": os.getpid()}
+        self._created_folder = False  # a run that stops before writing anything leaves no empty folder behind
 
     def _create(self) -> bool:
         try:
@@ -56,6 +57,7 @@ class OutputLock:
             return {}  # being written right now, or damaged
 
     def acquire(self) -> None:
+        self._created_folder = not self.path.parent.exists()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self._create():
             return
@@ -75,6 +77,8 @@ class OutputLock:
         holder = self._holder()
         if (holder.get("host"), holder.get("pid")) == (self.me["host"], self.me["pid"]):  # only our own lock
             self.path.unlink(missing_ok=True)
+            if self._created_folder and not any(self.path.parent.iterdir()):
+                self.path.parent.rmdir()
 
     def __enter__(self) -> "OutputLock":
         self.acquire()

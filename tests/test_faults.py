@@ -1,0 +1,287 @@
+"""Faults and hostile inputs, each through the real command line in a subprocess (issue: never lose or mix up
+a protected image). Numbers refer to the cases of that issue."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from conftest import ROOT, astronaut, grace_hopper
+from facelock_pl.outputs import read_manifest
+from test_distributed import clean_env, portraits
+
+
+def fit(source: Path, out: Path, *extra, config: str = "tiny.yaml", popen: bool = False, **kwargs):
+    command = [sys.executable, "-m", "facelock_pl", "fit", "--config", str(ROOT / "configs" / config), "--data.source",
+               str(source), "--output_dir", str(out), "--trainer.enable_progress_bar", "false", *map(str, extra)]
+    if popen:
+        return subprocess.Popen(command, cwd=ROOT, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                **kwargs)
+    return subprocess.run(command, cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=600, **kwargs)
+
+
+def png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def one_line_error(result: subprocess.CompletedProcess, code: int = 2) -> str:
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == code and len(lines) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    return lines[0]
+
+
+def face_folder(folder: Path, n: int = 2) -> Path:
+    folder.mkdir(parents=True)
+    for i in range(n):
+        [astronaut(), grace_hopper()][i % 2].resize((96, 96)).save(folder / f"face{i}.png")
+    return folder
+
+
+# 1 ------------------------------------------------------------------------------------------------------------
+def test_source_columns_never_overwrite_the_protected_image_or_the_uid(tmp_path):
+    original, other = png(astronaut().resize((96, 96))), png(grace_hopper().resize((96, 96)))
+    features = datasets.Features({"img": datasets.Image(), "image": datasets.Image(), "uid": datasets.Value("string")})
+    datasets.Dataset.from_dict({"img": [{"bytes": original, "path": None}], "image": [{"bytes": other, "path": None}],
+                                "uid": ["evil"]}, features=features).to_parquet(str(tmp_path / "rows.parquet"))
+    result = fit(tmp_path / "rows.parquet", tmp_path / "out", "--data.image_column", "img", "--model.output_format", "both")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "'image' -> 'source_image'" in result.stderr and "'uid' -> 'source_uid'" in result.stderr
+    row = datasets.load_dataset("parquet", data_dir=str(tmp_path / "out" / "dataset"), split="train")[0]
+    protected = np.asarray(Image.open(tmp_path / "out" / "images" / "train-000000.png"))
+    assert row["uid"] == "train-000000" and row["source_uid"] == "evil"
+    assert np.array_equal(np.asarray(row["image"]), protected)  # the protected image, not a source column
+    assert np.array_equal(np.asarray(row["source_image"]), np.asarray(Image.open(io.BytesIO(other))))
+
+
+# 2 ------------------------------------------------------------------------------------------------------------
+def test_a_stray_parquet_below_a_folder_does_not_turn_it_into_a_dataset(tmp_path):
+    faces = face_folder(tmp_path / "faces")
+    (faces / "sub").mkdir()
+    features = datasets.Features({"image": datasets.Image()})
+    rows = [{"bytes": png(astronaut().resize((64, 64))), "path": None}] * 3
+    datasets.Dataset.from_dict({"image": rows}, features=features).to_parquet(str(faces / "sub" / "stray.parquet"))
+    result = fit(faces, tmp_path / "out")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert sorted(read_manifest(tmp_path / "out")["source"]) == ["face0.png", "face1.png"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("data_format", ["auto", "folder"])
+def test_an_output_folder_inside_the_source_is_never_protected_again(tmp_path, data_format):
+    faces = face_folder(tmp_path / "faces")
+    out = faces / "protected"
+    for _ in range(2):
+        result = fit(faces, out, "--model.output_format", "both", "--data.format", data_format)
+        assert result.returncode == 0, result.stderr[-2000:]
+    assert "2 images in" in result.stderr and "skipping 2 already protected" in result.stderr
+    assert len(read_manifest(out)) == 2
+    assert len(datasets.load_dataset("parquet", data_dir=str(out / "dataset"), split="train")) == 2
+
+
+# 3 ------------------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_a_second_run_into_the_same_output_folder_is_refused_at_once(tmp_path):
+    faces, out = face_folder(tmp_path / "faces"), tmp_path / "out"
+    first = fit(faces, out, "--model.attack.iterations", "400", "--model.output_format", "both", popen=True)
+    deadline = time.time() + 120
+    while not (out / ".facelock.lock").exists():
+        assert first.poll() is None and time.time() < deadline, first.communicate()[1][-2000:]
+        time.sleep(0.1)
+    second = fit(faces, out, "--model.output_format", "both")
+    assert "another run is writing into" in one_line_error(second)
+    assert first.wait(timeout=600) == 0, first.communicate()[1][-2000:]
+    assert len(read_manifest(out)) == 2 and not (out / ".facelock.lock").exists()
+    assert sum(pq.read_metadata(p).num_rows for p in (out / "manifest").glob("*.parquet")) == 2
+    assert len(datasets.load_dataset("parquet", data_dir=str(out / "dataset"), split="train")) == 2
+
+
+def test_the_lock_of_a_dead_run_is_taken_over(tmp_path):
+    faces, out = face_folder(tmp_path / "faces", 1), tmp_path / "out"
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    out.mkdir()
+    (out / ".facelock.lock").write_text(json.dumps({"host": socket.gethostname(), "pid": gone.pid}))
+    result = fit(faces, out)
+    assert result.returncode == 0 and f"taking over the lock of process {gone.pid}" in result.stderr
+
+
+# 4 ------------------------------------------------------------------------------------------------------------
+def wait_for_parts(out: Path, process: subprocess.Popen, count: int) -> None:
+    deadline = time.time() + 300
+    while len(list((out / "manifest").glob("part-*.parquet"))) < count:
+        assert process.poll() is None and time.time() < deadline, process.communicate()[1][-3000:]
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_sigterm_to_a_two_rank_process_group_stops_every_rank_and_loses_nothing(tmp_path):
+    source, out = portraits(tmp_path / "faces", 8), tmp_path / "out"
+    args = ["--data.resolution", "96", "--data.batch_size", "1", "--model.attack.iterations", "30", "--model.output_format",
+            "both", "--trainer.devices", "2", "--trainer.accelerator", "cpu"]
+    run = fit(source, out, *args, popen=True, start_new_session=True)
+    wait_for_parts(out, run, 2)
+    os.killpg(run.pid, signal.SIGTERM)
+    started = time.time()
+    _, stderr = run.communicate(timeout=120)
+    assert run.returncode == 5, stderr[-3000:]
+    assert time.time() - started < 60 and "INTERRUPTED by SIGTERM" in stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["last_run"]["interrupted"] == "SIGTERM" and 2 <= summary["folder"]["images"] < 8
+    assert not (out / ".facelock.lock").exists()
+
+    rerun = fit(source, out, *args)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    manifest = read_manifest(out)
+    assert sorted(manifest["uid"]) == [f"face{i:02d}" for i in range(8)]
+    rows = [u for p in (out / "manifest").glob("*.parquet") for u in pq.read_table(p)["uid"].to_pylist()]
+    assert len(rows) == 8  # every image protected exactly once over both runs
+    protected = datasets.load_dataset("parquet", data_dir=str(out / "dataset"), split="train")
+    assert sorted(protected["uid"]) == sorted(manifest["uid"])
+
+
+@pytest.mark.slow
+def test_sigterm_to_a_single_process_exits_with_the_interrupted_code(tmp_path):
+    source, out = portraits(tmp_path / "faces", 6), tmp_path / "out"
+    run = fit(source, out, "--data.batch_size", "1", "--model.attack.iterations", "40", "--data.resolution", "96", popen=True)
+    wait_for_parts(out, run, 1)
+    run.send_signal(signal.SIGTERM)
+    _, stderr = run.communicate(timeout=120)
+    assert run.returncode == 5 and "INTERRUPTED by SIGTERM" in stderr and "rerun the same command" in stderr
+    assert json.loads((out / "summary.json").read_text())["last_run"]["interrupted"] == "SIGTERM"
+
+
+# 5, 8 ---------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("option", "message"), [
+    (["--data.batch_size", "0"], "data.batch_size must be at least 1 or 'auto' (got 0)"),
+    (["--data.resolution", "7"], "data.resolution must be at least 32 and a multiple of 8 (got 7)"),
+    (["--model.attack.eps", "0"], "need 0 < eps <= 2"),
+])
+def test_impossible_values_are_one_line_errors_before_anything_loads(tmp_path, option, message):
+    started = time.time()
+    result = fit(face_folder(tmp_path / "faces", 1), tmp_path / "out", *option)
+    assert message in one_line_error(result)
+    assert not (tmp_path / "out").exists() and time.time() - started < 60
+
+
+@pytest.mark.slow
+def test_an_output_dir_that_is_a_file_is_a_one_line_error(tmp_path):
+    (tmp_path / "taken").write_text("a file")
+    assert "is a file, not a folder" in one_line_error(fit(face_folder(tmp_path / "faces", 1), tmp_path / "taken"))
+    assert "cannot be written" in one_line_error(fit(tmp_path / "faces", tmp_path / "taken" / "below"))
+
+
+# 6 ------------------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_missing_and_outside_files_named_by_a_dataset_are_error_rows(tmp_path):
+    data = tmp_path / "data"
+    face_folder(data / "faces", 1)
+    face_folder(tmp_path / "elsewhere", 1)
+    table = datasets.Dataset.from_dict({"file": ["faces/face0.png", "faces/missing.png", str(tmp_path / "elsewhere" / "face0.png"),
+                                                 "not a path at all"]})
+    table.to_parquet(str(data / "rows.parquet"))
+    result = fit(data / "rows.parquet", tmp_path / "out", "--data.image_column", "file")
+    assert result.returncode == 3, result.stderr[-2000:]  # partly failed, nothing crashed
+    rows = read_manifest(tmp_path / "out").set_index("uid")
+    assert rows.loc["train-000000", "status"] in ("ok", "no_face")
+    assert "cannot read the image file faces/missing.png" in rows.loc["train-000001", "message"]
+    assert "outside the dataset's folder" in rows.loc["train-000002", "message"]
+    assert rows.loc["train-000003", "status"] == "error"
+
+    again = fit(data / "rows.parquet", tmp_path / "out", "--data.image_column", "file", "--data.allow_external_paths", "true")
+    assert again.returncode == 3 and "3 to do" in again.stderr  # only the three error rows are tried again
+    assert read_manifest(tmp_path / "out").set_index("uid").loc["train-000002", "status"] in ("ok", "no_face")
+
+
+# 7 ------------------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_uids_stay_the_same_when_files_with_the_same_stem_are_added(tmp_path):
+    faces, out = tmp_path / "faces", tmp_path / "out"
+    faces.mkdir()
+    astronaut().resize((96, 96)).save(faces / "x.jpg")
+    assert fit(faces, out).returncode == 0
+    before = read_manifest(out).set_index("uid")
+    grace_hopper().resize((96, 96)).save(faces / "x.png")
+    result = fit(faces, out)
+    assert result.returncode == 0 and "skipping 1 already protected" in result.stderr and "1 to do" in result.stderr
+    after = read_manifest(out).set_index("uid")
+    assert sorted(after.index) == ["x", "x.png"] and after.loc["x", "source"] == "x.jpg"
+    assert after.loc["x", "finished_at"] == before.loc["x", "finished_at"]  # not protected again
+    assert {p.name for p in (out / "images").iterdir()} == {"x.png", "x.png.png"}
+
+
+def test_generated_names_for_repeated_ids_never_collide_with_real_ids(tmp_path):
+    generated = f"a-dup1-{hashlib.sha1(b'a#2').hexdigest()[:6]}"  # what the second "a" is renamed to
+    images = [{"bytes": png(astronaut().rotate(10 * i).resize((96, 96))), "path": None} for i in range(3)]
+    features = datasets.Features({"id": datasets.Value("string"), "image": datasets.Image()})
+    datasets.Dataset.from_dict({"id": ["a", "a", generated], "image": images}, features=features).to_parquet(
+        str(tmp_path / "rows.parquet"))
+    result = fit(tmp_path / "rows.parquet", tmp_path / "out", "--data.id_column", "id")
+    assert result.returncode == 0, result.stderr[-2000:]
+    manifest = read_manifest(tmp_path / "out")
+    assert len(manifest) == 3 and len(set(manifest["uid"])) == 3 and len(list((tmp_path / "out" / "images").iterdir())) == 3
+
+
+# 8 ------------------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_a_damaged_manifest_part_is_quarantined_not_fatal(tmp_path):
+    faces, out = face_folder(tmp_path / "faces"), tmp_path / "out"
+    assert fit(faces, out).returncode == 0
+    (out / "manifest" / "part-0-r0-000000.parquet").write_bytes(b"")  # a 0-byte part, e.g. from a full disk
+    result = fit(faces, out)
+    assert result.returncode == 0 and "damaged manifest part part-0-r0-000000.parquet" in result.stderr
+    assert (out / "manifest" / "damaged" / "part-0-r0-000000.parquet").exists() and len(read_manifest(out)) == 2
+
+
+def test_error_rows_keep_real_sizes_gifs_are_listed_and_animations_refused(tmp_path):
+    faces = face_folder(tmp_path / "faces", 1)
+    Image.fromarray(np.zeros((8, 12, 3), np.uint8)).save(faces / "tiny.png")
+    astronaut().resize((96, 96)).convert("P").save(faces / "still.gif")
+    frames = [astronaut().resize((96, 96)).convert("P"), grace_hopper().resize((96, 96)).convert("P")]
+    frames[0].save(faces / "moving.gif", save_all=True, append_images=frames[1:])
+    result = fit(faces, tmp_path / "out")
+    assert result.returncode == 3, result.stderr[-2000:]
+    rows = read_manifest(tmp_path / "out").set_index("uid")
+    assert (rows.loc["tiny", "width"], rows.loc["tiny", "height"]) == (12, 8) and rows.loc["tiny", "status"] == "error"
+    assert rows.loc["still", "status"] in ("ok", "no_face")
+    assert rows.loc["moving", "status"] == "error" and "animated image with 2 frames" in rows.loc["moving", "message"]
+    assert (rows.loc["moving", "width"], rows.loc["moving", "height"]) == (96, 96)
+
+
+# 9 ------------------------------------------------------------------------------------------------------------
+def test_benchmark_sizes_are_parsed_never_evaluated(tmp_path):
+    marker = tmp_path / "evaluated"
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "kernel.py"), "--sizes",
+                             f"__import__('pathlib').Path('{marker}').touch()"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "is not a shape like 1x3x256x256" in result.stderr and not marker.exists()
+
+
+def test_a_pickled_checkpoint_with_code_is_refused(tmp_path, monkeypatch):
+    """Checkpoints are read with torch.load(weights_only=True): a .pt that would run code never loads."""
+    import torch
+
+    from facelock_pl.models import RecognizerSpec, WeightsUnavailableError, load_recognizer
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'ran'}",))
+
+    torch.save({"state_dict": Payload()}, tmp_path / "evil.pt")
+    with pytest.raises(WeightsUnavailableError, match=r"(?s)Weights only load failed.*plain tensor checkpoint"):
+        load_recognizer(RecognizerSpec(kind="facenet", weights=str(tmp_path / "evil.pt")))
+    assert not (tmp_path / "ran").exists()

@@ -1,0 +1,235 @@
+"""A new user's first hour, through the real entry point in a subprocess: help, strict and quiet options, errors
+that say what to do, exit codes, progress, outputs a person can read (the issue's points are numbered)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from conftest import ROOT, astronaut, grace_hopper
+from facelock_pl.outputs import SCHEMA, read_manifest
+from test_distributed import clean_env
+
+NOISE = ("args parameter is intended", "Seed set", "litlogger", "tensorboardX", "Initializing distributed",
+         "DeprecationWarning", "UserWarning", "GPU available", "accelerate", "Traceback")
+
+
+def cli(*args, cwd: Path = ROOT, env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "facelock_pl", *map(str, args)], cwd=cwd, capture_output=True, text=True,
+                          timeout=600, env={**clean_env(), **(env or {})}, **kwargs)
+
+
+def faces(folder: Path, n: int = 2) -> Path:
+    folder.mkdir(parents=True)
+    for i in range(n):
+        [astronaut(), grace_hopper()][i % 2].resize((96, 96)).save(folder / f"face{i}.png")
+    return folder
+
+
+def tiny(source: Path, out: Path, *extra) -> list:
+    return ["fit", "--config", ROOT / "configs" / "tiny.yaml", "--data.source", source, "--output_dir", out, *extra]
+
+
+# 1 ------------------------------------------------------------------------------------------------------------
+def test_without_network_the_error_names_the_cause_and_the_offline_route(tmp_path):
+    result = cli("fit", "--config", ROOT / "configs" / "demo.yaml", "--output_dir", tmp_path / "out",
+                 env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "TORCH_HOME": str(tmp_path / "torch")})
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
+    assert "HF_HUB_OFFLINE is set" in lines[0] and "not in the local Hugging Face cache" in lines[0]
+    assert "python -m facelock_pl assets download --to DIR" in lines[0] and "--assets DIR" in lines[0]
+    assert "Retrying" not in result.stderr and "config.json" not in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+# 2 ------------------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_config_paths_are_relative_to_the_config_file_and_assets_to_the_bundle(tmp_path):
+    project = tmp_path / "project"
+    faces(project / "faces")
+    (project / "bundle" / "vae").mkdir(parents=True)
+    (project / "configs").mkdir()
+    config = project / "configs" / "mine.yaml"
+    config.write_text("assets: ../bundle\nmodel:\n  vae: {kind: taesd, path: '${assets}/vae'}\n"
+                      "  recognizers: [{kind: tiny-random}]\ndata:\n  source: ../faces\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    printed = cli("fit", "--config", config, "--print_config", cwd=elsewhere)
+    assert printed.returncode == 0, printed.stderr[-2000:]
+    assert f"source: {project / 'faces'}" in printed.stdout and f"path: {project / 'bundle' / 'vae'}" in printed.stdout
+    other = tmp_path / "other-bundle"
+    other.mkdir()
+    assert f"path: {other}/vae" in cli("fit", "--config", config, "--assets", other, "--print_config", cwd=elsewhere).stdout
+    missing = cli("fit", "--config", config, "--assets", tmp_path / "nowhere", cwd=elsewhere)
+    assert missing.returncode == 2 and "assets download --to DIR" in missing.stderr
+
+
+def test_assets_download_writes_checksums_that_check_verifies(tmp_path):
+    import io
+    import zipfile
+
+    from safetensors.torch import load_file
+
+    from facelock_pl import assets
+
+    upstream = tmp_path / "upstream"
+    upstream.mkdir()
+    (upstream / "enc.safetensors").write_bytes(b"not really weights")
+    torch.save({"w": torch.ones(2, 2)}, upstream / "net.pt")
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as zipped:
+        zipped.writestr("pack/model.onnx", b"onnx bytes")
+    (upstream / "pack.zip").write_bytes(archive.getvalue())
+    sources = (assets.Asset("vae/enc.safetensors", (upstream / "enc.safetensors").as_uri()),
+               assets.Asset("fr/net.safetensors", (upstream / "net.pt").as_uri()),
+               assets.Asset("fr/model.onnx", (upstream / "pack.zip").as_uri(), member="model.onnx"))
+    bundle = tmp_path / "bundle"
+    lines = assets.download(bundle, sources)
+    assert len(lines) == 3 and (bundle / "fr" / "model.onnx").read_bytes() == b"onnx bytes"
+    assert load_file(str(bundle / "fr" / "net.safetensors"))["w"].dtype == torch.float16  # a checkpoint, as safetensors
+    assert assets.check(bundle) == []
+    (bundle / "fr" / "model.onnx").write_bytes(b"tampered")
+    assert assets.check(bundle) == ["fr/model.onnx: checksum differs"]
+    checked = cli("assets", "check", bundle)
+    assert checked.returncode == 2 and "fr/model.onnx: checksum differs" in checked.stderr
+
+
+# 3, 7 ---------------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_a_normal_run_is_quiet_shows_progress_in_images_and_minus_v_brings_the_logs_back(tmp_path):
+    source = faces(tmp_path / "faces")
+    quiet = cli(*tiny(source, tmp_path / "quiet"))
+    assert quiet.returncode == 0, quiet.stderr[-2000:]
+    assert not [noise for noise in NOISE if noise in quiet.stderr], quiet.stderr
+    assert all(line.startswith(("facelock_pl", "  ")) for line in quiet.stderr.splitlines()), quiet.stderr
+    progress = [line for line in quiet.stderr.splitlines() if "images 1/2" in line or "images 2/2" in line]
+    assert progress and all(re.search(r"ETA \d+:\d\d", line) and "images/s" in line for line in progress)
+    assert not quiet.stdout
+    loud = cli("-v", *tiny(source, tmp_path / "loud"))
+    assert loud.returncode == 0 and "GPU available" in loud.stderr
+
+
+def test_the_eta_counts_the_iterations_images_actually_need():
+    """Under adaptive stopping images need fewer than `iterations`: the ETA uses what finished images needed."""
+    from facelock_pl.progress import ImagesProgress
+
+    progress = ImagesProgress()
+    progress.total, progress._started, progress.step_seconds = 10, time.perf_counter(), 2.0
+    slots = SimpleNamespace(iteration=torch.tensor([40, 10]), occupied=torch.tensor([True, True]))
+    attack = SimpleNamespace(config=SimpleNamespace(iterations=100), slots=slots, busy=True, capacity=2)
+    module = SimpleNamespace(attack=attack, images_done=4, stats=SimpleNamespace(iterations_mean=lambda default: 50.0))
+    # Left: (50 - 40) + (50 - 10) iterations in flight, 4 images not started at 50 each, over 2 slots: 125 steps x 2 s.
+    assert "ETA 4:10" in progress.status(module) and "iteration 40/100" in progress.status(module)
+
+
+# 4 ------------------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_help_lists_the_commands_that_run():
+    result = cli("--help")
+    assert result.returncode == 0 and result.stdout.startswith("usage: python -m facelock_pl COMMAND")
+    for command in ("fit", "edit", "evaluate", "assets", "exit codes"):
+        assert command in result.stdout
+    assert "validate" not in result.stdout and "predict" not in result.stdout and "Lightning Trainer" not in result.stdout
+    assert "usage: python -m facelock_pl fit" in cli("fit", "--help").stdout
+    unknown = cli("predict")
+    assert unknown.returncode == 2 and "unknown command 'predict'" in unknown.stderr
+
+
+# 5 ------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("option", ["--model.iteration", "--model.iter", "--model.attack.iteration"])
+def test_misspelt_options_are_one_line_errors_with_a_suggestion(tmp_path, option):
+    result = cli(*tiny(faces(tmp_path / "faces"), tmp_path / "out", option, "20"))
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and f"unrecognized arguments: {option} 20" in lines[0]
+    assert "did you mean --model.attack.iterations" in lines[0] and not (tmp_path / "out").exists()
+
+
+# 6 ------------------------------------------------------------------------------------------------------------
+def test_a_source_that_does_not_exist_is_refused_before_models_load(tmp_path):
+    started = time.time()
+    result = cli(*tiny(tmp_path / "typo", tmp_path / "out"))
+    assert result.returncode == 2 and "does not exist" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists() and time.time() - started < 60
+
+
+@pytest.mark.slow
+def test_an_empty_source_and_a_source_where_everything_fails_are_not_successes(tmp_path):
+    (tmp_path / "empty").mkdir()
+    empty = cli(*tiny(tmp_path / "empty", tmp_path / "out-empty"))
+    assert empty.returncode == 4 and "no image files" in empty.stderr and not (tmp_path / "out-empty").exists()
+    (tmp_path / "broken").mkdir()
+    for name in ("a.jpg", "b.png"):
+        (tmp_path / "broken" / name).write_bytes(b"not an image")
+    broken = cli(*tiny(tmp_path / "broken", tmp_path / "out-broken"))
+    assert broken.returncode == 3 and "2 image(s) failed" in broken.stderr
+
+
+# 8 ------------------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_limit_reruns_outputs_and_summary_mean_what_the_readme_says(tmp_path):
+    source, out = faces(tmp_path / "faces", 3), tmp_path / "out"
+    first = cli(*tiny(source, out, "--data.limit", "2"), preexec_fn=lambda: os.umask(0o022))
+    assert first.returncode == 0 and "2 images in" in first.stderr
+    again = cli(*tiny(source, out, "--data.limit", "2"))
+    assert again.returncode == 0 and "skipping 2 already protected" in again.stderr and "0 to do" in again.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["folder"]["images"] == 2 and summary["folder"]["ok"] == 2 and summary["last_run"]["images"] == 0
+    files = [*(out / "images").iterdir(), *(out / "manifest").glob("*.parquet"), out / "summary.json"]
+    assert {oct(path.stat().st_mode & 0o777) for path in files} == {"0o644"}
+    assert str(read_manifest(out)["finished_at"].dtype) == "datetime64[us, UTC]"
+
+
+def test_every_manifest_column_is_documented_in_the_readme():
+    readme = (ROOT / "README.md").read_text()
+    documented = set(re.findall(r"^\| `([a-z_0-9]+)`", readme, flags=re.M))
+    documented |= {name for row in re.findall(r"^\| ((?:`[a-z_0-9]+`(?:, )?)+) \|", readme, flags=re.M)
+                   for name in re.findall(r"`([a-z_0-9]+)`", row)}
+    assert set(SCHEMA.names) <= documented, set(SCHEMA.names) - documented
+
+
+# 9 ------------------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="headless Chromium not installed (apt-get install chromium)")
+def test_the_report_renders_in_headless_chromium(tmp_path):
+    source, protected, evaluation = faces(tmp_path / "faces"), tmp_path / "protected", tmp_path / "eval"
+    assert cli(*tiny(source, protected)).returncode == 0
+    assert cli("edit", "--config", ROOT / "configs" / "edit-tiny.yaml", "--data.source", source, "--sets",
+               f"{{facelock: {protected}}}", "--output_dir", evaluation).returncode == 0
+    assert cli("evaluate", "--config", ROOT / "configs" / "evaluate-tiny.yaml", "--output_dir", evaluation).returncode == 0
+    page = (evaluation / "report" / "index.html").read_text()
+    assert "Protected sets" in page and "0.03 (3.8/255)" in page and "Arrows: the direction" in page
+    assert "<li value='0'>" in page and "{" not in page.split("<h2>Prompts</h2>")[1]  # prompts as text, not JSON
+    shot = tmp_path / "report.png"
+    subprocess.run([shutil.which("chromium"), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                    "--window-size=1400,2000", f"--screenshot={shot}", (evaluation / "report" / "index.html").as_uri()],
+                   capture_output=True, timeout=180)
+    pixels = torch.from_numpy(np.asarray(Image.open(shot).convert("L"))).float()
+    assert pixels.std() > 20  # text, tables and plots, not a blank page
+
+
+def test_a_prompt_free_report_has_no_prompts_and_no_empty_panels(tmp_path):
+    from facelock_pl.evaluation.report import ReportContext, markdown_table, aggregate
+    from facelock_pl.models import RecognizerSpec
+
+    frame = pd.DataFrame({"set": ["clean", "a"], "prompt_id": [0, 0], "uid": ["x", "x"], "psnr": [float("nan"), 30.0],
+                          "ssim": [float("nan"), 0.9], "lpips": [float("nan")] * 2, "clip_s": [float("nan")] * 2,
+                          "clip_i": [float("nan")] * 2, "face_found": [True, True], "fr:r": [0.9, 0.2]})
+    settings = {"a": {"method": "facelock", "objective": {"fr_weight": 1.0}, "recognizers": [{"kind": "onnx", "weights": "r.onnx"}]}}
+    context = ReportContext([RecognizerSpec(kind="onnx", weights="r.onnx", name="r")], settings, {0: "p"}, prompt_free=True)
+    table = markdown_table(aggregate(frame, ["set"], ["r"]), frame, ["r"], context)
+    header = table.splitlines()[0]
+    assert "LPIPS" not in header and "CLIP" not in header and "FR (r)" in header  # no column without data
+    assert "0.200 ± 0.000 (in loss)" in table and "| clean |" in table and "0.900 ± 0.000 |" in table
