@@ -172,11 +172,11 @@ def image_flops(flops: dict[str, float], iterations_run: int, iterations: int) -
 def run_reference(args, kwargs: dict, device: torch.device) -> dict:
     from reference_loop import reference_facelock
 
-    from facelock_pl.data import FolderImages
+    from facelock_pl.data import Decoding, FolderImages
     from facelock_pl.engine import ProtectionModule
 
     module = ProtectionModule(**kwargs).to(device)
-    images = FolderImages(args.folder, args.resolution)
+    images = FolderImages(args.folder, Decoding(args.resolution))
     rows = []
     lpips_weight = kwargs["objective"].lpips_weight if kwargs.get("objective") else 1.0
     start = time.perf_counter()

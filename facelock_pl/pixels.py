@@ -66,11 +66,42 @@ def levels_to_pil(levels: torch.Tensor) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(levels.permute(1, 2, 0).cpu().numpy()))
 
 
-def png_bytes(levels: torch.Tensor) -> bytes:
-    """Lossless PNG of a uint8 [3, H, W] tensor."""
+def png_bytes(levels: torch.Tensor, icc_profile: bytes | None = None, exif: bytes | None = None) -> bytes:
+    """Lossless PNG of a uint8 [3, H, W] tensor, with the colour profile and EXIF block given (if any)."""
     buffer = io.BytesIO()
-    levels_to_pil(levels).save(buffer, format="PNG")
+    extra = {k: v for k, v in (("icc_profile", icc_profile), ("exif", exif)) if v}
+    levels_to_pil(levels).save(buffer, format="PNG", **extra)
     return buffer.getvalue()
+
+
+def working_size(width: int, height: int, resolution: int) -> tuple[int, int]:
+    """(width, height) an editor working at `resolution` sees: the longest side `resolution`, the aspect ratio
+    kept, both sides multiples of 8 (at least 8)."""
+    scale = resolution / max(width, height)
+    return tuple(max(8, 8 * round(side * scale / 8)) for side in (width, height))
+
+
+def resize(image: Image.Image, size: tuple[int, int]) -> torch.Tensor:
+    """An RGB PIL image resized (antialiased Lanczos) to `size` = (width, height), as uint8 [3, h, w]."""
+    same = image.size == tuple(size)
+    return pil_to_levels(image if same else image.resize(size, Image.Resampling.LANCZOS, reducing_gap=None))
+
+
+NATIVE = "native"  # a working resolution that is the image's own size
+
+
+def editor_input(levels: torch.Tensor, resolution: int | str) -> torch.Tensor:
+    """What an editor working at `resolution` gets from an 8-bit image [3, H, W]: resized, aspect kept
+    (`native`: the image as it is)."""
+    if resolution == NATIVE:
+        return levels
+    return resize(levels_to_pil(levels), working_size(levels.shape[-1], levels.shape[-2], resolution))
+
+
+def pad_to(levels: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """[3, h, w] placed at the top left of a [3, height, width] canvas, the border pixels repeated."""
+    h, w = levels.shape[-2:]
+    return torch.nn.functional.pad(levels[None].float(), (0, width - w, 0, height - h), mode="replicate")[0].to(levels.dtype)
 
 
 def read_levels(path: str | Path) -> torch.Tensor:

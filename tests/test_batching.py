@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import tiny_module_kwargs
+from conftest import astronaut, grace_hopper, tiny_module_kwargs
 from facelock_pl.data import ImageItem, ImageQueue, QueueFeed
 from facelock_pl.engine import AdaptiveStopping, ProtectionModule
 from facelock_pl.outputs import read_manifest
@@ -41,11 +41,11 @@ def test_feed_yields_the_same_queue_until_the_run_is_stopped():
 
 
 def test_attack_fills_the_lowest_free_slots_and_leaves_unreadable_images_out(face_folder):
-    from facelock_pl.data import FolderImages
+    from facelock_pl.data import Decoding, FolderImages
 
     module = ProtectionModule(**tiny_module_kwargs())
     module.attack.capacity = 3
-    good = [FolderImages(face_folder, 64)[i] for i in range(2)]
+    good = [FolderImages(face_folder, Decoding(64))[i] for i in range(2)]
     bad = ImageItem.failed("broken", "broken.jpg", "corrupt")
     rejected = module.attack.admit([good[0], bad, good[1]])
     assert rejected == [bad]
@@ -86,7 +86,12 @@ def test_straight_through_levels_is_the_saved_image_with_identity_gradient():
 @pytest.mark.parametrize("quantise_forward", [True, False])
 def test_quantised_forward_measures_stops_for_free(face_folder, tmp_path, monkeypatch, quantise_forward):
     """With quantise_forward the forward pass sees the 8-bit image: its fr_cos term is the saved file's
-    fr_cos_recon, and the adaptive-stopping checks need no extra pass (only the final one per image)."""
+    fr_cos_recon, and the adaptive-stopping checks need no extra pass (only the final one per image). The
+    sources are face crops at the working size, so the saved file is the iterate itself (nothing is resampled)."""
+    for path in list(face_folder.iterdir()):
+        path.unlink()
+    astronaut().crop((120, 0, 380, 260)).resize((64, 64)).save(face_folder / "astronaut.png")
+    grace_hopper().crop((60, 60, 460, 460)).resize((64, 64)).save(face_folder / "grace_hopper.png")
     kwargs = tiny_module_kwargs(iterations=30, eps=0.1, step_size=0.02, quantise_forward=quantise_forward,
                                 stopping=AdaptiveStopping(below=2.0, patience=1, min_iterations=15, check_every=5))
     module = ProtectionModule(**kwargs)

@@ -14,12 +14,12 @@ import yaml
 from PIL import Image
 
 from conftest import ROOT, random_image, run_cli
-from facelock_pl.data import square_resize
 from facelock_pl.objectives import TERM_NAMES
 from facelock_pl.outputs import SCHEMA, read_manifest
 
-MANIFEST_COLUMNS = ["uid", "source", "status", "message", "method", "width", "height", "iterations", "linf_255", "psnr_db",
-                    *[f"term_{t}" for t in TERM_NAMES], "fr_cos_recon", "fr_cos_recon_detected", "seconds", "extra_json", "finished_at", "rank"]
+MANIFEST_COLUMNS = ["uid", "source", "status", "message", "method", "width", "height", "working_width", "working_height",
+                    "iterations", "linf_255", "psnr_db", *[f"term_{t}" for t in TERM_NAMES], "fr_cos_recon", "fr_cos_recon_detected",
+                    "seconds", "metadata_removed", "extra_json", "finished_at", "rank"]
 
 
 @pytest.fixture
@@ -71,10 +71,10 @@ def test_tiny_fit_end_to_end_then_resume(messy_folder, tmp_path, caplog):
     assert ok["fr_cos_recon"].notna().all() and ok["term_fr_cos"].notna().all() and ok["term_lpips"].notna().all()
     assert manifest.loc[manifest.status == "no_face", "fr_cos_recon"].isna().all()
 
-    # The PNG is lossless and inside the ε-ball of the 8-bit resized source.
+    # The PNG is lossless, the whole source frame at its own size, inside the ε-ball of the 8-bit source.
     png = np.asarray(Image.open(out / "images" / "astronaut.png")).astype(int)
-    source = square_resize(Image.open(messy_folder / "astronaut.png").convert("RGB"), 64).permute(1, 2, 0).numpy().astype(int)
-    assert png.shape == (64, 64, 3) and 0 < np.abs(png - source).max() <= 3
+    source = np.asarray(Image.open(messy_folder / "astronaut.png").convert("RGB")).astype(int)
+    assert png.shape == source.shape == (512, 512, 3) and 0 < np.abs(png - source).max() <= 3
     assert not list(out.rglob(".tmp-*"))
     assert (out / "lightning_logs").is_dir()
 

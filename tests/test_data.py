@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from conftest import random_image
-from facelock_pl.data import BadImageError, FolderImages, list_images, load_rgb, make_uid, square_resize
+from facelock_pl.data import BadImageError, Decoding, FolderImages, ImageItem, Photo, list_images, load_rgb, make_uid
 
 
 def test_grayscale_rgba_cmyk_palette_become_rgb(tmp_path):
@@ -77,15 +77,18 @@ def test_tiny_and_huge_images_are_refused(tmp_path):
         load_rgb(tmp_path / "big.png", max_pixels=1_000_000)
 
 
-def test_square_resize_centre_crops_with_antialiasing():
+def test_the_working_canvas_keeps_the_whole_frame_and_its_aspect_with_antialiasing():
     stripes = np.zeros((100, 300, 3), dtype=np.uint8)
-    stripes[:, 100:200] = 255  # the centre square is white
-    out = square_resize(Image.fromarray(stripes), 50)
-    assert out.shape == (3, 50, 50) and out.dtype == torch.uint8
-    assert out.float().mean() > 250
+    stripes[:, 100:200] = 255  # a white band in the middle third
+    item = ImageItem.from_photo("s", "s.png", Photo(Image.fromarray(stripes)), 48)
+    assert item.image.shape == (3, 48, 48) and item.image.dtype == torch.uint8 and item.region == (16, 48)
+    image = item.image[:, :16].float()
+    assert image[:, :, :14].mean() < 10 and image[:, :, 18:30].mean() > 245 and image[:, :, 34:].mean() < 10  # not cropped
+    assert torch.equal(item.image[:, 16:], item.image[:, 15:16].expand(-1, 32, -1))  # the border repeated
+    assert torch.equal(item.native, torch.from_numpy(stripes).permute(2, 0, 1)) and (item.width, item.height) == (300, 100)
     checker = (np.indices((256, 256)).sum(0) % 2 * 255).astype(np.uint8)
-    small = square_resize(Image.fromarray(checker).convert("RGB"), 32)
-    assert abs(small.float().mean() - 127.5) < 3 and small.float().std() < 10  # no aliasing
+    small = ImageItem.from_photo("c", "c.png", Photo(Image.fromarray(checker).convert("RGB")), 32).image.float()
+    assert abs(small.mean() - 127.5) < 3 and small.std() < 10  # no aliasing
 
 
 @pytest.mark.parametrize("name", ["../../etc/passwd", "/abs/x.png", "..", ".hidden.png", "a/../../b.jpg", "ü ber/bad:name?.png", "x" * 300])
@@ -114,7 +117,7 @@ def test_uids_are_stable_and_distinct(tmp_path):
 def test_folder_dataset_turns_bad_files_into_error_items(tmp_path):
     Image.fromarray(random_image()).save(tmp_path / "good.png")
     (tmp_path / "fake.jpg").write_text("plain text with an image suffix")
-    dataset = FolderImages(tmp_path, resolution=32)
+    dataset = FolderImages(tmp_path, Decoding(32))
     items = {item.uid: item for item in (dataset[i] for i in range(len(dataset)))}
     assert items["good"].status == "ok" and items["good"].image.shape == (3, 32, 32)
     assert (items["good"].width, items["good"].height) == (96, 80)

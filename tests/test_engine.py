@@ -126,11 +126,11 @@ def test_fr_cos_detected_realigns_on_the_reconstruction_and_marks_no_face(face_f
     """The detected-anew measure of an unchanged image is the clean measure (cos 1); a faceless image has none."""
     import torch
 
-    from facelock_pl.data import load_rgb, square_resize
-    from facelock_pl.pixels import levels_to_pm1
+    from facelock_pl.data import load_rgb
+    from facelock_pl.pixels import levels_to_pm1, resize
 
     attack = ProtectionModule(**tiny_module_kwargs()).attack
-    faces = torch.stack([square_resize(load_rgb(p), 160) for p in sorted(face_folder.iterdir())])
+    faces = torch.stack([resize(load_rgb(p), (160, 160)) for p in sorted(face_folder.iterdir())])
     clean = attack.clean_features(faces)
     assert clean.face_found.all()
     meter = attack.meter

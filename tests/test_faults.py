@@ -169,7 +169,7 @@ def test_sigterm_to_a_single_process_exits_with_the_interrupted_code(tmp_path):
 # 5, 8 ---------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(("option", "message"), [
     (["--data.batch_size", "0"], "data.batch_size must be at least 1 or 'auto' (got 0)"),
-    (["--data.resolution", "7"], "data.resolution must be at least 32 and a multiple of 8 (got 7)"),
+    (["--data.resolution", "7"], "data.resolution must be 'native', or at least 32 and a multiple of 8 (got 7)"),
     (["--model.attack.eps", "0"], "need 0 < eps <= 2"),
 ])
 def test_impossible_values_are_one_line_errors_before_anything_loads(tmp_path, option, message):

@@ -9,7 +9,7 @@ from conftest import tiny_module_kwargs
 from PIL import Image
 from test_engine import fit
 
-from facelock_pl.data.images import load_rgb, square_resize
+from facelock_pl.data.images import load_rgb
 from facelock_pl.engine import ProtectionModule
 from facelock_pl.engine.gradients import momentum_update_, smooth_gradient
 from facelock_pl.outputs import read_manifest
@@ -41,7 +41,7 @@ def high_frequency_share(out, folder) -> float:
     """Size of the perturbation's 1-pixel differences relative to its size (0 for a constant shift)."""
     shares = []
     for row in read_manifest(out).itertuples():
-        source = square_resize(load_rgb(folder / row.source), 64).permute(1, 2, 0).numpy().astype(float)
+        source = np.asarray(load_rgb(folder / row.source)).astype(float)  # the protected image has the source's size
         delta = np.asarray(Image.open(out / "images" / f"{row.uid}.png"), dtype=float) - source
         shares.append(np.abs(np.diff(delta, axis=0)).mean() / (np.abs(delta).mean() + 1e-9))
     return float(np.mean(shares))

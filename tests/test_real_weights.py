@@ -15,7 +15,8 @@ import torch
 from PIL import Image
 
 from conftest import ROOT, needs_shared, run_cli
-from facelock_pl.data import load_rgb, square_resize
+from facelock_pl.data import load_rgb
+from facelock_pl.pixels import editor_input, pil_to_levels, resize
 from facelock_pl.models import RecognizerSpec, VAESpec, load_vae
 
 pytestmark = needs_shared
@@ -46,7 +47,7 @@ def test_taesd_reconstructs_a_shared_face(shared_assets):
     vae = load_vae(VAESpec(kind="taesd", path=str(shared_assets / "vae" / "taesd"), subfolder=None))
     faces = sorted((shared_assets / "faces" / "celebahq").glob("*.jpg"))[:2]
     for path in faces:
-        levels = square_resize(load_rgb(path), 512)[None]
+        levels = resize(load_rgb(path), (512, 512))[None]
         x = levels.float() / 127.5 - 1
         with torch.no_grad():
             recon = vae.decode(vae.encode(x)).clamp(-1, 1)
@@ -74,7 +75,7 @@ def test_facelock_destroys_identity_with_real_weights(shared_assets, tmp_path):
     assert row.fr_cos_recon < 0.3
     assert row.linf_255 <= 3
     png = np.asarray(Image.open(out / "images" / f"{row.uid}.png"))
-    assert png.shape == (256, 256, 3)
+    assert png.shape == (1024, 1024, 3)  # the source's own size; optimised at 256 px
 
     # The manifest's detected-anew measure is what the offline evaluation computes on the same file.
     from facelock_pl.pixels import levels_to_pm1, pm1_to_levels
@@ -82,10 +83,11 @@ def test_facelock_destroys_identity_with_real_weights(shared_assets, tmp_path):
 
     vae = load_vae(VAESpec(kind="taesd", path=str(shared_assets / "vae" / "taesd"), subfolder=None))
     with torch.no_grad():
-        recon = pm1_to_levels(vae.decode(vae.encode(levels_to_pm1(torch.from_numpy(png).permute(2, 0, 1)[None]))).clamp(-1, 1))
+        seen = editor_input(torch.from_numpy(png).permute(2, 0, 1), 256)[None]  # as the editor takes it
+        recon = pm1_to_levels(vae.decode(vae.encode(levels_to_pm1(seen))).clamp(-1, 1))
     scorer = FaceScorer([RecognizerSpec(kind="facenet", weights=facenet)], torch.device("cpu"))
     source = shared_assets / "faces" / "celebahq" / row.source  # sources are relative to data.source
-    _, [source_embedding] = scorer.embed(square_resize(load_rgb(source), 256)[None])
+    _, [source_embedding] = scorer.embed(editor_input(pil_to_levels(load_rgb(source)), 256)[None])
     found, [recon_embedding] = scorer.embed(recon)
     assert found.all()
     assert abs(float((source_embedding * recon_embedding).sum()) - row.fr_cos_recon_detected) < 2e-3

@@ -29,7 +29,8 @@ from .feeder import QueueFeed
 from .folder import FolderImages, demo_entries
 from .hf import HFImages, contiguous_shard, detect_format, open_dataset, row_uids
 from .images import DEFAULT_MAX_PIXELS
-from .items import ImageItem
+from ..pixels import NATIVE
+from .items import Decoding, ImageItem
 
 DEMO_SOURCE = "demo"  # the portraits that scikit-image and matplotlib ship
 FORMATS = ("auto", "folder", "imagefolder", "parquet", "disk", "hub")
@@ -62,25 +63,40 @@ class FaceDataModule(L.LightningDataModule):
             paths (read below the dataset's folder only, unless `allow_external_paths`).
         id_column: column giving each row's uid; None: `<split>-<row index>`.
         num_shards, shard_index: protect only this contiguous shard of the source.
-        resolution: working resolution in pixels, at least 32 and a multiple of 8 (centre square crop,
-            antialiased resize).
+        resolution: the editor's working resolution: the optimisation sees the image resized (antialiased, aspect
+            kept, never cropped) to this longest side, a multiple of 8 and at least 32; `native` works at the
+            image's own size (one image per step). Either way the protected image is the whole source frame at
+            its own size: the perturbation found at the working size is carried to it, projected and quantised there.
         batch_size: slots, i.e. images optimised together in one PGD step (at least 1); `auto` lets the module
             find the largest that fits in GPU memory (4 on CPU).
         num_workers: loader worker processes (decoding and resizing happen there).
         limit: only the first `limit` images of the source (shard); None for all. Images already protected
             among them are skipped, so a rerun with the same limit has nothing to do.
-        max_pixels: inputs with more pixels are rejected before decoding (decompression-bomb guard).
+        max_pixels: inputs with more pixels are an `error` row, refused before decoding (decompression-bomb guard)...
+        oversize: ... unless `downscale`: they are shrunk to `max_pixels` and protected at that size (the manifest
+            message says so).
+        keep_metadata: the protected copy keeps the source's whole EXIF block; by default location (GPS) and
+            camera/lens serial numbers are removed (the manifest's `metadata_removed` says what). An RGB source's
+            colour profile is always kept.
+        region: `frame` optimises the whole frame; `faces` (for small faces in large photos) optimises a square crop
+            around the detected faces, grown by `face_margin` of their box on each side, at the working
+            resolution, and changes only that part of the photo (an image without a detected face: the frame).
         allow_external_paths: let dataset cells name image files outside the dataset's own folder.
         output_dir: the run's output folder (linked from the top-level `--output_dir`).
     """
 
     def __init__(self, source: str = "", format: Literal["auto", "folder", "imagefolder", "parquet", "disk", "hub"] = "auto",
                  split: str = "train", image_column: str = "image", id_column: str | None = None, num_shards: int = 1,
-                 shard_index: int = 0, resolution: int = 512, batch_size: int | Literal["auto"] = 8, num_workers: int = 0,
-                 limit: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS, allow_external_paths: bool = False,
+                 shard_index: int = 0, resolution: int | Literal["native"] = 512, batch_size: int | Literal["auto"] = 8,
+                 num_workers: int = 0, limit: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 oversize: Literal["error", "downscale"] = "error", keep_metadata: bool = False,
+                 region: Literal["frame", "faces"] = "frame", face_margin: float = 0.5, allow_external_paths: bool = False,
                  output_dir: str = "outputs"):
         super().__init__()
         check_options(source, format, num_shards, shard_index, resolution, batch_size, num_workers, limit, max_pixels)
+        if region == "faces" and resolution == NATIVE:
+            raise ValueError("data.region faces optimises a working-resolution crop: give data.resolution in pixels")
+        self.decoding = Decoding(resolution, max_pixels, oversize, keep_metadata, region, face_margin)
         self.source, self.format, self.split = source, format, split
         self.image_column, self.id_column = image_column, id_column
         self.num_shards, self.shard_index = num_shards, shard_index
@@ -98,8 +114,8 @@ class FaceDataModule(L.LightningDataModule):
         fmt = detect_format(self.source, exclude) if self.format == "auto" else self.format
         if self.source == DEMO_SOURCE or fmt == "folder":
             entries = demo_entries() if self.source == DEMO_SOURCE else None
-            images = FolderImages("/" if entries else self.source, self.resolution, self.max_pixels, entries=entries,
-                                  exclude=exclude, known=known)
+            images = FolderImages("/" if entries else self.source, self.decoding, entries=entries, exclude=exclude,
+                                  known=known)
             keep = contiguous_shard(len(images), self.num_shards, self.shard_index)[: self.limit]
             images.entries = [images.entries[i] for i in keep]
             return images, [uid for uid, _ in images.entries]
@@ -110,8 +126,8 @@ class FaceDataModule(L.LightningDataModule):
         if renamed:
             logs.warning(f"facelock_pl: {renamed} rows repeat an id of column {self.id_column!r}; renamed "
                          "deterministically with a -dup<k>-<hash> suffix")
-        images = HFImages(dataset, uids, self.image_column, self.resolution, self.max_pixels, self.source,
-                          base_dir=self._dataset_folder(fmt), allow_external_paths=self.allow_external_paths)
+        images = HFImages(dataset, uids, self.image_column, self.decoding, self.source, base_dir=self._dataset_folder(fmt),
+                          allow_external_paths=self.allow_external_paths)
         clashes = {name: new for name, new in images.columns.items() if name != new}
         if clashes:
             logs.warning("facelock_pl: source column(s) " + ", ".join(f"{k!r} -> {v!r}" for k, v in clashes.items()) +
@@ -169,8 +185,11 @@ def check_options(source: str, format: str, num_shards: int, shard_index: int, r
         problems.append(f"data.format must be one of {', '.join(FORMATS)} (got {format!r})")
     if batch_size != "auto" and (not isinstance(batch_size, int) or batch_size < 1):
         problems.append(f"data.batch_size must be at least 1 or 'auto' (got {batch_size!r})")
-    if resolution < 32 or resolution % 8:
-        problems.append(f"data.resolution must be at least 32 and a multiple of 8 (got {resolution})")
+    if resolution == NATIVE:
+        if batch_size != 1:
+            problems.append("data.resolution native works on one image at a time: set data.batch_size 1")
+    elif not isinstance(resolution, int) or resolution < 32 or resolution % 8:
+        problems.append(f"data.resolution must be 'native', or at least 32 and a multiple of 8 (got {resolution})")
     if num_shards < 1 or not 0 <= shard_index < num_shards:
         problems.append(f"data.shard_index must be in [0, data.num_shards) (got {shard_index} of {num_shards})")
     if num_workers < 0 or (limit is not None and limit < 0) or max_pixels < 1:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from torch.utils.data import Dataset
 
-from .images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, BadImageError, load_rgb, make_uid, square_resize, unique_uid
-from .items import ImageItem
+from .images import IMAGE_SUFFIXES, make_uid, unique_uid
+from .items import Decoding, ImageItem
 
 
 def image_files(root: Path, exclude: list[Path] = ()) -> list[str]:
@@ -64,21 +64,20 @@ def demo_entries() -> list[tuple[str, str]]:
 
 
 class FolderImages(Dataset):
-    """`ImageItem`s of the image files under a folder, at the working resolution.
+    """`ImageItem`s of the image files under a folder (see `Decoding`).
 
     A file that cannot be decoded yields an item with `status="error"` and a message instead of raising:
     one bad image never stops a run.
     """
 
-    def __init__(self, root: str | Path, resolution: int = 512, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 entries: list[tuple[str, str]] | None = None, exclude: list[Path] = (), known: dict[str, str] | None = None):
+    def __init__(self, root: str | Path, decoding: Decoding = Decoding(), entries: list[tuple[str, str]] | None = None,
+                 exclude: list[Path] = (), known: dict[str, str] | None = None):
         """`entries` (uid, path relative to `root` or absolute) replaces listing the folder; `exclude` and
         `known` are passed to `list_images`."""
         self.root = Path(root).expanduser()
         if entries is None and not self.root.is_dir():
             raise FileNotFoundError(f"data.source {self.root} is not a folder")
-        self.resolution = resolution
-        self.max_pixels = max_pixels
+        self.decoding = decoding
         self.entries = list_images(self.root, exclude, known) if entries is None else entries
 
     def __len__(self) -> int:
@@ -86,8 +85,4 @@ class FolderImages(Dataset):
 
     def __getitem__(self, index: int) -> ImageItem:
         uid, relative = self.entries[index]
-        try:
-            image = load_rgb(self.root / relative, self.max_pixels)
-        except BadImageError as error:
-            return ImageItem.failed(uid, relative, str(error), *error.size)
-        return ImageItem(uid, relative, square_resize(image, self.resolution), image.width, image.height)
+        return self.decoding.item(uid, relative, self.root / relative)

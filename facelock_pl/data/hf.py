@@ -16,8 +16,8 @@ from torch.utils.data import Dataset
 
 from ..config_files import ConfigError
 from ..models.weights import hub_offline
-from .images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, BadImageError, load_rgb, make_uid, square_resize, unique_uid
-from .items import ImageItem
+from .images import IMAGE_SUFFIXES, BadImageError, make_uid, unique_uid
+from .items import Decoding, ImageItem
 
 RESERVED_COLUMNS = ("uid", "image")  # the protected dataset's own columns
 
@@ -130,9 +130,8 @@ class HFImages(Dataset):
     a dataset must not make the tool read any file it names.
     """
 
-    def __init__(self, dataset, uids: list[str], image_column: str = "image", resolution: int = 512,
-                 max_pixels: int = DEFAULT_MAX_PIXELS, source: str = "", base_dir: Path | None = None,
-                 allow_external_paths: bool = False):
+    def __init__(self, dataset, uids: list[str], image_column: str = "image", decoding: Decoding = Decoding(),
+                 source: str = "", base_dir: Path | None = None, allow_external_paths: bool = False):
         import datasets
 
         if image_column not in dataset.column_names:
@@ -142,8 +141,7 @@ class HFImages(Dataset):
         self.dataset = dataset
         self.uids = uids
         self.image_column = image_column
-        self.resolution = resolution
-        self.max_pixels = max_pixels
+        self.decoding = decoding
         self.source = source
         self.base_dir = Path(base_dir).resolve() if base_dir is not None else None
         self.allow_external_paths = allow_external_paths
@@ -185,7 +183,7 @@ class HFImages(Dataset):
         extra = {self.columns[k]: v for k, v in row.items() if k != self.image_column}
         source = f"{self.source}#{uid}"
         try:
-            image = load_rgb(self._encoded(row[self.image_column]), self.max_pixels)
+            data = self._encoded(row[self.image_column])
         except BadImageError as error:
-            return ImageItem.failed(uid, source, str(error), *error.size, extra=extra)
-        return ImageItem(uid, source, square_resize(image, self.resolution), image.width, image.height, extra=extra)
+            return ImageItem.failed(uid, source, str(error), extra=extra)
+        return self.decoding.item(uid, source, data, extra)

@@ -1,9 +1,12 @@
 """Decoding, normalising and naming input images.
 
-Whatever the file (grayscale, RGBA, CMYK, palette, 16-bit, EXIF-rotated), `load_rgb` gives an RGB PIL
-image or raises `BadImageError` with a reason a person can act on. `square_resize` centre-crops to a
-square and resizes with antialiasing to the working resolution, as 8-bit levels: the image the user
-would otherwise publish, and the x that ε bounds.
+Whatever the file (grayscale, RGBA, CMYK, palette, 16-bit, EXIF-rotated), `load_photo` gives the upright 8-bit
+RGB image at its native size, with the metadata the protected copy may carry, or raises `BadImageError` with a
+reason a person can act on.
+
+Privacy by default: the protected copy keeps the colour profile of an RGB source (so colours do not shift) and
+its EXIF block without the location (GPS) and the serial numbers of camera and lens (and the maker note, which
+can hold them); `keep_metadata` keeps all of it. The orientation tag is reset, since the pixels are upright.
 """
 
 from __future__ import annotations
@@ -11,17 +14,38 @@ from __future__ import annotations
 import hashlib
 import io
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..pixels import pil_to_levels
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 DEFAULT_MAX_PIXELS = 100_000_000  # decompression-bomb guard: ~10k x 10k
 _UID_MAX_LEN = 120
+_EXIF_IFD, _GPS_IFD, _ORIENTATION = 0x8769, 0x8825, 0x0112
+# EXIF tags that identify the camera or its owner: body, lens and camera serial numbers, the maker note.
+_PRIVATE_TAGS = {0xA431: "serial", 0xA435: "serial", 0xC62F: "serial", 0x927C: "maker note"}
+
+
+@dataclass
+class Photo:
+    """An upright 8-bit RGB image at its native size, and the metadata its protected copy carries.
+
+    Attributes:
+        image: the pixels (PIL, RGB).
+        icc_profile: the colour profile to write with the protected copy (None: sRGB).
+        exif: the EXIF block to write (None: none).
+        removed: what was left out, for the manifest (e.g. `gps, serial`).
+        downscaled_from: the original (width, height) when the image was larger than allowed and shrunk.
+    """
+
+    image: Image.Image
+    icc_profile: bytes | None = None
+    exif: bytes | None = None
+    removed: str = ""
+    downscaled_from: tuple[int, int] | None = None
 
 
 class BadImageError(ValueError):
@@ -34,8 +58,15 @@ class BadImageError(ValueError):
 
 
 def load_rgb(source: str | Path | bytes, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = 32) -> Image.Image:
-    """Decode a path or encoded bytes to an upright 8-bit RGB image. Animated images (GIF, WebP, APNG with
-    several frames) are refused: protecting one frame would silently drop the others."""
+    """Decode a path or encoded bytes to an upright 8-bit RGB image (see `load_photo`)."""
+    return load_photo(source, max_pixels, min_side).image
+
+
+def load_photo(source: str | Path | bytes, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = 32,
+               keep_metadata: bool = False, oversize: str = "error") -> Photo:
+    """Decode a path or encoded bytes. Animated images (GIF, WebP, APNG with several frames) are refused:
+    protecting one frame would silently drop the others. An image over `max_pixels` is refused
+    (`oversize="error"`) or shrunk to fit (`"downscale"`; PIL's own decompression-bomb limit still holds)."""
     try:
         image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
     except UnidentifiedImageError as error:
@@ -46,8 +77,9 @@ def load_rgb(source: str | Path | bytes, max_pixels: int = DEFAULT_MAX_PIXELS, m
         raise BadImageError(f"corrupt or unreadable image data ({error})") from error
     size = width, height = image.size
     # Checked before decoding the pixels, so a decompression bomb never allocates.
-    if width * height > max_pixels:
-        raise BadImageError(f"image of {width}x{height} pixels exceeds max_pixels={max_pixels} (decompression-bomb guard)", size)
+    if width * height > max_pixels and oversize != "downscale":
+        raise BadImageError(f"image of {width}x{height} pixels exceeds max_pixels={max_pixels} (decompression-bomb "
+                            "guard; --data.oversize downscale shrinks such images instead)", size)
     if min(width, height) < min_side:
         raise BadImageError(f"image of {width}x{height} pixels is smaller than min_side={min_side}", size)
     frames = getattr(image, "n_frames", 1)
@@ -56,13 +88,46 @@ def load_rgb(source: str | Path | bytes, max_pixels: int = DEFAULT_MAX_PIXELS, m
                             "frames and protect each)", size)
     try:
         image.load()
-        image = ImageOps.exif_transpose(image)
-        return _to_rgb(image)
+        upright = ImageOps.exif_transpose(image)  # before `_metadata`, which resets the orientation tag
+        icc, exif, removed = _metadata(image, keep_metadata)
+        rgb = _to_rgb(upright, icc)
     except (OSError, ValueError, Image.DecompressionBombError) as error:
         raise BadImageError(f"corrupt image data ({error})", size) from error
+    if image.mode not in ("RGB", "RGBA") and icc is not None:
+        icc, removed = None, ", ".join(filter(None, [removed, f"{image.mode} colour profile (converted to sRGB)"]))
+    photo = Photo(rgb, icc, exif, removed)
+    if width * height > max_pixels:  # oversize == "downscale"
+        scale = (max_pixels / (width * height)) ** 0.5
+        photo.image = rgb.resize((max(1, int(rgb.width * scale)), max(1, int(rgb.height * scale))), Image.Resampling.LANCZOS)
+        photo.downscaled_from = rgb.size
+    return photo
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
+def _metadata(image: Image.Image, keep_all: bool) -> tuple[bytes | None, bytes | None, str]:
+    """(colour profile, EXIF block, what was removed) for the protected copy of `image`."""
+    exif = image.getexif()
+    removed = []
+    if not keep_all:
+        if exif.get_ifd(_GPS_IFD) or _GPS_IFD in exif:
+            exif.pop(_GPS_IFD, None)
+            removed.append("gps")
+        sub = exif.get_ifd(_EXIF_IFD)
+        for tag, what in _PRIVATE_TAGS.items():
+            for directory in (exif, sub):
+                if tag in directory:
+                    del directory[tag]
+                    removed.append(what)
+    if _ORIENTATION in exif:
+        exif[_ORIENTATION] = 1  # the pixels are upright now
+    return image.info.get("icc_profile"), exif.tobytes() if len(exif) else None, ", ".join(dict.fromkeys(removed))
+
+
+def _to_rgb(image: Image.Image, icc_profile: bytes | None = None) -> Image.Image:
+    if image.mode == "CMYK" and icc_profile:
+        from PIL import ImageCms  # colour-managed: the CMYK profile to sRGB
+
+        source = ImageCms.ImageCmsProfile(io.BytesIO(icc_profile))
+        return ImageCms.profileToProfile(image, source, ImageCms.createProfile("sRGB"), outputMode="RGB")
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         # 16-bit grayscale: PIL's convert("RGB") would clip at 255; rescale to 8 bits instead.
         levels = np.asarray(image, dtype=np.float64)
@@ -75,15 +140,6 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         background = Image.new("RGBA", image.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, image.convert("RGBA")).convert("RGB")
     return image.convert("RGB")  # L, CMYK, YCbCr, RGB...
-
-
-def square_resize(image: Image.Image, resolution: int) -> torch.Tensor:
-    """Centre square crop, antialiased resize: uint8 tensor [3, resolution, resolution]."""
-    width, height = image.size
-    side = min(width, height)
-    left, top = (width - side) // 2, (height - side) // 2
-    square = image.crop((left, top, left + side, top + side))
-    return pil_to_levels(square.resize((resolution, resolution), Image.Resampling.LANCZOS, reducing_gap=None))
 
 
 def make_uid(name: str, keep_suffix: bool = False) -> str:

@@ -7,6 +7,11 @@ from typing import Literal
 
 import torch
 
+from pathlib import Path
+
+from ..pixels import NATIVE, pad_to, pil_to_levels, resize, working_size
+from .images import DEFAULT_MAX_PIXELS, BadImageError, Photo, load_photo
+
 
 @dataclass
 class ImageItem:
@@ -15,10 +20,18 @@ class ImageItem:
     Attributes:
         uid: stable id; the protected image is written as `<uid>.png`.
         source: where it came from (a path relative to the source folder, or `<dataset>#<uid>`).
-        image: uint8 [3, R, R] at the working resolution; None when the image could not be read.
-        width, height: the source's size in pixels after EXIF orientation (0 when unknown).
+        image: uint8 [3, R, R], the working canvas: the image at the editor's working size (longest side
+            `data.resolution`, aspect kept, sides multiples of 8) at the top left, the border repeated to fill the
+            square (so that images of any shape share a batch); None when the image could not be read.
+        region: (height, width) of the image inside the canvas: the perturbation lives there only.
+        native: uint8 [3, H, W], the source at its own size: the protected copy is made from it.
+        crop: (top, left, height, width) in native pixels of the part the canvas shows (face-region mode);
+            None: the whole frame.
+        view: (height, width) of the whole frame as the editor sees it (the working size of the frame).
+        width, height: the native size after EXIF orientation (0 when unknown).
         status: `ok`, or `error` when the image could not be read (`message` says why).
         extra: the source row's other columns (datasets only), carried to the outputs.
+        icc_profile, exif, metadata_removed: what the protected copy carries and what was left out.
     """
 
     uid: str
@@ -29,8 +42,88 @@ class ImageItem:
     status: Literal["ok", "error"] = "ok"
     message: str = ""
     extra: dict = field(default_factory=dict)
+    native: torch.Tensor | None = None
+    region: tuple[int, int] = (0, 0)
+    icc_profile: bytes | None = None
+    exif: bytes | None = None
+    metadata_removed: str = ""
+    crop: tuple[int, int, int, int] | None = None
+    view: tuple[int, int] = (0, 0)
 
     @classmethod
     def failed(cls, uid: str, source: str, message: str, width: int = 0, height: int = 0,
                extra: dict | None = None) -> "ImageItem":
         return cls(uid, source, None, width, height, "error", message, extra or {})
+
+    @classmethod
+    def from_photo(cls, uid: str, source: str, photo: Photo, resolution: int | str, extra: dict | None = None,
+                   crop: tuple[int, int, int, int] | None = None) -> "ImageItem":
+        """The item of a decoded photo, with its working canvas for `resolution` (pixels, or `native`): the whole
+        frame, or the square `crop` (top, left, side, side) of it."""
+        native = pil_to_levels(photo.image)
+        height, width = native.shape[-2:]
+        view = (height, width) if resolution == NATIVE else working_size(width, height, resolution)[::-1]
+        if crop is not None:
+            top, left, side, _ = crop
+            work = resize(photo.image.crop((left, top, left + side, top + side)), (resolution, resolution))
+        else:
+            work = native if resolution == NATIVE else resize(photo.image, view[::-1])
+        h, w = work.shape[-2:]
+        canvas = pad_to(work, *((-(-h // 8) * 8, -(-w // 8) * 8) if resolution == NATIVE else (resolution, resolution)))
+        notes = []
+        if photo.downscaled_from:
+            notes.append(f"larger than max_pixels: protected at {width}x{height}, downscaled from "
+                         f"{photo.downscaled_from[0]}x{photo.downscaled_from[1]}")
+        return cls(uid, source, canvas, width, height, "ok", "; ".join(notes), extra or {}, native, (h, w),
+                   photo.icc_profile, photo.exif, photo.removed, crop, view)
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """How inputs become items: working resolution (pixels or `native`), the pixel limit and what happens above
+    it (`error` or `downscale`), whether the protected copy keeps all metadata, and whether the whole frame or the
+    region around the faces is optimised (`region: faces`, with `face_margin` of the faces' box on each side)."""
+
+    resolution: int | str = 512
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    oversize: Literal["error", "downscale"] = "error"
+    keep_metadata: bool = False
+    region: Literal["frame", "faces"] = "frame"
+    face_margin: float = 0.5
+
+    def item(self, uid: str, source: str, data: Path | bytes, extra: dict | None = None) -> ImageItem:
+        """The item of a file or encoded bytes; an `error` item (with the size, where known) if it cannot be read."""
+        try:
+            photo = load_photo(data, self.max_pixels, keep_metadata=self.keep_metadata, oversize=self.oversize)
+        except BadImageError as error:
+            return ImageItem.failed(uid, source, str(error), *error.size, extra=extra)
+        crop = faces_crop(photo.image, self.face_margin) if self.region == "faces" else None
+        item = ImageItem.from_photo(uid, source, photo, self.resolution, extra, crop)
+        if self.region == "faces" and crop is None:
+            item.message = "; ".join(filter(None, [item.message, "no face found: the whole frame is protected"]))
+        return item
+
+
+_DETECTOR = None  # one face detector per loader process, loaded on first use
+
+
+def faces_crop(image, margin: float, search_side: int = 640) -> tuple[int, int, int, int] | None:
+    """The square (top, left, side, side), in the image's pixels, around every face found (their joint box grown by
+    `margin` of its size on each side, kept inside the image); None when no face is found (the whole frame is
+    then protected). Faces are searched on a copy whose longest side is `search_side`."""
+    global _DETECTOR
+    if _DETECTOR is None:
+        from ..models import FaceDetector
+
+        _DETECTOR = FaceDetector()
+    scale = min(1.0, search_side / max(image.size))
+    small = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale)))) if scale < 1 else image
+    boxes = _DETECTOR.all_boxes(pil_to_levels(small)[None])[0] / scale
+    if len(boxes) == 0:
+        return None
+    x1, y1 = boxes[:, 0].min().item(), boxes[:, 1].min().item()
+    x2, y2 = boxes[:, 2].max().item(), boxes[:, 3].max().item()
+    side = min(int(max(x2 - x1, y2 - y1) * (1 + 2 * margin)), image.width, image.height)
+    left = int(min(max((x1 + x2 - side) / 2, 0), image.width - side))
+    top = int(min(max((y1 + y2 - side) / 2, 0), image.height - side))
+    return top, left, side, side

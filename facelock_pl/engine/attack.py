@@ -22,7 +22,8 @@ from ..models import FaceDetector, FaceGeometry
 from ..objectives import CleanFeatures, Networks, ProtectionMethod
 from ..objectives.transforms import RandomPurification
 from ..outputs.records import ProtectedImage
-from ..pixels import levels_to_pm1, quantise_to_levels, straight_through_levels
+from ..pixels import levels_to_pil, levels_to_pm1, quantise_to_levels, resize, straight_through_levels
+from .delivery import deliver
 from .gradients import momentum_update_, smooth_gradient
 from .measure import ProtectionMeter
 from .optimizer import SignPGD
@@ -75,7 +76,8 @@ class SlotState:
 
     def __init__(self, slots: int, levels: torch.Tensor, clean: CleanFeatures):
         shape, device = (slots, *levels.shape[1:]), levels.device
-        self.levels = torch.zeros(shape, dtype=torch.uint8, device=device)  # the 8-bit source x that ε bounds
+        self.levels = torch.zeros(shape, dtype=torch.uint8, device=device)  # the 8-bit working canvas of the source
+        self.valid = torch.ones((slots, 1, *levels.shape[2:]), device=device)  # 1 on the image, 0 on the canvas border
         self.x = torch.zeros(shape, device=device)
         self.x_adv = torch.zeros(shape, device=device)  # float32 master copy of the iterate
         self.iteration = torch.zeros(slots, dtype=torch.long, device=device)
@@ -144,18 +146,28 @@ class PGDAttack:
     def _start(self, slots: list[int], items: list[ImageItem]) -> None:
         levels = torch.stack([item.image for item in items]).to(self.nets.device)
         clean = self.clean_features(levels)
-        if self.slots is None:
+        if self.slots is None or self.slots.levels.shape[1:] != levels.shape[1:]:
+            if self.busy:  # canvases of one size per batch; `data.resolution: native` runs one image per step
+                raise ValueError(f"a {tuple(levels.shape[-2:])} canvas cannot join a batch of {tuple(self.slots.levels.shape[-2:])}")
             self.slots = SlotState(self.capacity, levels, clean)
         s, index, x = self.slots, torch.tensor(slots, device=levels.device), levels_to_pm1(levels)
         s.clean.assign_(index, clean)
         s.levels[index], s.x[index] = levels, x
-        s.x_adv[index] = random_start(x, [item.uid for item in items], self.config.seed, self.config.eps)
+        s.valid[index] = torch.stack([self._region_mask(item.region, levels.shape[-2:]) for item in items]).to(levels.device)
+        start = random_start(x, [item.uid for item in items], self.config.seed, self.config.eps)
+        s.x_adv[index] = torch.where(s.valid[index] > 0, start, x)  # no perturbation on the canvas border
         s.iteration[index], s.streak[index], s.occupied[index], s.velocity[index] = 0, 0, True, 0
         for store in s.terms.values():
             store[index] = float("nan")
         now = time.perf_counter()
         for slot, item in zip(slots, items):
             s.items[slot], s.started[slot] = item, now
+
+    @staticmethod
+    def _region_mask(region: tuple[int, int], canvas: tuple[int, int]) -> torch.Tensor:
+        mask = torch.zeros(1, *canvas)
+        mask[:, : region[0], : region[1]] = 1
+        return mask
 
     def shrink(self, capacity: int) -> list[ImageItem]:
         """Use only `capacity` slots from now on; returns the images of dropped slots (to restart later)."""
@@ -178,7 +190,7 @@ class PGDAttack:
             with self.speed.autocast(x_in.device):
                 objective, terms = self._objective(x_seen, active)
             grad = torch.zeros_like(s.x_adv)
-            grad[active] = self._shape_gradient(torch.autograd.grad(objective.sum(), x_in)[0].float(), active)
+            grad[active] = self._shape_gradient(torch.autograd.grad(objective.sum(), x_in)[0].float(), active) * s.valid[active]
         s.record_terms(active, terms)
         stepping = s.occupied & ~self._stops_now(active, terms)  # a stopping image keeps the iterate it was measured at
         optimizer.step(x_adv=s.x_adv, grad=grad, x=s.x, eps=cfg.eps, active=stepping,
@@ -242,13 +254,19 @@ class PGDAttack:
         slots = done.nonzero().flatten()
         if len(slots) == 0:
             return []
-        png = quantise_to_levels(s.x_adv[slots], s.levels[slots], self.config.eps)
-        fr_cos, fr_cos_detected = self.meter.saved(png, s.clean.select(slots))
-        now = time.perf_counter()
-        finished = [ProtectedImage(
-            item=s.items[slot], levels=png[j].cpu(), source_levels=s.levels[slot].cpu(), iterations=int(s.iteration[slot]),
-            face_found=bool(s.clean.face_found[slot]), terms={name: float(v[slot]) for name, v in s.terms.items()},
-            fr_cos_recon=fr_cos[j], fr_cos_recon_detected=fr_cos_detected[j], seconds=now - s.started[slot],
-        ) for j, slot in enumerate(slots.tolist())]
+        finished = [self._deliver(slot) for slot in slots.tolist()]
         s.occupied[slots] = False
         return finished
+
+    def _deliver(self, slot: int) -> ProtectedImage:
+        """One finished image at its native size, measured as the editor will see it."""
+        s, item = self.slots, self.slots.items[slot]
+        png = deliver(s.x_adv[slot], s.x[slot], item.region, item.native, self.config.eps, item.crop)
+        # The editor sees the whole frame: in face-region mode, compare with the clean frame as it sees it.
+        clean = s.clean.select(torch.tensor([slot])) if item.crop is None else self.clean_features(
+            resize(levels_to_pil(item.native), item.view[::-1])[None].to(png.device))
+        fr_cos, fr_cos_detected = self.meter.delivered(png, item.view, clean)
+        return ProtectedImage(
+            item=item, levels=png.cpu(), source_levels=item.native, iterations=int(s.iteration[slot]),
+            face_found=bool(s.clean.face_found[slot]), terms={name: float(v[slot]) for name, v in s.terms.items()},
+            fr_cos_recon=fr_cos, fr_cos_recon_detected=fr_cos_detected, seconds=time.perf_counter() - s.started[slot])

@@ -1,7 +1,8 @@
 """How much identity survives the editor's autoencoder: `fr_cos_recon` of a saved 8-bit image.
 
-The image goes through the primary autoencoder's round trip D(E(png)) (the editor the manifest reports on),
-then every recogniser compares the reconstruction's face with the clean one:
+The protected native image is resized to the working size, as the editor would, and goes through the primary
+autoencoder's round trip D(E(png)) (the editor the manifest reports on); then every recogniser compares the
+reconstruction's face with the clean one:
 - `fr_cos_recon`: aligned with the source's landmarks — what the objective optimises;
 - `fr_cos_recon_detected`: the reconstruction saved as 8 bits and its face detected anew, as `evaluate`
   and any real recognition pipeline measure it (NaN where no face is found). Landmarks move by a few
@@ -16,7 +17,7 @@ import torch
 
 from ..models import FaceDetector
 from ..objectives import CleanFeatures, Networks
-from ..pixels import levels_to_pm1, pm1_to_levels
+from ..pixels import levels_to_pil, levels_to_pm1, pm1_to_levels, resize
 from .speed import SpeedConfig
 
 
@@ -48,11 +49,12 @@ class ProtectionMeter:
         return self.fr_cos(levels_to_pm1(levels), realigned).masked_fill(~geometry.found, float("nan"))
 
     @torch.no_grad()
-    def saved(self, png_levels: torch.Tensor, clean: CleanFeatures) -> tuple[list, list]:
-        """(`fr_cos_recon`, `fr_cos_recon_detected`) per image; None where not measurable."""
+    def delivered(self, png: torch.Tensor, view: tuple[int, int], clean: CleanFeatures) -> tuple[float | None, float | None]:
+        """(`fr_cos_recon`, `fr_cos_recon_detected`) of one protected native image [3, H, W] as the editor sees it:
+        resized to the working size of the frame (`view`: height, width); None where not measurable."""
         if not self.measures:
-            return [None] * len(png_levels), [None] * len(png_levels)
-        recon = self.reconstruct(png_levels)
-        fr_cos = self.fr_cos(recon, clean).tolist()
-        detected = self.fr_cos_detected(recon, clean).tolist()
-        return fr_cos, [None if value != value else value for value in detected]  # NaN: no face found
+            return None, None
+        seen = resize(levels_to_pil(png), (view[1], view[0])).to(png.device)[None]
+        recon = self.reconstruct(seen)
+        detected = float(self.fr_cos_detected(recon, clean)[0])
+        return float(self.fr_cos(recon, clean)[0]), None if detected != detected else detected  # NaN: no face found

@@ -19,7 +19,7 @@ from ..pixels import png_bytes
 from .editors import Editor, EditorSpec, edit_seed
 from .prompts import DEFAULT_PROMPTS, load_prompts
 from .record import EditRecord
-from .sets import DataSpec, ImageSet, clean_images, image_sets
+from .sets import DataSpec, ImageSet, clean_images, image_sets, shape_chunks
 
 log = logging.getLogger("facelock_pl")
 
@@ -33,13 +33,14 @@ def edit_path(output_dir: Path, set_name: str, prompt_id: int, uid: str) -> Path
 
 
 def clean_sources(data: DataSpec, sets: dict[str, str]) -> dict[str, torch.Tensor]:
-    """uid -> uint8 [3, R, R] clean source, for every image that decodes (uids as the protected `sets` have them)."""
+    """uid -> the clean source at its native size (uint8 [3, H, W]), for every image that decodes (uids as the
+    protected `sets` have them)."""
     images = clean_images(data, sets)
     sources = {}
     for i in range(len(images)):
         item = images[i]
         if item.status == "ok":
-            sources[item.uid] = item.image
+            sources[item.uid] = item.native
         else:
             log.warning("facelock_pl: skipping %s: %s", item.source, item.message)
     return sources
@@ -90,18 +91,17 @@ def run_edit(
     if todo:
         model = Editor(editor, resolve_device(device))
         for image_set, pid, uids in todo:
-            edited += _edit_set(model, image_set, pid, prompt_map[pid], uids, sources, seed, batch_size, out)
+            edited += _edit_set(model, image_set, pid, prompt_map[pid], uids, sources, data.resolution, seed, batch_size, out)
     log.info("facelock_pl edit: %d edits written to %s/edits", edited, out)
     return {"edited": edited, "skipped": skipped}
 
 
 def _edit_set(model: Editor, image_set: ImageSet, pid: int, prompt: str, uids: list[str], sources: dict,
-              seed: int, batch_size: int, out: Path) -> int:
-    available = [(u, image_set.load(u, sources[u])) for u in uids]
-    available = [(u, levels) for u, levels in available if levels is not None]
-    for start in range(0, len(available), batch_size):
-        chunk = available[start : start + batch_size]
-        edits = model(torch.stack([levels for _, levels in chunk]), prompt, [edit_seed(seed, u, pid) for u, _ in chunk])
-        for (uid, _), levels in zip(chunk, edits):
+              resolution: int | str, seed: int, batch_size: int, out: Path) -> int:
+    inputs = {u: image_set.load(u, sources[u], resolution) for u in uids}
+    inputs = {u: levels for u, levels in inputs.items() if levels is not None}
+    for chunk in shape_chunks(list(inputs), {u: levels.shape for u, levels in inputs.items()}, batch_size):
+        edits = model(torch.stack([inputs[u] for u in chunk]), prompt, [edit_seed(seed, u, pid) for u in chunk])
+        for uid, levels in zip(chunk, edits):
             write_bytes_atomic(edit_path(out, image_set.name, pid, uid), png_bytes(levels))
-    return len(available)
+    return len(inputs)

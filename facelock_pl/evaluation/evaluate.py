@@ -17,14 +17,14 @@ import torch
 from ..config_files import ConfigError
 from ..models import LPIPSSpec, RecognizerSpec, load_lpips
 from ..outputs.settings import read_settings
-from ..pixels import levels_to_pm1, read_levels
+from ..pixels import editor_input, levels_to_pm1, read_levels
 from . import metrics
 from .edit import clean_sources, edit_path, resolve_device
 from .metrics import ClipScorer, ClipSpec, FaceScorer
 from .prompts import load_prompts
 from .record import EditRecord
 from .report import ReportContext, write_report
-from .sets import CLEAN, DataSpec, image_sets
+from .sets import CLEAN, DataSpec, image_sets, shape_chunks
 
 log = logging.getLogger("facelock_pl")
 
@@ -32,11 +32,6 @@ log = logging.getLogger("facelock_pl")
 def load_edit(out: Path, set_name: str, prompt_id: int, uid: str) -> torch.Tensor | None:
     path = edit_path(out, set_name, prompt_id, uid)
     return read_levels(path) if path.exists() else None
-
-
-def _chunks(items: list, size: int):
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 def run_evaluate(
@@ -77,8 +72,10 @@ def run_evaluate(
             record.data.source, record.data.resolution):
         raise ConfigError(f"data {data} is not what was edited ({record.data}); leave data out to use it")
     dev = resolve_device(device)
-    sources = clean_sources(data or record.data, record.sets)
+    resolution = (data or record.data).resolution
+    sources = {u: editor_input(levels, resolution) for u, levels in clean_sources(data or record.data, record.sets).items()}
     uids = sorted(sources)
+    chunks = shape_chunks(uids, {u: levels.shape for u, levels in sources.items()}, batch_size)
     all_sets = image_sets(record.sets, record.purify)
     prompt_map = load_prompts(record.prompts, record.prompt_ids)
     clip_scorer = ClipScorer(clip, dev) if clip is not None else None
@@ -86,7 +83,7 @@ def run_evaluate(
     lpips_net = load_lpips(lpips).to(dev) if lpips is not None else None
 
     source_clip, source_found, source_fr = {}, {}, {}
-    for chunk in _chunks(uids, batch_size):
+    for chunk in chunks:
         levels = torch.stack([sources[u] for u in chunk])
         features = clip_scorer.image_features(levels) if clip_scorer else [None] * len(chunk)
         found, embeddings = faces.embed(levels)
@@ -97,7 +94,7 @@ def run_evaluate(
 
     rows = []
     for pid, text_features in zip(prompt_map, text):
-        for chunk in _chunks(uids, batch_size):
+        for chunk in chunks:
             clean_edits = {u: load_edit(out, CLEAN, pid, u) for u in chunk}
             for image_set in all_sets:
                 pairs = [(u, load_edit(out, image_set.name, pid, u)) for u in chunk]
@@ -109,7 +106,7 @@ def run_evaluate(
     if frame.empty:
         raise FileNotFoundError(f"no edits found under {out / 'edits'}: run `python -m facelock_pl edit` first")
     context = ReportContext(recognizers or [RecognizerSpec()], {n: read_settings(Path(f)) for n, f in record.sets.items()},
-                            prompt_map, prompt_free=record.editor["kind"] == "vae-roundtrip")
+                            prompt_map, prompt_free=record.editor["kind"] == "vae-roundtrip", resolution=resolution)
     write_report(frame, out / "report", faces.names, sources, all_sets, samples, context)
     log.info("facelock_pl evaluate: %d rows; report in %s", len(frame), out / "report")
     return frame

@@ -41,6 +41,7 @@ class ReportContext:
     settings: dict[str, dict | None] = field(default_factory=dict)  # protected set name -> its protection.json
     prompts: dict[int, str] = field(default_factory=dict)
     prompt_free: bool = False  # the edit ignores prompts (autoencoder round trip)
+    resolution: int | str = 512  # the editor's working resolution
 
     def in_loss(self, set_name: str, recognizer: RecognizerSpec) -> bool:
         settings = self.settings.get(set_name.split("+")[0])
@@ -143,8 +144,10 @@ def _fr_heatmap(frame: pd.DataFrame, column: str, prompts: dict[int, str], path:
 
 
 def _grid(rows: list[list[torch.Tensor]]) -> bytes:
-    """A PNG of uint8 [3, H, W] tiles, row by row."""
-    return png_bytes(torch.cat([torch.cat(row, dim=2) for row in rows], dim=1))
+    """A PNG of uint8 [3, H, W] tiles, row by row (rows of narrower images padded with white)."""
+    lines = [torch.cat(row, dim=2) for row in rows]
+    width = max(line.shape[-1] for line in lines)
+    return png_bytes(torch.cat([torch.nn.functional.pad(line, (0, width - line.shape[-1]), value=255) for line in lines], dim=1))
 
 
 def _sample_grids(out: Path, sets: list[ImageSet], sources: dict, context: ReportContext, samples: int) -> dict[str, bytes]:
@@ -159,7 +162,7 @@ def _sample_grids(out: Path, sets: list[ImageSet], sources: dict, context: Repor
         for pid in list(context.prompts)[: 1 if context.prompt_free else 3]:
             rows = []
             for uid in sorted(sources)[:samples]:
-                protected = image_set.load(uid, sources[uid])
+                protected = image_set.load(uid, sources[uid], context.resolution)
                 clean_edit = load(edit_path(out.parent, CLEAN, pid, uid))
                 set_edit = load(edit_path(out.parent, image_set.name, pid, uid))
                 if protected is not None and clean_edit is not None and set_edit is not None:

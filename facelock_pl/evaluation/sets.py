@@ -1,8 +1,9 @@
 """The image sets an evaluation compares: the clean sources and each protected set, optionally purified.
 
-`clean` is the 8-bit source at the working resolution (the same centre crop and resize as `fit`); a
-protected set is a `fit` output folder (its `images/<uid>.png`) or a plain folder of `<uid>.png`; a
-purified set `<name>+<purification>` is that set after e.g. a JPEG re-save.
+`clean` is the 8-bit source at its native size; a protected set is a `fit` output folder (its
+`images/<uid>.png`) or a plain folder of `<uid>.png`; a purified set `<name>+<purification>` is that set after
+e.g. a JPEG re-save (applied to the image as posted, at its native size). Every image reaches the editor as the
+editor would take it: resized to the working resolution, aspect kept (`facelock_pl.pixels.editor_input`).
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from ..data import FolderImages
-from ..pixels import read_levels
+from ..data import Decoding, FolderImages
+from ..pixels import editor_input, read_levels
 from . import purify
 
 CLEAN = "clean"
@@ -24,12 +25,12 @@ class DataSpec:
     """Args:
         source: folder of the clean portraits (the `data.source` that `fit` protected); `edit` records it as an
             absolute path.
-        resolution: working resolution (the one `fit` used).
+        resolution: the editor's working resolution (longest side; `native`: none), as `fit`'s `data.resolution`.
         limit: evaluate at most this many images (in uid order).
     """
 
     source: str = ""
-    resolution: int = 512
+    resolution: int | str = 512
     limit: int | None = None
 
 
@@ -39,8 +40,9 @@ class ImageSet:
     folder: Path | None  # None for the clean set
     purification: str | None = None
 
-    def load(self, uid: str, clean: torch.Tensor) -> torch.Tensor | None:
-        """uint8 [3, H, W], or None when the set has no image for this uid (e.g. it failed to protect)."""
+    def load(self, uid: str, clean: torch.Tensor, resolution: int | str) -> torch.Tensor | None:
+        """The editor's input (uint8 [3, h, w]) of this set's image of `uid` (`clean`: the native source), or None
+        when the set has none (e.g. it failed to protect)."""
         if self.folder is None:
             levels = clean
         else:
@@ -48,7 +50,7 @@ class ImageSet:
             if not path.exists():
                 return None
             levels = read_levels(path)
-        return purify.apply(self.purification, levels, uid) if self.purification else levels
+        return editor_input(purify.apply(self.purification, levels, uid) if self.purification else levels, resolution)
 
 
 def image_sets(sets: dict[str, str], purifications: list[str]) -> list[ImageSet]:
@@ -80,8 +82,16 @@ def recorded_uids(sets: dict[str, str]) -> dict[str, str]:
 
 
 def clean_images(data: DataSpec, sets: dict[str, str] | None = None) -> FolderImages:
-    """The clean sources at the working resolution, uids as the protected `sets` recorded them."""
-    images = FolderImages(data.source, data.resolution, known=recorded_uids(sets or {}))
+    """The clean sources, uids as the protected `sets` recorded them."""
+    images = FolderImages(data.source, Decoding(data.resolution), known=recorded_uids(sets or {}))
     if data.limit is not None:
         images.entries = images.entries[: data.limit]
     return images
+
+
+def shape_chunks(uids: list[str], shapes: dict[str, tuple], size: int) -> list[list[str]]:
+    """`uids` in chunks of at most `size` whose images share a shape (so they stack into one batch)."""
+    groups: dict[tuple, list[str]] = {}
+    for uid in uids:
+        groups.setdefault(tuple(shapes[uid]), []).append(uid)
+    return [group[i : i + size] for group in groups.values() for i in range(0, len(group), size)]

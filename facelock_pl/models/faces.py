@@ -54,10 +54,12 @@ class FaceDetector(nn.Module):
     def forward(self, images_uint8: torch.Tensor) -> FaceGeometry:
         """images_uint8: [B, 3, H, W] uint8 RGB, all of one size."""
         self.mtcnn.device = images_uint8.device  # MTCNN keeps its own device attribute
-        batch = images_uint8.permute(0, 2, 3, 1).float()
-        boxes, probs, points = self.mtcnn.detect(batch, landmarks=True)
         n, _, height, width = images_uint8.shape
         geometry = FaceGeometry.whole_image(n, height, width)
+        if min(height, width) < self.mtcnn.min_face_size:  # no face fits (and MTCNN's image pyramid would be empty)
+            return geometry.to(images_uint8.device)
+        batch = images_uint8.permute(0, 2, 3, 1).float()
+        boxes, probs, points = self.mtcnn.detect(batch, landmarks=True)
         for i in range(n):
             if boxes[i] is None or probs[i][0] is None or probs[i][0] < self.min_probability:
                 continue
@@ -65,6 +67,17 @@ class FaceDetector(nn.Module):
             geometry.boxes[i] = torch.as_tensor(np.asarray(boxes[i][0], dtype=np.float32))
             geometry.landmarks[i] = torch.as_tensor(np.asarray(points[i][0], dtype=np.float32))
         return geometry.to(images_uint8.device)
+
+
+    @torch.no_grad()
+    def all_boxes(self, images_uint8: torch.Tensor) -> list[torch.Tensor]:
+        """Every face's box ([K, 4], x1 y1 x2 y2, pixels) per image, at `min_probability` or above."""
+        self.mtcnn.device = images_uint8.device
+        if min(images_uint8.shape[-2:]) < self.mtcnn.min_face_size:
+            return [torch.zeros(0, 4) for _ in images_uint8]
+        boxes, probs = self.mtcnn.detect(images_uint8.permute(0, 2, 3, 1).float(), landmarks=False)
+        return [torch.as_tensor(np.asarray([b for b, p in zip(box, prob) if p >= self.min_probability], dtype=np.float32)
+                                .reshape(-1, 4)) if box is not None else torch.zeros(0, 4) for box, prob in zip(boxes, probs)]
 
 
 def similarity_transform(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:

@@ -27,8 +27,8 @@ class ProtectedImage:
 
     Attributes:
         item: the input image.
-        levels: uint8 [3, H, W], the protected image exactly as saved.
-        source_levels: uint8 [3, H, W], the 8-bit source that ε bounds.
+        levels: uint8 [3, H, W], the protected image exactly as saved, at the source's native size.
+        source_levels: uint8 [3, H, W], the 8-bit native source that ε bounds.
         iterations: PGD iterations run.
         face_found: whether a face was detected (else it was protected without the FR term).
         terms: the last value of each objective term the method computed, by name.
@@ -60,8 +60,10 @@ class ManifestRow:
     status: str  # ok | no_face | error
     message: str
     method: str
-    width: int
+    width: int  # the source's native size: the protected image's size
     height: int
+    working_width: int  # the size the optimisation saw (the editor's working resolution)
+    working_height: int
     iterations: int
     linf_255: float | None = None
     psnr_db: float | None = None
@@ -73,6 +75,7 @@ class ManifestRow:
     fr_cos_recon: float | None = None
     fr_cos_recon_detected: float | None = None  # the same, with the face detected anew in the reconstruction
     seconds: float = 0.0
+    metadata_removed: str = ""  # what the protected copy does not carry of the source's metadata
     extra_json: str = "{}"  # the row's other source columns (labels, attributes), as JSON
     finished_at: datetime | None = field(default=None, metadata=_timestamp())  # UTC; the newest row of a uid wins
     rank: int = 0
@@ -85,11 +88,13 @@ class ManifestRow:
         terms = {f"term_{name}": value for name, value in image.terms.items() if value == value}  # NaN: not computed
         if not image.face_found:
             terms.pop("term_fr_cos", None)  # computed for the batch, but not part of this image's objective
+        notes = [item.message] if item.message else []
+        notes += [] if image.face_found else ["no face detected: protected without the face-recognition term"]
         return cls(
             uid=item.uid, source=item.source, method=method, width=item.width, height=item.height,
-            iterations=image.iterations, seconds=image.seconds,
-            status="ok" if image.face_found else "no_face",
-            message="" if image.face_found else "no face detected: protected without the face-recognition term",
+            working_width=item.region[1], working_height=item.region[0], iterations=image.iterations,
+            seconds=image.seconds, status="ok" if image.face_found else "no_face", message="; ".join(notes),
+            metadata_removed=item.metadata_removed,
             linf_255=diff.abs().max().item(), psnr_db=10 * math.log10(255.0**2 / mse) if mse > 0 else float("inf"),
             fr_cos_recon=image.fr_cos_recon if image.face_found else None,
             fr_cos_recon_detected=image.fr_cos_recon_detected if image.face_found else None,
@@ -99,7 +104,8 @@ class ManifestRow:
     @classmethod
     def failed(cls, item: ImageItem, method: str) -> "ManifestRow":
         return cls(uid=item.uid, source=item.source, status="error", message=item.message, method=method,
-                   width=item.width, height=item.height, iterations=0, extra_json=jsonable(item.extra))
+                   width=item.width, height=item.height, working_width=0, working_height=0, iterations=0,
+                   extra_json=jsonable(item.extra))
 
 
 def jsonable(extra: dict) -> str:

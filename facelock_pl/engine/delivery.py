@@ -1,0 +1,34 @@
+"""From the working canvas to the photo the person has.
+
+The optimisation runs at the editor's working size; the protected image is the whole source frame at its own
+size: the perturbation δ = x_adv − x of the image's region is resized to the native size (bicubic, antialiased
+when shrinking), added to the native source, projected into its ε-ball and quantised to 8 bits there, so
+‖png − source‖∞ ≤ ⌊ε·127.5⌋ holds at native size. Where the working size is the native size, the iterate itself
+is quantised (nothing is resampled).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..pixels import levels_to_pm1, quantise_to_levels
+
+
+def deliver(x_adv: torch.Tensor, x: torch.Tensor, region: tuple[int, int], native: torch.Tensor, eps: float,
+            crop: tuple[int, int, int, int] | None = None) -> torch.Tensor:
+    """The protected native image (uint8 [3, H, W]) of one canvas iterate `x_adv` ([3, R, R], source canvas `x`);
+    with a `crop` (top, left, height, width), the canvas shows that part of the frame, and only it changes."""
+    if crop is not None:
+        top, left, height, width = crop
+        protected = native.clone().to(x_adv.device)
+        part = native[:, top : top + height, left : left + width]
+        protected[:, top : top + height, left : left + width] = deliver(x_adv, x, region, part, eps)
+        return protected
+    h, w = region
+    native = native.to(x_adv.device)
+    if (h, w) == tuple(native.shape[-2:]):
+        return quantise_to_levels(x_adv[:, :h, :w], native, eps)
+    delta = (x_adv - x)[None, :, :h, :w]
+    delta = F.interpolate(delta, size=tuple(native.shape[-2:]), mode="bicubic", align_corners=False, antialias=True)[0]
+    return quantise_to_levels(levels_to_pm1(native) + delta, native, eps)

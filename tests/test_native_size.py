@@ -1,0 +1,168 @@
+"""The protected image is the photo the person has: native size, whole frame, no crop, metadata handled."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import datasets
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageCms
+
+from conftest import astronaut, grace_hopper, random_image, tiny_module_kwargs
+from facelock_pl.data import FaceDataModule
+from facelock_pl.engine import ProtectionModule
+from facelock_pl.engine.delivery import deliver
+from facelock_pl.outputs import read_manifest
+from facelock_pl.pixels import levels_to_pm1, pil_to_levels, quantise_to_levels, working_size
+
+
+def protect(source: Path, out: Path, batch_size: int = 2, **data) -> None:
+    module = ProtectionModule(**tiny_module_kwargs(iterations=4))
+    module.output_dir = out
+    datamodule = FaceDataModule(source=str(source), resolution=data.pop("resolution", 64), batch_size=batch_size,
+                                output_dir=str(out), **data)
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(module, datamodule=datamodule)
+
+
+def levels(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB")).astype(int)
+
+
+def test_the_protected_image_is_the_whole_frame_at_its_own_size(tmp_path):
+    faces = tmp_path / "faces"
+    faces.mkdir()
+    astronaut().resize((300, 180)).save(faces / "wide.png")
+    grace_hopper().resize((150, 260)).save(faces / "tall.png")
+    protect(faces, tmp_path / "out")
+    rows = read_manifest(tmp_path / "out").set_index("uid")
+    for uid, size in (("wide", (300, 180)), ("tall", (150, 260))):
+        png = levels(tmp_path / "out" / "images" / f"{uid}.png")
+        source = levels(faces / f"{uid}.png")
+        assert png.shape == source.shape == (size[1], size[0], 3)
+        difference = np.abs(png - source)
+        assert 0 < difference.max() <= 3 and (difference > 0).mean() > 0.3  # budget at native size, not a crop
+        assert (rows.loc[uid, "width"], rows.loc[uid, "height"]) == size
+        assert (rows.loc[uid, "working_width"], rows.loc[uid, "working_height"]) == working_size(*size, 64)
+        assert rows.loc[uid, "linf_255"] == difference.max()
+
+
+def test_delivery_carries_the_perturbation_to_native_size_inside_the_budget():
+    generator = torch.Generator().manual_seed(0)
+    native = torch.randint(0, 256, (3, 90, 120), dtype=torch.uint8, generator=generator)
+    canvas = pil_to_levels(Image.fromarray(native.permute(1, 2, 0).numpy()).resize((64, 48)))
+    x = levels_to_pm1(torch.nn.functional.pad(canvas, (0, 0, 0, 16)))
+    x_adv = (x + 0.03 * torch.sign(torch.randn(x.shape, generator=generator))).clamp(-1, 1)
+    png = deliver(x_adv, x, (48, 64), native, 0.03)
+    assert png.shape == native.shape and (png.int() - native.int()).abs().max() <= 3 and (png != native).float().mean() > 0.5
+    same = deliver(x_adv, x, (64, 64), levels_to_pm1(x).add(1).mul(127.5).round().byte(), 0.03)
+    assert torch.equal(same, quantise_to_levels(x_adv, levels_to_pm1(x).add(1).mul(127.5).round().byte(), 0.03))
+
+
+def test_exif_orientation_is_applied_and_reset(tmp_path):
+    faces = tmp_path / "faces"
+    faces.mkdir()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # displayed rotated 90° clockwise
+    astronaut().resize((120, 80)).save(faces / "turned.jpg", exif=exif, quality=95)
+    protect(faces, tmp_path / "out")
+    protected = Image.open(tmp_path / "out" / "images" / "turned.png")
+    assert protected.size == (80, 120) and protected.getexif().get(0x0112) == 1
+
+
+def test_location_and_serials_are_removed_the_colour_profile_kept(tmp_path):
+    faces = tmp_path / "faces"
+    faces.mkdir()
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    exif = Image.Exif()
+    exif[0x010F] = "Camera maker"
+    exif[0x8825] = {1: "N", 2: (52.0, 22.0, 0.0)}  # GPS latitude
+    exif.get_ifd(0x8769)[0xA431] = "SERIAL-1234"  # body serial number
+    astronaut().resize((96, 96)).save(faces / "private.jpg", exif=exif, icc_profile=icc, quality=95)
+    protect(faces, tmp_path / "out")
+    protected = Image.open(tmp_path / "out" / "images" / "private.png")
+    kept = protected.getexif()
+    assert protected.info.get("icc_profile") == icc and kept.get(0x010F) == "Camera maker"
+    assert not kept.get_ifd(0x8825) and 0xA431 not in kept.get_ifd(0x8769)
+    assert read_manifest(tmp_path / "out").loc[0, "metadata_removed"] == "gps, serial"
+    protect(faces, tmp_path / "kept", keep_metadata=True)
+    everything = Image.open(tmp_path / "kept" / "images" / "private.png").getexif()
+    assert everything.get_ifd(0x8825) and everything.get_ifd(0x8769)[0xA431] == "SERIAL-1234"
+
+
+def test_parquet_output_keeps_native_sizes(tmp_path):
+    rows = [astronaut().resize((100, 70)), grace_hopper().resize((64, 90))]
+    encoded = []
+    for image in rows:
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        encoded.append({"bytes": buffer.getvalue(), "path": None})
+    datasets.Dataset.from_dict({"image": encoded}, features=datasets.Features({"image": datasets.Image()})).to_parquet(
+        str(tmp_path / "rows.parquet"))
+    module = ProtectionModule(**tiny_module_kwargs(iterations=2, ), output_format="both")
+    module.output_dir = tmp_path / "out"
+    data = FaceDataModule(source=str(tmp_path / "rows.parquet"), resolution=64, batch_size=2, output_dir=str(tmp_path / "out"))
+    L.Trainer(accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_progress_bar=False,
+              enable_model_summary=False, enable_checkpointing=False).fit(module, datamodule=data)
+    protected = datasets.load_dataset("parquet", data_dir=str(tmp_path / "out" / "dataset"), split="train")
+    sizes = dict(zip(protected["uid"], (image.size for image in protected["image"])))
+    assert sizes == {"train-000000": (100, 70), "train-000001": (64, 90)}
+
+
+def test_extreme_aspect_ratios_16_bit_and_cmyk_are_protected_at_native_size(tmp_path):
+    faces = tmp_path / "faces"
+    faces.mkdir()
+    Image.fromarray(random_image((40, 2000))).save(faces / "strip.png")
+    Image.fromarray(np.linspace(0, 65535, 70 * 100).reshape(70, 100).astype(np.uint16)).save(faces / "deep.png")
+    Image.fromarray(random_image((60, 90))).convert("CMYK").save(faces / "print.jpg")
+    protect(faces, tmp_path / "out")
+    rows = read_manifest(tmp_path / "out").set_index("uid")
+    assert set(rows["status"]) == {"no_face"}
+    for uid, shape in (("strip", (40, 2000)), ("deep", (70, 100)), ("print", (60, 90))):
+        assert levels(tmp_path / "out" / "images" / f"{uid}.png").shape[:2] == shape
+        assert rows.loc[uid, "linf_255"] <= 3
+    assert (rows.loc["strip", "working_width"], rows.loc["strip", "working_height"]) == (64, 8)
+
+
+def test_images_over_the_pixel_limit_are_refused_or_shrunk_by_choice(tmp_path):
+    faces = tmp_path / "faces"
+    faces.mkdir()
+    astronaut().resize((200, 150)).save(faces / "big.png")
+    protect(faces, tmp_path / "refused", max_pixels=10_000)
+    row = read_manifest(tmp_path / "refused").iloc[0]
+    assert row.status == "error" and "exceeds max_pixels=10000" in row.message and (row.width, row.height) == (200, 150)
+    protect(faces, tmp_path / "shrunk", max_pixels=10_000, oversize="downscale")
+    row = read_manifest(tmp_path / "shrunk").iloc[0]
+    assert row.status in ("ok", "no_face") and row.width * row.height <= 10_000 and "downscaled from 200x150" in row.message
+    assert levels(tmp_path / "shrunk" / "images" / "big.png").shape[:2] == (row.height, row.width)
+
+
+def test_native_resolution_works_at_each_images_own_size(tmp_path):
+    faces = tmp_path / "faces"
+    faces.mkdir()
+    astronaut().resize((72, 60)).save(faces / "a.png")
+    grace_hopper().resize((50, 66)).save(faces / "b.png")
+    protect(faces, tmp_path / "out", resolution="native", batch_size=1)
+    rows = read_manifest(tmp_path / "out").set_index("uid")
+    assert (rows["working_width"] == rows["width"]).all() and (rows["working_height"] == rows["height"]).all()
+    with pytest.raises(ValueError, match="one image at a time"):
+        FaceDataModule(source=str(faces), resolution="native", batch_size=2)
+
+
+def test_face_region_mode_changes_only_the_region_around_the_face(tmp_path):
+    faces = tmp_path / "faces"
+    faces.mkdir()
+    photo = Image.fromarray(random_image((600, 800), seed=3) // 4 + 96)  # a dull, large background
+    photo.paste(astronaut().crop((150, 30, 300, 210)).resize((100, 120)), (560, 380))
+    photo.save(faces / "crowd.png")
+    protect(faces, tmp_path / "out", resolution=64, region="faces", face_margin=0.5)
+    changed = np.argwhere(np.abs(levels(tmp_path / "out" / "images" / "crowd.png") - levels(faces / "crowd.png")).max(-1) > 0)
+    (top, left), (bottom, right) = changed.min(0), changed.max(0)
+    assert 300 < top and bottom < 600 and 450 < left and right < 800  # around the face at (560..660, 380..500)
+    row = read_manifest(tmp_path / "out").iloc[0]
+    assert row.status == "ok" and (row.width, row.height) == (800, 600)
