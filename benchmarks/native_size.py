@@ -12,56 +12,46 @@ tuning), TAESD + facenet CASIA-WebFace in the loss (`configs/offline.yaml`), ε 
 Each protected image then goes through an editor's preprocessing — resized (antialiased) to 512 and to 256 —
 the TAESD round trip and the offline evaluation (face detected anew; SFace, facenet CASIA, w600k_mbf; match
 rates at the thresholds calibrated on the shared pairs). Reported per variant: mean cosine and match rate per
-recogniser and editor resolution, PSNR at the delivered size, seconds per image. `--work-dir` keeps the runs; a
+recogniser and editor resolution, PSNR at the delivered size, seconds per image; the JSON has every face's scores. `--work-dir` keeps the runs; a
 rerun resumes. JSON only with --json.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pandas as pd
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from offline_runs import ROOT, cli, held_out_faces, options, print_table, work_dir, write_json  # noqa: E402
+
+from facelock_pl.outputs import read_manifest  # noqa: E402
+
 RECOGNIZERS = ("sface", "facenet-casia", "w600k-mbf")
 VARIANTS = {"carried": ["--data.resolution", "512"], "native": ["--data.resolution", "native", "--data.batch_size", "1"],
             "crop": ["--data.resolution", "512"]}
 
 
-def cli(*args) -> None:
-    print("+ python -m facelock_pl", " ".join(map(str, args[:3])), "...", flush=True)
-    subprocess.run([sys.executable, "-m", "facelock_pl", *map(str, args)], cwd=ROOT, check=True)
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--assets", type=Path, required=True)
-    parser.add_argument("--faces", type=int, default=2)
-    parser.add_argument("--iterations", type=int, default=50)
-    parser.add_argument("--work-dir", type=Path, default=None)
-    parser.add_argument("--json", type=Path, default=None)
-    args = parser.parse_args()
-    work = (args.work_dir or Path(tempfile.mkdtemp(prefix="facelock-native-"))).resolve()
+    args = options(__doc__, faces=2, iterations=50).parse_args()
+    work = work_dir(args, "facelock-native-")
     faces, small = work / "faces", work / "faces-512"
     for folder in (faces, small):
         folder.mkdir(parents=True, exist_ok=True)
-    for path in sorted((args.assets / "faces" / "celebahq").glob("*.jpg"))[-args.faces :]:
+    for path in held_out_faces(args.assets, args.faces):
         image = Image.open(path).convert("RGB")
         image.save(faces / f"{path.stem}.png")
         image.resize((512, 512), Image.Resampling.LANCZOS).save(small / f"{path.stem}.png")
 
     sets = {}
-    for name, options in VARIANTS.items():
+    for name, variant in VARIANTS.items():
         sets[name] = work / name
         cli("fit", "--config", ROOT / "configs" / "offline.yaml", "--assets", args.assets.resolve(), "--data.source",
             small if name == "crop" else faces, "--model.attack.iterations", args.iterations, "--data.num_workers", 0,
-            "--output_dir", sets[name], "--trainer.enable_progress_bar", "false", *options)
+            "--output_dir", sets[name], "--trainer.enable_progress_bar", "false", *variant)
     results = {}
     for resolution in (512, 256):
         evaluation = work / f"eval-{resolution}"
@@ -81,24 +71,22 @@ def main() -> None:
                 row[f"{recognizer} cos @{resolution}"] = float(part[f"fr:{recognizer}"].mean())
                 row[f"{recognizer} match @{resolution}"] = float(part[f"match:{recognizer}"].mean())
         if name != "clean":
-            manifest = pd.concat([pd.read_parquet(p) for p in (sets[name] / "manifest").glob("*.parquet")])
+            manifest = read_manifest(sets[name])
             row.update(psnr_db=float(manifest["psnr_db"].mean()), seconds_per_image=float(manifest["seconds"].mean()),
                        delivered=f"{int(manifest['width'].iloc[0])}x{int(manifest['height'].iloc[0])}")
         rows.append(row)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"faces": sorted(p.name for p in faces.iterdir()), "iterations": args.iterations,
-                                         "rows": rows}, indent=2))
-    print(f"\n{args.faces} faces at 1024x1024, {args.iterations} iterations, eps 0.03; match rate (mean cosine) after the "
-          "editor's resize and the TAESD round trip, face detected anew")
-    header = ["variant", *[f"{r} @{s}" for s in (512, 256) for r in RECOGNIZERS], "PSNR dB", "delivered", "s/image"]
-    print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
-    for row in rows:
-        cells = [f"{100 * row[f'{r} match @{s}']:.0f}% ({row[f'{r} cos @{s}']:.2f})" for s in (512, 256) for r in RECOGNIZERS]
-        extra = [f"{row['psnr_db']:.2f}", row["delivered"], f"{row['seconds_per_image']:.0f}"] if "psnr_db" in row else ["–"] * 3
-        print(f"| {row['variant']} | " + " | ".join(cells + extra) + " |")
-    if args.json:
-        print(f"json: {args.json}")
+    per_face = [{"resolution": resolution, **record} for resolution, frame in results.items()
+                for record in frame[["set", "uid", *[f"{k}:{r}" for r in RECOGNIZERS for k in ("fr", "match")]]]
+                .to_dict(orient="records")]
+    write_json(args.json, {"faces": sorted(p.name for p in faces.iterdir()), "iterations": args.iterations, "rows": rows,
+                           "per_face": per_face})
+    print_table(f"{args.faces} faces at 1024x1024, {args.iterations} iterations, eps 0.03; match rate (mean cosine) after "
+                "the editor's resize and the TAESD round trip, face detected anew",
+                ["variant", *[f"{r} @{s}" for s in (512, 256) for r in RECOGNIZERS], "PSNR dB", "delivered", "s/image"],
+                [[row["variant"], *[f"{100 * row[f'{r} match @{s}']:.0f}% ({row[f'{r} cos @{s}']:.2f})"
+                                    for s in (512, 256) for r in RECOGNIZERS],
+                  *([f"{row['psnr_db']:.2f}", row["delivered"], f"{row['seconds_per_image']:.0f}"] if "psnr_db" in row
+                    else ["–"] * 3)] for row in rows])
 
 
 if __name__ == "__main__":

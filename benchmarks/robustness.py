@@ -25,24 +25,24 @@ Faces: `--split held-out` (default) takes the last `--faces` of the sorted share
 `--split tune` the first ones — tune on those, report on the held-out ones. Each variant runs through
 `python -m facelock_pl fit` at 256 px, ε = 0.03; the protected PNGs are scored with the offline evaluation
 (`edit-offline.yaml` / `evaluate-offline.yaml`): the TAESD round trip, as is and after JPEG-75 and a 0.5x
-resize, for SFace, facenet CASIA-WebFace and w600k_mbf (never in any loss: the transfer check). Prints a
+resize, for SFace, facenet CASIA-WebFace and w600k_mbf (never in any loss: the transfer check), and dlib's
+descriptor with `--evaluate-config configs/evaluate-transfer.yaml` (reserved: no loss may use it). Prints a
 Markdown table of match rates (and mean cosines), stealth and cost; writes JSON.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pandas as pd
 
 from facelock_pl.config_files import RENAMED_KEYS as _RENAMED
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from offline_runs import ROOT, cli, judges, options, print_table, work_dir  # noqa: E402
+
 RENAMED_KEYS = {f"--{old}": f"--{new}" for old, new in _RENAMED.items()}  # `fr_start:0` -> --model.objective.fr_start
 
 PARTS = ("recognizers", "rotated", "vaes", "ensemble", "eot", "quantised", "early_fr", "smoothing", "momentum")
@@ -91,26 +91,14 @@ def fit_args(assets: Path, parts: list[str]) -> list[str]:
     return args
 
 
-def run(command: list[str]) -> None:
-    print("+", " ".join(command[:6]), "...", flush=True)
-    subprocess.run(command, check=True, cwd=ROOT)
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--assets", type=Path, required=True)
-    parser.add_argument("--faces", type=int, default=4)
-    parser.add_argument("--iterations", type=int, default=100)
+    parser = options(__doc__, faces=4, iterations=100)
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--split", choices=["held-out", "tune"], default="held-out")
     parser.add_argument("--variant", action="append", default=None, metavar="NAME=PARTS",
                         help=f"repeatable; default: the issue's four rows {list(VARIANTS)}")
-    parser.add_argument("--json", type=Path, default=ROOT / "benchmarks/results/robustness.json")
-    parser.add_argument("--work-dir", type=Path, default=None,
-                        help="keep the protected sets and edits here; a rerun with the same arguments resumes")
     args = parser.parse_args()
-    assets = args.assets.resolve()
-    work = args.work_dir.resolve() if args.work_dir else Path(tempfile.mkdtemp(prefix="facelock-robustness-"))
+    assets, work = args.assets.resolve(), work_dir(args, "facelock-robustness-")
     faces = work / "faces"
     faces.mkdir(parents=True, exist_ok=True)
     variants = dict(parse_variant(v) for v in args.variant) if args.variant else {
@@ -125,24 +113,21 @@ def main() -> None:
     (work / "run.json").write_text(json.dumps(signature))
     for path in chosen:
         (faces / path.name).write_bytes(path.read_bytes())
-    evaluate_config = work / "evaluate-offline.yaml"
-    evaluate_config.write_text((ROOT / "configs/evaluate-offline.yaml").read_text().replace("../shared/assets", str(assets)))
 
     sets = {}
     for name, parts in variants.items():
         out = work / f"v{len(sets)}"
-        run([sys.executable, "-m", "facelock_pl", "fit", "--config", "configs/facelock-robust.yaml",
-             "--data.source", str(faces), "--data.batch_size", str(args.batch_size), "--data.num_workers", "0",
-             "--model.attack.iterations", str(args.iterations), "--output_dir", str(out), "--trainer.enable_progress_bar", "false",
-             *fit_args(assets, parts)])
+        cli("fit", "--config", ROOT / "configs/facelock-robust.yaml", "--assets", assets, "--data.source", faces,
+            "--data.batch_size", args.batch_size, "--data.num_workers", 0, "--model.attack.iterations", args.iterations,
+            "--output_dir", out, "--trainer.enable_progress_bar", "false", *fit_args(assets, parts))
         sets[name] = out
     set_names = {f"v{i}": name for i, name in enumerate(sets)}
-    run([sys.executable, "-m", "facelock_pl", "edit", "--config", "configs/edit-offline.yaml", "--data.source", str(faces),
-         "--output_dir", str(work / "eval"), "--sets", json.dumps({f"v{i}": str(p) for i, p in enumerate(sets.values())}),
-         "--editor.vae.path", str(assets / "vae/taesd")])
-    run([sys.executable, "-m", "facelock_pl", "evaluate", "--config", str(evaluate_config), "--output_dir", str(work / "eval")])
+    cli("edit", "--config", ROOT / "configs/edit-offline.yaml", "--assets", assets, "--data.source", faces, "--output_dir",
+        work / "eval", "--sets", json.dumps({f"v{i}": str(p) for i, p in enumerate(sets.values())}))
+    cli("evaluate", "--config", args.evaluate_config, "--assets", assets, "--output_dir", work / "eval")
 
     frame = pd.read_parquet(work / "eval/report/per_image.parquet")
+    recognizers = judges(frame)
     rows = []
     for set_name, label in [("clean", "no protection"), *set_names.items()]:
         row = {"variant": label}
@@ -150,7 +135,7 @@ def main() -> None:
             part = frame[frame["set"] == set_name + suffix] if set_name != "clean" or not suffix else None
             if part is None or part.empty:
                 continue
-            for recognizer in ("sface", "facenet-casia", "w600k-mbf"):
+            for recognizer in recognizers:
                 row[f"{recognizer} match {purification}"] = float(part[f"match:{recognizer}"].mean())
                 row[f"{recognizer} cos {purification}"] = float(part[f"fr:{recognizer}"].mean())
         if set_name != "clean":
@@ -158,25 +143,28 @@ def main() -> None:
             row.update(linf_255_max=float(manifest["linf_255"].max()), psnr_db_min=float(manifest["psnr_db"].min()),
                        seconds_per_image=float(manifest["seconds"].mean()))
         rows.append(row)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    scores = [c for c in frame.columns if c.startswith(("match:", "fr:"))]
-    per_face = frame[["set", "uid", *scores]]  # set: "clean", "v0", "v0+jpeg75", ...; "sets" names them
-    args.json.write_text(json.dumps({"split": args.split, "faces": sorted(p.name for p in faces.iterdir()),
-                                     "iterations": args.iterations, "variants": variants, "rows": rows,
-                                     "sets": set_names, "per_face": json.loads(per_face.to_json(orient="records"))}, indent=2))
-    print(f"\n{args.split} faces: {args.faces}, 256 px, eps 0.03, {args.iterations} iterations; match rate = share of "
-          "faces still recognised after the TAESD round trip (lower is better)")
-    header = ("| variant | SFace | SFace JPEG-75 | SFace 0.5x | facenet | facenet JPEG-75 | facenet 0.5x | w600k (held out) "
-              "| w600k JPEG-75 | w600k 0.5x | max linf_255 | min PSNR dB | s/image |")
-    print(header)
-    print("|" + "---|" * 13)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        scores = [c for c in frame.columns if c.startswith(("match:", "fr:"))]
+        per_face = frame[["set", "uid", *scores]]  # set: "clean", "v0", "v0+jpeg75", ...; "sets" names them
+        args.json.write_text(json.dumps({"split": args.split, "faces": sorted(p.name for p in faces.iterdir()),
+                                         "iterations": args.iterations, "variants": variants, "rows": rows,
+                                         "sets": set_names, "per_face": json.loads(per_face.to_json(orient="records"))},
+                                        indent=2))
+    purifications = {"none": "", "jpeg75": " JPEG-75", "resize0.5": " 0.5x"}
+    table = []
     for row in rows:
-        cells = [row.get(f"{r} match {p}") for r in ("sface", "facenet-casia", "w600k-mbf") for p in ("none", "jpeg75", "resize0.5")]
-        cosines = [row.get(f"{r} cos {p}") for r in ("sface", "facenet-casia", "w600k-mbf") for p in ("none", "jpeg75", "resize0.5")]
+        cells = [row.get(f"{r} match {p}") for r in recognizers for p in purifications]
+        cosines = [row.get(f"{r} cos {p}") for r in recognizers for p in purifications]
         cells = ["–" if c is None else f"{100 * c:.0f}% ({cos:.2f})" for c, cos in zip(cells, cosines)]
-        extra = [f"{row[k]:.2f}" if k in row else "–" for k in ("linf_255_max", "psnr_db_min", "seconds_per_image")]
-        print(f"| {row['variant']} | " + " | ".join(cells + extra) + " |")
-    print(f"json: {args.json}")
+        table.append([row["variant"], *cells, *[f"{row[k]:.2f}" if k in row else "–"
+                                                for k in ("linf_255_max", "psnr_db_min", "seconds_per_image")]])
+    print_table(f"{args.split} faces: {args.faces}, 256 px, eps 0.03, {args.iterations} iterations; match rate (mean cosine) "
+                "after the TAESD round trip, face detected anew (lower is better)",
+                ["variant", *[f"{r}{p}" for r in recognizers for p in purifications.values()], "max linf_255",
+                 "min PSNR dB", "s/image"], table)
+    if args.json:
+        print(f"json: {args.json}")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@
 
 The bundle has the layout of `../shared/assets` (what `configs/*offline*.yaml` and `facelock-robust.yaml` name
 under `${assets}`): the TAESD and TAESDXL autoencoders, the SFace, facenet (CASIA-WebFace) and w600k_mbf
-recognisers, from their public sources. MTCNN, the face detector, ships inside facenet-pytorch's wheel.
+recognisers, from their public sources, and dlib's face descriptor, converted to safetensors from the npm package
+`@vladmandic/face-api` (a judge of transfer, never in a loss; `facelock_pl.models.dlib_resnet`). MTCNN, the face detector, ships inside facenet-pytorch's wheel.
 `DIR/SHA256SUMS` records every file's checksum when it is downloaded; `check` verifies them. Bring your own
 portraits with `--data.source` (the bundle holds no faces).
 """
@@ -13,16 +14,18 @@ portraits with `--data.source` (the bundle holds no faces).
 from __future__ import annotations
 
 import argparse
+import base64
 import hashlib
 import io
-
 import sys
 import tempfile
 import urllib.request
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .models.dlib_resnet import faceapi_package_to_safetensors
 from .outputs import write_bytes_atomic
 
 
@@ -34,6 +37,8 @@ class Asset:
     url: str
     member: str | None = None  # a file inside a zip archive
     licence: str = ""
+    convert: Callable[[bytes], bytes] | None = None  # the download -> the stored file
+    sha512: str | None = None  # of the download, base64 (as npm's `dist.integrity` gives it)
 
 
 _TAESD = "https://github.com/madebyollin/taesd/raw/main/"
@@ -50,6 +55,10 @@ ASSETS = (
           licence="MIT (weights: research use)"),
     Asset("fr/insightface-mbf/w600k_mbf.onnx", "https://github.com/deepinsight/insightface/releases/download/v0.7/buffalo_s.zip",
           member="w600k_mbf.onnx", licence="non-commercial research only"),
+    Asset("fr/dlib-faceapi/dlib_resnet_faceapi.safetensors",
+          "https://registry.npmjs.org/@vladmandic/face-api/-/face-api-1.7.15.tgz", licence="MIT",
+          convert=faceapi_package_to_safetensors,
+          sha512="WDMmK3CfNLo8jylWqMoQgf4nIst3M0fzx1dnac96wv/dvMTN4DxC/Pq1DGtduDk1lktCamQ3MIDXFnvrdHTXDw=="),
 )
 
 
@@ -59,7 +68,11 @@ def _fetch(url: str) -> bytes:
 
 
 def _payload(asset: Asset, data: bytes) -> bytes:
-    """The bytes to store: an archive's member, a torch checkpoint as fp16 safetensors, or the file as is."""
+    """The bytes to store: converted, an archive's member, a torch checkpoint as fp16 safetensors, or as is."""
+    if asset.sha512 is not None and base64.b64encode(hashlib.sha512(data).digest()).decode() != asset.sha512:
+        raise OSError(f"{asset.url}: the download's sha512 differs from the published one")
+    if asset.convert is not None:
+        return asset.convert(data)
     if asset.member is not None:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
             name = next(n for n in archive.namelist() if n.endswith(asset.member))

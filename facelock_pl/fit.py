@@ -1,5 +1,8 @@
 """`python -m facelock_pl fit`: a LightningCLI around the engine, and what happens before and after it.
 
+`--sweep_eps '[0.01, 0.02, 0.03]'` runs one protection per budget, into `OUTPUT_DIR/eps-<ε>/` each (resumable), as
+the published scripts write one folder per budget; `edit` and `evaluate` then show one set per budget.
+
 Before any model loads, every option is checked (a mistake is one line, exit code 2), the source must exist
 and hold images, and the output folder must be writable; then global rank 0 takes the output folder's lock.
 After the run, the exit code says whether everything asked for was protected (see `facelock_pl.cli`).
@@ -11,6 +14,8 @@ import os
 import re
 from pathlib import Path
 
+import yaml
+
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningCLI
 
@@ -21,7 +26,8 @@ from .data.datamodule import DEMO_SOURCE
 from .data.folder import image_files
 from .data.hf import detect_format
 from .engine import AdaptiveStopping, AttackConfig, ProtectionModule, SpeedConfig
-from .objectives import FaceLockObjective, build_method
+from .models.recognizers import RESERVED_FOR_EVALUATION
+from .objectives import CWSettings, FaceLockObjective, build_method
 from .outputs.lock import OutputLock
 from .progress import ImagesProgress
 
@@ -62,6 +68,13 @@ def _check_source(data: FaceDataModule) -> None:
                       "folder, or a Hugging Face dataset id (namespace/name)")
 
 
+def _no_reserved_recognizers(recognizers: list) -> None:
+    for spec in recognizers:
+        if vars(spec).get("kind") in RESERVED_FOR_EVALUATION:
+            raise ValueError(f"the {vars(spec)['kind']!r} recogniser is reserved to judge transfer and never enters a loss; "
+                             "use it in `evaluate` (configs/evaluate-offline.yaml)")
+
+
 def check_before_loading(config) -> None:
     """Refuse, before any model loads, a run that cannot work; raises `ConfigError` or `NoImagesError`."""
     output_dir = Path(config.output_dir).expanduser()
@@ -70,9 +83,11 @@ def check_before_loading(config) -> None:
         data = FaceDataModule(**data_options, output_dir=str(output_dir))
         model = config.model
         groups = [(cls, model.get(name)) for cls, name in ((AttackConfig, "attack"), (FaceLockObjective, "objective"),
-                                                           (AdaptiveStopping, "stopping"), (SpeedConfig, "speed"))]
+                                                           (CWSettings, "cw"), (AdaptiveStopping, "stopping"),
+                                                           (SpeedConfig, "speed"))]
         built = {cls: cls(**vars(values)) for cls, values in groups}
-        build_method(model.method, built[FaceLockObjective])
+        build_method(model.method, built[FaceLockObjective], built[CWSettings])
+        _no_reserved_recognizers(model.get("recognizers") or [])
     except (ValueError, TypeError) as error:
         raise ConfigError(str(error)) from None
     _writable(output_dir)
@@ -123,6 +138,24 @@ def exit_code(summary: dict | None, images_in_source: int) -> int:
 
 
 def run_fit(args: list[str]) -> int:
+    sweep, args = _option(args, "--sweep_eps")
+    if sweep is None:
+        return _fit(args)
+    # A budget sweep: one run (and one output folder, resumable) per ε, as the published scripts write them.
+    budgets = yaml.safe_load(sweep)
+    if not isinstance(budgets, list) or not budgets or not all(isinstance(b, (int, float)) and b > 0 for b in budgets):
+        raise ConfigError(f"--sweep_eps takes a list of positive budgets, e.g. '[0.01, 0.02, 0.03]' (got {sweep!r})")
+    output_dir, args = _option(args, "--output_dir")
+    root = Path(output_dir or _configured_output_dir(args))
+    codes = []
+    for eps in budgets:
+        codes.append(_fit([*args, "--model.attack.eps", str(eps), "--output_dir", str(root / f"eps-{eps:g}")]))
+        if codes[-1] == EXIT_INTERRUPTED:
+            break
+    return max(codes)
+
+
+def _fit(args: list[str]) -> int:
     locks: list[OutputLock] = []
     try:
         cli = FitCLI(args, locks)
@@ -131,4 +164,24 @@ def run_fit(args: list[str]) -> int:
     finally:
         for lock in locks:
             lock.release()
+
+
+def _option(args: list[str], name: str) -> tuple[str | None, list[str]]:
+    """The last value of `--name VALUE` / `--name=VALUE` in `args`, and `args` without it."""
+    value, rest, i = None, [], 0
+    while i < len(args):
+        if args[i] == name and i + 1 < len(args):
+            value, i = args[i + 1], i + 2
+        elif args[i].startswith(name + "="):
+            value, i = args[i].partition("=")[2], i + 1
+        else:
+            rest.append(args[i])
+            i += 1
+    return value, rest
+
+
+def _configured_output_dir(args: list[str]) -> str:
+    """The `output_dir` a config file sets (config files reach here as YAML text), else the default."""
+    configs = [yaml.safe_load(args[i + 1]) for i, arg in enumerate(args[:-1]) if arg == "--config"]
+    return next((c["output_dir"] for c in reversed(configs) if isinstance(c, dict) and c.get("output_dir")), "outputs")
 

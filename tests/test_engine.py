@@ -4,6 +4,7 @@ happens once per image, zero-weight terms are never computed, and global_step co
 from __future__ import annotations
 
 import functools
+from dataclasses import asdict
 from pathlib import Path
 
 import lightning as L
@@ -143,3 +144,73 @@ def test_fr_cos_detected_realigns_on_the_reconstruction_and_marks_no_face(face_f
 
     grey = torch.full_like(faces, 128)
     assert meter.fr_cos_detected(levels_to_pm1(grey), clean).isnan().all()
+
+
+def test_the_vae_attack_descends_the_unclipped_reconstruction_as_published():
+    """Clipping D(E(x)) to [-1, 1] would give saturated pixels no gradient; the published attack does not clip."""
+    import torch
+
+    from facelock_pl.objectives import VAEAttack
+
+    nets = ProtectionModule(**tiny_module_kwargs(method="vae")).nets
+    with torch.no_grad():
+        nets.vae.model.decoder.conv_out.weight.mul_(50)  # reconstructions far outside [-1, 1]
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    objective, terms = VAEAttack().objective(nets, x, None, torch.zeros(2))
+    unclipped = nets.vae.decode(nets.vae.encode(x)).flatten(1).norm(dim=1)
+    assert torch.allclose(terms["recon_norm"], unclipped) and (nets.vae.decode(nets.vae.encode(x)).abs() > 1).any()
+    assert torch.allclose(objective, -unclipped)
+
+
+def test_cw_objective_is_the_published_cost_with_the_vae_fed_minus_one_to_one():
+    import torch
+
+    from facelock_pl.objectives import CarliniWagnerL2, CWSettings
+
+    module = ProtectionModule(**tiny_module_kwargs(method="cw", cw=CWSettings(c=0.5, lr=0.01)))
+    nets = module.nets
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    x_adv = (x + 0.2 * torch.randn(2, 3, 32, 32)).clamp(-1, 1)
+    clean = nets.clean_features(x, module.detector(((x + 1) * 127.5).round().byte()), True, False, need_image=True)
+    objective, terms = CarliniWagnerL2(CWSettings(c=0.5, lr=0.01)).objective(nets, x_adv, clean, torch.zeros(2))
+    distortion = (((x_adv + 1) / 2 - (x + 1) / 2) ** 2).flatten(1).sum(1)  # in [0, 1] units, as published
+    latent = (nets.vae.encode(x_adv) - nets.vae.encode(x)).norm(dim=-1).flatten(1).sum(1)  # E sees [-1, 1]
+    torch.testing.assert_close(objective, -(distortion - 0.5 * latent))
+    torch.testing.assert_close(terms["l2_distortion"], distortion)
+
+
+def test_tanh_adam_follows_torch_adam():
+    """Ascending the objective in tanh space equals torch.optim.Adam descending the cost on w."""
+    import torch
+
+    from facelock_pl.engine.tanh_adam import TanhAdam
+
+    target = torch.tensor([[0.3, -0.7]])
+    cost = lambda x: ((x - target) ** 4).sum()  # noqa: E731
+    w = torch.zeros(1, 2, requires_grad=True)
+    reference = torch.optim.Adam([w], lr=0.05)
+    ours, x_adv = TanhAdam(lr=0.05), torch.zeros(1, 2)
+    ours.start(x_adv, torch.tensor([0]))
+    for _ in range(20):
+        reference.zero_grad()
+        cost(torch.tanh(w)).backward()
+        reference.step()
+        x = x_adv.clone().requires_grad_(True)
+        (-cost(x)).backward()
+        ours.step(x_adv, x.grad, torch.tensor([True]))
+    torch.testing.assert_close(x_adv, torch.tanh(w.detach()), atol=1e-5, rtol=0)  # float rounding over 20 steps
+    assert (x_adv - target).abs().max() < 0.2
+
+
+def test_cw_runs_in_the_engine_and_stays_in_the_budget(face_folder, tmp_path):
+    from facelock_pl.objectives import CWSettings
+
+    trainer = fit(ProtectionModule(**tiny_module_kwargs(method="cw", iterations=5)), face_folder, tmp_path / "out")
+    manifest = read_manifest(tmp_path / "out")
+    assert trainer.global_step == 5 and (manifest["iterations"] == 5).all() and (manifest["linf_255"] <= 3).all()
+    assert manifest["term_l2_distortion"].notna().all() and manifest["method"].eq("cw").all()
+    # CW's constants are recorded for CW only: other methods' folders resume as they did before CW existed
+    assert ProtectionModule(**tiny_module_kwargs(method="cw")).protection_settings()["cw"] == asdict(CWSettings())
+    assert "cw" not in ProtectionModule(**tiny_module_kwargs()).protection_settings()
+    with pytest.raises(ValueError, match="model.cw sets CW-L2's constants; method 'facelock' has none"):
+        ProtectionModule(**tiny_module_kwargs(cw=CWSettings(c=1.0)))

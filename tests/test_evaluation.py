@@ -15,6 +15,8 @@ from conftest import ROOT, run_cli
 from facelock_pl.evaluation import Editor, EditorSpec, metrics, purify
 from facelock_pl.evaluation.report import aggregate
 from facelock_pl.models import LPIPSSpec, load_lpips
+from facelock_pl.outputs import read_manifest
+from facelock_pl.pixels import levels_to_pm1
 
 
 def constant(value: int, size: int = 16, batch: int = 1) -> torch.Tensor:
@@ -172,14 +174,72 @@ def test_fr_is_measured_on_real_faces_and_no_face_counts_as_fdfr():
     scorer = metrics.FaceScorer([RecognizerSpec(kind="tiny-random")], torch.device("cpu"))
     face = torch.from_numpy(np.asarray(astronaut().resize((128, 128)))).permute(2, 0, 1)
     noise = torch.randint(0, 256, (3, 128, 128), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    found, (emb,) = scorer.embed(torch.stack([face, noise]))
-    assert found.tolist() == [True, False]
+    geometry, (emb,) = scorer.embed(torch.stack([face, noise]))
+    assert geometry.found.tolist() == [True, False]
     assert torch.allclose(emb.norm(dim=1), torch.ones(2), atol=1e-5)
+    # Where no face is found, the embedding is of the fallback geometry: the crop where the face was.
+    _, (fallback_emb,) = scorer.embed(torch.stack([noise, noise]), geometry.select([0, 0]))
+    _, (crop_emb,) = scorer.embed(torch.stack([face]))
+    assert not torch.allclose(fallback_emb[0], emb[1])  # not the whole noise image
+    theta = scorer.recognizers[0].theta(geometry.select([0]), (128, 128))
+    assert torch.allclose(fallback_emb[0], scorer.recognizers[0].embed(levels_to_pm1(noise[None]), theta)[0], atol=1e-5)
 
 
-def test_missing_editor_weights_are_a_clear_error(monkeypatch, tmp_path):
+def test_clip_s_is_on_raw_features_as_published_or_normalised_on_request():
+    raw = metrics.ClipScorer(metrics.ClipSpec(kind="tiny-random"), torch.device("cpu"))
+    normalised = metrics.ClipScorer(metrics.ClipSpec(kind="tiny-random", directional="normalised"), torch.device("cpu"))
+    source, edit, text = torch.tensor([[3.0, 0.0]]), torch.tensor([[0.0, 1.0]]), torch.tensor([[0.0, 1.0]])
+    # raw: edit − source = (−3, 1) -> cos with (0, 1) = 1/sqrt(10); normalised: (−1, 1) -> 1/sqrt(2)
+    assert raw.directional(source, edit, text).item() == pytest.approx(1 / math.sqrt(10), abs=1e-6)
+    assert normalised.directional(source, edit, text).item() == pytest.approx(1 / math.sqrt(2), abs=1e-6)
+    images = torch.randint(0, 256, (2, 3, 40, 56), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    assert not torch.allclose(raw.image_features(images).norm(dim=-1), torch.ones(2))  # unnormalised, as published
+
+
+@pytest.mark.parametrize("kind, named", [("instruct-pix2pix", "InstructPix2Pix"), ("img2img", "Img2Img")])
+def test_missing_editor_weights_are_a_clear_error(monkeypatch, tmp_path, kind, named):
     from facelock_pl.models import WeightsUnavailableError
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(WeightsUnavailableError, match="InstructPix2Pix.*vae-roundtrip"):
-        Editor(EditorSpec(path=str(tmp_path / "nothing-here")), torch.device("cpu"))
+    with pytest.raises(WeightsUnavailableError, match=f"StableDiffusion{named}Pipeline.*nothing-here.*vae-roundtrip"):
+        Editor(EditorSpec(kind=kind, path=str(tmp_path / "nothing-here")), torch.device("cpu"))
+
+
+def test_a_budget_sweep_protects_one_folder_per_budget_and_reports_one_row_each(face_folder, tmp_path, caplog):
+    caplog.set_level("INFO")
+    sweep, out = tmp_path / "sweep", tmp_path / "eval"
+    fit = ["fit", "--config", ROOT / "configs" / "tiny.yaml", "--data.source", face_folder, "--output_dir", sweep,
+           "--sweep_eps", "[0.01, 0.03]", "--trainer.enable_progress_bar", "false"]
+    assert run_cli(*fit) == 0
+    budgets = {path.name: read_manifest(path)["linf_255"].max() for path in sorted(sweep.iterdir())}
+    assert budgets == {"eps-0.01": 1.0, "eps-0.03": 3.0}  # ⌊ε·127.5⌋ levels at each budget
+    caplog.clear()
+    assert run_cli(*fit) == 0 and caplog.text.count("skipping 2 already protected") == 2  # resumable, per budget
+    assert run_cli("edit", "--config", ROOT / "configs" / "edit-tiny.yaml", "--data.source", face_folder, "--sets",
+                   f"{{facelock: {sweep}}}", "--purify", "[]", "--prompt_ids", "[0]", "--output_dir", out) == 0
+    assert run_cli("evaluate", "--config", ROOT / "configs" / "evaluate-tiny.yaml", "--output_dir", out) == 0
+    table = (out / "report" / "table.md").read_text()
+    assert "| facelock@eps0.01 |" in table and "| facelock@eps0.03 |" in table
+
+
+def test_the_budget_plot_draws_fr_against_eps(tmp_path):
+    from facelock_pl.evaluation.report import _budget_plot
+
+    by_set = pd.DataFrame({"fr:r_mean": [0.9, 0.5, 0.1], "fr:r_std": [0.0] * 3}, index=["clean", "a@eps0.01", "a@eps0.03"])
+    assert _budget_plot(by_set, ["r"], tmp_path / "plot.png") and (tmp_path / "plot.png").stat().st_size > 1000
+    assert not _budget_plot(by_set.loc[["clean"]], ["r"], tmp_path / "none.png")
+
+
+def test_img2img_edits_as_configured_with_one_seed_per_image(face_folder, protected_set, tmp_path):
+    editor = Editor(EditorSpec(kind="tiny-img2img", steps=3), torch.device("cpu"))
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    both = editor(images, "Let the person wear sunglasses", [11, 22])
+    assert torch.equal(both[1], editor(images[1:], "Let the person wear sunglasses", [22])[0]) and not torch.equal(both, images)
+    out = tmp_path / "eval"
+    assert run_cli("edit", "--config", ROOT / "configs" / "edit-img2img.yaml", "--editor.kind", "tiny-img2img",
+                   "--editor.steps", "2", "--data.source", face_folder, "--data.resolution", "64", "--sets",
+                   f"{{facelock: {protected_set}}}", "--prompt_ids", "[0]", "--output_dir", out) == 0
+    assert len(list((out / "edits").rglob("*.png"))) == 4
+    assert json.loads((out / "edits" / "edit.json").read_text())["editor"]["strength"] == 0.5
+    # strength is recorded only for img2img: edits recorded before it existed still merge with new ones
+    assert "strength" not in EditorSpec().record() and EditorSpec(kind="img2img", strength=0.3).record()["strength"] == 0.3

@@ -233,3 +233,20 @@ def test_a_prompt_free_report_has_no_prompts_and_no_empty_panels(tmp_path):
     header = table.splitlines()[0]
     assert "LPIPS" not in header and "CLIP" not in header and "FR (r)" in header  # no column without data
     assert "0.200 ± 0.000 (in loss)" in table and "| clean |" in table and "0.900 ± 0.000 |" in table
+
+
+def test_assets_download_refuses_a_download_whose_published_sha512_differs(tmp_path):
+    from facelock_pl import assets
+
+    (tmp_path / "package.tgz").write_bytes(b"not the published package")
+    source = assets.Asset("fr/x.safetensors", (tmp_path / "package.tgz").as_uri(), convert=lambda data: data, sha512="AAAA")
+    with pytest.raises(OSError, match="sha512 differs"):
+        assets.download(tmp_path / "bundle", (source,))
+    assert not (tmp_path / "bundle" / "fr" / "x.safetensors").exists()
+
+
+def test_a_recogniser_reserved_to_judge_transfer_is_refused_in_the_loss(tmp_path):
+    result = cli(*tiny(faces(tmp_path / "faces"), tmp_path / "out", "--model.recognizers",
+                       "[{kind: dlib, weights: dlib.safetensors}]"))
+    assert result.returncode == 2 and "'dlib' recogniser is reserved to judge transfer" in result.stderr
+    assert not (tmp_path / "out").exists()

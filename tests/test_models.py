@@ -85,3 +85,151 @@ def test_warp_is_an_exact_crop_for_integer_boxes():
     warp(x, sampling_theta(shift, (40, 50), (16, 16)), (16, 16)).sum().backward()
     assert torch.allclose(x.grad[:, :, 5:21, 7:23], torch.ones(1, 3, 16, 16), atol=1e-4)
     assert abs(x.grad.sum().item() - 3 * 16 * 16) < 1e-2
+
+
+def published_ir101_keys() -> set[str]:
+    """The state-dict layout of CVLFace's IR-101 (its `model.py`): stem, 49 units (3/13/30/3, a 1x1-conv shortcut
+    where a stage widens: units 3, 16 and 46), head."""
+    def batch_norm(prefix: str, affine: bool = True) -> list[str]:
+        return [f"{prefix}.{k}" for k in (("weight", "bias") if affine else ()) + ("running_mean", "running_var",
+                                                                                    "num_batches_tracked")]
+
+    keys = ["input_layer.0.weight", *batch_norm("input_layer.1"), "input_layer.2.weight"]
+    for unit in range(49):
+        res = f"body.{unit}.res_layer"
+        keys += [*batch_norm(f"{res}.0"), f"{res}.1.weight", *batch_norm(f"{res}.2"), f"{res}.3.weight", f"{res}.4.weight",
+                 *batch_norm(f"{res}.5")]
+        if unit in (3, 16, 46):
+            keys += [f"body.{unit}.shortcut_layer.0.weight", *batch_norm(f"body.{unit}.shortcut_layer.1")]
+    return set(keys + [*batch_norm("output_layer.0"), "output_layer.3.weight", "output_layer.3.bias",
+                       *batch_norm("output_layer.4", affine=False)])
+
+
+def test_adaface_ir101_has_the_published_layout():
+    from facelock_pl.models.iresnet import IResNet
+
+    net = IResNet().eval()
+    assert set(net.state_dict()) == published_ir101_keys()
+    assert net(torch.zeros(2, 3, 112, 112)).shape == (2, 512)
+
+
+def test_adaface_loads_a_wrapped_safetensors_checkpoint_strictly(tmp_path):
+    from safetensors.torch import save_file
+
+    from facelock_pl.models.iresnet import IResNet
+
+    torch.manual_seed(0)
+    reference = IResNet().eval()
+    save_file({f"model.net.{k}": v.contiguous() for k, v in reference.state_dict().items()}, str(tmp_path / "model.safetensors"))
+    recognizer = load_recognizer(RecognizerSpec(kind="adaface", weights=str(tmp_path)))
+    faces = torch.rand(2, 3, 112, 112) * 2 - 1
+    with torch.no_grad():
+        assert torch.allclose(recognizer(faces), torch.nn.functional.normalize(reference(faces)), atol=1e-5)
+    assert recognizer.alignment == "arcface" and recognizer.input_size == 112
+    save_file({"model.net.input_layer.0.weight": torch.zeros(64, 3, 3, 3)}, str(tmp_path / "partial.safetensors"))
+    with pytest.raises(ValueError, match="does not fit"):
+        load_recognizer(RecognizerSpec(kind="adaface", weights=str(tmp_path / "partial.safetensors")))
+
+
+def test_adaface_from_the_hub_offline_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    with pytest.raises(WeightsUnavailableError, match="AdaFace IR-101.*HF_HUB_OFFLINE is set.*assets download"):
+        load_recognizer(RecognizerSpec(kind="adaface", weights="minchul/cvlface_adaface_ir101_webface4m"))
+
+
+def faceapi_package(path, seed: int = 0) -> tuple[list[dict], bytes]:
+    """A stand-in for the npm package `@vladmandic/face-api`: face-api's manifest layout, random uint8 weights."""
+    import io
+    import json
+    import tarfile
+
+    from facelock_pl.models.dlib_resnet import BLOCKS, FACEAPI_MANIFEST, FACEAPI_WEIGHTS
+
+    shapes = {"conv32_down": (7, 3, 32)}
+    for name, cin, cout, _ in BLOCKS:
+        shapes[f"{name}/conv1"], shapes[f"{name}/conv2"] = (3, cin, cout), (3, cout, cout)
+    entries = []
+    for prefix, (k, cin, cout) in shapes.items():
+        entries += [(f"{prefix}/conv/filters", [k, k, cin, cout]), (f"{prefix}/conv/bias", [cout]),
+                    (f"{prefix}/scale/weights", [cout]), (f"{prefix}/scale/biases", [cout])]
+    entries.append(("fc", [256, 128]))
+    rng = np.random.default_rng(seed)
+    weights, blob = [], b""
+    for name, shape in entries:
+        minimum = 0.5 if name.endswith("scale/weights") else -0.05
+        weights.append({"name": name, "shape": shape, "dtype": "float32",
+                        "quantization": {"dtype": "uint8", "scale": 0.1 / 255 if minimum < 0 else 1 / 255, "min": minimum}})
+        blob += rng.integers(0, 256, int(np.prod(shape)), dtype=np.uint8).tobytes()
+    manifest = [{"paths": ["face_recognition_model.bin"], "weights": weights}]
+    with tarfile.open(path, "w:gz") as package:
+        for member, data in ((FACEAPI_MANIFEST, json.dumps(manifest).encode()), (FACEAPI_WEIGHTS, blob)):
+            info = tarfile.TarInfo(member)
+            info.size = len(data)
+            package.addfile(info, io.BytesIO(data))
+    return manifest, blob
+
+
+def test_faceapi_weights_convert_dequantised_transposed_and_folded(tmp_path):
+    from safetensors.torch import load
+
+    from facelock_pl.models.dlib_resnet import DlibResNet, faceapi_package_to_safetensors
+
+    manifest, blob = faceapi_package(tmp_path / "face-api.tgz")
+    state = load(faceapi_package_to_safetensors((tmp_path / "face-api.tgz").read_bytes()))
+    net = DlibResNet().eval()
+    net.load_state_dict(state, strict=True)
+    entry = {w["name"]: w for w in manifest[0]["weights"]}
+
+    def stored(name: str) -> torch.Tensor:  # value = min + q * scale, read straight from the blob
+        offset = sum(int(np.prod(w["shape"])) for w in manifest[0]["weights"][:list(entry).index(name)])
+        q = np.frombuffer(blob, np.uint8, int(np.prod(entry[name]["shape"])), offset).astype(np.float64)
+        quantization = entry[name]["quantization"]
+        return torch.tensor(quantization["min"] + q * quantization["scale"], dtype=torch.float32).view(entry[name]["shape"])
+
+    x = torch.rand(1, 3, 21, 21)
+    # face-api: conv (HWIO filters, 'valid', stride 2) + bias, then the per-channel scale layer
+    unfolded = torch.nn.functional.conv2d(x, stored("conv32_down/conv/filters").permute(3, 2, 0, 1),
+                                          stored("conv32_down/conv/bias"), stride=2)
+    unfolded = unfolded * stored("conv32_down/scale/weights").view(1, -1, 1, 1) + stored("conv32_down/scale/biases").view(1, -1, 1, 1)
+    with torch.no_grad():
+        assert torch.allclose(net.conv32_down(x), unfolded, atol=1e-5)
+        assert torch.allclose(net.fc.weight, stored("fc").t())
+        assert net(torch.zeros(2, 3, 150, 150)).shape == (2, 128)
+    with pytest.raises(ValueError, match="the weights file holds"):
+        from facelock_pl.models.dlib_resnet import state_from_faceapi
+
+        state_from_faceapi(manifest, blob + b"\0")
+
+
+def test_dlib_downsampling_block_pads_like_faceapi():
+    """Odd sizes: the strided conv gives 3x3 where the 2x2 pool gives 4x4; face-api pads the conv branch's end."""
+    from facelock_pl.models.dlib_resnet import ResidualBlock
+
+    block = ResidualBlock(2, 3, downsample=True)
+    with torch.no_grad():
+        for conv in (block.conv1, block.conv2):
+            conv.weight.zero_()
+            conv.bias.zero_()
+        block.conv2.bias.fill_(-10.0)
+        x = torch.arange(2 * 8 * 8, dtype=torch.float32).view(1, 2, 8, 8)
+        out = block(x)
+    pooled = torch.nn.functional.avg_pool2d(x, 2)
+    assert out.shape == (1, 3, 4, 4)
+    assert torch.equal(out[0, :2, :3, :3], (pooled[0, :, :3, :3] - 10).clamp(min=0))  # the conv branch's 3x3
+    assert torch.equal(out[0, :2, 3, :], pooled[0, :, 3, :]) and torch.equal(out[0, :2, :, 3], pooled[0, :, :, 3])
+    assert torch.equal(out[0, 2], torch.zeros(4, 4))  # new channel: zero shortcut, conv branch -10, ReLU
+
+
+def test_dlib_recogniser_loads_converted_weights_and_is_refused_in_a_loss(tmp_path):
+    from safetensors.torch import save_file
+
+    from facelock_pl.models.dlib_resnet import DlibResNet
+
+    torch.manual_seed(0)
+    save_file(DlibResNet().state_dict(), str(tmp_path / "dlib.safetensors"))
+    recognizer = load_recognizer(RecognizerSpec(kind="dlib", weights=str(tmp_path / "dlib.safetensors"), margin=20))
+    assert recognizer.input_size == 150 and recognizer.alignment == "box"
+    assert torch.allclose(recognizer(torch.rand(2, 3, 150, 150) * 2 - 1).norm(dim=1), torch.ones(2))
+    with pytest.raises(WeightsUnavailableError, match="assets download"):
+        load_recognizer(RecognizerSpec(kind="dlib", weights=str(tmp_path / "missing.safetensors")))

@@ -8,10 +8,13 @@ destroys the identity that survives the VAE round trip.
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from conftest import ROOT, needs_shared, run_cli
@@ -41,6 +44,26 @@ def test_recogniser_chain_verifies_pairs(shared_assets, spec, shared_readme_thre
           f"accuracy {result['accuracy']:.3f}")
     assert result["auc"] >= 0.99
     assert abs(result["threshold"] - shared_readme_threshold) < 0.03  # the thresholds configs use
+
+
+@pytest.mark.slow
+def test_dlib_descriptor_converted_from_npm_tells_the_pairs_apart(shared_assets):
+    """The dlib weights are converted by `assets download` (npm), so they are not in ../shared/assets; point
+    FACELOCK_TEST_ASSETS at a bundle that has them."""
+    from facelock_pl.evaluation.calibrate import calibrate, pair_scores
+
+    config = yaml.safe_load((ROOT / "configs" / "evaluate-transfer.yaml").read_text())
+    spec = next(r for r in config["recognizers"] if r["kind"] == "dlib")
+    bundle = Path(os.environ.get("FACELOCK_TEST_ASSETS", shared_assets))
+    weights = Path(spec["weights"].replace("${assets}", str(bundle)))
+    if not weights.is_file():
+        pytest.skip(f"{weights} is absent: `python -m facelock_pl assets download --to DIR` converts it; "
+                    "then FACELOCK_TEST_ASSETS=DIR")
+    recognizer = RecognizerSpec(**{**spec, "weights": str(weights)})
+    scores, same = pair_scores(shared_assets / "faces" / "pairs" / "master.csv", [recognizer])
+    result = calibrate(scores[recognizer.label], same)
+    assert result["auc"] >= 0.98 and result["accuracy"] >= 0.95  # a random or mis-converted net is near 0.5
+    assert abs(result["threshold"] - spec["threshold"]) < 0.005
 
 
 def test_taesd_reconstructs_a_shared_face(shared_assets):
@@ -88,8 +111,8 @@ def test_facelock_destroys_identity_with_real_weights(shared_assets, tmp_path):
     scorer = FaceScorer([RecognizerSpec(kind="facenet", weights=facenet)], torch.device("cpu"))
     source = shared_assets / "faces" / "celebahq" / row.source  # sources are relative to data.source
     _, [source_embedding] = scorer.embed(editor_input(pil_to_levels(load_rgb(source)), 256)[None])
-    found, [recon_embedding] = scorer.embed(recon)
-    assert found.all()
+    faces, [recon_embedding] = scorer.embed(recon)
+    assert faces.found.all()
     assert abs(float((source_embedding * recon_embedding).sum()) - row.fr_cos_recon_detected) < 2e-3
 
 

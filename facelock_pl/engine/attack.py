@@ -30,6 +30,7 @@ from .optimizer import SignPGD
 from .schedule import random_start, step_sizes
 from .speed import SpeedConfig
 from .stopping import AdaptiveStopping
+from .tanh_adam import TanhAdam
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,7 @@ class PGDAttack:
         self.capacity = capacity
         self.eot = RandomPurification(config.eot) if config.eot else None
         self.meter = ProtectionMeter(nets, detector, speed)
+        self.adam = TanhAdam(method.lr) if method.update == "tanh-adam" else None  # CW-L2 only
         self.slots: SlotState | None = None
 
     # ---- images in and out -------------------------------------------------------------------------
@@ -132,8 +134,8 @@ class PGDAttack:
         else:
             geometry = FaceGeometry.whole_image(levels.shape[0], *levels.shape[-2:]).to(levels.device)
         with self.speed.autocast(levels.device):
-            return self.nets.clean_features(self.speed.layout(levels_to_pm1(levels)), geometry,
-                                            self.method.needs_latent, self.method.needs_lpips)
+            return self.nets.clean_features(self.speed.layout(levels_to_pm1(levels)), geometry, self.method.needs_latent,
+                                            self.method.needs_lpips, self.method.needs_image)
 
     def admit(self, items: list[ImageItem]) -> list[ImageItem]:
         """Give each item a free slot (lowest first); returns the items that could not be read, whose slots stay free."""
@@ -154,8 +156,11 @@ class PGDAttack:
         s.clean.assign_(index, clean)
         s.levels[index], s.x[index] = levels, x
         s.valid[index] = torch.stack([self._region_mask(item.region, levels.shape[-2:]) for item in items]).to(levels.device)
-        start = random_start(x, [item.uid for item in items], self.config.seed, self.config.eps)
-        s.x_adv[index] = torch.where(s.valid[index] > 0, start, x)  # no perturbation on the canvas border
+        if self.adam is not None:
+            self.adam.start(s.x_adv, index)
+        else:
+            start = random_start(x, [item.uid for item in items], self.config.seed, self.config.eps)
+            s.x_adv[index] = torch.where(s.valid[index] > 0, start, x)  # no perturbation on the canvas border
         s.iteration[index], s.streak[index], s.occupied[index], s.velocity[index] = 0, 0, True, 0
         for store in s.terms.values():
             store[index] = float("nan")
@@ -193,8 +198,12 @@ class PGDAttack:
             grad[active] = self._shape_gradient(torch.autograd.grad(objective.sum(), x_in)[0].float(), active) * s.valid[active]
         s.record_terms(active, terms)
         stepping = s.occupied & ~self._stops_now(active, terms)  # a stopping image keeps the iterate it was measured at
-        optimizer.step(x_adv=s.x_adv, grad=grad, x=s.x, eps=cfg.eps, active=stepping,
-                       step_size=step_sizes(cfg.step_size, s.iteration, cfg.iterations))
+        if self.adam is None:  # the fused projected sign update
+            optimizer.step(x_adv=s.x_adv, grad=grad, x=s.x, eps=cfg.eps, active=stepping,
+                           step_size=step_sizes(cfg.step_size, s.iteration, cfg.iterations))
+        else:  # CW-L2: Adam in tanh space; the optimizer only counts the iteration (global_step)
+            self.adam.step(s.x_adv, grad, stepping)
+            optimizer.step()
         s.iteration[stepping] += 1
         return terms
 

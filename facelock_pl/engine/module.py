@@ -19,7 +19,7 @@ import torch
 from .. import logs
 from ..data import ImageItem, ImageQueue
 from ..models import FaceDetector, LPIPSSpec, RecognizerSpec, VAESpec, load_lpips, load_recognizer, load_vae
-from ..objectives import FaceLockObjective, Networks, build_method
+from ..objectives import CWSettings, FaceLockObjective, Networks, build_method
 from ..outputs import OutputWriter, ProtectedImage
 from ..outputs.manifest import OutputFormat
 from ..outputs.settings import keep_settings
@@ -32,13 +32,21 @@ from .stopping import AdaptiveStopping
 from .summary import RunStats, describe, write_summary
 
 
+def load_networks(vaes: list[VAESpec], recognizers: list[RecognizerSpec], lpips: LPIPSSpec | None,
+                  fr_reduction: str) -> Networks:
+    """The frozen autoencoders, recognisers and (when given) LPIPS of an attack."""
+    return Networks([load_vae(spec) for spec in vaes], [load_recognizer(spec) for spec in recognizers],
+                    load_lpips(lpips) if lpips is not None else None, fr_reduction, vae_weights=[spec.weight for spec in vaes])
+
+
 class ProtectionModule(L.LightningModule):
     """Protects portraits against diffusion editing with an L∞-bounded perturbation found by PGD.
 
     Args:
-        method: `facelock` | `photoguard` | `encoder` | `vae` (see `facelock_pl.objectives`).
+        method: `facelock` | `photoguard` | `encoder` | `vae` | `cw` (see `facelock_pl.objectives`).
         attack: the PGD loop: ε, step size, iterations, seed, quantised forward, EOT, transfer aids (`AttackConfig`).
         objective: FaceLock's term weights and gates (`FaceLockObjective`); method `facelock` only.
+        cw: CW-L2's constants (`CWSettings`); method `cw` only.
         stopping: adaptive stopping (`AdaptiveStopping`); off unless `stopping.below` is set.
         speed: mixed precision, channels-last, `torch.compile`, decoder checkpointing (`SpeedConfig`).
         vae: the autoencoder E/D (`VAESpec`), or a list of them: a VAE ensemble whose latent and
@@ -52,9 +60,10 @@ class ProtectionModule(L.LightningModule):
 
     def __init__(
         self,
-        method: Literal["facelock", "photoguard", "encoder", "vae"] = "facelock",
+        method: Literal["facelock", "photoguard", "encoder", "vae", "cw"] = "facelock",
         attack: AttackConfig = AttackConfig(),
         objective: FaceLockObjective = FaceLockObjective(),
+        cw: CWSettings = CWSettings(),
         stopping: AdaptiveStopping = AdaptiveStopping(),
         speed: SpeedConfig = SpeedConfig(),
         vae: VAESpec | list[VAESpec] | None = None,
@@ -66,25 +75,20 @@ class ProtectionModule(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.automatic_optimization = False
-        protection = build_method(method, objective)
+        protection = build_method(method, objective, cw)
         recognizers = [RecognizerSpec()] if recognizers is None else recognizers
         if protection.needs_faces and not recognizers:
             raise ValueError(f"method {method!r} needs at least one face recogniser (or objective.fr_weight: 0)")
         if stopping.enabled and not protection.needs_faces:
             raise ValueError("adaptive stopping (stopping.below) watches the FR term: it needs method facelock")
         vaes = vae if isinstance(vae, list) else [vae or VAESpec()]
-        self.nets = Networks(
-            [load_vae(spec) for spec in vaes],
-            [load_recognizer(spec) for spec in recognizers],
-            load_lpips(lpips or LPIPSSpec()) if protection.needs_lpips else None,
-            objective.fr_reduction,
-            vae_weights=[spec.weight for spec in vaes],
-        )
+        self.nets = load_networks(vaes, recognizers, (lpips or LPIPSSpec()) if protection.needs_lpips else None,
+                                  objective.fr_reduction)
         self.detector = FaceDetector() if recognizers else None
         self.requires_grad_(False).eval()
         speed.apply(self.nets)
         self.attack = PGDAttack(protection, self.nets, self.detector, attack, stopping, speed)
-        self.objective, self.vae_specs = objective, vaes
+        self.objective, self.cw, self.vae_specs = objective, cw, vaes
         self.output_dir = output_dir
         self.images_done = 0
         self.stats = RunStats()
@@ -156,9 +160,11 @@ class ProtectionModule(L.LightningModule):
     def protection_settings(self) -> dict:
         """What decides the protected images (speed switches do not): recorded in OUT/protection.json."""
         attack = self.attack
-        return {"method": attack.method.name, "attack": asdict(attack.config), "objective": asdict(self.objective),
-                "stopping": asdict(attack.stopping), "vae": [asdict(spec) for spec in self.vae_specs],
-                "recognizers": [asdict(r.spec) for r in self.nets.recognizers]}
+        settings = {"method": attack.method.name, "attack": asdict(attack.config), "objective": asdict(self.objective),
+                    "stopping": asdict(attack.stopping), "vae": [asdict(spec) for spec in self.vae_specs],
+                    "recognizers": [asdict(r.spec) for r in self.nets.recognizers]}
+        # CW's constants only where they act: folders protected with other methods keep resuming across versions.
+        return settings | ({"cw": asdict(self.cw)} if attack.method.name == "cw" else {})
 
     def setup(self, stage: str) -> None:
         keep_settings(Path(self.output_dir), self.protection_settings(), write=self.global_rank == 0)

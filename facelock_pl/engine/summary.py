@@ -99,8 +99,9 @@ def describe(summary: dict, output_dir: Path) -> str:
              f"error {run['error']} in {run['wall_seconds']:.0f} s ({run['images_per_s_total']:.3f} images/s over "
              f"{run['world_size']} process(es))" + (f"; INTERRUPTED by {run['interrupted']}" if run.get("interrupted") else ""),
              f"  {output_dir} holds {folder['images']} image(s): ok {folder['ok']}, no_face {folder['no_face']}, error "
-             f"{folder['error']}; mean fr_cos_recon {_number(folder['mean_fr_cos_recon'], 3)} (face detected anew: "
-             f"{_number(folder['mean_fr_cos_recon_detected'], 3)}), mean PSNR {_number(folder['mean_psnr_db'], 2)} dB"]
+             f"{folder['error']}; mean FR cosine after the VAE round trip, face detected anew as an evaluation does: "
+             f"{_number(folder['mean_fr_cos_recon_detected'], 3)} (at the source's face: "
+             f"{_number(folder['mean_fr_cos_recon'], 3)}); mean PSNR {_number(folder['mean_psnr_db'], 2)} dB"]
     if run.get("interrupted"):
         lines.append("  finished images are kept: rerun the same command to protect the rest")
     if run["error"]:

@@ -28,8 +28,8 @@ def pair_scores(pairs_csv: Path, specs: list[RecognizerSpec], device: torch.devi
     embeddings = {}
     for name in sorted({r["file_x"] for r in rows} | {r["file_y"] for r in rows}):
         levels = pil_to_levels(load_rgb(folder / name))[None]
-        found, embs = scorer.embed(levels)
-        if not bool(found[0]):
+        geometry, embs = scorer.embed(levels)
+        if not bool(geometry.found[0]):
             raise ValueError(f"no face found in {folder / name}: pairs must show detectable faces")
         embeddings[name] = [e[0] for e in embs]
     scores = {n: [float(embeddings[r["file_x"]][k] @ embeddings[r["file_y"]][k]) for r in rows]

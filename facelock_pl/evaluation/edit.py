@@ -19,7 +19,7 @@ from ..pixels import png_bytes
 from .editors import Editor, EditorSpec, edit_seed
 from .prompts import DEFAULT_PROMPTS, load_prompts
 from .record import EditRecord
-from .sets import DataSpec, ImageSet, clean_images, image_sets, shape_chunks
+from .sets import DataSpec, ImageSet, clean_images, expand_sweeps, image_sets, shape_chunks
 
 log = logging.getLogger("facelock_pl")
 
@@ -62,7 +62,8 @@ def run_edit(
 
     Args:
         data: the clean portraits and the working resolution used by `fit`.
-        sets: protected sets, name -> `fit` output folder (or a folder of `<uid>.png`).
+        sets: protected sets, name -> `fit` output folder (or a folder of `<uid>.png`); a budget sweep's folder
+            (`fit --sweep_eps`) gives one set per budget, `<name>@eps<ε>`.
         purify: purifications applied to protected images before editing, e.g. `[jpeg:75, resize:0.5]`.
         editor: which editor and its settings (`EditorSpec`).
         prompts: prompt file, or the name of a shipped prompt set (default: FaceLock's 25).
@@ -76,8 +77,9 @@ def run_edit(
     prompt_map = load_prompts(prompts, prompt_ids)
     editor = editor or EditorSpec()
     data = dataclasses.replace(data, source=str(Path(data.source).expanduser().resolve()))
-    record = EditRecord(data, {n: str(Path(f).expanduser().resolve()) for n, f in (sets or {}).items()}, purify or [],
-                        prompts, list(prompt_map), dataclasses.asdict(editor), seed)
+    sets = expand_sweeps(sets or {})
+    record = EditRecord(data, {n: str(Path(f).expanduser().resolve()) for n, f in sets.items()}, purify or [],
+                        prompts, list(prompt_map), editor.record(), seed)
     previous = EditRecord.load(out)
     (previous.merged_with(record) if previous else record).save(out)  # refused before any work if it cannot merge
     sources = clean_sources(data, record.sets)

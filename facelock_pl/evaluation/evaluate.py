@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import torch
 
 from ..config_files import ConfigError
-from ..models import LPIPSSpec, RecognizerSpec, load_lpips
+from ..models import FaceGeometry, LPIPSSpec, RecognizerSpec, load_lpips
 from ..outputs.settings import read_settings
 from ..pixels import editor_input, levels_to_pm1, read_levels
 from . import metrics
@@ -64,13 +65,7 @@ def run_evaluate(
         device: `auto`, `cpu`, `cuda`, ...
     """
     out = Path(output_dir)
-    record = EditRecord.load(out)
-    if record is None:
-        raise ConfigError(f"no edits in {out} (no {EditRecord.path(out)}): run `python -m facelock_pl edit` first")
-    record = record.select(sets, purify, prompt_ids)
-    if data is not None and (str(Path(data.source).expanduser().resolve()), data.resolution) != (
-            record.data.source, record.data.resolution):
-        raise ConfigError(f"data {data} is not what was edited ({record.data}); leave data out to use it")
+    record = _edited(out, data, sets, purify, prompt_ids)
     dev = resolve_device(device)
     resolution = (data or record.data).resolution
     sources = {u: editor_input(levels, resolution) for u, levels in clean_sources(data or record.data, record.sets).items()}
@@ -82,26 +77,11 @@ def run_evaluate(
     faces = FaceScorer(recognizers or [RecognizerSpec()], dev)
     lpips_net = load_lpips(lpips).to(dev) if lpips is not None else None
 
-    source_clip, source_found, source_fr = {}, {}, {}
-    for chunk in chunks:
-        levels = torch.stack([sources[u] for u in chunk])
-        features = clip_scorer.image_features(levels) if clip_scorer else [None] * len(chunk)
-        found, embeddings = faces.embed(levels)
-        for i, uid in enumerate(chunk):
-            source_clip[uid], source_found[uid] = features[i], bool(found[i])
-            source_fr[uid] = [e[i] for e in embeddings]
+    reference = SourceFeatures.of(sources, chunks, clip_scorer, faces)
     text = clip_scorer.text_features(list(prompt_map.values())) if clip_scorer else [None] * len(prompt_map)
+    scorers = Scorers(clip_scorer, faces, lpips_net, dev)
 
-    rows = []
-    for pid, text_features in zip(prompt_map, text):
-        for chunk in chunks:
-            clean_edits = {u: load_edit(out, CLEAN, pid, u) for u in chunk}
-            for image_set in all_sets:
-                pairs = [(u, load_edit(out, image_set.name, pid, u)) for u in chunk]
-                pairs = [(u, e) for u, e in pairs if e is not None]
-                if pairs:
-                    rows += _score(image_set, pid, pairs, clean_edits, source_clip, source_found, source_fr, text_features,
-                                   clip_scorer, faces, lpips_net, dev)
+    rows = _score_all(out, prompt_map, text, chunks, all_sets, reference, scorers)
     frame = pd.DataFrame(rows)
     if frame.empty:
         raise FileNotFoundError(f"no edits found under {out / 'edits'}: run `python -m facelock_pl edit` first")
@@ -112,39 +92,101 @@ def run_evaluate(
     return frame
 
 
-def _score(image_set, pid, pairs, clean_edits, source_clip, source_found, source_fr, text_features, clip_scorer,
-           faces, lpips_net, dev) -> list[dict]:
+def _edited(out: Path, data: DataSpec | None, sets, purify, prompt_ids) -> EditRecord:
+    """`edit`'s record of `out`, narrowed to what was asked; an error for anything that was not edited."""
+    record = EditRecord.load(out)
+    if record is None:
+        raise ConfigError(f"no edits in {out} (no {EditRecord.path(out)}): run `python -m facelock_pl edit` first")
+    record = record.select(sets, purify, prompt_ids)
+    if data is not None and (str(Path(data.source).expanduser().resolve()), data.resolution) != (
+            record.data.source, record.data.resolution):
+        raise ConfigError(f"data {data} is not what was edited ({record.data}); leave data out to use it")
+    return record
+
+
+def _score_all(out: Path, prompt_map: dict, text: list, chunks: list[list[str]], all_sets, reference: "SourceFeatures",
+               scorers: "Scorers") -> list[dict]:
+    """One row per (prompt, set, image) whose edit exists; each chunk's clean edits are read once per prompt."""
+    rows = []
+    for pid, text_features in zip(prompt_map, text):
+        for chunk in chunks:
+            clean_edits = {u: load_edit(out, CLEAN, pid, u) for u in chunk}
+            for image_set in all_sets:
+                pairs = [(u, load_edit(out, image_set.name, pid, u)) for u in chunk]
+                pairs = [(u, e) for u, e in pairs if e is not None]
+                if pairs:
+                    rows += _score(image_set, pid, pairs, clean_edits, reference, text_features, scorers)
+    return rows
+
+
+@dataclass
+class SourceFeatures:
+    """What every edit of a source is compared with: CLIP features, the detected face, FR embeddings (per uid)."""
+
+    clip: dict[str, torch.Tensor | None]
+    geometry: dict[str, FaceGeometry]
+    fr: dict[str, list[torch.Tensor]]
+
+    @classmethod
+    def of(cls, sources: dict[str, torch.Tensor], chunks: list[list[str]], clip_scorer, faces: FaceScorer) -> "SourceFeatures":
+        features = cls({}, {}, {})
+        for chunk in chunks:
+            levels = torch.stack([sources[u] for u in chunk])
+            clips = clip_scorer.image_features(levels) if clip_scorer else [None] * len(chunk)
+            geometry, embeddings = faces.embed(levels)
+            for i, uid in enumerate(chunk):
+                features.clip[uid], features.geometry[uid] = clips[i], geometry.select([i])
+                features.fr[uid] = [e[i] for e in embeddings]
+        return features
+
+
+@dataclass
+class Scorers:
+    clip: ClipScorer | None
+    faces: FaceScorer
+    lpips: torch.nn.Module | None
+    device: torch.device
+
+
+def _versus_clean(edits: torch.Tensor, clean: torch.Tensor, scorers: Scorers) -> list[tuple[float, float, float]]:
+    """(PSNR, SSIM, LPIPS) of each edit against the edit of the clean image."""
+    lp = torch.full((len(edits),), math.nan)
+    if scorers.lpips is not None:
+        with torch.no_grad():
+            lp = scorers.lpips.distance(scorers.lpips.features(levels_to_pm1(clean.to(scorers.device))),
+                                        levels_to_pm1(edits.to(scorers.device))).cpu()
+    return [(float(metrics.psnr(a[None], b[None])), float(metrics.ssim(a[None], b[None])), float(value))
+            for a, b, value in zip(edits, clean, lp)]
+
+
+def _score(image_set, pid, pairs, clean_edits, reference: SourceFeatures, text_features, scorers: Scorers) -> list[dict]:
     uids = [u for u, _ in pairs]
     edits = torch.stack([e for _, e in pairs])
     clip_s = clip_i = torch.full((len(uids),), math.nan)
-    if clip_scorer is not None:
-        edit_clip = clip_scorer.image_features(edits)
-        src_clip = torch.stack([source_clip[u] for u in uids])
-        clip_s = metrics.clip_directional(src_clip, edit_clip, text_features[None]).cpu()
-        clip_i = metrics.clip_image(src_clip, edit_clip).cpu()
-    found, embeddings = faces.embed(edits)
+    if scorers.clip is not None:
+        edit_clip = scorers.clip.image_features(edits)
+        source_clip = torch.stack([reference.clip[u] for u in uids])
+        clip_s = scorers.clip.directional(source_clip, edit_clip, text_features[None]).cpu()
+        clip_i = metrics.clip_image(source_clip, edit_clip).cpu()
+    # Where no face is found in the edit, its embedding is of the crop where the source's face was (FR-all).
+    geometry, embeddings = scorers.faces.embed(edits, FaceGeometry.stack([reference.geometry[u] for u in uids]))
     comparable = [u for u in uids if clean_edits.get(u) is not None] if image_set.name != CLEAN else []
     versus = {}
     if comparable:
         index = [uids.index(u) for u in comparable]
-        a, b = edits[index], torch.stack([clean_edits[u] for u in comparable])
-        lp = torch.full((len(comparable),), math.nan)
-        if lpips_net is not None:
-            with torch.no_grad():
-                lp = lpips_net.distance(lpips_net.features(levels_to_pm1(b.to(dev))), levels_to_pm1(a.to(dev))).cpu()
-        for j, u in enumerate(comparable):
-            versus[u] = (float(metrics.psnr(a[j : j + 1], b[j : j + 1])), float(metrics.ssim(a[j : j + 1], b[j : j + 1])),
-                         float(lp[j]))
+        versus = dict(zip(comparable, _versus_clean(edits[index], torch.stack([clean_edits[u] for u in comparable]), scorers)))
     rows = []
     for i, uid in enumerate(uids):
         psnr_db, ssim_value, lpips_value = versus.get(uid, (math.nan, math.nan, math.nan))
+        found, source_found = bool(geometry.found[i]), bool(reference.geometry[uid].found[0])
         row = {"set": image_set.name, "base_set": image_set.name.split("+")[0], "purification": image_set.purification or "",
                "prompt_id": pid, "uid": uid, "psnr": psnr_db, "ssim": ssim_value, "lpips": lpips_value,
-               "clip_s": float(clip_s[i]), "clip_i": float(clip_i[i]), "face_found": bool(found[i])}
-        usable = bool(found[i]) and source_found[uid]  # FR needs a face in the source and in the edit
-        for k, name in enumerate(faces.names):
-            row[f"fr:{name}"] = float(embeddings[k][i] @ source_fr[uid][k]) if usable else math.nan
-            if faces.thresholds[k] is not None:
-                row[f"match:{name}"] = float(usable and row[f"fr:{name}"] >= faces.thresholds[k])
+               "clip_s": float(clip_s[i]), "clip_i": float(clip_i[i]), "face_found": found}
+        for k, name in enumerate(scorers.faces.names):
+            cosine = float(embeddings[k][i] @ reference.fr[uid][k]) if source_found else math.nan
+            row[f"fr:{name}"] = cosine if found else math.nan  # FR needs a face in the source and in the edit
+            row[f"fr_all:{name}"] = cosine  # every edit, as the published evaluation aggregates FR
+            if scorers.faces.thresholds[k] is not None:
+                row[f"match:{name}"] = float(found and source_found and cosine >= scorers.faces.thresholds[k])
         rows.append(row)
     return rows

@@ -5,8 +5,10 @@
   protected image to differ from edits of the clean one (low PSNR/SSIM, high LPIPS).
 - CLIP-S, directional: cos(CLIP_img(edit) − CLIP_img(source), CLIP_txt(prompt)); CLIP-I:
   cos(CLIP_img(source), CLIP_img(edit)) (CLIP from `transformers`).
-- FR: cos(FR(source), FR(edit)) with the face detected anew in the edit; an edit without a detectable
-  face has no FR and counts towards FDFR (face-detection failure rate).
+- FR: cos(FR(source), FR(edit)) with the face detected anew in the edit, over edits with a detected face; an
+  edit without one counts towards FDFR (face-detection failure rate). FR-all, as the published evaluation
+  aggregates it, scores every edit: where no face is found in the edit, on the crop where the source's face was
+  (the published aligner always returns a crop).
 Images are uint8 [B, 3, H, W] tensors.
 """
 
@@ -19,12 +21,9 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
-from ..models import FaceDetector, RecognizerSpec, load_recognizer
+from ..models import FaceDetector, FaceGeometry, RecognizerSpec, load_recognizer
 from ..models.weights import load_pretrained
-from ..pixels import levels_to_pm1, levels_to_unit
-
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+from ..pixels import levels_to_pil, levels_to_pm1, levels_to_unit
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -41,59 +40,61 @@ def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 @dataclass
 class ClipSpec:
     """Args:
-        kind: `clip` (transformers `CLIPModel`) or `tiny-random` (tests only).
-        path: hub id or local folder.
+        kind: `clip` (transformers `CLIPModel` and `CLIPProcessor`) or `tiny-random` (tests only).
+        path: hub id or local folder. The published evaluation uses `openai/clip-vit-base-patch32`;
+            `openai/clip-vit-large-patch14` is the larger alternative.
+        directional: CLIP-S on the `raw` image and text features, as published (cos(edit − source, text) of the
+            unnormalised features), or on unit-`normalised` features.
     """
 
     kind: Literal["clip", "tiny-random"] = "clip"
-    path: str = "openai/clip-vit-large-patch14"
+    path: str = "openai/clip-vit-base-patch32"
+    directional: Literal["raw", "normalised"] = "raw"
 
 
 class ClipScorer:
+    """Image and text features as the published evaluation computes them: `CLIPProcessor` preprocessing
+    (PIL bicubic resize of the shortest side, centre crop, CLIP normalisation), `get_*_features`, unnormalised."""
+
     def __init__(self, spec: ClipSpec, device: torch.device):
         from .tiny import tiny_clip
 
         if spec.kind == "tiny-random":
-            self.model, self.tokenizer = tiny_clip()
+            self.model, self.processor = tiny_clip()
         else:
-            from transformers import CLIPModel, CLIPTokenizer
+            from transformers import CLIPModel, CLIPProcessor
 
-            self.model, self.tokenizer = load_pretrained(
+            self.model, self.processor = load_pretrained(
                 lambda source, local_files_only: (CLIPModel.from_pretrained(source, local_files_only=local_files_only),
-                                                  CLIPTokenizer.from_pretrained(source, local_files_only=local_files_only)),
+                                                  CLIPProcessor.from_pretrained(source, local_files_only=local_files_only)),
                 spec.path, f"CLIP {spec.path!r}", "Give a local CLIP folder with --clip.path, or --clip null.",
             )
         self.model = self.model.eval().requires_grad_(False).to(device)
-        self.device = device
-        self.size = self.model.config.vision_config.image_size
+        self.device, self.spec = device, spec
 
     @staticmethod
     def _features(output) -> torch.Tensor:
         # transformers 4 returns the projected features, 5 a model output whose pooler_output holds them.
-        return F.normalize((output if isinstance(output, torch.Tensor) else output.pooler_output).float(), dim=-1)
+        return (output if isinstance(output, torch.Tensor) else output.pooler_output).float()
 
     @torch.no_grad()
     def image_features(self, levels: torch.Tensor) -> torch.Tensor:
-        """CLIP preprocessing (shortest side to the model size, bicubic, centre crop, CLIP normalisation)."""
-        x = levels_to_unit(levels).to(self.device)
-        h, w = x.shape[-2:]
-        scale = self.size / min(h, w)
-        x = F.interpolate(x, size=(max(self.size, round(h * scale)), max(self.size, round(w * scale))), mode="bicubic",
-                          antialias=True, align_corners=False).clamp(0, 1)
-        top, left = (x.shape[-2] - self.size) // 2, (x.shape[-1] - self.size) // 2
-        x = x[..., top : top + self.size, left : left + self.size]
-        mean = torch.tensor(CLIP_MEAN, device=self.device)[:, None, None]
-        std = torch.tensor(CLIP_STD, device=self.device)[:, None, None]
-        return self._features(self.model.get_image_features(pixel_values=(x - mean) / std))
+        inputs = self.processor(images=[levels_to_pil(image) for image in levels], return_tensors="pt").to(self.device)
+        return self._features(self.model.get_image_features(pixel_values=inputs["pixel_values"]))
 
     @torch.no_grad()
     def text_features(self, prompts: list[str]) -> torch.Tensor:
-        tokens = self.tokenizer(prompts, padding=True, truncation=True, return_tensors="pt").to(self.device)
-        return self._features(self.model.get_text_features(**tokens))
+        tokens = self.processor(text=prompts, padding=True, truncation=True, return_tensors="pt").to(self.device)
+        return self._features(self.model.get_text_features(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]))
+
+    def directional(self, source_img: torch.Tensor, edit_img: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        if self.spec.directional == "normalised":
+            source_img, edit_img, text = (F.normalize(t, dim=-1) for t in (source_img, edit_img, text))
+        return clip_directional(source_img, edit_img, text)
 
 
 def clip_directional(source_img: torch.Tensor, edit_img: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-    """CLIP-S: cos(edit − source, text) of normalised features ([B])."""
+    """CLIP-S: cos(edit − source, text) ([B]) of the features given (raw, as published, or normalised)."""
     return F.cosine_similarity(edit_img - source_img, text.expand_as(edit_img), dim=-1)
 
 
@@ -113,9 +114,11 @@ class FaceScorer:
         self.device = device
 
     @torch.no_grad()
-    def embed(self, levels: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """found [B] bool, and per recogniser [B, D] embeddings (meaningless where not found)."""
+    def embed(self, levels: torch.Tensor, fallback: FaceGeometry | None = None) -> tuple[FaceGeometry, list[torch.Tensor]]:
+        """The faces detected in [B] images, and per recogniser [B, D] embeddings. Where no face is found, the
+        embedding is of the `fallback` geometry (e.g. where the source's face was), else of the whole image."""
         levels = levels.to(self.device)
         geometry = self.detector(levels)
+        aligned = geometry if fallback is None else geometry.where_found_else(fallback.to(self.device))
         x = levels_to_pm1(levels)
-        return geometry.found, [r.embed(x, r.theta(geometry, tuple(x.shape[-2:]))) for r in self.recognizers]
+        return geometry, [r.embed(x, r.theta(aligned, tuple(x.shape[-2:]))) for r in self.recognizers]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..config_files import ConfigError
 from ..outputs import write_bytes_atomic
-from .sets import DataSpec
+from .sets import DataSpec, expand_sweeps
 
 
 @dataclass
@@ -70,7 +70,7 @@ class EditRecord:
     def select(self, sets: dict[str, str] | None, purify: list[str] | None, prompt_ids: list[int] | None) -> "EditRecord":
         """The part of the edits that `evaluate` was asked to score (everything when nothing is named); asking for
         anything that was not edited is an error, not a silently smaller report."""
-        sets = {n: str(Path(f).expanduser().resolve()) for n, f in sets.items()} if sets is not None else self.sets
+        sets = {n: str(Path(f).expanduser().resolve()) for n, f in expand_sweeps(sets).items()} if sets is not None else self.sets
         missing = [f"set {n!r}" for n in sets if self.sets.get(n) != sets[n]]
         missing += [f"purification {p!r}" for p in purify or [] if p not in self.purify]
         missing += [f"prompt {i}" for i in prompt_ids or [] if i not in self.prompt_ids]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,9 +29,10 @@ from .sets import CLEAN, ImageSet
 LEGEND = ("Arrows: the direction that is better for the defence. PSNR, SSIM and LPIPS compare edit(set) with edit(clean); "
           "CLIP-S is the directional CLIP similarity of the edit to its prompt, CLIP-I the CLIP similarity of edit and "
           "source; FR is cos(FR(source), FR(edit)) over edits with a detected face; FDFR is the share of edits where no "
-          "face was found; a match rate is the share of edits whose face is still recognised as the source person (a "
-          "detected face with cosine at or above the recogniser's threshold). \"in loss\": the set was optimised "
-          "against that recogniser; every other recogniser is unseen by it.")
+          "face was found; FR-all, as the published evaluation aggregates it, is over every edit (an edit without a detected "
+          "face is scored on the crop where the source's face was); a match rate is the share of edits whose face is still "
+          "recognised as the source person (a detected face with cosine at or above the recogniser's threshold). \"in "
+          "loss\": the set was optimised against that recogniser; every other recogniser is unseen by it.")
 
 
 @dataclass
@@ -60,6 +62,7 @@ def metric_columns(fr_names: list[str], frame: pd.DataFrame) -> list[tuple[str, 
     columns = [("psnr", "PSNR", "↓"), ("ssim", "SSIM", "↓"), ("lpips", "LPIPS", "↑"), ("clip_s", "CLIP-S", "↓"),
                ("clip_i", "CLIP-I", "↓"), ("fdfr", "FDFR", "↑"),
                *[(f"fr:{name}", f"FR ({name})", "↓") for name in fr_names],
+               *[(f"fr_all:{name}", f"FR-all ({name})", "↓") for name in fr_names],
                *[(f"match:{name}", f"match ({name})", "↓") for name in fr_names]]
     present = frame.assign(fdfr=0.0)
     return [c for c in columns if c[0] in present.columns and present[c[0]].notna().any()]
@@ -143,6 +146,32 @@ def _fr_heatmap(frame: pd.DataFrame, column: str, prompts: dict[int, str], path:
     plt.close(fig)
 
 
+BUDGET_SET = re.compile(r"^(?P<name>.+)@eps(?P<eps>[0-9.e-]+)$")  # a set of a budget sweep (purification-free)
+
+
+def _budget_plot(by_set: pd.DataFrame, fr_names: list[str], path: Path) -> bool:
+    """Mean FR of every recogniser against ε for each swept set (`<name>@eps<ε>`); False if there is none."""
+    import matplotlib.pyplot as plt
+
+    points = [(m["name"], float(m["eps"]), name) for name in by_set.index if (m := BUDGET_SET.match(str(name)))]
+    if not points:
+        return False
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for base in sorted({p[0] for p in points}):
+        budgets = sorted((eps, name) for b, eps, name in points if b == base)
+        for recognizer in fr_names:
+            means = by_set.loc[[name for _, name in budgets], f"fr:{recognizer}_mean"] if f"fr:{recognizer}_mean" in by_set else None
+            if means is not None and means.notna().any():
+                ax.plot([eps for eps, _ in budgets], means.to_numpy(), marker="o", label=f"{base}: {recognizer}")
+    ax.set_xlabel("ε ([-1, 1] units; 0.03 ≈ 3.8/255)", fontsize=12)
+    ax.set_ylabel("mean FR: cos(source, edit)", fontsize=12)
+    ax.legend(fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
 def _grid(rows: list[list[torch.Tensor]]) -> bytes:
     """A PNG of uint8 [3, H, W] tiles, row by row (rows of narrower images padded with white)."""
     lines = [torch.cat(row, dim=2) for row in rows]
@@ -216,6 +245,8 @@ def write_report(frame: pd.DataFrame, out: Path, fr_names: list[str], sources: d
 
     plots = {"Metrics per set (mean ± std)": "metrics.png"}
     _bars(by_set, frame, fr_names, out / "metrics.png")
+    if _budget_plot(by_set, fr_names, out / "fr_vs_eps.png"):
+        plots["FR against the budget ε"] = "fr_vs_eps.png"
     primary = next((f"fr:{n}" for n in fr_names if frame[f"fr:{n}"].notna().any()), None)
     if primary is not None:
         plots[f"{primary[3:]}: distribution of FR per set"] = "fr_histogram.png"

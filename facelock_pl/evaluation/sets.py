@@ -53,6 +53,17 @@ class ImageSet:
         return editor_input(purify.apply(self.purification, levels, uid) if self.purification else levels, resolution)
 
 
+def expand_sweeps(sets: dict[str, str]) -> dict[str, str]:
+    """A budget sweep's folder (`fit --sweep_eps`: `eps-<ε>/` inside) becomes one set per budget, `<name>@eps<ε>`,
+    in increasing ε."""
+    expanded = {}
+    for name, location in sets.items():
+        folder = Path(location).expanduser()
+        budgets = sorted(folder.glob("eps-*"), key=lambda path: float(path.name[4:])) if not (folder / "images").is_dir() else []
+        expanded.update({f"{name}@eps{b.name[4:]}": str(b) for b in budgets} if budgets else {name: location})
+    return expanded
+
+
 def image_sets(sets: dict[str, str], purifications: list[str]) -> list[ImageSet]:
     """clean, then each protected set, then each protected set under each purification."""
     out = [ImageSet(CLEAN, None)]

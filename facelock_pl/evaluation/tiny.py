@@ -31,15 +31,30 @@ def tiny_tokenizer():
 
 def tiny_instruct_pix2pix(seed: int = 0):
     """A StableDiffusionInstructPix2PixPipeline of tiny random parts (latent stride 2, 8-channel UNet)."""
-    from diffusers import (AutoencoderKL, EulerAncestralDiscreteScheduler, StableDiffusionInstructPix2PixPipeline,
-                           UNet2DConditionModel)
+    from diffusers import StableDiffusionInstructPix2PixPipeline
+
+    return StableDiffusionInstructPix2PixPipeline(**_tiny_parts(seed, unet_in=8), safety_checker=None, feature_extractor=None,
+                                                  requires_safety_checker=False)
+
+
+def tiny_img2img(seed: int = 0):
+    """A StableDiffusionImg2ImgPipeline of tiny random parts (latent stride 2, 4-channel UNet)."""
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    return StableDiffusionImg2ImgPipeline(**_tiny_parts(seed, unet_in=4), safety_checker=None, feature_extractor=None,
+                                          requires_safety_checker=False)
+
+
+def _tiny_parts(seed: int, unet_in: int) -> dict:
+    """UNet (`unet_in` input channels), VAE, CLIP text encoder, tokenizer and Euler-ancestral scheduler, tiny and random."""
+    from diffusers import AutoencoderKL, EulerAncestralDiscreteScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     tokenizer = tiny_tokenizer()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         unet = UNet2DConditionModel(
-            sample_size=16, in_channels=8, out_channels=4, layers_per_block=1, block_out_channels=(16, 32),
+            sample_size=16, in_channels=unet_in, out_channels=4, layers_per_block=1, block_out_channels=(16, 32),
             down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
             cross_attention_dim=16, attention_head_dim=4, norm_num_groups=8,
         )
@@ -54,15 +69,12 @@ def tiny_instruct_pix2pix(seed: int = 0):
         ))
     scheduler = EulerAncestralDiscreteScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear",
                                                 beta_start=0.00085, beta_end=0.012)
-    return StableDiffusionInstructPix2PixPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    )
+    return {"vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer, "unet": unet, "scheduler": scheduler}
 
 
 def tiny_clip(seed: int = 0):
-    """A CLIPModel of tiny random towers (32 px images) and the tiny tokenizer."""
-    from transformers import CLIPConfig, CLIPModel
+    """A CLIPModel of tiny random towers (32 px images) and a CLIPProcessor with the tiny tokenizer."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
     tokenizer = tiny_tokenizer()
     with torch.random.fork_rng(devices=[]):
@@ -75,4 +87,6 @@ def tiny_clip(seed: int = 0):
                                image_size=32, patch_size=8),
             projection_dim=16,
         )
-        return CLIPModel(config).eval(), tokenizer
+        model = CLIPModel(config).eval()
+    images = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    return model, CLIPProcessor(image_processor=images, tokenizer=tokenizer)

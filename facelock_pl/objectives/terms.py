@@ -19,7 +19,7 @@ from torch import nn
 from ..models import FaceGeometry, FaceRecognizer, FrozenVAE, LPIPSDistance
 
 # Every term any method can report; manifests carry one `term_<name>` column for each.
-TERM_NAMES = ("fr_cos", "latent_mse", "lpips", "latent_target_dist", "recon_norm")
+TERM_NAMES = ("fr_cos", "latent_mse", "lpips", "latent_target_dist", "recon_norm", "latent_l2", "l2_distortion")
 
 
 @dataclass
@@ -29,13 +29,14 @@ class CleanFeatures:
     embeddings: list[torch.Tensor]  # per recogniser: FR(x), [B, D]
     lpips_features: list[torch.Tensor] | None
     face_found: torch.Tensor  # [B] bool
+    image: torch.Tensor | None = None  # x itself, [B, 3, H, W] in [-1, 1] (for methods that compare pixels)
 
     def _map(self, fn) -> "CleanFeatures":
         def each(tensors):
             return None if tensors is None else [fn(t) for t in tensors]
 
         return CleanFeatures(each(self.latents), each(self.thetas), each(self.embeddings), each(self.lpips_features),
-                             fn(self.face_found))
+                             fn(self.face_found), None if self.image is None else fn(self.image))
 
     def select(self, index: torch.Tensor) -> "CleanFeatures":
         """The features of samples `index` (a gather: the result does not share memory)."""
@@ -54,6 +55,7 @@ class CleanFeatures:
         put(self.thetas, other.thetas)
         put(self.embeddings, other.embeddings)
         put(self.lpips_features, other.lpips_features)
+        put([self.image] if self.image is not None else None, [other.image] if other.image is not None else None)
         self.face_found[index] = other.face_found
 
 
@@ -90,7 +92,8 @@ class Networks(nn.Module):
         return self.vaes[0]
 
     @torch.no_grad()
-    def clean_features(self, x: torch.Tensor, geometry: FaceGeometry, need_latent: bool, need_lpips: bool) -> CleanFeatures:
+    def clean_features(self, x: torch.Tensor, geometry: FaceGeometry, need_latent: bool, need_lpips: bool,
+                       need_image: bool = False) -> CleanFeatures:
         thetas = [r.theta(geometry, tuple(x.shape[-2:])) for r in self.recognizers]
         return CleanFeatures(
             latents=[vae.encode(x).float() for vae in self.vaes] if need_latent else None,
@@ -98,6 +101,7 @@ class Networks(nn.Module):
             embeddings=[r.embed(x, t) for r, t in zip(self.recognizers, thetas)],
             lpips_features=self.lpips.features(x) if need_lpips and self.lpips is not None else None,
             face_found=geometry.found,
+            image=x.float() if need_image else None,
         )
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:

@@ -72,6 +72,8 @@ class ManifestRow:
     term_lpips: float | None = None
     term_latent_target_dist: float | None = None
     term_recon_norm: float | None = None
+    term_latent_l2: float | None = None
+    term_l2_distortion: float | None = None
     fr_cos_recon: float | None = None
     fr_cos_recon_detected: float | None = None  # the same, with the face detected anew in the reconstruction
     seconds: float = 0.0

@@ -1,0 +1,61 @@
+"""What the offline benchmarks (methods, native_size, robustness) share: the command line, their common options
+and the held-out faces."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cli(*args) -> None:
+    """`python -m facelock_pl ARGS` from the checkout; a failure stops the benchmark."""
+    print("+ python -m facelock_pl", " ".join(map(str, args[:3])), "...", flush=True)
+    subprocess.run([sys.executable, "-m", "facelock_pl", *map(str, args)], cwd=ROOT, check=True)
+
+
+def options(doc: str, faces: int, iterations: int) -> argparse.ArgumentParser:
+    """--assets, --faces, --iterations, --work-dir (keep and resume the runs), --json (write results only there),
+    --evaluate-config (the judges)."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.add_argument("--assets", type=Path, required=True, help="the offline bundle, e.g. ../shared/assets")
+    parser.add_argument("--faces", type=int, default=faces)
+    parser.add_argument("--iterations", type=int, default=iterations)
+    parser.add_argument("--work-dir", type=Path, default=None, help="keep the runs here; a rerun resumes")
+    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--evaluate-config", type=Path, default=ROOT / "configs" / "evaluate-offline.yaml",
+                        help="the recognisers that judge; configs/evaluate-transfer.yaml adds dlib's (a bundle from "
+                             "`python -m facelock_pl assets download`)")
+    return parser
+
+
+def work_dir(args: argparse.Namespace, prefix: str) -> Path:
+    return (args.work_dir or Path(tempfile.mkdtemp(prefix=prefix))).resolve()
+
+
+def held_out_faces(assets: Path, count: int) -> list[Path]:
+    """The last `count` of the sorted shared CelebA-HQ faces: never used for tuning."""
+    return sorted((assets / "faces" / "celebahq").glob("*.jpg"))[-count:]
+
+
+def judges(frame) -> list[str]:
+    """The recognisers an evaluation's per-image frame scored, in column order."""
+    return [c.removeprefix("match:") for c in frame.columns if c.startswith("match:")]
+
+
+def write_json(path: Path | None, payload: dict) -> None:
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(payload, indent=2))
+
+
+def print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
+    """A Markdown table under a one-line title."""
+    print(f"\n{title}\n| " + " | ".join(header) + " |\n|" + "---|" * len(header))
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
