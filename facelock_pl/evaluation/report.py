@@ -101,14 +101,16 @@ def _bars(by_set: pd.DataFrame, frame: pd.DataFrame, fr_names: list[str], path: 
     columns = metric_columns(fr_names, frame)
     per_row = 4
     rows = -(-len(columns) // per_row)
-    fig, axes = plt.subplots(rows, per_row, figsize=(4.2 * per_row, 3.6 * rows), squeeze=False)
+    crowded = len(by_set) > 6  # long set lists (methods, budgets, purifications): upright labels, a taller figure
+    fig, axes = plt.subplots(rows, per_row, figsize=(4.2 * per_row, (4.6 if crowded else 3.6) * rows), squeeze=False)
     for ax in axes.flat[len(columns):]:
         ax.axis("off")
     for ax, (column, label, arrow) in zip(axes.flat, columns):
         means, stds = by_set[f"{column}_mean"], by_set[f"{column}_std"].fillna(0)
         shown = means.notna().to_numpy()
         ax.bar(np.arange(len(by_set))[shown], means[shown], yerr=stds[shown], capsize=3, color="#4c72b0")
-        ax.set_xticks(range(len(by_set)), by_set.index, rotation=30, ha="right", fontsize=10)
+        ax.set_xticks(range(len(by_set)), by_set.index, rotation=90 if crowded else 30,
+                      ha="center" if crowded else "right", fontsize=8 if crowded else 10)
         ax.set_title(f"{label} {arrow}", fontsize=12)
         ax.tick_params(axis="y", labelsize=10)
     fig.tight_layout()
