@@ -157,6 +157,3 @@ def main(args: list[str]) -> int:
     if not problems:
         print(f"{options.bundle}: every file matches SHA256SUMS")
     return 2 if problems else 0
-
-
-

@@ -15,7 +15,6 @@ import re
 from pathlib import Path
 
 import yaml
-
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningCLI
 
@@ -184,4 +183,3 @@ def _configured_output_dir(args: list[str]) -> str:
     """The `output_dir` a config file sets (config files reach here as YAML text), else the default."""
     configs = [yaml.safe_load(args[i + 1]) for i, arg in enumerate(args[:-1]) if arg == "--config"]
     return next((c["output_dir"] for c in reversed(configs) if isinstance(c, dict) and c.get("output_dir")), "outputs")
-

@@ -25,11 +25,11 @@ from torch.utils.data import DataLoader, Dataset
 from .. import logs
 from ..outputs import read_manifest, repair
 from ..outputs.manifest import FINAL_STATUSES
+from ..pixels import NATIVE
 from .feeder import QueueFeed
 from .folder import FolderImages, demo_entries
 from .hf import HFImages, contiguous_shard, detect_format, open_dataset, row_uids
 from .images import DEFAULT_MAX_PIXELS
-from ..pixels import NATIVE
 from .items import Decoding, ImageItem
 
 DEMO_SOURCE = "demo"  # the portraits that scikit-image and matplotlib ship

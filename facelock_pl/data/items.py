@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import torch
-
-from pathlib import Path
 
 from ..pixels import NATIVE, pad_to, pil_to_levels, resize, working_size
 from .images import DEFAULT_MAX_PIXELS, BadImageError, Photo, load_photo

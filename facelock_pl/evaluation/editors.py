@@ -91,8 +91,6 @@ class Editor:
         return unit_to_levels(out).cpu()
 
 
-
-
 def _pipeline(spec: EditorSpec, device: torch.device):
     from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionImg2ImgPipeline, StableDiffusionInstructPix2PixPipeline
 

@@ -162,7 +162,8 @@ def _budget_plot(by_set: pd.DataFrame, fr_names: list[str], path: Path) -> bool:
     for base in sorted({p[0] for p in points}):
         budgets = sorted((eps, name) for b, eps, name in points if b == base)
         for recognizer in fr_names:
-            means = by_set.loc[[name for _, name in budgets], f"fr:{recognizer}_mean"] if f"fr:{recognizer}_mean" in by_set else None
+            column = f"fr:{recognizer}_mean"
+            means = by_set.loc[[name for _, name in budgets], column] if column in by_set else None
             if means is not None and means.notna().any():
                 ax.plot([eps for eps, _ in budgets], means.to_numpy(), marker="o", label=f"{base}: {recognizer}")
     ax.set_xlabel("ε ([-1, 1] units; 0.03 ≈ 3.8/255)", fontsize=12)

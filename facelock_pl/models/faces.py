@@ -81,7 +81,6 @@ class FaceDetector(nn.Module):
             geometry.landmarks[i] = torch.as_tensor(np.asarray(points[i][0], dtype=np.float32))
         return geometry.to(images_uint8.device)
 
-
     @torch.no_grad()
     def all_boxes(self, images_uint8: torch.Tensor) -> list[torch.Tensor]:
         """Every face's box ([K, 4], x1 y1 x2 y2, pixels) per image, at `min_probability` or above."""

@@ -5,6 +5,6 @@ from .methods import (METHODS, CarliniWagnerL2, CWSettings, EncoderAttack, FaceL
 from .terms import TERM_NAMES, CleanFeatures, Networks
 
 __all__ = [
-    "METHODS", "TERM_NAMES", "CWSettings", "CarliniWagnerL2", "CleanFeatures", "EncoderAttack", "FaceLock", "FaceLockObjective", "Networks", "PhotoGuard",
-    "ProtectionMethod", "VAEAttack", "build_method",
+    "METHODS", "TERM_NAMES", "CWSettings", "CarliniWagnerL2", "CleanFeatures", "EncoderAttack", "FaceLock",
+    "FaceLockObjective", "Networks", "PhotoGuard", "ProtectionMethod", "VAEAttack", "build_method",
 ]

@@ -20,7 +20,6 @@ if TYPE_CHECKING:  # the outputs only read an item's attributes; data imports ou
     from ..data.items import ImageItem
 
 
-
 @dataclass
 class ProtectedImage:
     """One image the engine finished, as it hands it to the outputs.
