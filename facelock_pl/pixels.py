@@ -66,6 +66,14 @@ def levels_to_pil(levels: torch.Tensor) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(levels.permute(1, 2, 0).cpu().numpy()))
 
 
+def jpeg_roundtrip(levels: torch.Tensor, quality: int) -> torch.Tensor:
+    """uint8 [3, H, W] re-encoded as a JPEG at `quality` (libjpeg through PIL, 4:2:0 chroma as PIL saves
+    by default) and decoded: the re-save a photo platform applies."""
+    buffer = io.BytesIO()
+    levels_to_pil(levels).save(buffer, format="JPEG", quality=int(quality))
+    return pil_to_levels(Image.open(buffer))
+
+
 def png_bytes(levels: torch.Tensor, icc_profile: bytes | None = None, exif: bytes | None = None) -> bytes:
     """Lossless PNG of a uint8 [3, H, W] tensor, with the colour profile and EXIF block given (if any)."""
     buffer = io.BytesIO()

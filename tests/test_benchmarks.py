@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,7 +81,21 @@ def test_robustness_variants_switch_parts_and_pass_settings():
     assert plain["--model.objective.fr_start"] == ["0.35"]
     tuned = settings("quantised+fr_start:0.1+attack.quantise_forward:false")
     assert tuned["--model.objective.fr_start"] == ["0.35", "0.1"] and tuned["--model.attack.quantise_forward"] == ["false"]
+    real = settings("realjpeg+realign+jitter")
+    assert json.loads(real["--model.attack.eot"][0]) == robustness.REAL_CODEC_EOT  # replaces the config's EOT
+    assert real["--model.objective.realign"] == ["true"] and real["--model.objective.crop_jitter"] == ["0.2"]
+    assert "--model.objective.realign" not in both
+    crops = json.loads(settings("recognizers+crops")["--model.recognizers"][0])
+    assert [(r["name"], r.get("alignment"), r.get("margin")) for r in crops] == [
+        ("facenet-casia", None, None), ("sface", None, None), ("facenet-casia@box40", "box", 46), ("sface@box40", "box", 32)]
     with pytest.raises(SystemExit, match="turbo"):
         robustness.parse_variant("v=quantised+turbo")
     with pytest.raises(SystemExit, match="NAME=part"):
         robustness.parse_variant("=quantised")
+
+
+def test_tables_show_each_network_once_by_its_worst_crop():
+    robustness_module()  # puts benchmarks/ on the path, as running a script there does
+    offline_runs = importlib.import_module("offline_runs")
+    frame = pd.DataFrame(columns=["set", "match:sface", "match:sface@box0", "match:sface@worst", "match:dlib"])
+    assert offline_runs.worst_judges(frame) == ["sface@worst", "dlib"]

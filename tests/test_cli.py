@@ -126,8 +126,8 @@ def test_missing_weights_stop_before_any_work(face_folder, tmp_path, capsys, mon
     assert not (out / "images").exists() and not (out / "manifest").exists()
 
 
-@pytest.mark.parametrize("config", ["facelock.yaml", "photoguard.yaml", "demo.yaml", "offline.yaml", "offline-sface.yaml", "tiny.yaml",
-                                    "facelock-robust.yaml", "facelock-paper.yaml"])
+@pytest.mark.parametrize("config", ["facelock.yaml", "photoguard.yaml", "protect.yaml", "protect-offline.yaml", "offline.yaml",
+                                    "offline-sface.yaml", "tiny.yaml", "facelock-robust.yaml", "facelock-paper.yaml"])
 def test_shipped_configs_parse(config, capsys):
     assert run_cli("fit", "--config", ROOT / "configs" / config, "--print_config") == 0
     printed = capsys.readouterr().out

@@ -64,11 +64,11 @@ def pngs(folder) -> dict[str, np.ndarray]:
 
 def test_eot_draws_belong_to_the_image_and_iteration_not_the_batch():
     """Exactly what the code guarantees: an image's draws depend on (seed, uid, iteration, draw) alone."""
-    batch = RandomPurification.draws(0, ["a", "b", "c"], torch.tensor([3, 5, 7]), 1)
-    alone = RandomPurification.draws(0, ["b"], torch.tensor([5]), 1)
+    batch = RandomPurification(["jpeg", "blur", "shift"]).draws(0, ["a", "b", "c"], torch.tensor([3, 5, 7]), 1)
+    alone = RandomPurification(["jpeg", "blur", "shift"]).draws(0, ["b"], torch.tensor([5]), 1)
     assert torch.equal(batch[1], alone[0])
-    assert not torch.equal(batch, RandomPurification.draws(1, ["a", "b", "c"], torch.tensor([3, 5, 7]), 1))
-    assert not torch.equal(batch, RandomPurification.draws(0, ["a", "b", "c"], torch.tensor([3, 5, 7]), 0))
+    assert not torch.equal(batch, RandomPurification(["jpeg", "blur", "shift"]).draws(1, ["a", "b", "c"], torch.tensor([3, 5, 7]), 1))
+    assert not torch.equal(batch, RandomPurification(["jpeg", "blur", "shift"]).draws(0, ["a", "b", "c"], torch.tensor([3, 5, 7]), 0))
 
 
 def test_robust_protection_is_reproducible_and_batch_invariant_up_to_rounding(face_folder, tmp_path):

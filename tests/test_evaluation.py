@@ -77,6 +77,10 @@ def test_purifications_do_what_they_say():
     jitter = purify.apply("colorjitter", levels, uid="a")
     assert torch.equal(purify.apply("colorjitter", levels, uid="a"), jitter)
     assert purify.label("jpeg:75") == "jpeg75" and purify.label("resize:0.5") == "resize0.5"
+    assert purify.label("resize:0.5>jpeg:50") == "resize0.5-jpeg50"
+    assert torch.equal(purify.apply("resize:0.5>jpeg:50", levels), purify.apply("jpeg:50", resized))
+    with pytest.raises(ValueError, match="unknown purification"):
+        purify.apply("resize:0.5>sharpen", levels)
     for bad in ("jpeg:0", "resize:2", "sharpen:1"):
         with pytest.raises(ValueError):
             purify.parse(bad)
@@ -137,6 +141,14 @@ def test_edit_then_evaluate_end_to_end(face_folder, protected_set, tmp_path, cap
     page = (report / "index.html").read_text()
     assert "source | protected | edit of clean | edit of protected" in page
     assert not re.search(r'src="(?!data:)', page)  # self-contained
+
+    # One network behind two crop conventions: each scored, and the worst of the two reported.
+    crops = "[{kind: tiny-random, name: tiny-a}, {kind: tiny-random, name: tiny-a@arcface, alignment: arcface}]"
+    assert run_cli("evaluate", "--config", ROOT / "configs" / "evaluate-tiny.yaml", "--output_dir", out, "--recognizers", crops) == 0
+    frame = pd.read_parquet(report / "per_image.parquet")
+    both = frame[["fr_all:tiny-a", "fr_all:tiny-a@arcface"]]
+    assert (both.iloc[:, 0] != both.iloc[:, 1]).all()
+    assert np.allclose(frame["fr_all:tiny-a@worst"], both.max(axis=1))
 
 
 def test_evaluate_scores_what_edit_recorded_and_refuses_what_it_did_not(face_folder, protected_set, tmp_path, capsys):
@@ -243,3 +255,14 @@ def test_img2img_edits_as_configured_with_one_seed_per_image(face_folder, protec
     assert json.loads((out / "edits" / "edit.json").read_text())["editor"]["strength"] == 0.5
     # strength is recorded only for img2img: edits recorded before it existed still merge with new ones
     assert "strength" not in EditorSpec().record() and EditorSpec(kind="img2img", strength=0.3).record()["strength"] == 0.3
+
+
+def test_a_network_behind_several_crops_is_judged_by_its_worst():
+    from facelock_pl.evaluation.evaluate import worst_over_crops
+
+    row = {"fr:sface": 0.2, "fr_all:sface": 0.2, "match:sface": 0.0, "fr:sface@box0": 0.5, "fr_all:sface@box0": 0.5,
+           "match:sface@box0": 1.0, "fr:dlib": 0.9, "fr_all:dlib": 0.9, "match:dlib": 0.0}
+    worst = worst_over_crops(row, ["sface", "sface@box0", "dlib"])
+    assert worst == {"fr:sface@worst": 0.5, "fr_all:sface@worst": 0.5, "match:sface@worst": 1.0}  # dlib: one crop only
+    no_face = worst_over_crops({**row, "fr:sface": math.nan}, ["sface", "sface@box0"])
+    assert math.isnan(no_face["fr:sface@worst"]) and no_face["fr_all:sface@worst"] == 0.5

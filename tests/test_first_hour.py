@@ -45,7 +45,7 @@ def tiny(source: Path, out: Path, *extra) -> list:
 
 # 1 ------------------------------------------------------------------------------------------------------------
 def test_without_network_the_error_names_the_cause_and_the_offline_route(tmp_path):
-    result = cli("fit", "--config", ROOT / "configs" / "demo.yaml", "--output_dir", tmp_path / "out",
+    result = cli("fit", "--config", ROOT / "configs" / "protect.yaml", "--output_dir", tmp_path / "out",
                  env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "TORCH_HOME": str(tmp_path / "torch")})
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]

@@ -11,6 +11,8 @@ from PIL import Image
 
 from conftest import astronaut
 from facelock_pl.objectives.transforms import RandomPurification, Transform
+from facelock_pl.pixels import jpeg_roundtrip, pm1_to_levels
+from facelock_pl.seeding import uid_generator
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +25,7 @@ def fixed(value: float, batch: int = 1) -> torch.Tensor:
     return torch.full((batch, 3), value)
 
 
-@pytest.mark.parametrize("spec", ["jpeg:60-90", "resize:0.5-0.9", "blur:0.5-1.5", "shift:3", "colorjitter:0.2"])
+@pytest.mark.parametrize("spec", ["jpeg:60-90", "jpeg_real:50-90", "resize:0.5-0.9", "blur:0.5-1.5", "shift:3", "colorjitter:0.2"])
 def test_each_transformation_is_differentiable(face, spec):
     x = face.clone().requires_grad_(True)
     out = Transform.parse(spec).apply(x, fixed(0.7))
@@ -63,7 +65,7 @@ def test_parameters_follow_the_declared_ranges():
     for bad in ("jpeg:0-50", "resize:0.5-2", "sharpen", "blur:2-1"):
         with pytest.raises(ValueError):
             Transform.parse(bad)
-    draws = RandomPurification.draws(0, [f"u{i}" for i in range(2000)], torch.zeros(2000, dtype=torch.long), 0)
+    draws = RandomPurification(["jpeg", "blur", "shift"]).draws(0, [f"u{i}" for i in range(2000)], torch.zeros(2000, dtype=torch.long), 0)
     choice = (draws[:, 0] * 3).long()
     counts = torch.bincount(choice, minlength=3).float() / 2000
     assert torch.allclose(counts, torch.full((3,), 1 / 3), atol=0.05)  # each transformation about equally often
@@ -71,8 +73,39 @@ def test_parameters_follow_the_declared_ranges():
 
 
 def test_draws_are_reproducible_and_per_image():
-    a = RandomPurification.draws(7, ["x", "y"], torch.tensor([3, 3]), 0)
-    b = RandomPurification.draws(7, ["y"], torch.tensor([3]), 0)
+    a = RandomPurification(["jpeg", "blur", "shift"]).draws(7, ["x", "y"], torch.tensor([3, 3]), 0)
+    b = RandomPurification(["jpeg", "blur", "shift"]).draws(7, ["y"], torch.tensor([3]), 0)
     assert torch.equal(a[1], b[0])  # independent of the batch
-    assert not torch.equal(a, RandomPurification.draws(7, ["x", "y"], torch.tensor([4, 4]), 0))
-    assert not torch.equal(a, RandomPurification.draws(7, ["x", "y"], torch.tensor([3, 3]), 1))
+    assert not torch.equal(a, RandomPurification(["jpeg", "blur", "shift"]).draws(7, ["x", "y"], torch.tensor([4, 4]), 0))
+    assert not torch.equal(a, RandomPurification(["jpeg", "blur", "shift"]).draws(7, ["x", "y"], torch.tensor([3, 3]), 1))
+
+
+def test_real_jpeg_is_the_codec_forward_and_the_surrogate_backward(face):
+    """`jpeg_real`: the values are exactly PIL's JPEG of the 8-bit image; the gradient is kornia's surrogate's."""
+    real_levels = jpeg_roundtrip(pm1_to_levels(face[0]), 60)
+    x = face.clone().requires_grad_(True)
+    out = Transform.parse("jpeg_real:60").apply(x, fixed(0.3))
+    assert torch.equal(pm1_to_levels(out[0].detach()), real_levels)
+    weights = torch.randn_like(out)
+    (out * weights).sum().backward()
+    y = face.clone().requires_grad_(True)
+    (Transform.parse("jpeg:60").apply(y, fixed(0.3)) * weights).sum().backward()
+    assert torch.allclose(x.grad, y.grad)
+
+
+def test_a_chain_applies_its_transformations_in_turn_with_their_own_draws(face):
+    chain = RandomPurification(["resize:0.25>jpeg_real:50"])
+    assert chain.width == 7
+    u = torch.rand(1, 7)
+    ours = chain(face, u)
+    by_hand = Transform.parse("jpeg_real:50").apply(Transform.parse("resize:0.25").apply(face, u[:, 1:4]), u[:, 4:7])
+    assert torch.equal(ours, by_hand)
+    assert 10 * torch.log10(4 / (ours - face).pow(2).mean()) < 30  # a quarter-size JPEG-50: far from the input
+
+
+def test_single_transformations_keep_their_four_draws():
+    """Configs without chains draw exactly as before chains existed (outputs of earlier runs reproduce)."""
+    purification = RandomPurification(["jpeg:50-90", "shift:3"])
+    expected = torch.rand(4, generator=uid_generator(5, "eot/u/2/0"))
+    assert purification.width == 4
+    assert torch.equal(purification.draws(5, ["u"], torch.tensor([2]), 0)[0], expected)

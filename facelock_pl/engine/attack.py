@@ -12,6 +12,7 @@ stopping check, and the fused projected sign update (`SignPGD` → `facelock_pl.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 
@@ -20,7 +21,7 @@ import torch
 from ..data.items import ImageItem
 from ..models import FaceDetector, FaceGeometry
 from ..objectives import CleanFeatures, Networks, ProtectionMethod
-from ..objectives.transforms import RandomPurification
+from ..objectives.transforms import RandomPurification, crop_draws
 from ..outputs.records import ProtectedImage
 from ..pixels import levels_to_pil, levels_to_pm1, quantise_to_levels, resize, straight_through_levels
 from .delivery import deliver
@@ -208,16 +209,21 @@ class PGDAttack:
         return terms
 
     def _objective(self, x: torch.Tensor, active: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The method's objective ([B]) and terms; under EOT, their mean over `eot_samples` random purifications."""
+        """The method's objective ([B]) and terms; under EOT or crop jitter, their mean over `eot_samples` random
+        purifications and crops."""
         s, cfg = self.slots, self.config
         progress = s.iteration[active].float() / cfg.iterations
         # All slots busy (the usual case): the stored features as they are, no per-iteration gather.
         clean = s.clean if len(active) == len(s.occupied) else s.clean.select(active)
-        if self.eot is None:
+        if self.eot is None and not self.nets.crop_jitter:
             return self.method.objective(self.nets, x, clean, progress)
-        uids = [s.items[slot].uid for slot in active.tolist()]
-        draws = [self.method.objective(self.nets, self.eot(x, RandomPurification.draws(cfg.seed, uids, s.iteration[active], d)),
-                                       clean, progress) for d in range(cfg.eot_samples)]
+        uids, iterations = [s.items[slot].uid for slot in active.tolist()], s.iteration[active]
+        draws = []
+        for d in range(cfg.eot_samples):
+            seen = self.eot(x, self.eot.draws(cfg.seed, uids, iterations, d)) if self.eot is not None else x
+            if self.nets.crop_jitter:
+                clean = dataclasses.replace(clean, alignment_draws=crop_draws(cfg.seed, uids, iterations, d))
+            draws.append(self.method.objective(self.nets, seen, clean, progress))
         objective = sum(o for o, _ in draws) / len(draws)
         return objective, {name: sum(t[name] for _, t in draws) / len(draws) for name in draws[0][1]}
 

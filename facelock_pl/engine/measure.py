@@ -3,15 +3,14 @@
 The protected native image is resized to the working size, as the editor would, and goes through the primary
 autoencoder's round trip D(E(png)) (the editor the manifest reports on); then every recogniser compares the
 reconstruction's face with the clean one:
-- `fr_cos_recon`: aligned with the source's landmarks — what the objective optimises;
+- `fr_cos_recon`: aligned as the objective aligns (the source's landmarks, or re-read off the reconstruction
+  with `objective.realign`);
 - `fr_cos_recon_detected`: the reconstruction saved as 8 bits and its face detected anew, as `evaluate`
   and any real recognition pipeline measure it (NaN where no face is found). Landmarks move by a few
   pixels in the reconstruction, and a perturbation tuned to the source's alignment loses part of its effect.
 """
 
 from __future__ import annotations
-
-import dataclasses
 
 import torch
 
@@ -35,18 +34,18 @@ class ProtectionMeter:
         with self.speed.autocast(png_levels.device):
             return self.nets.reconstruct(self.nets.vae.encode(self.speed.layout(levels_to_pm1(png_levels)))).float()
 
-    def fr_cos(self, images: torch.Tensor, clean: CleanFeatures) -> torch.Tensor:
-        """cos(FR(x), FR(images)) with the source's alignment, as the objective sees it ([B])."""
+    def fr_cos(self, images: torch.Tensor, clean: CleanFeatures, thetas: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """cos(FR(x), FR(images)) aligned as the objective sees it, or with `thetas` ([B])."""
         with self.speed.autocast(images.device):
-            return self.nets.fr_cos(images, clean).float()
+            return self.nets.fr_cos(images, clean, thetas).float()
 
     def fr_cos_detected(self, recon: torch.Tensor, clean: CleanFeatures) -> torch.Tensor:
         """cos(FR(x), FR(recon)) with the face of the 8-bit reconstruction detected anew ([B]; NaN: no face)."""
         levels = pm1_to_levels(recon)
         geometry = self.detector(levels)
         hw = tuple(levels.shape[-2:])
-        realigned = dataclasses.replace(clean, thetas=[r.theta(geometry, hw) for r in self.nets.recognizers])
-        return self.fr_cos(levels_to_pm1(levels), realigned).masked_fill(~geometry.found, float("nan"))
+        thetas = [r.theta(geometry, hw) for r in self.nets.recognizers]
+        return self.fr_cos(levels_to_pm1(levels), clean, thetas).masked_fill(~geometry.found, float("nan"))
 
     @torch.no_grad()
     def delivered(self, png: torch.Tensor, view: tuple[int, int], clean: CleanFeatures) -> tuple[float | None, float | None]:

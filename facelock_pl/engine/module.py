@@ -19,6 +19,7 @@ import torch
 from .. import logs
 from ..data import ImageItem, ImageQueue
 from ..models import FaceDetector, LPIPSSpec, RecognizerSpec, VAESpec, load_lpips, load_recognizer, load_vae
+from ..models.landmarks import LandmarkReader
 from ..objectives import CWSettings, FaceLockObjective, Networks, build_method
 from ..outputs import OutputWriter, ProtectedImage
 from ..outputs.manifest import OutputFormat
@@ -33,10 +34,12 @@ from .summary import RunStats, describe, write_summary
 
 
 def load_networks(vaes: list[VAESpec], recognizers: list[RecognizerSpec], lpips: LPIPSSpec | None,
-                  fr_reduction: str) -> Networks:
-    """The frozen autoencoders, recognisers and (when given) LPIPS of an attack."""
+                  objective: FaceLockObjective) -> Networks:
+    """The frozen autoencoders, recognisers, (when given) LPIPS, and (re-alignment) the landmark reader of an attack."""
     return Networks([load_vae(spec) for spec in vaes], [load_recognizer(spec) for spec in recognizers],
-                    load_lpips(lpips) if lpips is not None else None, fr_reduction, vae_weights=[spec.weight for spec in vaes])
+                    load_lpips(lpips) if lpips is not None else None, objective.fr_reduction,
+                    vae_weights=[spec.weight for spec in vaes],
+                    landmarks=LandmarkReader() if objective.realign else None, crop_jitter=objective.crop_jitter)
 
 
 class ProtectionModule(L.LightningModule):
@@ -82,8 +85,7 @@ class ProtectionModule(L.LightningModule):
         if stopping.enabled and not protection.needs_faces:
             raise ValueError("adaptive stopping (stopping.below) watches the FR term: it needs method facelock")
         vaes = vae if isinstance(vae, list) else [vae or VAESpec()]
-        self.nets = load_networks(vaes, recognizers, (lpips or LPIPSSpec()) if protection.needs_lpips else None,
-                                  objective.fr_reduction)
+        self.nets = load_networks(vaes, recognizers, (lpips or LPIPSSpec()) if protection.needs_lpips else None, objective)
         self.detector = FaceDetector() if recognizers else None
         self.requires_grad_(False).eval()
         speed.apply(self.nets)

@@ -1,7 +1,8 @@
 """`python -m facelock_pl evaluate --config …`: score every edit, then write the report.
 
 Per (set, prompt, image): PSNR/SSIM/LPIPS of edit(set) against edit(clean), CLIP-S, CLIP-I, FR for every
-recogniser (face re-detected in the edit) and whether a face was found. Source features (CLIP, FR) are
+recogniser (face re-detected in the edit) and whether a face was found; for a network listed behind several crop
+conventions (`NAME`, `NAME@box40`, ...), its worst over them (`fr:NAME@worst`, `match:NAME@worst`). Source features (CLIP, FR) are
 computed once per image, text features once per prompt.
 """
 
@@ -188,5 +189,23 @@ def _score(image_set, pid, pairs, clean_edits, reference: SourceFeatures, text_f
             row[f"fr_all:{name}"] = cosine  # every edit, as the published evaluation aggregates FR
             if scorers.faces.thresholds[k] is not None:
                 row[f"match:{name}"] = float(found and source_found and cosine >= scorers.faces.thresholds[k])
+        row.update(worst_over_crops(row, scorers.faces.names))
         rows.append(row)
     return rows
+
+
+def worst_over_crops(row: dict, names: list[str]) -> dict:
+    """A network listed behind several crop conventions (`NAME@CONVENTION`, e.g. `sface` and `sface@box0`) is
+    judged by its worst: `fr:NAME@worst` is the highest cosine, `match:NAME@worst` whether any convention matched."""
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        groups.setdefault(name.split("@")[0], []).append(name)
+    worst = {}
+    for base, members in groups.items():
+        if len(members) < 2:
+            continue
+        for column in ("fr", "fr_all", "match"):
+            values = [row[f"{column}:{m}"] for m in members if f"{column}:{m}" in row]
+            if len(values) == len(members):
+                worst[f"{column}:{base}@worst"] = math.nan if any(map(math.isnan, values)) else max(values)
+    return worst

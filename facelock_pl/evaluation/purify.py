@@ -2,19 +2,18 @@
 
 Specs are strings: `jpeg:75` (re-encode at quality 75), `blur:1.5` (Gaussian blur, sigma in pixels),
 `resize:0.5` (down-scale by 0.5, then back up, antialiased), `colorjitter` or `colorjitter:0.1`
-(brightness/contrast/saturation jitter of that strength, drawn from a per-image seed). All work on
+(brightness/contrast/saturation jitter of that strength, drawn from a per-image seed). A chain `A>B` applies A,
+then B (`resize:0.5>jpeg:75`: a down-scaled re-upload; labelled `resize0.5-jpeg75`). All work on
 uint8 [3, H, W] tensors and are deterministic for a given (spec, uid).
 """
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import torch
 from PIL import Image, ImageEnhance, ImageFilter
 
-from ..pixels import levels_to_pil, pil_to_levels
+from ..pixels import jpeg_roundtrip, levels_to_pil, pil_to_levels
 from ..seeding import uid_seed
 
 KINDS = ("jpeg", "blur", "resize", "colorjitter")
@@ -32,19 +31,22 @@ def parse(spec: str) -> tuple[str, float]:
 
 
 def label(spec: str) -> str:
-    """A file-name-safe label: `jpeg:75` -> `jpeg75`."""
-    kind, amount = parse(spec)
-    return f"{kind}{amount:g}"
+    """A file-name-safe label: `jpeg:75` -> `jpeg75`, `resize:0.5>jpeg:75` -> `resize0.5-jpeg75`."""
+    return "-".join(f"{kind}{amount:g}" for kind, amount in map(parse, spec.split(">")))
 
 
 def apply(spec: str, levels: torch.Tensor, uid: str = "") -> torch.Tensor:
-    """Purify one uint8 [3, H, W] image."""
+    """Purify one uint8 [3, H, W] image (a chain: each purification in turn)."""
+    for part in spec.split(">"):
+        levels = _apply_one(part, levels, uid)
+    return levels
+
+
+def _apply_one(spec: str, levels: torch.Tensor, uid: str) -> torch.Tensor:
     kind, amount = parse(spec)
     image = levels_to_pil(levels)
     if kind == "jpeg":
-        buffer = io.BytesIO()
-        image.save(buffer, format="JPEG", quality=int(amount))
-        return pil_to_levels(Image.open(buffer))
+        return jpeg_roundtrip(levels, int(amount))
     if kind == "blur":
         return pil_to_levels(image.filter(ImageFilter.GaussianBlur(radius=amount)))
     if kind == "resize":

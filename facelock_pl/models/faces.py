@@ -141,3 +141,16 @@ def warp(images: torch.Tensor, theta: torch.Tensor, out_hw: tuple[int, int]) -> 
     """Differentiable crop/alignment of [-1, 1] images; outside the image is black (-1), as in cv2."""
     grid = F.affine_grid(theta.to(images.dtype), [images.shape[0], images.shape[1], *out_hw], align_corners=False)
     return F.grid_sample(images + 1, grid, mode="bilinear", padding_mode="zeros", align_corners=False) - 1
+
+
+def jitter_theta(theta: torch.Tensor, uniforms: torch.Tensor, strength: float) -> torch.Tensor:
+    """Sampling matrices [B, 2, 3] of a crop moved by a random similarity: zoom in [1 - s/2, 1 + 2s] (s = 0.2:
+    0.9 to 1.4, box margins from none to 40%), rotation within ±45s degrees and shift within ±s/2 of the crop,
+    from uniforms [B, 4] in [0, 1). Expectation over the crop itself, so no single alignment is what is tuned."""
+    u = uniforms.to(theta)
+    zoom = 1 - strength / 2 + 2.5 * strength * u[:, 0]
+    angle = (u[:, 1] * 2 - 1) * strength * torch.pi / 4
+    shift = (u[:, 2:4] * 2 - 1) * strength  # in normalised units, where the crop spans 2
+    cos, sin = zoom * torch.cos(angle), zoom * torch.sin(angle)
+    jitter = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    return torch.cat([theta[:, :, :2] @ jitter[:, :, :2], theta[:, :, :2] @ jitter[:, :, 2:] + theta[:, :, 2:]], 2)

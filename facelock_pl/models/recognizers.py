@@ -57,6 +57,9 @@ class RecognizerSpec:
         name: label for logs and manifest columns (defaults to the kind).
         weight: weight of this recogniser's cosine in the FR term.
         margin: box-crop margin in output pixels (facenet-pytorch's `MTCNN(margin=...)`; facenet, facenet-keras, dlib).
+        alignment: the crop convention: `native` (the one the recogniser was trained with: a box crop for facenet,
+            facenet-keras and dlib, the 5-point ArcFace alignment for onnx and adaface), or `box` / `arcface` to put
+            it behind the other one (an evaluation lists a network under several conventions to report the worst).
         input_scale, input_offset: onnx input = x_pm1 * input_scale + input_offset.
         bgr: onnx model expects BGR channel order.
         threshold: same-person cosine threshold (calibrated on labelled pairs, see
@@ -68,6 +71,7 @@ class RecognizerSpec:
     name: str | None = None
     weight: float = 1.0
     margin: float = 0.0
+    alignment: Literal["native", "box", "arcface"] = "native"
     input_scale: float = 127.5
     input_offset: float = 127.5
     bgr: bool = False
@@ -86,7 +90,7 @@ class FaceRecognizer(nn.Module):
         self.net = net
         self.spec = spec
         self.input_size = input_size
-        self.alignment = alignment
+        self.alignment = alignment if spec.alignment == "native" else spec.alignment
 
     def theta(self, geometry: FaceGeometry, image_hw: tuple[int, int]) -> torch.Tensor:
         """Sampling matrices [B, 2, 3] for these faces; computed once per image."""

@@ -27,6 +27,12 @@ class FaceLockObjective:
         fr_start: share of iterations before the FR term switches on (published: 0.35).
         lpips_start: share of iterations after which LPIPS switches on (published: 0.25).
         fr_reduction: several recognisers: their weighted `mean` cosine, or the worst case `max`.
+        realign: re-align x̂ for every recogniser at every iteration from its own landmarks (MTCNN's O-Net read
+            differentiably, `facelock_pl.models.landmarks`), as the published code does; False: the clean image's
+            alignment throughout.
+        crop_jitter: expectation over the crop: each iteration moves every recogniser's crop by a random
+            similarity of this strength (0.2: zoom 0.9–1.4, rotation ±9°, shift ±10%; `models.faces.jitter_theta`);
+            0: off.
     """
 
     fr_weight: float = 1.0
@@ -35,6 +41,12 @@ class FaceLockObjective:
     fr_start: float = 0.35
     lpips_start: float = 0.25
     fr_reduction: Literal["mean", "max"] = "mean"
+    realign: bool = False
+    crop_jitter: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.crop_jitter <= 1:
+            raise ValueError(f"objective.crop_jitter must lie in [0, 1] (got {self.crop_jitter})")
 
 
 class ProtectionMethod:

@@ -17,6 +17,8 @@ import torch
 from torch import nn
 
 from ..models import FaceGeometry, FaceRecognizer, FrozenVAE, LPIPSDistance
+from ..models.faces import jitter_theta
+from ..models.landmarks import LandmarkReader
 
 # Every term any method can report; manifests carry one `term_<name>` column for each.
 TERM_NAMES = ("fr_cos", "latent_mse", "lpips", "latent_target_dist", "recon_norm", "latent_l2", "l2_distortion")
@@ -30,13 +32,20 @@ class CleanFeatures:
     lpips_features: list[torch.Tensor] | None
     face_found: torch.Tensor  # [B] bool
     image: torch.Tensor | None = None  # x itself, [B, 3, H, W] in [-1, 1] (for methods that compare pixels)
+    detected: FaceGeometry | None = None  # re-alignment: the face detected in x
+    reading: FaceGeometry | None = None  # re-alignment: the landmark reader's geometry of x
+    alignment_draws: torch.Tensor | None = None  # crop jitter: this iteration's uniforms [B, 4] (set per iteration)
 
     def _map(self, fn) -> "CleanFeatures":
         def each(tensors):
             return None if tensors is None else [fn(t) for t in tensors]
 
+        def geometry(g):
+            return None if g is None else FaceGeometry(*each([g.found, g.boxes, g.landmarks]))
+
         return CleanFeatures(each(self.latents), each(self.thetas), each(self.embeddings), each(self.lpips_features),
-                             fn(self.face_found), None if self.image is None else fn(self.image))
+                             fn(self.face_found), None if self.image is None else fn(self.image),
+                             geometry(self.detected), geometry(self.reading))
 
     def select(self, index: torch.Tensor) -> "CleanFeatures":
         """The features of samples `index` (a gather: the result does not share memory)."""
@@ -56,6 +65,9 @@ class CleanFeatures:
         put(self.embeddings, other.embeddings)
         put(self.lpips_features, other.lpips_features)
         put([self.image] if self.image is not None else None, [other.image] if other.image is not None else None)
+        for mine, theirs in ((self.detected, other.detected), (self.reading, other.reading)):
+            if mine is not None:
+                put([mine.found, mine.boxes, mine.landmarks], [theirs.found, theirs.boxes, theirs.landmarks])
         self.face_found[index] = other.face_found
 
 
@@ -69,6 +81,8 @@ class Networks(nn.Module):
         lpips: LPIPSDistance | None,
         fr_reduction: Literal["mean", "max"] = "mean",
         vae_weights: list[float] | None = None,
+        landmarks: LandmarkReader | None = None,
+        crop_jitter: float = 0.0,
     ):
         super().__init__()
         if not vaes:
@@ -81,6 +95,8 @@ class Networks(nn.Module):
         self.fr_reduction = fr_reduction
         weights = torch.tensor([r.spec.weight for r in recognizers], dtype=torch.float32)
         self.fr_weights = (weights / weights.sum()).tolist() if recognizers else []
+        self.landmarks = landmarks  # re-align x̂ every iteration (None: the clean image's alignment)
+        self.crop_jitter = crop_jitter
 
     @property
     def device(self) -> torch.device:
@@ -95,6 +111,7 @@ class Networks(nn.Module):
     def clean_features(self, x: torch.Tensor, geometry: FaceGeometry, need_latent: bool, need_lpips: bool,
                        need_image: bool = False) -> CleanFeatures:
         thetas = [r.theta(geometry, tuple(x.shape[-2:])) for r in self.recognizers]
+        realign = self.landmarks is not None and bool(self.recognizers)
         return CleanFeatures(
             latents=[vae.encode(x).float() for vae in self.vaes] if need_latent else None,
             thetas=thetas,
@@ -102,6 +119,8 @@ class Networks(nn.Module):
             lpips_features=self.lpips.features(x) if need_lpips and self.lpips is not None else None,
             face_found=geometry.found,
             image=x.float() if need_image else None,
+            detected=geometry if realign else None,
+            reading=self.landmarks(x, geometry.boxes) if realign else None,
         )
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -119,10 +138,23 @@ class Networks(nn.Module):
         """Weighted mean over the autoencoders of per-sample values."""
         return sum(w * v for w, v in zip(self.vae_weights, values))
 
-    def fr_cos(self, images: torch.Tensor, clean: CleanFeatures) -> torch.Tensor:
-        """Ensemble cosine similarity between FR(images) and FR(x): weighted mean or worst case (max)."""
+    def alignments(self, images: torch.Tensor, clean: CleanFeatures) -> list[torch.Tensor]:
+        """Each recogniser's sampling matrices [B, 2, 3] for `images`: the clean image's; with re-alignment, from the
+        geometry read off `images` themselves (differentiable); under crop jitter, moved by this iteration's draw."""
+        thetas = clean.thetas
+        if self.landmarks is not None:
+            geometry = LandmarkReader.follow(clean.detected, clean.reading, self.landmarks(images, clean.detected.boxes))
+            thetas = [r.theta(geometry, tuple(images.shape[-2:])) for r in self.recognizers]
+        if clean.alignment_draws is not None:
+            thetas = [jitter_theta(t, clean.alignment_draws, self.crop_jitter) for t in thetas]
+        return thetas
+
+    def fr_cos(self, images: torch.Tensor, clean: CleanFeatures, thetas: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """Ensemble cosine similarity between FR(images) and FR(x): weighted mean or worst case (max). Each
+        recogniser crops `images` with `thetas` where given (e.g. of a face detected anew), else `alignments`."""
+        thetas = thetas if thetas is not None else self.alignments(images, clean)
         cosines = torch.stack(
-            [(r.embed(images, t) * e).sum(1) for r, t, e in zip(self.recognizers, clean.thetas, clean.embeddings)]
+            [(r.embed(images, t) * e).sum(1) for r, t, e in zip(self.recognizers, thetas, clean.embeddings)]
         )
         if self.fr_reduction == "max":
             return cosines.max(0).values

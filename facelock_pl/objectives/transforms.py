@@ -3,10 +3,13 @@ the loop, so the perturbation survives them (Athalye et al., "Synthesizing Robus
 ICML 2018).
 
 Specs (strings, as in configs): `jpeg:Q_LO-Q_HI` (kornia's differentiable JPEG at a uniform random
-quality), `resize:S_LO-S_HI` (down-scale by a random factor, antialiased, then back up), `blur:S_LO-S_HI`
+quality), `jpeg_real:Q_LO-Q_HI` (the real codec, libjpeg through PIL, as a platform re-saves a photo, in the
+forward pass; kornia's differentiable JPEG at the same quality gives the gradient: BPDA, Athalye et al. 2018),
+`resize:S_LO-S_HI` (down-scale by a random factor, antialiased, then back up), `blur:S_LO-S_HI`
 (Gaussian blur, random sigma in pixels), `shift:PIXELS` (random translation up to that many pixels,
 border replicated), `colorjitter:STRENGTH` (brightness/contrast/saturation factors in 1 ± STRENGTH).
-Each draw picks one transformation per image uniformly from the list; parameters come from a generator
+A chain `A>B` applies A, then B (e.g. `resize:0.25-0.75>jpeg_real:50-90`: a down-scaled re-upload).
+Each draw picks one transformation (or chain) per image uniformly from the list; parameters come from a generator
 seeded by (seed, uid, iteration, draw), so a run is reproducible whatever the batch. Images are in
 [-1, 1] and stay differentiable.
 """
@@ -18,9 +21,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..pixels import jpeg_roundtrip, levels_to_pm1, pm1_to_levels
 from ..seeding import uid_generator
 
-DEFAULT_RANGES = {"jpeg": (50.0, 95.0), "resize": (0.5, 1.0), "blur": (0.0, 1.5), "shift": (0.0, 4.0),
+DEFAULT_RANGES = {"jpeg": (50.0, 95.0), "jpeg_real": (50.0, 95.0), "resize": (0.5, 1.0), "blur": (0.0, 1.5), "shift": (0.0, 4.0),
                   "colorjitter": (0.0, 0.1)}
 
 
@@ -34,14 +38,14 @@ class Transform:
     def parse(cls, spec: str) -> "Transform":
         kind, _, value = spec.partition(":")
         if kind not in DEFAULT_RANGES:
-            raise ValueError(f"unknown EOT transformation {spec!r}; use jpeg, resize, blur, shift or colorjitter")
+            raise ValueError(f"unknown EOT transformation {spec!r}; use jpeg, jpeg_real, resize, blur, shift or colorjitter")
         low, high = DEFAULT_RANGES[kind]
         if value:
             parts = [float(v) for v in value.split("-")]
             low, high = (parts[0], parts[0]) if len(parts) == 1 else parts
             if kind in ("shift", "colorjitter") and len(parts) == 1:
                 low, high = 0.0, parts[0]
-        if low > high or low < 0 or (kind == "jpeg" and not 1 <= low <= high <= 100) or (kind == "resize" and high > 1):
+        if low > high or low < 0 or (kind.startswith("jpeg") and not 1 <= low <= high <= 100) or (kind == "resize" and high > 1):
             raise ValueError(f"EOT transformation {spec!r} has an invalid range")
         return cls(kind, low, high)
 
@@ -49,9 +53,13 @@ class Transform:
         """Transform images x [B, 3, H, W] with parameters from uniform draws u [B, 3] in [0, 1)."""
         amount = self.low + (self.high - self.low) * u[:, 0]
         if self.kind == "jpeg":
-            from kornia.enhance import jpeg_codec_differentiable
-
-            return jpeg_codec_differentiable((x + 1) / 2, amount).clamp(0, 1) * 2 - 1
+            return _differentiable_jpeg(x, amount)
+        if self.kind == "jpeg_real":
+            quality = amount.round()
+            surrogate = _differentiable_jpeg(x, quality)
+            real = torch.stack([levels_to_pm1(jpeg_roundtrip(pm1_to_levels(xi.detach().float().cpu()), int(q)))
+                                for xi, q in zip(x, quality.tolist())]).to(x)
+            return surrogate + (real - surrogate).detach()
         if self.kind == "resize":
             size = x.shape[-2:]
             return torch.cat([
@@ -80,28 +88,46 @@ class Transform:
         return image.clamp(0, 1) * 2 - 1
 
 
+def _differentiable_jpeg(x: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
+    from kornia.enhance import jpeg_codec_differentiable
+
+    return jpeg_codec_differentiable((x + 1) / 2, quality.to(x)).clamp(0, 1) * 2 - 1
+
+
 class RandomPurification:
-    """Draws one of `transforms` per image and applies it; `draws(...)` gives reproducible uniforms."""
+    """Draws one of `chains` (each one transformation, or several applied in turn) per image and applies it;
+    `draws(...)` gives reproducible uniforms."""
 
     def __init__(self, specs: list[str]):
         if not specs:
             raise ValueError("EOT needs at least one transformation")
-        self.transforms = [Transform.parse(s) for s in specs]
+        self.chains = [[Transform.parse(part) for part in spec.split(">")] for spec in specs]
+        self.width = 1 + 3 * max(len(chain) for chain in self.chains)
 
-    @staticmethod
-    def draws(seed: int, uids: list[str], iterations: torch.Tensor, draw: int) -> torch.Tensor:
-        """[B, 4] uniforms: column 0 picks the transformation, 1..3 are its parameters."""
-        rows = []
-        for uid, iteration in zip(uids, iterations.tolist()):
-            rows.append(torch.rand(4, generator=uid_generator(seed, f"eot/{uid}/{iteration}/{draw}")))
-        return torch.stack(rows)
+    def draws(self, seed: int, uids: list[str], iterations: torch.Tensor, draw: int) -> torch.Tensor:
+        """[B, width] uniforms: column 0 picks the chain, then 3 per transformation of it for its parameters."""
+        return per_image_uniforms("eot", self.width, seed, uids, iterations, draw)
 
     def __call__(self, x: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
         uniforms = uniforms.to(x.device)
-        choice = (uniforms[:, 0] * len(self.transforms)).long().clamp_max(len(self.transforms) - 1)
+        choice = (uniforms[:, 0] * len(self.chains)).long().clamp_max(len(self.chains) - 1)
         out = torch.empty_like(x)
-        for k, transform in enumerate(self.transforms):
+        for k, chain in enumerate(self.chains):
             picked = (choice == k).nonzero().flatten()
             if len(picked):
-                out[picked] = transform.apply(x[picked], uniforms[picked, 1:]).to(x.dtype)
+                y = x[picked]
+                for j, transform in enumerate(chain):
+                    y = transform.apply(y, uniforms[picked, 1 + 3 * j: 4 + 3 * j])
+                out[picked] = y.to(x.dtype)
         return out
+
+
+def crop_draws(seed: int, uids: list[str], iterations: torch.Tensor, draw: int) -> torch.Tensor:
+    """[B, 4] uniforms of the crop jitter (`models.faces.jitter_theta`)."""
+    return per_image_uniforms("crop", 4, seed, uids, iterations, draw)
+
+
+def per_image_uniforms(kind: str, width: int, seed: int, uids: list[str], iterations: torch.Tensor, draw: int) -> torch.Tensor:
+    """[B, width] uniforms in [0, 1) that depend on (kind, seed, uid, iteration, draw) alone, not on the batch."""
+    return torch.stack([torch.rand(width, generator=uid_generator(seed, f"{kind}/{uid}/{iteration}/{draw}"))
+                        for uid, iteration in zip(uids, iterations.tolist())])
