@@ -21,6 +21,8 @@ FaceLock = SFace + TAESD, no EOT, the published loop at `--iterations`; the conf
   realign      x̂ re-aligned from its own landmarks every iteration (objective.realign);
   jitter       expectation over the crop (objective.crop_jitter 0.2);
   crops        each recogniser of the loss twice: behind its own crop and behind the 40% box crop;
+  allcrops     each recogniser of the loss behind its own crop and every other convention that evaluate-crops.yaml
+               judges it by (SFace, w600k_mbf: box0, box40; facenet: box40, ArcFace);
   quantised    `quantise_forward` (the objective sees the saved 8-bit image);
   early_fr     the config's `fr_start` (the FR term from the first iteration; else the published 0.35);
   smoothing    the config's `grad_smoothing` (translation-invariant gradient);
@@ -53,9 +55,14 @@ from offline_runs import ROOT, cli, options, print_table, work_dir, worst_judges
 
 RENAMED_KEYS = {f"--{old}": f"--{new}" for old, new in _RENAMED.items()}  # `fr_start:0` -> --model.objective.fr_start
 
-PARTS = ("recognizers", "rotated", "vaes", "ensemble", "eot", "realjpeg", "realign", "jitter", "crops", "quantised",
-         "early_fr", "smoothing", "momentum")
-BOX40_MARGIN = {"sface": 32, "facenet-casia": 46, "w600k-mbf": 32}  # 0.4/1.4 of the input size, as evaluate-crops.yaml
+PARTS = ("recognizers", "rotated", "vaes", "ensemble", "eot", "realjpeg", "realign", "jitter", "crops", "allcrops",
+         "quantised", "early_fr", "smoothing", "momentum")
+# The crop conventions besides each network's own, as evaluate-crops.yaml (box40's margin: 0.4/1.4 of the input size).
+OTHER_CROPS = {
+    "sface": {"box40": {"alignment": "box", "margin": 32}, "box0": {"alignment": "box", "margin": 0}},
+    "facenet-casia": {"box40": {"alignment": "box", "margin": 46}, "arcface": {"alignment": "arcface"}},
+    "w600k-mbf": {"box40": {"alignment": "box", "margin": 32}, "box0": {"alignment": "box", "margin": 0}},
+}
 REAL_CODEC_EOT = ["jpeg_real:50-90", "resize:0.25-1.0", "resize:0.25-0.75>jpeg_real:50-90", "blur:0-1.0", "shift:3"]
 PURIFICATIONS = {"none": "", "jpeg75": " JPEG-75", "jpeg50": " JPEG-50", "resize0.5": " 0.5x"}
 VARIANTS = {  # the issue's ablation rows; every row after the first optimises the saved 8-bit image, FR from the start
@@ -89,9 +96,10 @@ def fit_args(assets: Path, parts: list[str]) -> list[str]:
     recognizers = [facenet, sface] if "recognizers" in parts or "ensemble" in parts else [sface]
     if "rotated" in parts:
         recognizers = [sface, w600k]
-    if "crops" in parts:  # each network of the loss also behind a 40% box crop (evaluate-crops.yaml's box40)
-        recognizers += [{**r, "name": f"{r['name']}@box40", "alignment": "box", "margin": BOX40_MARGIN[r["name"]]}
-                        for r in recognizers]
+    if "crops" in parts or "allcrops" in parts:  # the networks of the loss also behind other crop conventions
+        conventions = ["box40"] if "crops" in parts else ["box40", "box0", "arcface"]
+        recognizers += [{**r, "name": f"{r['name']}@{c}", **OTHER_CROPS[r["name"]][c]}
+                        for c in conventions for r in recognizers if c in OTHER_CROPS[r["name"]]]
     vaes = "vaes" in parts or "ensemble" in parts
     args = ["--model.recognizers", json.dumps(recognizers),
             "--model.vae", json.dumps([taesd, taesdxl] if vaes else [taesd])]

@@ -88,6 +88,10 @@ def test_robustness_variants_switch_parts_and_pass_settings():
     crops = json.loads(settings("recognizers+crops")["--model.recognizers"][0])
     assert [(r["name"], r.get("alignment"), r.get("margin")) for r in crops] == [
         ("facenet-casia", None, None), ("sface", None, None), ("facenet-casia@box40", "box", 46), ("sface@box40", "box", 32)]
+    every = json.loads(settings("recognizers+allcrops")["--model.recognizers"][0])
+    assert [(r["name"], r.get("alignment"), r.get("margin")) for r in every[2:]] == [
+        ("facenet-casia@box40", "box", 46), ("sface@box40", "box", 32), ("sface@box0", "box", 0),
+        ("facenet-casia@arcface", "arcface", None)]
     with pytest.raises(SystemExit, match="turbo"):
         robustness.parse_variant("v=quantised+turbo")
     with pytest.raises(SystemExit, match="NAME=part"):
