@@ -6,7 +6,8 @@
         --variant "q=quantised" --variant "q+ti=quantised+smoothing"        # development runs
 
 `--work-dir DIR` keeps the protected sets and the scored edits; rerunning the same command resumes where
-it stopped (every step resumes per image). The JSON holds the table's rows and every face's scores.
+it stopped (every step resumes per image), and so does a rerun with more `--faces`. The JSON holds the table's
+rows and every face's scores.
 
 Every variant is `configs/facelock-robust.yaml` with the parts it does not name switched off (plain
 FaceLock = SFace + TAESD, no EOT, the published loop at `--iterations`; the config itself is
@@ -119,6 +120,19 @@ def fit_args(assets: Path, parts: list[str]) -> list[str]:
     return args
 
 
+def remember_run(work: Path, signature: dict) -> None:
+    """Resuming is only right for the same variants and settings: a work dir remembers its run (`run.json`). The
+    faces may grow (every image is protected and scored on its own, seeded by its uid), so a run on the last 4
+    faces extends to the last 16 without redoing the 4."""
+    if (work / "run.json").exists():
+        before = json.loads((work / "run.json").read_text())
+        same_settings = {k: v for k, v in before.items() if k != "faces"} == {
+            k: v for k, v in signature.items() if k != "faces"}
+        if not same_settings or not set(before["faces"]) <= set(signature["faces"]):
+            raise SystemExit(f"{work} holds a different run (run.json): give a fresh --work-dir")
+    (work / "run.json").write_text(json.dumps(signature))
+
+
 def main() -> None:
     parser = options(__doc__, faces=4, iterations=100)
     parser.add_argument("--batch-size", type=int, default=1)
@@ -133,12 +147,8 @@ def main() -> None:
         name: parse_variant(f"{name}={spec}")[1] for name, spec in VARIANTS.items()}
     shared = sorted((assets / "faces/celebahq").glob("*.jpg"))
     chosen = shared[-args.faces :] if args.split == "held-out" else shared[: args.faces]
-    # Resuming is only right for the same faces, variants and settings: a work dir remembers its run.
-    signature = {"faces": [p.name for p in chosen], "iterations": args.iterations, "batch_size": args.batch_size,
-                 "variants": variants}
-    if (work / "run.json").exists() and json.loads((work / "run.json").read_text()) != signature:
-        raise SystemExit(f"{work} holds a different run (run.json): give a fresh --work-dir")
-    (work / "run.json").write_text(json.dumps(signature))
+    remember_run(work, {"faces": [p.name for p in chosen], "iterations": args.iterations,
+                        "batch_size": args.batch_size, "variants": variants})
     for path in chosen:
         (faces / path.name).write_bytes(path.read_bytes())
 

@@ -98,6 +98,20 @@ def test_robustness_variants_switch_parts_and_pass_settings():
         robustness.parse_variant("=quantised")
 
 
+def test_a_work_dir_resumes_only_its_own_run_but_may_grow_its_faces(tmp_path):
+    robustness = robustness_module()
+    run = {"faces": ["a.jpg", "b.jpg"], "iterations": 150, "batch_size": 1, "variants": {"v": ["crops"]}}
+    robustness.remember_run(tmp_path, run)
+    robustness.remember_run(tmp_path, run)  # the same run resumes
+    grown = {**run, "faces": ["z.jpg", "a.jpg", "b.jpg"]}
+    robustness.remember_run(tmp_path, grown)
+    assert json.loads((tmp_path / "run.json").read_text()) == grown
+    for other in ({**grown, "iterations": 100}, {**grown, "variants": {"v": ["allcrops"]}}, {**grown, "faces": ["a.jpg"]}):
+        with pytest.raises(SystemExit, match="different run"):
+            robustness.remember_run(tmp_path, other)
+    assert json.loads((tmp_path / "run.json").read_text()) == grown  # a refused run leaves the record as it was
+
+
 def test_tables_show_each_network_once_by_its_worst_crop():
     robustness_module()  # puts benchmarks/ on the path, as running a script there does
     offline_runs = importlib.import_module("offline_runs")
