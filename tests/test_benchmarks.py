@@ -112,6 +112,14 @@ def test_a_work_dir_resumes_only_its_own_run_but_may_grow_its_faces(tmp_path):
     assert json.loads((tmp_path / "run.json").read_text()) == grown  # a refused run leaves the record as it was
 
 
+def test_tuning_runs_may_not_see_the_reserved_judges():
+    robustness = robustness_module()
+    with pytest.raises(SystemExit, match=r"reserved judges \['dlib', 'dlib@arcface'"):
+        robustness.refuse_reserved_judges(ROOT / "configs" / "evaluate-crops.yaml")
+    robustness.refuse_reserved_judges(ROOT / "configs" / "evaluate-offline.yaml")  # SFace, facenet, w600k_mbf
+    robustness.refuse_reserved_judges(ROOT / "configs" / "evaluate-crops-tune.yaml")
+
+
 def test_tables_show_each_network_once_by_its_worst_crop():
     robustness_module()  # puts benchmarks/ on the path, as running a script there does
     offline_runs = importlib.import_module("offline_runs")
