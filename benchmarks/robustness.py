@@ -52,6 +52,7 @@ import yaml
 
 from facelock_pl.config_files import RENAMED_KEYS as _RENAMED
 from facelock_pl.models.recognizers import RESERVED_FOR_EVALUATION
+from facelock_pl.outputs.atomic import write_bytes_atomic
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from offline_runs import ROOT, cli, options, print_table, work_dir, worst_judges  # noqa: E402
@@ -138,11 +139,10 @@ def remember_run(work: Path, signature: dict) -> None:
     faces extends to the last 16 without redoing the 4."""
     if (work / "run.json").exists():
         before = json.loads((work / "run.json").read_text())
-        same_settings = {k: v for k, v in before.items() if k != "faces"} == {
-            k: v for k, v in signature.items() if k != "faces"}
+        same_settings = {**before, "faces": None} == {**signature, "faces": None}
         if not same_settings or not set(before["faces"]) <= set(signature["faces"]):
             raise SystemExit(f"{work} holds a different run (run.json): give a fresh --work-dir")
-    (work / "run.json").write_text(json.dumps(signature))
+    write_bytes_atomic(work / "run.json", json.dumps(signature).encode())
 
 
 def main() -> None:
