@@ -24,6 +24,10 @@ FaceLock = SFace + TAESD, no EOT, the published loop at `--iterations`; the conf
   crops        each recogniser of the loss twice: behind its own crop and behind the 40% box crop;
   allcrops     each recogniser of the loss behind its own crop and every other convention that evaluate-crops.yaml
                judges it by (SFace, w600k_mbf: box0, box40; facenet: box40, ArcFace);
+  features     a feature-level term per network of the loss: its mid-level activation (FEATURE_LAYERS: the end of
+               the 28x28 stage of SFace and w600k_mbf, facenet's 17x17 Inception-A stack), behind its own crop;
+  late_features  the same one stage deeper (the 14x14 stage; facenet's 8x8 Inception-B stack);
+  feature_weight:W  each feature term's weight in the FR ensemble (default 1, as each embedding term);
   quantised    `quantise_forward` (the objective sees the saved 8-bit image);
   early_fr     the config's `fr_start` (the FR term from the first iteration; else the published 0.35);
   smoothing    the config's `grad_smoothing` (translation-invariant gradient);
@@ -60,12 +64,17 @@ from offline_runs import ROOT, cli, options, print_table, work_dir, worst_judges
 RENAMED_KEYS = {f"--{old}": f"--{new}" for old, new in _RENAMED.items()}  # `fr_start:0` -> --model.objective.fr_start
 
 PARTS = ("recognizers", "rotated", "vaes", "ensemble", "eot", "realjpeg", "realign", "jitter", "crops", "allcrops",
-         "quantised", "early_fr", "smoothing", "momentum")
+         "features", "late_features", "quantised", "early_fr", "smoothing", "momentum")
 # The crop conventions besides each network's own, as evaluate-crops.yaml (box40's margin: 0.4/1.4 of the input size).
 OTHER_CROPS = {
     "sface": {"box40": {"alignment": "box", "margin": 32}, "box0": {"alignment": "box", "margin": 0}},
     "facenet-casia": {"box40": {"alignment": "box", "margin": 46}, "arcface": {"alignment": "arcface"}},
     "w600k-mbf": {"box40": {"alignment": "box", "margin": 32}, "box0": {"alignment": "box", "margin": 0}},
+}
+# Mid-level activations for the feature-level term (`features`, `late_features`): the last module of a stage.
+FEATURE_LAYERS = {
+    "features": {"sface": "conv_6_relu", "facenet-casia": "repeat_1", "w600k-mbf": "PRelu_34"},
+    "late_features": {"sface": "conv_12_relu", "facenet-casia": "repeat_2", "w600k-mbf": "PRelu_75"},
 }
 REAL_CODEC_EOT = ["jpeg_real:50-90", "resize:0.25-1.0", "resize:0.25-0.75>jpeg_real:50-90", "blur:0-1.0", "shift:3"]
 PURIFICATIONS = {"none": "", "jpeg75": " JPEG-75", "jpeg50": " JPEG-50", "resize0.5": " 0.5x"}
@@ -104,6 +113,13 @@ def fit_args(assets: Path, parts: list[str]) -> list[str]:
         conventions = ["box40"] if "crops" in parts else ["box40", "box0", "arcface"]
         recognizers += [{**r, "name": f"{r['name']}@{c}", **OTHER_CROPS[r["name"]][c]}
                         for c in conventions for r in recognizers if c in OTHER_CROPS[r["name"]]]
+    settings = dict(p.partition(":")[::2] for p in parts if ":" in p)
+    weight = float(settings.pop("feature_weight", 1.0))
+    for part in ("features", "late_features"):
+        if part in parts:  # after the crops: one feature term per network, behind its own crop
+            networks = [r for r in recognizers if "@" not in r["name"]]
+            recognizers += [{**r, "name": f"{r['name']}#{part}", "feature_layer": FEATURE_LAYERS[part][r["name"]],
+                             "weight": weight} for r in networks]
     vaes = "vaes" in parts or "ensemble" in parts
     args = ["--model.recognizers", json.dumps(recognizers),
             "--model.vae", json.dumps([taesd, taesdxl] if vaes else [taesd])]
@@ -118,7 +134,7 @@ def fit_args(assets: Path, parts: list[str]) -> list[str]:
     for part, switch_on in on.items():
         if part in parts:
             args += switch_on
-    for key, _, value in (p.partition(":") for p in parts if ":" in p):
+    for key, value in settings.items():
         args += [RENAMED_KEYS.get(f"--model.{key}", f"--model.{key}"), value]  # after the switches: a setting named here wins
     return args
 
@@ -136,11 +152,14 @@ def refuse_reserved_judges(evaluate_config: Path) -> None:
 def remember_run(work: Path, signature: dict) -> None:
     """Resuming is only right for the same variants and settings: a work dir remembers its run (`run.json`). The
     faces may grow (every image is protected and scored on its own, seeded by its uid), so a run on the last 4
-    faces extends to the last 16 without redoing the 4."""
+    faces extends to the last 16 without redoing the 4; so may the variants, appended after the ones done (each
+    variant's outputs are named by its position), so a new row is paired with rows already measured."""
     if (work / "run.json").exists():
         before = json.loads((work / "run.json").read_text())
-        same_settings = {**before, "faces": None} == {**signature, "faces": None}
-        if not same_settings or not set(before["faces"]) <= set(signature["faces"]):
+        same_settings = {**before, "faces": None, "variants": None} == {**signature, "faces": None, "variants": None}
+        done, asked = list(before["variants"].items()), list(signature["variants"].items())
+        grows = set(before["faces"]) <= set(signature["faces"]) and asked[: len(done)] == done
+        if not same_settings or not grows:
             raise SystemExit(f"{work} holds a different run (run.json): give a fresh --work-dir")
     write_bytes_atomic(work / "run.json", json.dumps(signature).encode())
 

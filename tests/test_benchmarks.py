@@ -92,21 +92,31 @@ def test_robustness_variants_switch_parts_and_pass_settings():
     assert [(r["name"], r.get("alignment"), r.get("margin")) for r in every[2:]] == [
         ("facenet-casia@box40", "box", 46), ("sface@box40", "box", 32), ("sface@box0", "box", 0),
         ("facenet-casia@arcface", "arcface", None)]
+    featured = json.loads(settings("recognizers+allcrops+features")["--model.recognizers"][0])
+    assert featured[:6] == every  # one feature term per network, behind its own crop, after the crops
+    assert [(r["name"], r["feature_layer"], r.get("alignment"), r["weight"]) for r in featured[6:]] == [
+        ("facenet-casia#features", "repeat_1", None, 1.0), ("sface#features", "conv_6_relu", None, 1.0)]
+    late = settings("rotated+late_features+feature_weight:3+fr_start:0.2")  # a weight, not a model setting
+    assert [(r["name"], r["feature_layer"], r["weight"]) for r in json.loads(late["--model.recognizers"][0])[2:]] == [
+        ("sface#late_features", "conv_12_relu", 3.0), ("w600k-mbf#late_features", "PRelu_75", 3.0)]
+    assert not any("feature_weight" in key for key in late) and late["--model.objective.fr_start"][-1] == "0.2"
     with pytest.raises(SystemExit, match="turbo"):
         robustness.parse_variant("v=quantised+turbo")
     with pytest.raises(SystemExit, match="NAME=part"):
         robustness.parse_variant("=quantised")
 
 
-def test_a_work_dir_resumes_only_its_own_run_but_may_grow_its_faces(tmp_path):
+def test_a_work_dir_resumes_only_its_own_run_but_may_grow_its_faces_and_variants(tmp_path):
     robustness = robustness_module()
     run = {"faces": ["a.jpg", "b.jpg"], "iterations": 150, "batch_size": 1, "variants": {"v": ["crops"]}}
     robustness.remember_run(tmp_path, run)
     robustness.remember_run(tmp_path, run)  # the same run resumes
-    grown = {**run, "faces": ["z.jpg", "a.jpg", "b.jpg"]}
+    grown = {**run, "faces": ["z.jpg", "a.jpg", "b.jpg"], "variants": {"v": ["crops"], "w": ["crops", "features"]}}
     robustness.remember_run(tmp_path, grown)
     assert json.loads((tmp_path / "run.json").read_text()) == grown
-    for other in ({**grown, "iterations": 100}, {**grown, "variants": {"v": ["allcrops"]}}, {**grown, "faces": ["a.jpg"]}):
+    for other in ({**grown, "iterations": 100}, {**grown, "variants": {"v": ["allcrops"], "w": ["crops", "features"]}},
+                  {**grown, "variants": {"w": ["crops", "features"], "v": ["crops"]}},  # outputs are named by position
+                  {**grown, "variants": {"v": ["crops"]}}, {**grown, "faces": ["a.jpg"]}):
         with pytest.raises(SystemExit, match="different run"):
             robustness.remember_run(tmp_path, other)
     assert json.loads((tmp_path / "run.json").read_text()) == grown  # a refused run leaves the record as it was

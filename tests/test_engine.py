@@ -214,3 +214,18 @@ def test_cw_runs_in_the_engine_and_stays_in_the_budget(face_folder, tmp_path):
     assert "cw" not in ProtectionModule(**tiny_module_kwargs()).protection_settings()
     with pytest.raises(ValueError, match="model.cw sets CW-L2's constants; method 'facelock' has none"):
         ProtectionModule(**tiny_module_kwargs(cw=CWSettings(c=1.0)))
+
+
+def test_a_feature_layer_is_recorded_where_set_so_older_folders_keep_resuming(tmp_path):
+    from facelock_pl.config_files import ConfigError
+    from facelock_pl.models import RecognizerSpec
+    from facelock_pl.outputs.settings import keep_settings
+
+    plain = ProtectionModule(**tiny_module_kwargs()).protection_settings()
+    featured = ProtectionModule(**tiny_module_kwargs(recognizers=[
+        RecognizerSpec(kind="tiny-random"), RecognizerSpec(kind="tiny-random", feature_layer="3")])).protection_settings()
+    assert "feature_layer" not in plain["recognizers"][0]  # as folders made before the setting recorded it
+    assert featured["recognizers"][0] == plain["recognizers"][0] and featured["recognizers"][1]["feature_layer"] == "3"
+    keep_settings(tmp_path, featured, write=True)
+    with pytest.raises(ConfigError, match="recognizers differ"):
+        keep_settings(tmp_path, plain, write=True)

@@ -46,6 +46,25 @@ def test_fr_ensemble_is_the_weighted_mean_or_the_worst_case(batch):
     assert torch.allclose(worst.fr_cos(y, worst.clean_features(x, geometry, False, False)), torch.maximum(*cos), atol=1e-6)
 
 
+def test_a_feature_term_joins_the_loss_but_not_what_is_measured(batch):
+    from facelock_pl.engine.measure import ProtectionMeter
+    from facelock_pl.engine.speed import SpeedConfig
+
+    x, y, geometry = batch
+    features = FaceRecognizer(TinyRandomRecognizerNet(1), RecognizerSpec(kind="tiny-random", weight=3.0,
+                                                                         feature_layer="3"), 32, "box").eval()
+    alone = [Networks([vae(0)], [r], None) for r in (recognizer(1, 1.0), features)]
+    cos = [n.fr_cos(y, n.clean_features(x, geometry, False, False)) for n in alone]
+    both = Networks([vae(0)], [recognizer(1, 1.0), features], None)
+    clean = both.clean_features(x, geometry, False, False)
+    assert both.feature_terms and not alone[0].feature_terms
+    assert torch.allclose(both.fr_cos(y, clean), 0.25 * cos[0] + 0.75 * cos[1], atol=1e-6)  # the loss: both
+    assert not torch.allclose(cos[0], cos[1], atol=1e-2)
+    meter = ProtectionMeter(both, None, SpeedConfig(amp_dtype=None))
+    assert torch.equal(meter.fr_cos(y, clean), cos[0])  # the manifest: the embedding alone
+    assert meter.measures and not ProtectionMeter(alone[1], None, SpeedConfig(amp_dtype=None)).measures
+
+
 def test_vae_ensemble_terms_are_weighted_means(batch):
     x, y, geometry = batch
     single = [Networks([vae(s)], [recognizer(1, 1.0)], None) for s in (0, 1)]

@@ -311,3 +311,27 @@ def test_keras_facenet_recogniser_standardises_each_crop_and_is_reserved(tmp_pat
     assert not torch.allclose(inception(faces * 0.5 + 0.2), inception(faces), atol=1e-4)
     with pytest.raises(WeightsUnavailableError, match="assets download"):
         load_recognizer(RecognizerSpec(kind="facenet-keras", weights=str(tmp_path / "missing.safetensors")))
+
+
+def test_a_feature_layer_stands_in_for_the_embedding_and_ends_the_forward_pass_there():
+    whole = load_recognizer(RecognizerSpec(kind="tiny-random"))  # the same seeded weights
+    recognizer = load_recognizer(RecognizerSpec(kind="tiny-random", feature_layer="3"))
+    later = []
+    recognizer.net[4].register_forward_hook(lambda *args: later.append(args))
+    faces = (torch.rand(2, 3, 32, 32) * 2 - 1).requires_grad_()
+    features = recognizer(faces)
+    expected = torch.nn.functional.normalize(torch.nn.Sequential(*list(whole.net)[:4])(faces).flatten(1), dim=1)
+    assert features.shape == (2, 32 * 8 * 8) and torch.allclose(features, expected)
+    assert not later  # the layers after it never ran
+    (features[0] * expected[1].detach()).sum().backward()  # differentiable, sample by sample
+    assert faces.grad[0].abs().sum() > 0 and faces.grad[1].abs().sum() == 0
+    with pytest.raises(ValueError, match=r"no module 'stem' for feature_layer; its leaf modules are 0, 1, 2, 3, 4, 5$"):
+        load_recognizer(RecognizerSpec(kind="tiny-random", feature_layer="stem"))
+
+
+def test_a_feature_layer_is_a_loss_term_that_evaluation_refuses(tmp_path, capsys):
+    from conftest import ROOT, run_cli
+
+    code = run_cli("evaluate", "--config", ROOT / "configs" / "evaluate-tiny.yaml", "--output_dir", tmp_path,
+                   "--recognizers", '[{kind: tiny-random, feature_layer: "3"}]')
+    assert code == 2 and "feature_layer '3' is a loss setting" in capsys.readouterr().err

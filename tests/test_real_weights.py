@@ -70,6 +70,27 @@ def test_judges_converted_from_package_registries_tell_the_pairs_apart(shared_as
         assert abs(result["threshold"] - spec.threshold) < 0.005
 
 
+@pytest.mark.parametrize("spec, layer, size", [
+    (dict(kind="facenet", weights="fr/facenet-casia/facenet_casia_webface_20180408_fp16.safetensors"), "repeat_1",
+     256 * 17 * 17),
+    (dict(kind="onnx", weights="fr/sface/sface_fp32.onnx"), "conv_6_relu", 256 * 28 * 28),  # an onnx2torch graph
+], ids=["facenet-casia", "sface"])
+def test_feature_layers_of_real_recognisers_are_their_mid_level_activations(shared_assets, spec, layer, size):
+    from facelock_pl.models import load_recognizer
+
+    spec = {**spec, "weights": str(shared_assets / spec["weights"])}
+    whole = load_recognizer(RecognizerSpec(**spec))
+    seen = {}
+    dict(whole.net.named_modules())[layer].register_forward_hook(lambda module, args, out: seen.update(out=out))
+    face = sorted((shared_assets / "faces" / "celebahq").glob("*.jpg"))[0]
+    x = resize(load_rgb(face), (whole.input_size, whole.input_size))[None].float() / 127.5 - 1
+    with torch.no_grad():
+        whole(x)
+        features = load_recognizer(RecognizerSpec(**spec, feature_layer=layer))(x)
+    assert features.shape == (1, size)
+    assert torch.allclose(features, torch.nn.functional.normalize(seen["out"].flatten(1), dim=1), atol=1e-6)
+
+
 def test_taesd_reconstructs_a_shared_face(shared_assets):
     vae = load_vae(VAESpec(kind="taesd", path=str(shared_assets / "vae" / "taesd"), subfolder=None))
     faces = sorted((shared_assets / "faces" / "celebahq").glob("*.jpg"))[:2]

@@ -26,8 +26,8 @@ class ProtectionMeter:
 
     @property
     def measures(self) -> bool:
-        """Whether there is a recogniser to measure with."""
-        return len(self.nets.recognizers) > 0
+        """Whether there is a recogniser to measure with (an embedding: feature-layer terms do not tell identity)."""
+        return len(self.nets.identity) > 0
 
     def reconstruct(self, png_levels: torch.Tensor) -> torch.Tensor:
         """D(E(png)) through the primary autoencoder, fp32 in [-1, 1]."""
@@ -35,9 +35,10 @@ class ProtectionMeter:
             return self.nets.reconstruct(self.nets.vae.encode(self.speed.layout(levels_to_pm1(png_levels)))).float()
 
     def fr_cos(self, images: torch.Tensor, clean: CleanFeatures, thetas: list[torch.Tensor] | None = None) -> torch.Tensor:
-        """cos(FR(x), FR(images)) aligned as the objective sees it, or with `thetas` ([B])."""
+        """cos(FR(x), FR(images)) of the recognisers' embeddings, aligned as the objective sees it, or with `thetas`
+        ([B])."""
         with self.speed.autocast(images.device):
-            return self.nets.fr_cos(images, clean, thetas).float()
+            return self.nets.fr_cos(images, clean, thetas, identity_only=True).float()
 
     def fr_cos_detected(self, recon: torch.Tensor, clean: CleanFeatures) -> torch.Tensor:
         """cos(FR(x), FR(recon)) with the face of the 8-bit reconstruction detected anew ([B]; NaN: no face)."""

@@ -42,6 +42,15 @@ def load_networks(vaes: list[VAESpec], recognizers: list[RecognizerSpec], lpips:
                     landmarks=LandmarkReader() if objective.realign else None, crop_jitter=objective.crop_jitter)
 
 
+def _recorded_recognizer(spec: RecognizerSpec) -> dict:
+    """A recogniser as protection.json records it: a feature layer only where one is set, so that folders protected
+    before the setting existed keep resuming."""
+    recorded = asdict(spec)
+    if recorded["feature_layer"] is None:
+        del recorded["feature_layer"]
+    return recorded
+
+
 class ProtectionModule(L.LightningModule):
     """Protects portraits against diffusion editing with an L∞-bounded perturbation found by PGD.
 
@@ -164,7 +173,7 @@ class ProtectionModule(L.LightningModule):
         attack = self.attack
         settings = {"method": attack.method.name, "attack": asdict(attack.config), "objective": asdict(self.objective),
                     "stopping": asdict(attack.stopping), "vae": [asdict(spec) for spec in self.vae_specs],
-                    "recognizers": [asdict(r.spec) for r in self.nets.recognizers]}
+                    "recognizers": [_recorded_recognizer(r.spec) for r in self.nets.recognizers]}
         # CW's constants only where they act: folders protected with other methods keep resuming across versions.
         return settings | ({"cw": asdict(self.cw)} if attack.method.name == "cw" else {})
 

@@ -66,6 +66,7 @@ def run_evaluate(
         device: `auto`, `cpu`, `cuda`, ...
     """
     out = Path(output_dir)
+    _no_feature_layers(recognizers or [])
     record = _edited(out, data, sets, purify, prompt_ids)
     dev = resolve_device(device)
     resolution = (data or record.data).resolution
@@ -91,6 +92,14 @@ def run_evaluate(
     write_report(frame, out / "report", faces.names, sources, all_sets, samples, context)
     log.info("facelock_pl evaluate: %d rows; report in %s", len(frame), out / "report")
     return frame
+
+
+def _no_feature_layers(recognizers: list[RecognizerSpec]) -> None:
+    """A feature layer is a loss term: its cosine has no same-person threshold, so it cannot judge an edit."""
+    for spec in recognizers:
+        if spec.feature_layer is not None:
+            raise ConfigError(f"recogniser {spec.label}: feature_layer {spec.feature_layer!r} is a loss setting; an "
+                              "evaluation judges by the embedding (leave feature_layer out)")
 
 
 def _edited(out: Path, data: DataSpec | None, sets, purify, prompt_ids) -> EditRecord:

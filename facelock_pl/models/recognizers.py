@@ -18,7 +18,12 @@ Backends:
 - `tiny-random`: a randomly initialised miniature CNN on a 32x32 box crop, for tests and benchmarks only.
 - `random-facenet`: `InceptionResnetV1` with random weights, for timing benchmarks only.
 
-`embed(x, theta)` returns L2-normalised embeddings [B, D] of [-1, 1] images `x` warped by `theta`.
+`embed(x, theta)` returns L2-normalised embeddings [B, D] of [-1, 1] images `x` warped by `theta`. With a
+`feature_layer`, the "embedding" is that intermediate module's activation instead (flattened, L2-normalised): a
+feature-level term for the loss, which pushes the reconstruction's mid-level features away from the clean face's
+(a transfer aid: mid-level features are shared more across recognisers than the final embedding; cf. Zhou et al.,
+"Transferable Adversarial Perturbations", ECCV 2018, and Huang et al., "Enhancing Adversarial Example Transferability
+with an Intermediate Level Attack", ICCV 2019). Evaluation refuses it: such a cosine has no same-person threshold.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config_files import ConfigError
 from .faces import ARCFACE_TEMPLATE_112, FaceGeometry, box_transform, sampling_theta, similarity_transform, warp
 from .weights import (WeightsUnavailableError, facenet_pytorch_cache_dir, frozen, load_pretrained, load_state_dict_file,
                       load_strict_except)
@@ -62,6 +68,9 @@ class RecognizerSpec:
             it behind the other one (an evaluation lists a network under several conventions to report the worst).
         input_scale, input_offset: onnx input = x_pm1 * input_scale + input_offset.
         bgr: onnx model expects BGR channel order.
+        feature_layer: loss only: the name of a submodule (as in `net.named_modules()`, e.g. `repeat_1` of facenet,
+            `conv_6_relu` of SFace's ONNX graph) whose activation, flattened and L2-normalised, replaces the
+            embedding; the forward pass stops there.
         threshold: same-person cosine threshold (calibrated on labelled pairs, see
             `facelock_pl.evaluation.calibrate`); evaluation reports the match rate above it.
     """
@@ -76,10 +85,24 @@ class RecognizerSpec:
     input_offset: float = 127.5
     bgr: bool = False
     threshold: float | None = None
+    feature_layer: str | None = None
 
     @property
     def label(self) -> str:
         return self.name or self.kind
+
+
+class _LayerReached(Exception):
+    """Raised by the `feature_layer` hook to end the forward pass there: the layers after it would be computed,
+    and differentiated, for nothing."""
+
+    def __init__(self, activation: torch.Tensor):
+        super().__init__()
+        self.activation = activation
+
+
+def _stop_at(module: nn.Module, inputs, output: torch.Tensor):
+    raise _LayerReached(output)
 
 
 class FaceRecognizer(nn.Module):
@@ -91,6 +114,24 @@ class FaceRecognizer(nn.Module):
         self.spec = spec
         self.input_size = input_size
         self.alignment = alignment if spec.alignment == "native" else spec.alignment
+        if spec.feature_layer is not None:
+            modules = dict(net.named_modules())
+            if not spec.feature_layer or spec.feature_layer not in modules:
+                names = [n for n, m in modules.items() if n and not list(m.children())]
+                shown = ", ".join(names if len(names) <= 12 else [*names[:8], "...", *names[-3:]])
+                raise ConfigError(f"recogniser {spec.label}: no module {spec.feature_layer!r} for feature_layer; its "
+                                  f"leaf modules are {shown}")
+            # A hook works for every backend alike (torchvision's feature extraction cannot trace onnx2torch graphs).
+            modules[spec.feature_layer].register_forward_hook(_stop_at)
+
+    def _outputs(self, inputs: torch.Tensor) -> torch.Tensor:
+        if self.spec.feature_layer is None:
+            return self.net(inputs)
+        try:
+            self.net(inputs)
+        except _LayerReached as reached:
+            return reached.activation
+        raise RuntimeError(f"recogniser {self.spec.label}: the forward pass never reached {self.spec.feature_layer!r}")
 
     def theta(self, geometry: FaceGeometry, image_hw: tuple[int, int]) -> torch.Tensor:
         """Sampling matrices [B, 2, 3] for these faces; computed once per image."""
@@ -110,7 +151,7 @@ class FaceRecognizer(nn.Module):
             inputs = faces_pm1 * (127.5 / 128.0)  # (x255 - 127.5) / 128
         else:  # adaface (normalised with mean 0.5, std 0.5: [-1, 1]), dlib and facenet-keras (normalise inside), tiny-random
             inputs = faces_pm1.flip(1) if self.spec.bgr else faces_pm1
-        return F.normalize(self.net(inputs).float().flatten(1), dim=1)
+        return F.normalize(self._outputs(inputs).float().flatten(1), dim=1)
 
     def embed(self, images_pm1: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
         return self(warp(images_pm1, theta, (self.input_size, self.input_size)))

@@ -93,10 +93,22 @@ class Networks(nn.Module):
         self.recognizers = nn.ModuleList(recognizers)
         self.lpips = lpips
         self.fr_reduction = fr_reduction
-        weights = torch.tensor([r.spec.weight for r in recognizers], dtype=torch.float32)
-        self.fr_weights = (weights / weights.sum()).tolist() if recognizers else []
+        self.fr_weights = self._normalised([r.spec.weight for r in recognizers])
+        # Feature-layer terms (`RecognizerSpec.feature_layer`) push mid-level features in the loss, but a cosine of
+        # them says nothing about identity: what is measured and reported takes the embeddings alone.
+        self.identity = [i for i, r in enumerate(recognizers) if r.spec.feature_layer is None]
+        self.identity_weights = self._normalised([recognizers[i].spec.weight for i in self.identity])
         self.landmarks = landmarks  # re-align x̂ every iteration (None: the clean image's alignment)
         self.crop_jitter = crop_jitter
+
+    @staticmethod
+    def _normalised(weights: list[float]) -> list[float]:
+        weights = torch.tensor(weights, dtype=torch.float32)
+        return (weights / weights.sum()).tolist() if len(weights) else []
+
+    @property
+    def feature_terms(self) -> bool:
+        return len(self.identity) < len(self.recognizers)
 
     @property
     def device(self) -> torch.device:
@@ -149,16 +161,20 @@ class Networks(nn.Module):
             thetas = [jitter_theta(t, clean.alignment_draws, self.crop_jitter) for t in thetas]
         return thetas
 
-    def fr_cos(self, images: torch.Tensor, clean: CleanFeatures, thetas: list[torch.Tensor] | None = None) -> torch.Tensor:
+    def fr_cos(self, images: torch.Tensor, clean: CleanFeatures, thetas: list[torch.Tensor] | None = None,
+               identity_only: bool = False) -> torch.Tensor:
         """Ensemble cosine similarity between FR(images) and FR(x): weighted mean or worst case (max). Each
-        recogniser crops `images` with `thetas` where given (e.g. of a face detected anew), else `alignments`."""
+        recogniser crops `images` with `thetas` where given (e.g. of a face detected anew), else `alignments`.
+        `identity_only`: the embeddings alone, without the feature-layer terms (what the manifest reports)."""
         thetas = thetas if thetas is not None else self.alignments(images, clean)
+        picked = self.identity if identity_only else range(len(self.recognizers))
         cosines = torch.stack(
-            [(r.embed(images, t) * e).sum(1) for r, t, e in zip(self.recognizers, thetas, clean.embeddings)]
+            [(self.recognizers[i].embed(images, thetas[i]) * clean.embeddings[i]).sum(1) for i in picked]
         )
         if self.fr_reduction == "max":
             return cosines.max(0).values
-        return (torch.tensor(self.fr_weights, device=cosines.device)[:, None] * cosines).sum(0)
+        weights = self.identity_weights if identity_only else self.fr_weights
+        return (torch.tensor(weights, device=cosines.device)[:, None] * cosines).sum(0)
 
     def latent_mse(self, latents: list[torch.Tensor], clean: CleanFeatures) -> torch.Tensor:
         return self.vae_mean([(z.float() - c).pow(2).flatten(1).mean(1) for z, c in zip(latents, clean.latents)])
