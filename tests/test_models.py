@@ -335,3 +335,17 @@ def test_a_feature_layer_is_a_loss_term_that_evaluation_refuses(tmp_path, capsys
     code = run_cli("evaluate", "--config", ROOT / "configs" / "evaluate-tiny.yaml", "--output_dir", tmp_path,
                    "--recognizers", '[{kind: tiny-random, feature_layer: "3"}]')
     assert code == 2 and "feature_layer '3' is a loss setting" in capsys.readouterr().err
+
+
+def test_one_network_behind_several_crops_is_loaded_once():
+    from facelock_pl.models import load_recognizers
+
+    native, box40, features, other = load_recognizers([
+        RecognizerSpec(kind="tiny-random"), RecognizerSpec(kind="tiny-random", name="at-box40", margin=8),
+        RecognizerSpec(kind="tiny-random", feature_layer="3"), RecognizerSpec(kind="random-facenet")])
+    assert box40.net is native.net and features.net is not native.net and other.net is not native.net
+    assert (box40.spec.label, box40.spec.margin, box40.input_size, box40.alignment) == ("at-box40", 8, 32, "box")
+    assert not any(p.requires_grad for p in box40.parameters()) and not box40.training
+    faces = torch.rand(2, 3, 32, 32) * 2 - 1
+    assert torch.equal(box40(faces), load_recognizer(RecognizerSpec(kind="tiny-random"))(faces))
+    assert features(faces).shape == (2, 32 * 8 * 8) and native(faces).shape == (2, 32)  # the hook stays on its copy

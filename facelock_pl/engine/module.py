@@ -18,7 +18,7 @@ import torch
 
 from .. import logs
 from ..data import ImageItem, ImageQueue
-from ..models import FaceDetector, LPIPSSpec, RecognizerSpec, VAESpec, load_lpips, load_recognizer, load_vae
+from ..models import FaceDetector, LPIPSSpec, RecognizerSpec, VAESpec, load_lpips, load_recognizers, load_vae
 from ..models.landmarks import LandmarkReader
 from ..objectives import CWSettings, FaceLockObjective, Networks, build_method
 from ..outputs import OutputWriter, ProtectedImage
@@ -36,7 +36,7 @@ from .summary import RunStats, describe, write_summary
 def load_networks(vaes: list[VAESpec], recognizers: list[RecognizerSpec], lpips: LPIPSSpec | None,
                   objective: FaceLockObjective) -> Networks:
     """The frozen autoencoders, recognisers, (when given) LPIPS, and (re-alignment) the landmark reader of an attack."""
-    return Networks([load_vae(spec) for spec in vaes], [load_recognizer(spec) for spec in recognizers],
+    return Networks([load_vae(spec) for spec in vaes], load_recognizers(recognizers),
                     load_lpips(lpips) if lpips is not None else None, objective.fr_reduction,
                     vae_weights=[spec.weight for spec in vaes],
                     landmarks=LandmarkReader() if objective.realign else None, crop_jitter=objective.crop_jitter)

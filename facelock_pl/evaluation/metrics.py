@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
-from ..models import FaceDetector, FaceGeometry, RecognizerSpec, load_recognizer
+from ..models import FaceDetector, FaceGeometry, RecognizerSpec, load_recognizers
 from ..models.weights import load_pretrained
 from ..pixels import levels_to_pil, levels_to_pm1, levels_to_unit
 
@@ -108,7 +108,7 @@ class FaceScorer:
 
     def __init__(self, specs: list[RecognizerSpec], device: torch.device):
         self.detector = FaceDetector().to(device)
-        self.recognizers = [load_recognizer(spec).to(device) for spec in specs]
+        self.recognizers = [r.to(device) for r in load_recognizers(specs)]
         self.names = [spec.label for spec in specs]
         self.thresholds = [spec.threshold for spec in specs]
         self.device = device

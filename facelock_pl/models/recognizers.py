@@ -113,6 +113,7 @@ class FaceRecognizer(nn.Module):
         self.net = net
         self.spec = spec
         self.input_size = input_size
+        self.native_alignment = alignment
         self.alignment = alignment if spec.alignment == "native" else spec.alignment
         if spec.feature_layer is not None:
             modules = dict(net.named_modules())
@@ -251,6 +252,24 @@ def _converted(spec: RecognizerSpec, net: nn.Module, what: str) -> nn.Module:
         )
     load_strict_except(net, load_state_dict_file(path), (), f"{what} weights {spec.weights}")
     return net
+
+
+def load_recognizers(specs: list[RecognizerSpec]) -> list[FaceRecognizer]:
+    """The recognisers of `specs`, frozen. Entries of one network (the same kind and weights) behind several crops
+    share it: loaded once, held once. An entry with a `feature_layer` gets its own copy (its hook ends every pass of
+    the network it is on)."""
+    loaded: dict[tuple[str, str], FaceRecognizer] = {}
+    recognizers = []
+    for spec in specs:
+        first = loaded.get((spec.kind, spec.weights)) if spec.feature_layer is None else None
+        if first is None:
+            recognizer = load_recognizer(spec)
+            if spec.feature_layer is None:
+                loaded[(spec.kind, spec.weights)] = recognizer
+        else:
+            recognizer = frozen(FaceRecognizer(first.net, spec, first.input_size, first.native_alignment))
+        recognizers.append(recognizer)
+    return recognizers
 
 
 def load_recognizer(spec: RecognizerSpec) -> FaceRecognizer:
