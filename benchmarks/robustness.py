@@ -14,6 +14,7 @@ FaceLock = SFace + TAESD, no EOT, the published loop at `--iterations`; the conf
 "quantised+early_fr+recognizers+eot+iterations:150"):
   recognizers  facenet CASIA-WebFace + SFace in the FR term (a recogniser ensemble; w600k_mbf held out);
   rotated      SFace + w600k_mbf in the FR term instead (facenet CASIA-WebFace held out);
+  w600k        w600k_mbf joins the FR term (three networks; then only the reserved judges measure transfer);
   vaes         TAESD + TAESDXL in the latent and reconstruction terms (an autoencoder ensemble);
   ensemble     both of the above;
   eot          the config's random purifications inside the loop;
@@ -63,8 +64,8 @@ from offline_runs import ROOT, cli, options, print_table, work_dir, worst_judges
 
 RENAMED_KEYS = {f"--{old}": f"--{new}" for old, new in _RENAMED.items()}  # `fr_start:0` -> --model.objective.fr_start
 
-PARTS = ("recognizers", "rotated", "vaes", "ensemble", "eot", "realjpeg", "realign", "jitter", "crops", "allcrops",
-         "features", "late_features", "quantised", "early_fr", "smoothing", "momentum")
+PARTS = ("recognizers", "rotated", "w600k", "vaes", "ensemble", "eot", "realjpeg", "realign", "jitter", "crops",
+         "allcrops", "features", "late_features", "quantised", "early_fr", "smoothing", "momentum")
 # The crop conventions besides each network's own, as evaluate-crops.yaml (box40's margin: 0.4/1.4 of the input size).
 OTHER_CROPS = {
     "sface": {"box40": {"alignment": "box", "margin": 32}, "box0": {"alignment": "box", "margin": 0}},
@@ -109,6 +110,8 @@ def fit_args(assets: Path, parts: list[str]) -> list[str]:
     recognizers = [facenet, sface] if "recognizers" in parts or "ensemble" in parts else [sface]
     if "rotated" in parts:
         recognizers = [sface, w600k]
+    if "w600k" in parts and w600k not in recognizers:
+        recognizers.append(w600k)
     if "crops" in parts or "allcrops" in parts:  # the networks of the loss also behind other crop conventions
         conventions = ["box40"] if "crops" in parts else ["box40", "box0", "arcface"]
         recognizers += [{**r, "name": f"{r['name']}@{c}", **OTHER_CROPS[r["name"]][c]}

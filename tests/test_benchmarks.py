@@ -76,6 +76,10 @@ def test_robustness_variants_switch_parts_and_pass_settings():
     assert names(both["--model.recognizers"][0]) == ["facenet-casia", "sface"]
     assert names(both["--model.vae"][0]) == ["taesd", "taesdxl"] and "--model.attack.eot" not in both
     assert names(settings("rotated")["--model.recognizers"][0]) == ["sface", "w600k-mbf"]
+    assert names(settings("recognizers+w600k")["--model.recognizers"][0]) == ["facenet-casia", "sface", "w600k-mbf"]
+    three = json.loads(settings("recognizers+w600k+allcrops")["--model.recognizers"][0])
+    assert [r["name"] for r in three[3:]] == ["facenet-casia@box40", "sface@box40", "w600k-mbf@box40", "sface@box0",
+                                              "w600k-mbf@box0", "facenet-casia@arcface"]
     # Without `early_fr` the published gate is set; a KEY:VALUE setting comes after it, so it wins.
     assert "--model.objective.fr_start" not in settings("quantised+early_fr")
     assert plain["--model.objective.fr_start"] == ["0.35"]
