@@ -112,19 +112,16 @@ def test_scalar_and_bad_arguments():
         pgd_step_(x_adv, g, x, torch.ones(3), 0.03)
 
 
-def test_probing_the_checkout_as_top_level_kernels_leaves_the_op_intact():
-    """From a checkout the root is on sys.path, and transformers' probe for the PyPI `kernels` package
-    imports this folder as `kernels`; that must not re-register the op (it broke every later call)."""
+def test_importing_the_checkout_as_top_level_kernels_leaves_the_op_intact():
+    """From a checkout the root is on sys.path, and transformers imports the PyPI `kernels` package (or probes
+    for it), which finds this folder as `kernels`; that must not re-register the op (it broke every later call)."""
     root = Path(__file__).resolve().parents[1]
     code = f"""
 import sys, torch
 import facelock_pl.kernels as ours
 sys.path.insert(0, {str(root)!r})
-from transformers.utils import is_kernels_available
-assert not is_kernels_available()  # imports {str(root / "kernels")!r} as `kernels`
-shell = sys.modules["kernels"]
-assert shell.__file__.startswith({str(root)!r}) and not hasattr(shell, "pgd_step_")
-assert "kernels.pgd_step" not in sys.modules
+import kernels
+assert not hasattr(kernels, "pgd_step_") and "kernels.pgd_step" not in sys.modules
 x = torch.zeros(2, 3, 4, 4); x_adv = x.clone()
 ours.pgd_step_(x_adv, torch.ones_like(x), x, 0.01, 0.03)
 assert torch.equal(x_adv, torch.full_like(x, 0.01)), x_adv
@@ -132,6 +129,24 @@ print("op intact")
 """
     done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and "op intact" in done.stdout, done.stderr[-3000:]
+
+
+def test_the_pypi_kernels_package_is_not_shadowed_by_the_checkout(tmp_path):
+    """transformers >= 5.25 depends on Hugging Face's `kernels` and runs `from kernels import CUDAProperties, ...`;
+    from the checkout's root (first on sys.path) the import must reach that package, not this folder."""
+    root = Path(__file__).resolve().parents[1]
+    installed = tmp_path / "site" / "kernels"
+    (installed / "layer").mkdir(parents=True)
+    (installed / "__init__.py").write_text("from .layer import CUDAProperties\n")
+    (installed / "layer" / "__init__.py").write_text("CUDAProperties = 'the PyPI package'\n")
+    code = "import kernels; from kernels import CUDAProperties; print(CUDAProperties, kernels.__file__)"
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}  # after the root, as site-packages is
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["the", "PyPI", "package", str(installed / "__init__.py")]
+    alone = subprocess.run([sys.executable, "-c", "import kernels; print(sorted(vars(kernels)).count('pgd_step_'))"],
+                           cwd=root, capture_output=True, text=True, timeout=60)  # ours never runs as `kernels`
+    assert alone.returncode == 0 and alone.stdout.strip() == "0", alone.stderr[-3000:]
 
 
 def test_opcheck_and_compile(force_triton):
