@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 ASSETS = "${assets}"
-PATH_KEYS = ("source", "path", "weights")
+PATH_KEYS = ("source", "path", "weights", "target_faces")
 
 # The module's arguments were grouped (attack, objective, stopping, speed); the flat spellings users already
 # have keep working: `--model.eps 0.02` is read as `--model.attack.eps 0.02`.

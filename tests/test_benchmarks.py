@@ -89,6 +89,12 @@ def test_robustness_variants_switch_parts_and_pass_settings():
     assert json.loads(real["--model.attack.eot"][0]) == robustness.REAL_CODEC_EOT  # replaces the config's EOT
     assert real["--model.objective.realign"] == ["true"] and real["--model.objective.crop_jitter"] == ["0.2"]
     assert "--model.objective.realign" not in both
+    targeted = robustness.fit_args(assets, ["recognizers", "target"], Path("/work/targets"))
+    assert targeted[targeted.index("--model.objective.target_faces") + 1] == "/work/targets"
+    assert "--model.objective.target_faces" not in both
+    shared = [f"{i:06d}.jpg" for i in range(40)]  # the pool is neither the first 16 (tuning) nor the last 16 (judged)
+    assert not set(shared[robustness.TARGET_POOL]) & (set(shared[:16]) | set(shared[-16:]))
+    assert len(shared[robustness.TARGET_POOL]) == 8
     crops = json.loads(settings("recognizers+crops")["--model.recognizers"][0])
     assert [(r["name"], r.get("alignment"), r.get("margin")) for r in crops] == [
         ("facenet-casia", None, None), ("sface", None, None), ("facenet-casia@box40", "box", 46), ("sface@box40", "box", 32)]

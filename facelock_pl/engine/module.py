@@ -21,6 +21,7 @@ from ..data import ImageItem, ImageQueue
 from ..models import FaceDetector, LPIPSSpec, RecognizerSpec, VAESpec, load_lpips, load_recognizers, load_vae
 from ..models.landmarks import LandmarkReader
 from ..objectives import CWSettings, FaceLockObjective, Networks, build_method
+from ..objectives.targets import TargetPool
 from ..outputs import OutputWriter, ProtectedImage
 from ..outputs.manifest import OutputFormat
 from ..outputs.settings import keep_settings
@@ -35,11 +36,24 @@ from .summary import RunStats, describe, write_summary
 
 def load_networks(vaes: list[VAESpec], recognizers: list[RecognizerSpec], lpips: LPIPSSpec | None,
                   objective: FaceLockObjective) -> Networks:
-    """The frozen autoencoders, recognisers, (when given) LPIPS, and (re-alignment) the landmark reader of an attack."""
-    return Networks([load_vae(spec) for spec in vaes], load_recognizers(recognizers),
+    """The frozen autoencoders, recognisers, (when given) LPIPS, (re-alignment) the landmark reader and (identity
+    targets) the embedded target faces of an attack."""
+    nets = Networks([load_vae(spec) for spec in vaes], load_recognizers(recognizers),
                     load_lpips(lpips) if lpips is not None else None, objective.fr_reduction,
                     vae_weights=[spec.weight for spec in vaes],
                     landmarks=LandmarkReader() if objective.realign else None, crop_jitter=objective.crop_jitter)
+    if objective.target_faces is not None:
+        nets.targets = TargetPool.from_folder(objective.target_faces, list(nets.recognizers), nets.identity)
+    return nets
+
+
+def _recorded_objective(objective: FaceLockObjective) -> dict:
+    """The objective as protection.json records it: identity targets only where set, so that folders protected
+    before the setting existed keep resuming."""
+    recorded = asdict(objective)
+    if recorded["target_faces"] is None:
+        del recorded["target_faces"], recorded["target_weight"]
+    return recorded
 
 
 def _recorded_recognizer(spec: RecognizerSpec) -> dict:
@@ -171,7 +185,8 @@ class ProtectionModule(L.LightningModule):
     def protection_settings(self) -> dict:
         """What decides the protected images (speed switches do not): recorded in OUT/protection.json."""
         attack = self.attack
-        settings = {"method": attack.method.name, "attack": asdict(attack.config), "objective": asdict(self.objective),
+        settings = {"method": attack.method.name, "attack": asdict(attack.config),
+                    "objective": _recorded_objective(self.objective),
                     "stopping": asdict(attack.stopping), "vae": [asdict(spec) for spec in self.vae_specs],
                     "recognizers": [_recorded_recognizer(r.spec) for r in self.nets.recognizers]}
         # CW's constants only where they act: folders protected with other methods keep resuming across versions.

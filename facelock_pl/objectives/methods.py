@@ -9,6 +9,7 @@ batch at this iteration are not computed (and neither are the decoder passes onl
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -33,6 +34,10 @@ class FaceLockObjective:
         crop_jitter: expectation over the crop: each iteration moves every recogniser's crop by a random
             similarity of this strength (0.2: zoom 0.9–1.4, rotation ±9°, shift ±10%; `models.faces.jitter_theta`);
             0: off.
+        target_faces: a folder of other people's faces: the FR term also pulls the reconstruction towards the
+            identity of the one least like each image (`objectives.targets`; TIP-IM's impersonation target); None:
+            off (the published, untargeted term).
+        target_weight: weight of the cosine with the target (ascended, with the FR term's gate).
     """
 
     fr_weight: float = 1.0
@@ -43,10 +48,19 @@ class FaceLockObjective:
     fr_reduction: Literal["mean", "max"] = "mean"
     realign: bool = False
     crop_jitter: float = 0.0
+    target_faces: str | None = None
+    target_weight: float = 1.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.crop_jitter <= 1:
             raise ValueError(f"objective.crop_jitter must lie in [0, 1] (got {self.crop_jitter})")
+        if self.target_weight <= 0:
+            raise ValueError(f"objective.target_weight must be > 0 (got {self.target_weight}); to turn identity "
+                             "targets off, leave objective.target_faces unset")
+        if self.target_faces is not None and self.fr_weight == 0:
+            raise ValueError("objective.target_faces needs the FR term (objective.fr_weight is 0)")
+        if self.target_faces is not None and not Path(self.target_faces).expanduser().is_dir():
+            raise ValueError(f"objective.target_faces: {self.target_faces} is not a folder of face images")
 
 
 class ProtectionMethod:
@@ -73,6 +87,7 @@ class FaceLock(ProtectionMethod):
         -fr_weight    * cos(FR(D(E(x_adv))), FR(x))      while progress >= fr_start
         +latent_weight * MSE(E(x_adv), E(x))
         +lpips_weight * LPIPS(D(E(x_adv)), x)           while progress >  lpips_start
+        +target_weight * cos(FR(D(E(x_adv))), FR(t))     while progress >= fr_start, with identity targets t
     The gates follow the published code (`i >= 0.35 N` and `i > 0.25 N`). Images without a detected face
     get no FR term (their other terms still apply).
 
@@ -82,6 +97,8 @@ class FaceLock(ProtectionMethod):
         lpips_weight: weight of LPIPS (default 1.0; 0 disables it and its network).
         fr_start: share of iterations before the FR term switches on (default 0.35).
         lpips_start: share of iterations after which LPIPS switches on (default 0.25).
+        target_weight: weight of the identity target's cosine (default 1.0); it acts only where the networks hold
+            identity targets (`FaceLockObjective.target_faces`).
 
     Example:
         >>> method = FaceLock(lpips_weight=0.0)
@@ -92,16 +109,19 @@ class FaceLock(ProtectionMethod):
     needs_latent = True
 
     def __init__(self, fr_weight: float = 1.0, latent_weight: float = 0.2, lpips_weight: float = 1.0,
-                 fr_start: float = 0.35, lpips_start: float = 0.25):
+                 fr_start: float = 0.35, lpips_start: float = 0.25, target_weight: float = 1.0):
         self.fr_weight, self.latent_weight, self.lpips_weight = fr_weight, latent_weight, lpips_weight
+        self.target_weight = target_weight
         self.fr_start, self.lpips_start = fr_start, lpips_start
         self.needs_lpips = lpips_weight != 0
         self.needs_faces = fr_weight != 0
 
     def term_weights(self, progress: torch.Tensor, face_found: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per-sample weight of each term at this point of the schedule."""
+        fr_on = ((progress >= self.fr_start) & face_found).float()
         return {
-            "fr_cos": -self.fr_weight * ((progress >= self.fr_start) & face_found).float(),
+            "fr_cos": -self.fr_weight * fr_on,
+            "fr_target_cos": self.target_weight * fr_on,
             "latent_mse": torch.full_like(progress, self.latent_weight),
             "lpips": self.lpips_weight * (progress > self.lpips_start).float(),
         }
@@ -113,7 +133,8 @@ class FaceLock(ProtectionMethod):
         if (weights["fr_cos"] != 0).any() or (weights["lpips"] != 0).any():
             recons = nets.reconstruct_all(latents)
             if (weights["fr_cos"] != 0).any():
-                terms["fr_cos"] = nets.vae_mean([nets.fr_cos(r, clean) for r in recons])
+                fr = [nets.fr_terms(r, clean) for r in recons]
+                terms |= {name: nets.vae_mean([f[name] for f in fr]) for name in fr[0]}
             if (weights["lpips"] != 0).any():
                 terms["lpips"] = nets.vae_mean([nets.lpips_distance(r, clean) for r in recons])
         objective = sum(weights[name] * value for name, value in terms.items())
@@ -219,4 +240,4 @@ def build_method(name: str, objective: FaceLockObjective = FaceLockObjective(), 
     if name != FaceLock.name:
         return METHODS[name]()
     o = objective
-    return FaceLock(o.fr_weight, o.latent_weight, o.lpips_weight, o.fr_start, o.lpips_start)
+    return FaceLock(o.fr_weight, o.latent_weight, o.lpips_weight, o.fr_start, o.lpips_start, o.target_weight)

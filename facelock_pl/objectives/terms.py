@@ -19,9 +19,10 @@ from torch import nn
 from ..models import FaceGeometry, FaceRecognizer, FrozenVAE, LPIPSDistance
 from ..models.faces import jitter_theta
 from ..models.landmarks import LandmarkReader
+from .targets import TargetPool
 
 # Every term any method can report; manifests carry one `term_<name>` column for each.
-TERM_NAMES = ("fr_cos", "latent_mse", "lpips", "latent_target_dist", "recon_norm", "latent_l2", "l2_distortion")
+TERM_NAMES = ("fr_cos", "fr_target_cos", "latent_mse", "lpips", "latent_target_dist", "recon_norm", "latent_l2", "l2_distortion")
 
 
 @dataclass
@@ -34,6 +35,7 @@ class CleanFeatures:
     image: torch.Tensor | None = None  # x itself, [B, 3, H, W] in [-1, 1] (for methods that compare pixels)
     detected: FaceGeometry | None = None  # re-alignment: the face detected in x
     reading: FaceGeometry | None = None  # re-alignment: the landmark reader's geometry of x
+    target_embeddings: list[torch.Tensor] | None = None  # identity targets: per recogniser, the target's FR, [B, D]
     alignment_draws: torch.Tensor | None = None  # crop jitter: this iteration's uniforms [B, 4] (set per iteration)
 
     def _map(self, fn) -> "CleanFeatures":
@@ -45,7 +47,7 @@ class CleanFeatures:
 
         return CleanFeatures(each(self.latents), each(self.thetas), each(self.embeddings), each(self.lpips_features),
                              fn(self.face_found), None if self.image is None else fn(self.image),
-                             geometry(self.detected), geometry(self.reading))
+                             geometry(self.detected), geometry(self.reading), each(self.target_embeddings))
 
     def select(self, index: torch.Tensor) -> "CleanFeatures":
         """The features of samples `index` (a gather: the result does not share memory)."""
@@ -64,6 +66,7 @@ class CleanFeatures:
         put(self.thetas, other.thetas)
         put(self.embeddings, other.embeddings)
         put(self.lpips_features, other.lpips_features)
+        put(self.target_embeddings, other.target_embeddings)
         put([self.image] if self.image is not None else None, [other.image] if other.image is not None else None)
         for mine, theirs in ((self.detected, other.detected), (self.reading, other.reading)):
             if mine is not None:
@@ -100,6 +103,7 @@ class Networks(nn.Module):
         self.identity_weights = self._normalised([recognizers[i].spec.weight for i in self.identity])
         self.landmarks = landmarks  # re-align x̂ every iteration (None: the clean image's alignment)
         self.crop_jitter = crop_jitter
+        self.targets: TargetPool | None = None  # identity targets (`objective.target_faces`); set by `load_networks`
 
     @staticmethod
     def _normalised(weights: list[float]) -> list[float]:
@@ -124,15 +128,17 @@ class Networks(nn.Module):
                        need_image: bool = False) -> CleanFeatures:
         thetas = [r.theta(geometry, tuple(x.shape[-2:])) for r in self.recognizers]
         realign = self.landmarks is not None and bool(self.recognizers)
+        embeddings = [r.embed(x, t) for r, t in zip(self.recognizers, thetas)]
         return CleanFeatures(
             latents=[vae.encode(x).float() for vae in self.vaes] if need_latent else None,
             thetas=thetas,
-            embeddings=[r.embed(x, t) for r, t in zip(self.recognizers, thetas)],
+            embeddings=embeddings,
             lpips_features=self.lpips.features(x) if need_lpips and self.lpips is not None else None,
             face_found=geometry.found,
             image=x.float() if need_image else None,
             detected=geometry if realign else None,
             reading=self.landmarks(x, geometry.boxes) if realign else None,
+            target_embeddings=self.targets.targets(embeddings) if self.targets is not None else None,
         )
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -168,9 +174,27 @@ class Networks(nn.Module):
         `identity_only`: the embeddings alone, without the feature-layer terms (what the manifest reports)."""
         thetas = thetas if thetas is not None else self.alignments(images, clean)
         picked = self.identity if identity_only else range(len(self.recognizers))
-        cosines = torch.stack(
-            [(self.recognizers[i].embed(images, thetas[i]) * clean.embeddings[i]).sum(1) for i in picked]
-        )
+        embeddings = [self.recognizers[i].embed(images, thetas[i]) for i in picked]
+        return self._reduce(self._cosines(embeddings, clean.embeddings, picked), identity_only)
+
+    def fr_terms(self, images: torch.Tensor, clean: CleanFeatures) -> dict[str, torch.Tensor]:
+        """The loss's FR terms from one pass of each recogniser: `fr_cos` (as `fr_cos`) and, with identity targets,
+        `fr_target_cos`, the weighted-mean cosine with the target's embeddings (a mean also under `fr_reduction:
+        max`, whose worst case is about the person, not the target)."""
+        thetas, picked = self.alignments(images, clean), range(len(self.recognizers))
+        embeddings = [self.recognizers[i].embed(images, thetas[i]) for i in picked]
+        terms = {"fr_cos": self._reduce(self._cosines(embeddings, clean.embeddings, picked), False)}
+        if clean.target_embeddings is not None:
+            cosines = self._cosines(embeddings, clean.target_embeddings, picked)
+            terms["fr_target_cos"] = (torch.tensor(self.fr_weights, device=cosines.device)[:, None] * cosines).sum(0)
+        return terms
+
+    @staticmethod
+    def _cosines(embeddings: list[torch.Tensor], references: list[torch.Tensor], picked) -> torch.Tensor:
+        """[R, B]: each picked recogniser's cosine between its embeddings and its reference embeddings."""
+        return torch.stack([(e * references[i]).sum(1) for e, i in zip(embeddings, picked)])
+
+    def _reduce(self, cosines: torch.Tensor, identity_only: bool) -> torch.Tensor:
         if self.fr_reduction == "max":
             return cosines.max(0).values
         weights = self.identity_weights if identity_only else self.fr_weights

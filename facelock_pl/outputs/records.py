@@ -67,6 +67,7 @@ class ManifestRow:
     linf_255: float | None = None
     psnr_db: float | None = None
     term_fr_cos: float | None = None
+    term_fr_target_cos: float | None = None
     term_latent_mse: float | None = None
     term_lpips: float | None = None
     term_latent_target_dist: float | None = None
@@ -88,7 +89,8 @@ class ManifestRow:
         mse = diff.pow(2).mean().item()
         terms = {f"term_{name}": value for name, value in image.terms.items() if value == value}  # NaN: not computed
         if not image.face_found:
-            terms.pop("term_fr_cos", None)  # computed for the batch, but not part of this image's objective
+            for name in ("term_fr_cos", "term_fr_target_cos"):  # computed for the batch, not part of this image's objective
+                terms.pop(name, None)
         notes = [item.message] if item.message else []
         notes += [] if image.face_found else ["no face detected: protected without the face-recognition term"]
         return cls(
