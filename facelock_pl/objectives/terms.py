@@ -186,7 +186,7 @@ class Networks(nn.Module):
         terms = {"fr_cos": self._reduce(self._cosines(embeddings, clean.embeddings, picked), False)}
         if clean.target_embeddings is not None:
             cosines = self._cosines(embeddings, clean.target_embeddings, picked)
-            terms["fr_target_cos"] = (torch.tensor(self.fr_weights, device=cosines.device)[:, None] * cosines).sum(0)
+            terms["fr_target_cos"] = self._weighted_mean(cosines, self.fr_weights)
         return terms
 
     @staticmethod
@@ -194,11 +194,15 @@ class Networks(nn.Module):
         """[R, B]: each picked recogniser's cosine between its embeddings and its reference embeddings."""
         return torch.stack([(e * references[i]).sum(1) for e, i in zip(embeddings, picked)])
 
+    @staticmethod
+    def _weighted_mean(cosines: torch.Tensor, weights: list[float]) -> torch.Tensor:
+        """[B]: the recognisers' cosines [R, B] weighted by their normalised `weights`."""
+        return (torch.tensor(weights, device=cosines.device)[:, None] * cosines).sum(0)
+
     def _reduce(self, cosines: torch.Tensor, identity_only: bool) -> torch.Tensor:
         if self.fr_reduction == "max":
             return cosines.max(0).values
-        weights = self.identity_weights if identity_only else self.fr_weights
-        return (torch.tensor(weights, device=cosines.device)[:, None] * cosines).sum(0)
+        return self._weighted_mean(cosines, self.identity_weights if identity_only else self.fr_weights)
 
     def latent_mse(self, latents: list[torch.Tensor], clean: CleanFeatures) -> torch.Tensor:
         return self.vae_mean([(z.float() - c).pow(2).flatten(1).mean(1) for z, c in zip(latents, clean.latents)])
