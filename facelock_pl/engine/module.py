@@ -20,7 +20,6 @@ from .. import logs
 from ..data import ImageItem, ImageQueue
 from ..models import FaceDetector, LPIPSSpec, RecognizerSpec, VAESpec, load_lpips, load_recognizers, load_vae
 from ..models.landmarks import LandmarkReader
-from ..models.linear_backward import linearise_backward
 from ..objectives import CWSettings, FaceLockObjective, Networks, build_method
 from ..objectives.targets import TargetPool
 from ..outputs import OutputWriter, ProtectedImage
@@ -39,11 +38,7 @@ def load_networks(vaes: list[VAESpec], recognizers: list[RecognizerSpec], lpips:
                   objective: FaceLockObjective) -> Networks:
     """The frozen autoencoders, recognisers, (when given) LPIPS, (re-alignment) the landmark reader and (identity
     targets) the embedded target faces of an attack."""
-    faces = load_recognizers(recognizers)
-    if objective.linear_backward > 0:
-        for net in {id(r.net): r.net for r in faces}.values():  # entries behind several crops share one network
-            linearise_backward(net, objective.linear_backward)
-    nets = Networks([load_vae(spec) for spec in vaes], faces,
+    nets = Networks([load_vae(spec) for spec in vaes], load_recognizers(recognizers),
                     load_lpips(lpips) if lpips is not None else None, objective.fr_reduction,
                     vae_weights=[spec.weight for spec in vaes],
                     landmarks=LandmarkReader() if objective.realign else None, crop_jitter=objective.crop_jitter)
@@ -53,13 +48,11 @@ def load_networks(vaes: list[VAESpec], recognizers: list[RecognizerSpec], lpips:
 
 
 def _recorded_objective(objective: FaceLockObjective) -> dict:
-    """The objective as protection.json records it: identity targets and linear backpropagation only where set, so
-    that folders protected before these settings existed keep resuming."""
+    """The objective as protection.json records it: identity targets only where set, so that folders protected
+    before the setting existed keep resuming."""
     recorded = asdict(objective)
     if recorded["target_faces"] is None:
         del recorded["target_faces"], recorded["target_weight"]
-    if recorded["linear_backward"] == 0:
-        del recorded["linear_backward"]
     return recorded
 
 

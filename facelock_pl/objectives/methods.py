@@ -38,8 +38,6 @@ class FaceLockObjective:
             identity of the one least like each image (`objectives.targets`; TIP-IM's impersonation target); None:
             off (the published, untargeted term).
         target_weight: weight of the cosine with the target (ascended, with the FR term's gate).
-        linear_backward: share (0–1) of each recogniser's activations, the last ones, whose backward pass is the
-            identity's (LinBP, `facelock_pl.models.linear_backward`): a transfer aid; 0: off (exact gradients).
     """
 
     fr_weight: float = 1.0
@@ -52,11 +50,8 @@ class FaceLockObjective:
     crop_jitter: float = 0.0
     target_faces: str | None = None
     target_weight: float = 1.0
-    linear_backward: float = 0.0
 
     def __post_init__(self) -> None:
-        if not 0 <= self.linear_backward <= 1:
-            raise ValueError(f"objective.linear_backward must lie in [0, 1] (got {self.linear_backward})")
         if not 0 <= self.crop_jitter <= 1:
             raise ValueError(f"objective.crop_jitter must lie in [0, 1] (got {self.crop_jitter})")
         if self.target_weight <= 0:
