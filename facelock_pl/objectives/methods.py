@@ -38,9 +38,6 @@ class FaceLockObjective:
             identity of the one least like each image (`objectives.targets`; TIP-IM's impersonation target); None:
             off (the published, untargeted term).
         target_weight: weight of the cosine with the target (ascended, with the FR term's gate).
-        fr_floor: in the loss, each recogniser's cosine is clamped from below at this value: a network already
-            pushed under it stops drawing the budget (its gradient is zero there, and comes back if it rises
-            above), which goes to the networks still above. None: off (the published, unbounded term).
     """
 
     fr_weight: float = 1.0
@@ -53,11 +50,8 @@ class FaceLockObjective:
     crop_jitter: float = 0.0
     target_faces: str | None = None
     target_weight: float = 1.0
-    fr_floor: float | None = None
 
     def __post_init__(self) -> None:
-        if self.fr_floor is not None and not -1 <= self.fr_floor < 1:
-            raise ValueError(f"objective.fr_floor must lie in [-1, 1) (got {self.fr_floor}); null turns it off")
         if not 0 <= self.crop_jitter <= 1:
             raise ValueError(f"objective.crop_jitter must lie in [0, 1] (got {self.crop_jitter})")
         if self.target_weight <= 0:

@@ -86,7 +86,6 @@ class Networks(nn.Module):
         vae_weights: list[float] | None = None,
         landmarks: LandmarkReader | None = None,
         crop_jitter: float = 0.0,
-        fr_floor: float | None = None,
     ):
         super().__init__()
         if not vaes:
@@ -104,7 +103,6 @@ class Networks(nn.Module):
         self.identity_weights = self._normalised([recognizers[i].spec.weight for i in self.identity])
         self.landmarks = landmarks  # re-align x̂ every iteration (None: the clean image's alignment)
         self.crop_jitter = crop_jitter
-        self.fr_floor = fr_floor  # the loss's per-recogniser cosines are clamped from below here (None: unbounded)
         self.targets: TargetPool | None = None  # identity targets (`objective.target_faces`); set by `load_networks`
 
     @staticmethod
@@ -180,16 +178,12 @@ class Networks(nn.Module):
         return self._reduce(self._cosines(embeddings, clean.embeddings, picked), identity_only)
 
     def fr_terms(self, images: torch.Tensor, clean: CleanFeatures) -> dict[str, torch.Tensor]:
-        """The loss's FR terms from one pass of each recogniser: `fr_cos` (as `fr_cos`, but each cosine clamped from
-        below at `fr_floor` where set) and, with identity targets,
+        """The loss's FR terms from one pass of each recogniser: `fr_cos` (as `fr_cos`) and, with identity targets,
         `fr_target_cos`, the weighted-mean cosine with the target's embeddings (a mean also under `fr_reduction:
         max`, whose worst case is about the person, not the target)."""
         thetas, picked = self.alignments(images, clean), range(len(self.recognizers))
         embeddings = [self.recognizers[i].embed(images, thetas[i]) for i in picked]
-        cosines = self._cosines(embeddings, clean.embeddings, picked)
-        if self.fr_floor is not None:
-            cosines = cosines.clamp_min(self.fr_floor)
-        terms = {"fr_cos": self._reduce(cosines, False)}
+        terms = {"fr_cos": self._reduce(self._cosines(embeddings, clean.embeddings, picked), False)}
         if clean.target_embeddings is not None:
             cosines = self._cosines(embeddings, clean.target_embeddings, picked)
             terms["fr_target_cos"] = self._weighted_mean(cosines, self.fr_weights)
