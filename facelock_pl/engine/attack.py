@@ -21,7 +21,7 @@ import torch
 from ..data.items import ImageItem
 from ..models import FaceDetector, FaceGeometry
 from ..objectives import CleanFeatures, Networks, ProtectionMethod
-from ..objectives.transforms import RandomPurification, crop_draws, dropout_seeds
+from ..objectives.transforms import RandomPurification, crop_draws
 from ..outputs.records import ProtectedImage
 from ..pixels import levels_to_pil, levels_to_pm1, quantise_to_levels, resize, straight_through_levels
 from .delivery import deliver
@@ -209,13 +209,13 @@ class PGDAttack:
         return terms
 
     def _objective(self, x: torch.Tensor, active: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The method's objective ([B]) and terms; under EOT, crop jitter or feature dropout, their mean over
-        `eot_samples` random purifications, crops and dropout masks."""
+        """The method's objective ([B]) and terms; under EOT or crop jitter, their mean over `eot_samples` random
+        purifications and crops."""
         s, cfg = self.slots, self.config
         progress = s.iteration[active].float() / cfg.iterations
         # All slots busy (the usual case): the stored features as they are, no per-iteration gather.
         clean = s.clean if len(active) == len(s.occupied) else s.clean.select(active)
-        if self.eot is None and not self.nets.crop_jitter and self.nets.dropout is None:
+        if self.eot is None and not self.nets.crop_jitter:
             return self.method.objective(self.nets, x, clean, progress)
         uids, iterations = [s.items[slot].uid for slot in active.tolist()], s.iteration[active]
         draws = []
@@ -223,8 +223,6 @@ class PGDAttack:
             seen = self.eot(x, self.eot.draws(cfg.seed, uids, iterations, d)) if self.eot is not None else x
             if self.nets.crop_jitter:
                 clean = dataclasses.replace(clean, alignment_draws=crop_draws(cfg.seed, uids, iterations, d))
-            if self.nets.dropout is not None:
-                clean = dataclasses.replace(clean, dropout_seeds=dropout_seeds(cfg.seed, uids, iterations, d))
             draws.append(self.method.objective(self.nets, seen, clean, progress))
         objective = sum(o for o, _ in draws) / len(draws)
         return objective, {name: sum(t[name] for _, t in draws) / len(draws) for name in draws[0][1]}
@@ -251,11 +249,11 @@ class PGDAttack:
 
     def _fr_cos_of_iterate(self, slots: torch.Tensor, active: torch.Tensor, terms: dict) -> torch.Tensor:
         """`fr_cos_recon` of the current iterates' 8-bit images. When this iteration's forward pass saw exactly
-        those images (quantised forward, one autoencoder, no EOT, no feature-layer term, whole networks), its FR term
-        is that value: no extra pass."""
+        those images (quantised forward, one autoencoder, no EOT, no feature-layer term), its FR term is that value:
+        no extra pass."""
         s = self.slots
         if (self.config.quantise_forward and self.eot is None and len(self.nets.vaes) == 1 and "fr_cos" in terms
-                and not self.nets.feature_terms and self.nets.dropout is None):
+                and not self.nets.feature_terms):
             per_slot = torch.zeros(len(s.occupied), device=s.x.device)
             per_slot[active] = terms["fr_cos"].detach().float()
             return per_slot[slots]

@@ -41,21 +41,18 @@ def load_networks(vaes: list[VAESpec], recognizers: list[RecognizerSpec], lpips:
     nets = Networks([load_vae(spec) for spec in vaes], load_recognizers(recognizers),
                     load_lpips(lpips) if lpips is not None else None, objective.fr_reduction,
                     vae_weights=[spec.weight for spec in vaes],
-                    landmarks=LandmarkReader() if objective.realign else None, crop_jitter=objective.crop_jitter,
-                    feature_dropout=objective.feature_dropout)
+                    landmarks=LandmarkReader() if objective.realign else None, crop_jitter=objective.crop_jitter)
     if objective.target_faces is not None:
         nets.targets = TargetPool.from_folder(objective.target_faces, list(nets.recognizers), nets.identity)
     return nets
 
 
 def _recorded_objective(objective: FaceLockObjective) -> dict:
-    """The objective as protection.json records it: identity targets and feature dropout only where set, so that
-    folders protected before these settings existed keep resuming."""
+    """The objective as protection.json records it: identity targets only where set, so that folders protected
+    before the setting existed keep resuming."""
     recorded = asdict(objective)
     if recorded["target_faces"] is None:
         del recorded["target_faces"], recorded["target_weight"]
-    if recorded["feature_dropout"] == 0:
-        del recorded["feature_dropout"]
     return recorded
 
 

@@ -38,9 +38,6 @@ class FaceLockObjective:
             identity of the one least like each image (`objectives.targets`; TIP-IM's impersonation target); None:
             off (the published, untargeted term).
         target_weight: weight of the cosine with the target (ascended, with the FR term's gate).
-        feature_dropout: probability with which every convolution output of the recognisers is dropped out in the
-            loss, with fresh masks each iteration (DFANet, `facelock_pl.models.feature_dropout`): a transfer aid;
-            0: off (the networks whole).
     """
 
     fr_weight: float = 1.0
@@ -53,11 +50,8 @@ class FaceLockObjective:
     crop_jitter: float = 0.0
     target_faces: str | None = None
     target_weight: float = 1.0
-    feature_dropout: float = 0.0
 
     def __post_init__(self) -> None:
-        if not 0 <= self.feature_dropout < 1:
-            raise ValueError(f"objective.feature_dropout must lie in [0, 1) (got {self.feature_dropout})")
         if not 0 <= self.crop_jitter <= 1:
             raise ValueError(f"objective.crop_jitter must lie in [0, 1] (got {self.crop_jitter})")
         if self.target_weight <= 0:

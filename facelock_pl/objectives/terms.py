@@ -10,16 +10,14 @@ weighted means over them; with several recognisers the FR cosine is their weight
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import ContextManager, Literal
+from typing import Literal
 
 import torch
 from torch import nn
 
 from ..models import FaceGeometry, FaceRecognizer, FrozenVAE, LPIPSDistance
 from ..models.faces import jitter_theta
-from ..models.feature_dropout import FeatureDropout
 from ..models.landmarks import LandmarkReader
 from .targets import TargetPool
 
@@ -39,7 +37,6 @@ class CleanFeatures:
     reading: FaceGeometry | None = None  # re-alignment: the landmark reader's geometry of x
     target_embeddings: list[torch.Tensor] | None = None  # identity targets: per recogniser, the target's FR, [B, D]
     alignment_draws: torch.Tensor | None = None  # crop jitter: this iteration's uniforms [B, 4] (set per iteration)
-    dropout_seeds: list[int] | None = None  # feature dropout: this iteration's mask seed per image (set per iteration)
 
     def _map(self, fn) -> "CleanFeatures":
         def each(tensors):
@@ -89,7 +86,6 @@ class Networks(nn.Module):
         vae_weights: list[float] | None = None,
         landmarks: LandmarkReader | None = None,
         crop_jitter: float = 0.0,
-        feature_dropout: float = 0.0,
     ):
         super().__init__()
         if not vaes:
@@ -107,8 +103,6 @@ class Networks(nn.Module):
         self.identity_weights = self._normalised([recognizers[i].spec.weight for i in self.identity])
         self.landmarks = landmarks  # re-align x̂ every iteration (None: the clean image's alignment)
         self.crop_jitter = crop_jitter
-        # Thins the recognisers in the loss's passes only; what is measured sees them whole.
-        self.dropout = FeatureDropout([r.net for r in recognizers], feature_dropout) if feature_dropout else None
         self.targets: TargetPool | None = None  # identity targets (`objective.target_faces`); set by `load_networks`
 
     @staticmethod
@@ -188,21 +182,12 @@ class Networks(nn.Module):
         `fr_target_cos`, the weighted-mean cosine with the target's embeddings (a mean also under `fr_reduction:
         max`, whose worst case is about the person, not the target)."""
         thetas, picked = self.alignments(images, clean), range(len(self.recognizers))
-        with self._thinned(clean):
-            embeddings = [self.recognizers[i].embed(images, thetas[i]) for i in picked]
+        embeddings = [self.recognizers[i].embed(images, thetas[i]) for i in picked]
         terms = {"fr_cos": self._reduce(self._cosines(embeddings, clean.embeddings, picked), False)}
         if clean.target_embeddings is not None:
             cosines = self._cosines(embeddings, clean.target_embeddings, picked)
             terms["fr_target_cos"] = self._weighted_mean(cosines, self.fr_weights)
         return terms
-
-    def _thinned(self, clean: CleanFeatures) -> ContextManager:
-        """Feature dropout with this iteration's masks, when it is on."""
-        if self.dropout is None:
-            return nullcontext()
-        if clean.dropout_seeds is None:
-            raise RuntimeError("feature dropout is on but this iteration drew no mask seeds (CleanFeatures.dropout_seeds)")
-        return self.dropout.active(clean.dropout_seeds, self.device)
 
     @staticmethod
     def _cosines(embeddings: list[torch.Tensor], references: list[torch.Tensor], picked) -> torch.Tensor:

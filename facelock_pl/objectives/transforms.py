@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ..pixels import jpeg_roundtrip, levels_to_pm1, pm1_to_levels
-from ..seeding import uid_generator, uid_seed
+from ..seeding import uid_generator
 
 DEFAULT_RANGES = {"jpeg": (50.0, 95.0), "jpeg_real": (50.0, 95.0), "resize": (0.5, 1.0), "blur": (0.0, 1.5), "shift": (0.0, 4.0),
                   "colorjitter": (0.0, 0.1)}
@@ -125,11 +125,6 @@ class RandomPurification:
 def crop_draws(seed: int, uids: list[str], iterations: torch.Tensor, draw: int) -> torch.Tensor:
     """[B, 4] uniforms of the crop jitter (`models.faces.jitter_theta`)."""
     return per_image_uniforms("crop", 4, seed, uids, iterations, draw)
-
-
-def dropout_seeds(seed: int, uids: list[str], iterations: torch.Tensor, draw: int) -> list[int]:
-    """One seed per image for the feature-dropout masks (`models.feature_dropout`)."""
-    return [uid_seed(seed, f"dropout/{uid}/{iteration}/{draw}") for uid, iteration in zip(uids, iterations.tolist())]
 
 
 def per_image_uniforms(kind: str, width: int, seed: int, uids: list[str], iterations: torch.Tensor, draw: int) -> torch.Tensor:
