@@ -27,6 +27,7 @@ FaceLock = SFace + TAESD, no EOT, the published loop at `--iterations`; the conf
   crops        each recogniser of the loss twice: behind its own crop and behind the 40% box crop;
   allcrops     each recogniser of the loss behind its own crop and every other convention that evaluate-crops.yaml
                judges it by (SFace, w600k_mbf: box0, box40; facenet: box40, ArcFace);
+  morecrops    allcrops and the box grown by 20% (margin 0.2/1.2 of the input size), a convention no judge uses;
   features     a feature-level term per network of the loss: its mid-level activation (FEATURE_LAYERS: the end of
                the 28x28 stage of SFace and w600k_mbf, facenet's 17x17 Inception-A stack), behind its own crop;
   late_features  the same one stage deeper (the 14x14 stage; facenet's 8x8 Inception-B stack);
@@ -67,12 +68,15 @@ from offline_runs import ROOT, cli, options, print_table, work_dir, worst_judges
 RENAMED_KEYS = {f"--{old}": f"--{new}" for old, new in _RENAMED.items()}  # `fr_start:0` -> --model.objective.fr_start
 
 PARTS = ("recognizers", "rotated", "w600k", "vaes", "ensemble", "eot", "realjpeg", "realign", "jitter", "target", "crops",
-         "allcrops", "features", "late_features", "quantised", "early_fr", "smoothing", "momentum")
+         "allcrops", "morecrops", "features", "late_features", "quantised", "early_fr", "smoothing", "momentum")
 # The crop conventions besides each network's own, as evaluate-crops.yaml (box40's margin: 0.4/1.4 of the input size).
 OTHER_CROPS = {
-    "sface": {"box40": {"alignment": "box", "margin": 32}, "box0": {"alignment": "box", "margin": 0}},
-    "facenet-casia": {"box40": {"alignment": "box", "margin": 46}, "arcface": {"alignment": "arcface"}},
-    "w600k-mbf": {"box40": {"alignment": "box", "margin": 32}, "box0": {"alignment": "box", "margin": 0}},
+    "sface": {"box40": {"alignment": "box", "margin": 32}, "box0": {"alignment": "box", "margin": 0},
+              "box20": {"alignment": "box", "margin": 19}},
+    "facenet-casia": {"box40": {"alignment": "box", "margin": 46}, "arcface": {"alignment": "arcface"},
+                      "box20": {"alignment": "box", "margin": 27}},
+    "w600k-mbf": {"box40": {"alignment": "box", "margin": 32}, "box0": {"alignment": "box", "margin": 0},
+                  "box20": {"alignment": "box", "margin": 19}},
 }
 # Mid-level activations for the feature-level term (`features`, `late_features`): the last module of a stage.
 FEATURE_LAYERS = {
@@ -118,8 +122,9 @@ def fit_args(assets: Path, parts: list[str], targets: Path | None = None) -> lis
         recognizers = [sface, w600k]
     if "w600k" in parts and w600k not in recognizers:
         recognizers.append(w600k)
-    if "crops" in parts or "allcrops" in parts:  # the networks of the loss also behind other crop conventions
-        conventions = ["box40"] if "crops" in parts else ["box40", "box0", "arcface"]
+    if {"crops", "allcrops", "morecrops"} & set(parts):  # the networks of the loss also behind other crop conventions
+        conventions = (["box40"] if "crops" in parts else ["box40", "box0", "arcface"]
+                       + (["box20"] if "morecrops" in parts else []))
         recognizers += [{**r, "name": f"{r['name']}@{c}", **OTHER_CROPS[r["name"]][c]}
                         for c in conventions for r in recognizers if c in OTHER_CROPS[r["name"]]]
     settings = dict(p.partition(":")[::2] for p in parts if ":" in p)

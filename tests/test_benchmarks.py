@@ -102,6 +102,9 @@ def test_robustness_variants_switch_parts_and_pass_settings():
     assert [(r["name"], r.get("alignment"), r.get("margin")) for r in every[2:]] == [
         ("facenet-casia@box40", "box", 46), ("sface@box40", "box", 32), ("sface@box0", "box", 0),
         ("facenet-casia@arcface", "arcface", None)]
+    more = json.loads(settings("recognizers+morecrops")["--model.recognizers"][0])
+    assert more[:6] == every and [(r["name"], r["margin"]) for r in more[6:]] == [
+        ("facenet-casia@box20", 27), ("sface@box20", 19)]
     featured = json.loads(settings("recognizers+allcrops+features")["--model.recognizers"][0])
     assert featured[:6] == every  # one feature term per network, behind its own crop, after the crops
     assert [(r["name"], r["feature_layer"], r.get("alignment"), r["weight"]) for r in featured[6:]] == [
