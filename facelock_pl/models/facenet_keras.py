@@ -48,7 +48,7 @@ class FacenetKeras(nn.Module):
         return self.net((faces - mean) / std)
 
 
-def _module_of(layer: str) -> str:
+def module_of(layer: str) -> str:
     """The InceptionResnetV1 module (without the `net.` prefix) of a Keras conv or dense layer name."""
     if layer in STEM:
         return STEM[layer]
@@ -72,7 +72,7 @@ def _module_of(layer: str) -> str:
     return f"{parent}.branch{branch.group(1)}|{branch.group(2) or '0a'}"  # position in the branch resolved by the caller
 
 
-def _resolve_branches(names: dict[str, str], target_keys: set[str]) -> dict[str, str]:
+def resolve_branches(names: dict[str, str], target_keys: set[str]) -> dict[str, str]:
     """Turn `parent.branchN|0a` placeholders into `parent.branchN` (a single conv) or `parent.branchN.K`
     (the K-th conv of the branch, by TF-slim's 0a < 0b < 0c < 1a order)."""
     resolved, branches = {}, {}
@@ -98,7 +98,7 @@ def state_from_keras_h5(h5: io.BytesIO | str) -> dict[str, torch.Tensor]:
             lambda name, item: tensors.__setitem__(name, np.asarray(item)) if isinstance(item, h5py.Dataset) else None)
     layers = {name.split("/")[0] for name in tensors if name.endswith("kernel:0")}
     target = FacenetKeras().state_dict()
-    modules = _resolve_branches({layer: _module_of(layer) for layer in layers}, {k.removeprefix("net.") for k in target})
+    modules = resolve_branches({layer: module_of(layer) for layer in layers}, {k.removeprefix("net.") for k in target})
     state = {}
     for layer, module in modules.items():
         kernel = torch.from_numpy(tensors[f"{layer}/{layer}/kernel:0"])
