@@ -132,8 +132,10 @@ def fit_args(assets: Path, parts: list[str], targets: Path | None = None) -> lis
     if "vggface2" in parts:
         recognizers.append(vggface2)
     if {"crops", "allcrops", "morecrops"} & set(parts):  # the networks of the loss also behind other crop conventions
-        conventions = (["box40"] if "crops" in parts else ["box40", "box0", "arcface"]
-                       + (["box20"] if "morecrops" in parts else []))
+        if "crops" in parts:
+            conventions = ["box40"]
+        else:  # allcrops: the ones evaluate-crops.yaml judges by; morecrops adds the 20% box
+            conventions = ["box40", "box0", "arcface"] + (["box20"] if "morecrops" in parts else [])
         recognizers += [{**r, "name": f"{r['name']}@{c}", **OTHER_CROPS[r["name"]][c]}
                         for c in conventions for r in recognizers if c in OTHER_CROPS[r["name"]]]
     settings = dict(p.partition(":")[::2] for p in parts if ":" in p)

