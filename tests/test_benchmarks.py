@@ -106,6 +106,16 @@ def test_robustness_variants_switch_parts_and_pass_settings():
     assert [r["name"] for r in third[:3]] == ["facenet-casia", "sface", "facenet-vggface2"]
     assert third[2]["weights"].endswith("fr/facenet-vggface2/facenet_vggface2_tflite.safetensors")
     assert {"facenet-vggface2@box40", "facenet-vggface2@arcface"} < {r["name"] for r in third} and len(third) == 9
+    mbconv = json.loads(settings("recognizers+efficientnet+allcrops")["--model.recognizers"][0])
+    assert [(r["name"], r["kind"]) for r in mbconv[:3]] == [
+        ("facenet-casia", "facenet"), ("sface", "onnx"), ("efficientnet", "efficientnet")]
+    assert mbconv[2]["weights"].endswith("fr/memento-efficientnet/memento_efficientnet_b0.safetensors")
+    assert [(r["name"], r.get("margin")) for r in mbconv if r["name"].startswith("efficientnet@")] == [
+        ("efficientnet@box40", 73), ("efficientnet@arcface", None)]
+    light = settings("recognizers+efficientnet+efficientnet_weight:0.25+allcrops")
+    assert [(r["name"], r["weight"]) for r in json.loads(light["--model.recognizers"][0]) if "weight" in r] == [
+        ("efficientnet", 0.25), ("efficientnet@box40", 0.25), ("efficientnet@arcface", 0.25)]
+    assert not any("efficientnet_weight" in key for key in light)  # a benchmark setting, not a model one
     more = json.loads(settings("recognizers+morecrops")["--model.recognizers"][0])
     assert more[:6] == every and [(r["name"], r["margin"]) for r in more[6:]] == [
         ("facenet-casia@box20", 27), ("sface@box20", 19)]

