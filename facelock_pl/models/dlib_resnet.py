@@ -12,14 +12,14 @@ from TF's HWIO to torch's OIHW, and each conv's per-channel affine "scale" layer
 
 from __future__ import annotations
 
-import io
 import json
-import tarfile
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .weights import archive_member
 
 # dlib's mean face colour (0-255, RGB) and its scale, as face-api.js normalises the input.
 MEAN_RGB_255 = (122.782, 117.001, 104.298)
@@ -118,7 +118,5 @@ def faceapi_package_to_safetensors(package_tgz: bytes) -> bytes:
     """The npm package `@vladmandic/face-api` (its .tgz) → `DlibResNet` weights as safetensors bytes."""
     from safetensors.torch import save
 
-    with tarfile.open(fileobj=io.BytesIO(package_tgz), mode="r:gz") as package:
-        manifest = json.load(package.extractfile(FACEAPI_MANIFEST))
-        blob = package.extractfile(FACEAPI_WEIGHTS).read()
-    return save(state_from_faceapi(manifest, blob))
+    manifest = json.loads(archive_member(package_tgz, FACEAPI_MANIFEST))
+    return save(state_from_faceapi(manifest, archive_member(package_tgz, FACEAPI_WEIGHTS)))

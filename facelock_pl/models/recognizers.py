@@ -158,7 +158,7 @@ class FaceRecognizer(nn.Module):
             inputs = faces * self.spec.input_scale + self.spec.input_offset
         elif self.spec.kind in ("facenet", "random-facenet"):
             inputs = faces_pm1 * (127.5 / 128.0)  # (x255 - 127.5) / 128
-        else:  # adaface (normalised with mean 0.5, std 0.5: [-1, 1]), dlib, facenet-keras, efficientnet (normalise inside)
+        else:  # adaface (mean 0.5, std 0.5: [-1, 1]), dlib, facenet-keras, efficientnet (normalise inside), tiny-random
             inputs = faces_pm1.flip(1) if self.spec.bgr else faces_pm1
         return F.normalize(self._outputs(inputs).float().flatten(1), dim=1)
 

