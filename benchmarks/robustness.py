@@ -20,6 +20,11 @@ FaceLock = SFace + TAESD, no EOT, the published loop at `--iterations`; the conf
   efficientnet the EfficientNet-B0 recogniser of `Memento-Face` joins the FR term (models.efficientnet_face): a third
                network, of another architecture (inverted-residual MBConv blocks);
   efficientnet_weight:W  its entries' weight in the FR ensemble (default 1, as every other network's);
+  robust_facenet  facenet CASIA's entries in the loss use a slightly robust copy of it instead (made by
+               benchmarks/robust_surrogate.py into BUNDLE/fr/facenet-casia-robust/; a transfer aid);
+  add_robust_facenet  that copy joins the FR term beside the original (a third network, behind its crops too);
+  sface_weight:W  SFace's entries' weight in the FR ensemble (default 1);
+  robust_sface  the same for SFace (its entries use robust_surrogate.py --network sface's copy, BUNDLE/fr/sface-robust/);
   vaes         TAESD + TAESDXL in the latent and reconstruction terms (an autoencoder ensemble);
   ensemble     both of the above;
   eot          the config's random purifications inside the loop;
@@ -74,13 +79,14 @@ RENAMED_KEYS = {f"--{old}": f"--{new}" for old, new in _RENAMED.items()}  # `fr_
 
 PARTS = ("recognizers", "rotated", "w600k", "vggface2", "efficientnet", "vaes", "ensemble", "eot", "realjpeg",
          "realign", "jitter", "target", "crops", "allcrops", "morecrops", "features", "late_features", "quantised",
-         "early_fr", "smoothing", "momentum")
+         "early_fr", "smoothing", "momentum", "robust_facenet", "add_robust_facenet", "robust_sface")
 # The crop conventions besides each network's own, as evaluate-crops.yaml (box40's margin: 0.4/1.4 of the input size).
 OTHER_CROPS = {
     "sface": {"box40": {"alignment": "box", "margin": 32}, "box0": {"alignment": "box", "margin": 0},
               "box20": {"alignment": "box", "margin": 19}},
     "facenet-casia": {"box40": {"alignment": "box", "margin": 46}, "arcface": {"alignment": "arcface"},
                       "box20": {"alignment": "box", "margin": 27}},
+    "facenet-casia-robust": {"box40": {"alignment": "box", "margin": 46}, "arcface": {"alignment": "arcface"}},
     "facenet-vggface2": {"box40": {"alignment": "box", "margin": 46}, "arcface": {"alignment": "arcface"},
                          "box20": {"alignment": "box", "margin": 27}},
     "w600k-mbf": {"box40": {"alignment": "box", "margin": 32}, "box0": {"alignment": "box", "margin": 0},
@@ -123,6 +129,12 @@ def fit_args(assets: Path, parts: list[str], targets: Path | None = None) -> lis
              "input_scale": 127.5, "input_offset": 127.5}
     facenet = {"kind": "facenet", "name": "facenet-casia",
                "weights": str(assets / "fr/facenet-casia/facenet_casia_webface_20180408_fp16.safetensors")}
+    robust = {**facenet, "name": "facenet-casia-robust",
+              "weights": str(assets / "fr/facenet-casia-robust/facenet_casia_robust.safetensors")}
+    if "robust_facenet" in parts:
+        facenet["weights"] = robust["weights"]
+    if "robust_sface" in parts:
+        sface["weights"] = str(assets / "fr/sface-robust/sface_robust.onnx")
     w600k = {"kind": "onnx", "weights": str(assets / "fr/insightface-mbf/w600k_mbf.onnx"), "name": "w600k-mbf",
              "input_scale": 1.0, "input_offset": 0.0}
     vggface2 = {"kind": "facenet", "name": "facenet-vggface2",
@@ -138,9 +150,13 @@ def fit_args(assets: Path, parts: list[str], targets: Path | None = None) -> lis
         recognizers.append(w600k)
     if "vggface2" in parts:
         recognizers.append(vggface2)
+    if "add_robust_facenet" in parts:
+        recognizers.append(robust)
     settings = dict(p.partition(":")[::2] for p in parts if ":" in p)
     if "efficientnet" in parts:
         recognizers.append({**efficientnet, "weight": float(settings.pop("efficientnet_weight", 1.0))})
+    if "sface_weight" in settings:
+        sface["weight"] = float(settings.pop("sface_weight"))
     if {"crops", "allcrops", "morecrops"} & set(parts):  # the networks of the loss also behind other crop conventions
         if "crops" in parts:
             conventions = ["box40"]

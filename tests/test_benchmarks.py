@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 import subprocess
@@ -10,6 +11,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
+
+from facelock_pl.models.recognizers import RecognizerSpec, load_recognizer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -116,6 +120,21 @@ def test_robustness_variants_switch_parts_and_pass_settings():
     assert [(r["name"], r["weight"]) for r in json.loads(light["--model.recognizers"][0]) if "weight" in r] == [
         ("efficientnet", 0.25), ("efficientnet@box40", 0.25), ("efficientnet@arcface", 0.25)]
     assert not any("efficientnet_weight" in key for key in light)  # a benchmark setting, not a model one
+    robust = json.loads(settings("recognizers+allcrops+robust_facenet")["--model.recognizers"][0])
+    assert [r["name"] for r in robust] == [r["name"] for r in every]  # the same entries, the copy's weights
+    assert {r["weights"] for r in robust if r["kind"] == "facenet"} == {
+        "/assets/fr/facenet-casia-robust/facenet_casia_robust.safetensors"}
+    both = json.loads(settings("recognizers+allcrops+robust_facenet+robust_sface")["--model.recognizers"][0])
+    assert {r["weights"] for r in both if r["kind"] == "onnx"} == {"/assets/fr/sface-robust/sface_robust.onnx"}
+    beside = json.loads(settings("recognizers+allcrops+add_robust_facenet")["--model.recognizers"][0])
+    assert [r["name"] for r in beside if "robust" in r["name"]] == [
+        "facenet-casia-robust", "facenet-casia-robust@box40", "facenet-casia-robust@arcface"]
+    assert beside[0] == every[0] and len(beside) == 9
+    heavier = settings("recognizers+allcrops+sface_weight:2")
+    assert [(r["name"], r.get("weight")) for r in json.loads(heavier["--model.recognizers"][0])] == [
+        ("facenet-casia", None), ("sface", 2.0), ("facenet-casia@box40", None), ("sface@box40", 2.0), ("sface@box0", 2.0),
+        ("facenet-casia@arcface", None)]
+    assert not any("sface_weight" in key for key in heavier)
     more = json.loads(settings("recognizers+morecrops")["--model.recognizers"][0])
     assert more[:6] == every and [(r["name"], r["margin"]) for r in more[6:]] == [
         ("facenet-casia@box20", 27), ("sface@box20", 19)]
@@ -162,3 +181,57 @@ def test_tables_show_each_network_once_by_its_worst_crop():
     offline_runs = importlib.import_module("offline_runs")
     frame = pd.DataFrame(columns=["set", "match:sface", "match:sface@box0", "match:sface@worst", "match:dlib"])
     assert offline_runs.worst_judges(frame) == ["sface@worst", "dlib"]
+
+
+def robust_surrogate_module():
+    spec = importlib.util.spec_from_file_location("robust_surrogate", ROOT / "benchmarks" / "robust_surrogate.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclass looks its module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_robust_surrogate_drifts_less_under_attack_and_keeps_its_teachers_embeddings():
+    surrogate = robust_surrogate_module()
+    teacher = load_recognizer(RecognizerSpec(kind="tiny-random"))
+    before = [p.clone() for p in teacher.parameters()]
+    crops = torch.Generator().manual_seed(0)
+    draw = lambda n: torch.rand(n, 3, 32, 32, generator=crops) * 2 - 1  # noqa: E731
+    probe = draw(16)
+    plain, _ = surrogate.robustify(teacher, draw, steps=60, eps=0.05, beta=0.0, lr=3e-3, batch=8)
+    student, curve = surrogate.robustify(teacher, draw, steps=60, eps=0.05, beta=4.0, lr=3e-3, batch=8)
+    # The same fine-tuning without the robustness term drifts several times as far under the attack.
+    drift_plain, drift_robust = (surrogate.adversarial_drift(n, probe, 0.05) for n in (plain, student))
+    assert drift_robust < 0.25 * drift_plain, (drift_plain, drift_robust)
+    with torch.no_grad():
+        kept = (student(probe) * teacher(probe)).sum(1).mean().item()
+    assert kept > 0.9 and len(curve) == 60 and curve[-1]["robustness"] < curve[0]["robustness"]
+    assert all(torch.equal(a, b) for a, b in zip(before, teacher.parameters()))  # the teacher is left as it was
+    assert not any(p.requires_grad for p in student.parameters())
+    first_layer, _ = surrogate.robustify(teacher, draw, steps=2, eps=0.05, beta=1.0, lr=3e-3,
+                                         trainable=lambda copy: copy.net[0].parameters())
+    changed = [not torch.equal(a, b) for a, b in zip(first_layer.parameters(), teacher.parameters())]
+    assert changed == [True, True] + [False] * (len(changed) - 2)  # only what `trainable` names is trained
+
+
+def test_a_robust_sface_is_written_back_into_sfaces_graph(shared_assets, tmp_path):
+    surrogate = robust_surrogate_module()
+    network = surrogate.NETWORKS["sface"]
+    original = shared_assets / network.spec["weights"]
+    teacher = load_recognizer(RecognizerSpec(**{**network.spec, "weights": str(original)}))
+    crops = torch.rand(4, 3, 112, 112, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    unchanged = tmp_path / "unchanged.onnx"
+    unchanged.write_bytes(surrogate.onnx_with_convolutions_of(teacher, original))
+    reloaded = load_recognizer(RecognizerSpec(**{**network.spec, "weights": str(unchanged)}))
+    assert torch.equal(reloaded(crops), teacher(crops))
+    changed = copy.deepcopy(teacher)
+    first = surrogate.convolutions(changed)[0]
+    with torch.no_grad():
+        first.mul_(0.5)  # a changed convolution reaches the written graph, and only that one
+    moved = tmp_path / "moved.onnx"
+    moved.write_bytes(surrogate.onnx_with_convolutions_of(changed, original))
+    reloaded = load_recognizer(RecognizerSpec(**{**network.spec, "weights": str(moved)}))
+    assert torch.allclose(reloaded(crops), changed(crops), atol=1e-6)
+    assert not torch.allclose(reloaded(crops), teacher(crops), atol=1e-3)
+    assert torch.equal(surrogate.convolutions(reloaded)[0], first)
+    assert all(torch.equal(a, b) for a, b in zip(surrogate.convolutions(reloaded)[1:], surrogate.convolutions(teacher)[1:]))
