@@ -23,8 +23,9 @@ FaceLock = SFace + TAESD, no EOT, the published loop at `--iterations`; the conf
   robust_facenet  facenet CASIA's entries in the loss use a slightly robust copy of it instead (made by
                benchmarks/robust_surrogate.py into BUNDLE/fr/facenet-casia-robust/; a transfer aid);
   add_robust_facenet  that copy joins the FR term beside the original (a third network, behind its crops too);
+  robust_sface  SFace's entries in the loss use the copy of SFace that robust_surrogate.py --network sface makes
+               (BUNDLE/fr/sface-robust/);
   sface_weight:W  SFace's entries' weight in the FR ensemble (default 1);
-  robust_sface  the same for SFace (its entries use robust_surrogate.py --network sface's copy, BUNDLE/fr/sface-robust/);
   vaes         TAESD + TAESDXL in the latent and reconstruction terms (an autoencoder ensemble);
   ensemble     both of the above;
   eot          the config's random purifications inside the loop;

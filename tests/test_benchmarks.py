@@ -209,7 +209,7 @@ def test_a_robust_surrogate_drifts_less_under_attack_and_keeps_its_teachers_embe
     assert all(torch.equal(a, b) for a, b in zip(before, teacher.parameters()))  # the teacher is left as it was
     assert not any(p.requires_grad for p in student.parameters())
     first_layer, _ = surrogate.robustify(teacher, draw, steps=2, eps=0.05, beta=1.0, lr=3e-3,
-                                         trainable=lambda copy: copy.net[0].parameters())
+                                         trainable=lambda student: student.net[0].parameters())
     changed = [not torch.equal(a, b) for a, b in zip(first_layer.parameters(), teacher.parameters())]
     assert changed == [True, True] + [False] * (len(changed) - 2)  # only what `trainable` names is trained
 
