@@ -65,10 +65,10 @@ NETWORKS = {
 
 # Every network here is a FaceRecognizer (or acts as one): [B, 3, S, S] crops in [-1, 1] -> [B, D] unit embeddings.
 def worst_perturbation(net: nn.Module, crops_pm1: torch.Tensor, eps: float, steps: int = 3,
-                       generator: torch.Generator | None = None) -> torch.Tensor:
+                       generator: torch.Generator | None = None, clean: torch.Tensor | None = None) -> torch.Tensor:
     """The perturbation (L∞ <= eps, crop pixels in [-1, 1]) that moves `net`'s embeddings most, by sign steps of
-    eps/2 from a random start."""
-    clean = net(crops_pm1).detach()
+    eps/2 from a random start; `clean`: the crops' embeddings, where the caller has them."""
+    clean = net(crops_pm1).detach() if clean is None else clean.detach()
     delta = (torch.rand(crops_pm1.shape, generator=generator) * 2 - 1) * eps
     for _ in range(steps):
         delta.requires_grad_(True)
@@ -102,8 +102,8 @@ def robustify(teacher: nn.Module, sample_crops, steps: int, eps: float, beta: fl
         crops = sample_crops(batch)
         with torch.no_grad():
             target = teacher(crops)
-        delta = worst_perturbation(student, crops, eps, generator=generator)
         own = student(crops)
+        delta = worst_perturbation(student, crops, eps, generator=generator, clean=own)
         fidelity = (1 - (own * target).sum(1)).mean()
         robustness = (1 - (student((crops + delta).clamp(-1, 1)) * own).sum(1)).mean()
         optimiser.zero_grad()
