@@ -80,7 +80,7 @@ RENAMED_KEYS = {f"--{old}": f"--{new}" for old, new in _RENAMED.items()}  # `fr_
 
 PARTS = ("recognizers", "rotated", "w600k", "vggface2", "efficientnet", "vaes", "ensemble", "eot", "realjpeg",
          "realign", "jitter", "target", "crops", "allcrops", "morecrops", "features", "late_features", "quantised",
-         "early_fr", "smoothing", "momentum", "robust_facenet", "add_robust_facenet", "robust_sface")
+         "early_fr", "smoothing", "momentum", "robust_facenet", "add_robust_facenet", "robust_sface", "worst_crop")
 # The crop conventions besides each network's own, as evaluate-crops.yaml (box40's margin: 0.4/1.4 of the input size).
 OTHER_CROPS = {
     "sface": {"box40": {"alignment": "box", "margin": 32}, "box0": {"alignment": "box", "margin": 0},
@@ -124,7 +124,8 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
     return name, parts
 
 
-def fit_args(assets: Path, parts: list[str], targets: Path | None = None) -> list[str]:
+def fit_args(assets: Path, parts: list[str], targets: Path | None = None,
+             thresholds: dict[str, float] | None = None) -> list[str]:
     """The `fit` options of a variant; `targets`: the folder of identity targets (part `target`)."""
     sface = {"kind": "onnx", "weights": str(assets / "fr/sface/sface_fp32.onnx"), "name": "sface",
              "input_scale": 127.5, "input_offset": 127.5}
@@ -171,6 +172,11 @@ def fit_args(assets: Path, parts: list[str], targets: Path | None = None) -> lis
             networks = [r for r in recognizers if "@" not in r["name"]]
             recognizers += [{**r, "name": f"{r['name']}#{part}", "feature_layer": FEATURE_LAYERS[part][r["name"]],
                              "weight": weight} for r in networks]
+    if "worst_crop" in parts:  # each entry's margin over its own threshold (the evaluation's, by entry name)
+        unknown = [r["name"] for r in recognizers if r["name"] not in (thresholds or {})]
+        if unknown:
+            raise SystemExit(f"part worst_crop: the evaluation config gives no threshold for {unknown}")
+        recognizers = [{**r, "threshold": thresholds[r["name"]]} for r in recognizers]
     vaes = "vaes" in parts or "ensemble" in parts
     args = ["--model.recognizers", json.dumps(recognizers),
             "--model.vae", json.dumps([taesd, taesdxl] if vaes else [taesd])]
@@ -181,7 +187,8 @@ def fit_args(assets: Path, parts: list[str], targets: Path | None = None) -> lis
         if part not in parts and not (part == "eot" and "realjpeg" in parts):
             args += switch_off
     on = {"realjpeg": ["--model.attack.eot", json.dumps(REAL_CODEC_EOT)], "realign": ["--model.objective.realign", "true"],
-          "jitter": ["--model.objective.crop_jitter", "0.2"], "target": ["--model.objective.target_faces", str(targets)]}
+          "jitter": ["--model.objective.crop_jitter", "0.2"], "target": ["--model.objective.target_faces", str(targets)],
+          "worst_crop": ["--model.objective.fr_reduction", "worst_crop"]}
     for part, switch_on in on.items():
         if part in parts:
             args += switch_on
@@ -244,12 +251,14 @@ def main() -> None:
         for path in pool:
             (targets / path.name).write_bytes(path.read_bytes())
 
+    judges = yaml.safe_load(Path(args.evaluate_config).read_text()).get("recognizers") or []
+    thresholds = {r["name"]: r["threshold"] for r in judges if "name" in r and r.get("threshold") is not None}
     sets = {}
     for name, parts in variants.items():
         out = work / f"v{len(sets)}"
         cli("fit", "--config", ROOT / "configs/facelock-robust.yaml", "--assets", assets, "--data.source", faces,
             "--data.batch_size", args.batch_size, "--data.num_workers", 0, "--model.attack.iterations", args.iterations,
-            "--output_dir", out, "--trainer.enable_progress_bar", "false", *fit_args(assets, parts, targets))
+            "--output_dir", out, "--trainer.enable_progress_bar", "false", *fit_args(assets, parts, targets, thresholds))
         sets[name] = out
     set_names = {f"v{i}": name for i, name in enumerate(sets)}
     cli("edit", "--config", ROOT / "configs/edit-offline.yaml", "--assets", assets, "--data.source", faces, "--output_dir",

@@ -46,6 +46,39 @@ def test_fr_ensemble_is_the_weighted_mean_or_the_worst_case(batch):
     assert torch.allclose(worst.fr_cos(y, worst.clean_features(x, geometry, False, False)), torch.maximum(*cos), atol=1e-6)
 
 
+def test_worst_crop_reduction_is_a_smooth_maximum_of_threshold_margins_per_network(batch):
+    from facelock_pl.objectives.terms import WORST_CROP_TEMPERATURE as tau
+
+    x, _, geometry = batch
+    y = torch.rand(x.shape, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    shared = TinyRandomRecognizerNet(1)  # one network behind two crops, as `sface` and `sface@box0`
+    entries = [FaceRecognizer(shared, RecognizerSpec(kind="tiny-random", name="a", threshold=0.3), 32, "box"),
+               FaceRecognizer(shared, RecognizerSpec(kind="tiny-random", name="a@m4", margin=4, threshold=0.31), 32, "box"),
+               FaceRecognizer(TinyRandomRecognizerNet(2), RecognizerSpec(kind="tiny-random", name="b", weight=2.0,
+                                                                         threshold=0.2), 32, "box")]
+    alone = [Networks([vae(0)], [e], None) for e in entries]
+    cos = [n.fr_cos(y, n.clean_features(x, geometry, False, False)) for n in alone]
+    nets = Networks([vae(0)], entries, None, fr_reduction="worst_crop")
+    clean = nets.clean_features(x, geometry, False, False)
+    margins_a = torch.stack([cos[0] - 0.3, cos[1] - 0.31])
+    expected = 0.5 * tau * torch.logsumexp(margins_a / tau, 0) + 0.5 * (cos[2] - 0.2)  # network a: weight 2 of 4
+    assert torch.allclose(nets.fr_terms(y, clean)["fr_cos"], expected, atol=1e-6)
+    smooth, worst = tau * torch.logsumexp(margins_a / tau, 0), margins_a.max(0).values
+    assert (smooth > worst + 0.01).all() and (smooth <= worst + tau * 0.694).all()  # both crops count, the worst most
+    # the manifest's cosine stays the weighted mean of the cosines, and the loss's term is not taken for it
+    assert torch.allclose(nets.fr_cos(y, clean, identity_only=True), 0.25 * cos[0] + 0.25 * cos[1] + 0.5 * cos[2], atol=1e-6)
+    assert not nets.loss_fr_is_reported and alone[0].loss_fr_is_reported
+
+
+def test_worst_crop_reduction_needs_every_threshold():
+    spec = RecognizerSpec(kind="tiny-random", name="no-threshold")
+    given = FaceRecognizer(TinyRandomRecognizerNet(1), dataclasses.replace(spec, name="given", threshold=0.4), 32, "box")
+    missing = FaceRecognizer(TinyRandomRecognizerNet(2), spec, 32, "box")
+    with pytest.raises(ValueError, match=r"threshold.*\['no-threshold'\]"):
+        Networks([vae(0)], [given, missing], None, fr_reduction="worst_crop")
+    Networks([vae(0)], [given, missing], None)  # the other reductions need none
+
+
 def test_a_feature_term_joins_the_loss_but_not_what_is_measured(batch):
     from facelock_pl.engine.measure import ProtectionMeter
     from facelock_pl.engine.speed import SpeedConfig

@@ -249,11 +249,11 @@ class PGDAttack:
 
     def _fr_cos_of_iterate(self, slots: torch.Tensor, active: torch.Tensor, terms: dict) -> torch.Tensor:
         """`fr_cos_recon` of the current iterates' 8-bit images. When this iteration's forward pass saw exactly
-        those images (quantised forward, one autoencoder, no EOT, no feature-layer term), its FR term is that value:
-        no extra pass."""
+        those images (quantised forward, one autoencoder, no EOT) and its FR term is that cosine (no feature-layer
+        term, no margins), the term is the value: no extra pass."""
         s = self.slots
         if (self.config.quantise_forward and self.eot is None and len(self.nets.vaes) == 1 and "fr_cos" in terms
-                and not self.nets.feature_terms):
+                and self.nets.loss_fr_is_reported):
             per_slot = torch.zeros(len(s.occupied), device=s.x.device)
             per_slot[active] = terms["fr_cos"].detach().float()
             return per_slot[slots]

@@ -27,7 +27,10 @@ class FaceLockObjective:
         lpips_weight: weight of LPIPS (0: no LPIPS term, and its network is not loaded).
         fr_start: share of iterations before the FR term switches on (published: 0.35).
         lpips_start: share of iterations after which LPIPS switches on (published: 0.25).
-        fr_reduction: several recognisers: their weighted `mean` cosine, or the worst case `max`.
+        fr_reduction: several recognisers: their weighted `mean` cosine, the worst case `max`, or `worst_crop`: per
+            network, a smooth maximum over the crops it stands behind of (cosine − that entry's calibrated
+            `threshold`), networks weighted as their entries (`Networks._worst_crop_margin`; every entry needs a
+            threshold). The manifest's `fr_cos_recon` stays the weighted mean cosine.
         realign: re-align x̂ for every recogniser at every iteration from its own landmarks (MTCNN's O-Net read
             differentiably, `facelock_pl.models.landmarks`), as the published code does; False: the clean image's
             alignment throughout.
@@ -45,7 +48,7 @@ class FaceLockObjective:
     lpips_weight: float = 1.0
     fr_start: float = 0.35
     lpips_start: float = 0.25
-    fr_reduction: Literal["mean", "max"] = "mean"
+    fr_reduction: Literal["mean", "max", "worst_crop"] = "mean"
     realign: bool = False
     crop_jitter: float = 0.0
     target_faces: str | None = None

@@ -22,6 +22,8 @@ from ..models.landmarks import LandmarkReader
 from .targets import TargetPool
 
 # Every term any method can report; manifests carry one `term_<name>` column for each.
+WORST_CROP_TEMPERATURE = 0.05  # cosine units: margins 0.1 apart weigh e^2 ≈ 7.4 : 1
+
 TERM_NAMES = ("fr_cos", "fr_target_cos", "latent_mse", "lpips", "latent_target_dist", "recon_norm", "latent_l2", "l2_distortion")
 
 
@@ -82,7 +84,7 @@ class Networks(nn.Module):
         vaes: list[FrozenVAE],
         recognizers: list[FaceRecognizer],
         lpips: LPIPSDistance | None,
-        fr_reduction: Literal["mean", "max"] = "mean",
+        fr_reduction: Literal["mean", "max", "worst_crop"] = "mean",
         vae_weights: list[float] | None = None,
         landmarks: LandmarkReader | None = None,
         crop_jitter: float = 0.0,
@@ -101,6 +103,8 @@ class Networks(nn.Module):
         # them says nothing about identity: what is measured and reported takes the embeddings alone.
         self.identity = [i for i, r in enumerate(recognizers) if r.spec.feature_layer is None]
         self.identity_weights = self._normalised([recognizers[i].spec.weight for i in self.identity])
+        if fr_reduction == "worst_crop":
+            self._crop_groups = self._group_by_network(recognizers)
         self.landmarks = landmarks  # re-align x̂ every iteration (None: the clean image's alignment)
         self.crop_jitter = crop_jitter
         self.targets: TargetPool | None = None  # identity targets (`objective.target_faces`); set by `load_networks`
@@ -110,9 +114,29 @@ class Networks(nn.Module):
         weights = torch.tensor(weights, dtype=torch.float32)
         return (weights / weights.sum()).tolist() if len(weights) else []
 
+    @staticmethod
+    def _group_by_network(recognizers: list[FaceRecognizer]) -> list[tuple[list[int], float]]:
+        """`worst_crop`: the loss's entries grouped by the network they share (one network behind several crops),
+        each group with its share of the ensemble's weight."""
+        missing = [r.spec.label for r in recognizers if r.spec.threshold is None or r.spec.feature_layer is not None]
+        if missing:
+            raise ValueError(f"fr_reduction worst_crop compares each entry's cosine with its own threshold: give "
+                             f"{missing} a calibrated `threshold` (and no feature_layer)")
+        groups: dict[int, list[int]] = {}
+        for i, r in enumerate(recognizers):
+            groups.setdefault(id(r.net), []).append(i)
+        total = sum(r.spec.weight for r in recognizers)
+        return [(entries, sum(recognizers[i].spec.weight for i in entries) / total) for entries in groups.values()]
+
     @property
     def feature_terms(self) -> bool:
         return len(self.identity) < len(self.recognizers)
+
+    @property
+    def loss_fr_is_reported(self) -> bool:
+        """Whether the loss's `fr_cos` is the cosine the manifest reports: not with feature-layer terms in it, nor as
+        `worst_crop` margins."""
+        return not self.feature_terms and self.fr_reduction != "worst_crop"
 
     @property
     def device(self) -> torch.device:
@@ -202,7 +226,18 @@ class Networks(nn.Module):
     def _reduce(self, cosines: torch.Tensor, identity_only: bool) -> torch.Tensor:
         if self.fr_reduction == "max":
             return cosines.max(0).values
+        if self.fr_reduction == "worst_crop" and not identity_only:
+            return self._worst_crop_margin(cosines)
         return self._weighted_mean(cosines, self.identity_weights if identity_only else self.fr_weights)
+
+    def _worst_crop_margin(self, cosines: torch.Tensor) -> torch.Tensor:
+        """[B]: per network, a smooth maximum over its crops of (cosine − that crop's threshold), the margin by which
+        the crop a judge finds worst still matches; networks weighted as their entries. What an evaluation counts
+        (a face matches when any crop's cosine passes its threshold) is this maximum's sign."""
+        thresholds = torch.tensor([r.spec.threshold for r in self.recognizers], device=cosines.device)[:, None]
+        margins = cosines - thresholds
+        return sum(share * WORST_CROP_TEMPERATURE * torch.logsumexp(margins[entries] / WORST_CROP_TEMPERATURE, 0)
+                   for entries, share in self._crop_groups)
 
     def latent_mse(self, latents: list[torch.Tensor], clean: CleanFeatures) -> torch.Tensor:
         return self.vae_mean([(z.float() - c).pow(2).flatten(1).mean(1) for z, c in zip(latents, clean.latents)])
