@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+import yaml
 
 from facelock_pl.models.recognizers import RecognizerSpec, load_recognizer
 
@@ -146,6 +147,16 @@ def test_robustness_variants_switch_parts_and_pass_settings():
     assert [(r["name"], r["feature_layer"], r["weight"]) for r in json.loads(late["--model.recognizers"][0])[2:]] == [
         ("sface#late_features", "conv_12_relu", 3.0), ("w600k-mbf#late_features", "PRelu_75", 3.0)]
     assert not any("feature_weight" in key for key in late) and late["--model.objective.fr_start"][-1] == "0.2"
+    judged = {r["name"]: r["threshold"] for r in yaml.safe_load(
+        (ROOT / "configs/evaluate-crops-tune.yaml").read_text())["recognizers"]}
+    margins = robustness.fit_args(assets, ["recognizers", "allcrops", "worst_crop"], None, judged)
+    assert [(r["name"], r["threshold"]) for r in json.loads(margins[margins.index("--model.recognizers") + 1])] == [
+        ("facenet-casia", 0.41), ("sface", 0.45), ("facenet-casia@box40", 0.431), ("sface@box40", 0.626),
+        ("sface@box0", 0.378), ("facenet-casia@arcface", 0.53)]  # each entry's own, as the evaluation judges it
+    assert margins[margins.index("--model.objective.fr_reduction") + 1] == "worst_crop"
+    assert "--model.objective.fr_reduction" not in settings("recognizers+allcrops")
+    with pytest.raises(SystemExit, match=r"no threshold for \['facenet-vggface2'"):
+        robustness.fit_args(assets, ["recognizers", "vggface2", "worst_crop"], None, judged)
     with pytest.raises(SystemExit, match="turbo"):
         robustness.parse_variant("v=quantised+turbo")
     with pytest.raises(SystemExit, match="NAME=part"):
