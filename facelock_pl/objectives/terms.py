@@ -21,9 +21,9 @@ from ..models.faces import jitter_theta
 from ..models.landmarks import LandmarkReader
 from .targets import TargetPool
 
-# Every term any method can report; manifests carry one `term_<name>` column for each.
-WORST_CROP_TEMPERATURE = 0.05  # cosine units: margins 0.1 apart weigh e^2 ≈ 7.4 : 1
+WORST_CROP_TEMPERATURE = 0.05  # `worst_crop`, in cosine units: margins 0.1 apart weigh e^2 ≈ 7.4 : 1
 
+# Every term any method can report; manifests carry one `term_<name>` column for each.
 TERM_NAMES = ("fr_cos", "fr_target_cos", "latent_mse", "lpips", "latent_target_dist", "recon_norm", "latent_l2", "l2_distortion")
 
 
