@@ -103,8 +103,10 @@ class Networks(nn.Module):
         # them says nothing about identity: what is measured and reported takes the embeddings alone.
         self.identity = [i for i, r in enumerate(recognizers) if r.spec.feature_layer is None]
         self.identity_weights = self._normalised([recognizers[i].spec.weight for i in self.identity])
-        if fr_reduction == "worst_crop":
+        if fr_reduction == "worst_crop":  # grouped and tensored once, not per PGD iteration
             self._crop_groups = self._group_by_network(recognizers)
+            self.register_buffer("_crop_thresholds", torch.tensor([[r.spec.threshold] for r in recognizers]),
+                                 persistent=False)
         self.landmarks = landmarks  # re-align x̂ every iteration (None: the clean image's alignment)
         self.crop_jitter = crop_jitter
         self.targets: TargetPool | None = None  # identity targets (`objective.target_faces`); set by `load_networks`
@@ -234,8 +236,7 @@ class Networks(nn.Module):
         """[B]: per network, a smooth maximum over its crops of (cosine − that crop's threshold), the margin by which
         the crop a judge finds worst still matches; networks weighted as their entries. What an evaluation counts
         (a face matches when any crop's cosine passes its threshold) is this maximum's sign."""
-        thresholds = torch.tensor([r.spec.threshold for r in self.recognizers], device=cosines.device)[:, None]
-        margins = cosines - thresholds
+        margins = cosines - self._crop_thresholds
         return sum(share * WORST_CROP_TEMPERATURE * torch.logsumexp(margins[entries] / WORST_CROP_TEMPERATURE, 0)
                    for entries, share in self._crop_groups)
 
