@@ -262,6 +262,11 @@ def run_phase(args, name: str, folder: Path, round_index: int) -> dict:
     return json.loads(phase_json.read_text())
 
 
+def round_order(variants: list[str], round_index: int) -> list[str]:
+    """Every other round reversed, so that a drift of the machine's speed falls alike on every variant."""
+    return variants if round_index % 2 == 0 else variants[::-1]
+
+
 def combine_rounds(rounds: list[dict], variants: list[str]) -> dict:
     """Per variant: the first round's result (per-image values, memory, FLOPs) with images/s over all rounds."""
     results = {}
@@ -324,8 +329,7 @@ def main() -> None:
         folder = Path(work) / "images"
         prepare_images(folder, args.images, Path(args.assets) if args.assets else None)
         for round_index in range(args.rounds):
-            order = variants if round_index % 2 == 0 else variants[::-1]
-            rounds.append({name: run_phase(args, name, folder, round_index) for name in order})
+            rounds.append({name: run_phase(args, name, folder, round_index) for name in round_order(variants, round_index)})
     results = combine_rounds(rounds, variants)
     reference = results.get("reference")
     for name, result in results.items():

@@ -16,7 +16,6 @@ import sys
 import warnings
 
 from .config_files import ConfigError, prepare_args
-from .outputs.lock import OutputLockedError
 
 USAGE = """usage: python -m facelock_pl COMMAND [-v] [--config FILE] [--assets DIR] [options]
 
@@ -50,15 +49,21 @@ class NoImagesError(RuntimeError):
 class _Handler(logging.StreamHandler):
     """The project's messages on stderr, bare."""
 
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr  # the current one: a notebook or a test may have redirected it since the first run
+        super().emit(record)
+
 
 def configure_output(verbose: bool) -> None:
     """Our messages always; the libraries' logs and warnings only with -v."""
     ours = logging.getLogger("facelock_pl")
     ours.setLevel(logging.INFO)
     if not any(isinstance(h, _Handler) for h in ours.handlers):
-        handler = _Handler(sys.stderr)
+        handler = _Handler()
         handler.setFormatter(logging.Formatter("%(message)s"))
         ours.addHandler(handler)
+    import lightning  # noqa: F401  (sets its loggers' levels when first imported: ours must come after)
+
     for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
     if not verbose:
@@ -143,7 +148,9 @@ def _evaluation(command: str, args: list[str]) -> int:
 
 
 def _run(command: str, args: list[str]) -> int:
+    # Imported here, not at the top: `--help` and a misspelt command answer at once, without loading torch.
     from .models import WeightsUnavailableError
+    from .outputs.lock import OutputLockedError
 
     try:
         args = prepare_args(args)

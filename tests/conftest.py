@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import torch
@@ -78,6 +79,25 @@ def run_cli(*args) -> int:
     with pytest.raises(SystemExit) as stop:
         main([str(a) for a in args])
     return stop.value.code
+
+
+@pytest.fixture
+def cli_here(capfd):
+    """The command line in this process, for whatever does not depend on the process (not signals, ranks, a lock's
+    holder, the environment libraries read when imported): a subprocess spends ~8 s importing torch and Lightning.
+    `cli_here(*args)` returns a CompletedProcess, as `subprocess.run(..., capture_output=True, text=True)` would.
+    The environment variables a run sets are undone afterwards."""
+    environment = dict(os.environ)
+
+    def call(*args) -> subprocess.CompletedProcess:
+        capfd.readouterr()  # only this call's output
+        code = run_cli(*args)
+        out, err = capfd.readouterr()
+        return subprocess.CompletedProcess(["facelock_pl", *map(str, args)], code, out, err)
+
+    yield call
+    os.environ.clear()
+    os.environ.update(environment)
 
 
 def random_image(size=(80, 96), seed=0) -> np.ndarray:

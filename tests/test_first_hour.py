@@ -1,5 +1,7 @@
-"""A new user's first hour, through the real entry point in a subprocess: help, strict and quiet options, errors
-that say what to do, exit codes, progress, outputs a person can read (the issue's points are numbered)."""
+"""A new user's first hour, through the real entry point: help, strict and quiet options, errors that say what to do,
+exit codes, progress, outputs a person can read (the issue's points are numbered). Whatever depends on the process
+(the environment libraries read when imported, its whole output stream, its umask, what it imports) goes through
+`python -m facelock_pl` in a subprocess; the rest through the same `main` in this process (`cli_here`)."""
 
 from __future__ import annotations
 
@@ -56,8 +58,7 @@ def test_without_network_the_error_names_the_cause_and_the_offline_route(tmp_pat
 
 
 # 2 ------------------------------------------------------------------------------------------------------------
-@pytest.mark.slow
-def test_config_paths_are_relative_to_the_config_file_and_assets_to_the_bundle(tmp_path):
+def test_config_paths_are_relative_to_the_config_file_and_assets_to_the_bundle(tmp_path, cli_here, monkeypatch):
     project = tmp_path / "project"
     faces(project / "faces")
     (project / "bundle" / "vae").mkdir(parents=True)
@@ -67,17 +68,18 @@ def test_config_paths_are_relative_to_the_config_file_and_assets_to_the_bundle(t
                       "  recognizers: [{kind: tiny-random}]\ndata:\n  source: ../faces\n")
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    printed = cli("fit", "--config", config, "--print_config", cwd=elsewhere)
+    monkeypatch.chdir(elsewhere)
+    printed = cli_here("fit", "--config", config, "--print_config")
     assert printed.returncode == 0, printed.stderr[-2000:]
     assert f"source: {project / 'faces'}" in printed.stdout and f"path: {project / 'bundle' / 'vae'}" in printed.stdout
     other = tmp_path / "other-bundle"
     other.mkdir()
-    assert f"path: {other}/vae" in cli("fit", "--config", config, "--assets", other, "--print_config", cwd=elsewhere).stdout
-    missing = cli("fit", "--config", config, "--assets", tmp_path / "nowhere", cwd=elsewhere)
+    assert f"path: {other}/vae" in cli_here("fit", "--config", config, "--assets", other, "--print_config").stdout
+    missing = cli_here("fit", "--config", config, "--assets", tmp_path / "nowhere")
     assert missing.returncode == 2 and "assets download --to DIR" in missing.stderr
 
 
-def test_assets_download_writes_checksums_that_check_verifies(tmp_path):
+def test_assets_download_writes_checksums_that_check_verifies(tmp_path, cli_here):
     import io
     import zipfile
 
@@ -103,7 +105,7 @@ def test_assets_download_writes_checksums_that_check_verifies(tmp_path):
     assert assets.check(bundle) == []
     (bundle / "fr" / "model.onnx").write_bytes(b"tampered")
     assert assets.check(bundle) == ["fr/model.onnx: checksum differs"]
-    checked = cli("assets", "check", bundle)
+    checked = cli_here("assets", "check", bundle)
     assert checked.returncode == 2 and "fr/model.onnx: checksum differs" in checked.stderr
 
 
@@ -136,44 +138,46 @@ def test_the_eta_counts_the_iterations_images_actually_need():
 
 
 # 4 ------------------------------------------------------------------------------------------------------------
-@pytest.mark.slow
-def test_help_lists_the_commands_that_run():
+def test_help_lists_the_commands_that_run(cli_here):
     result = cli("--help")
     assert result.returncode == 0 and result.stdout.startswith("usage: python -m facelock_pl COMMAND")
     for command in ("fit", "edit", "evaluate", "assets", "exit codes"):
         assert command in result.stdout
     assert "validate" not in result.stdout and "predict" not in result.stdout and "Lightning Trainer" not in result.stdout
-    assert "usage: python -m facelock_pl fit" in cli("fit", "--help").stdout
-    unknown = cli("predict")
+    loaded = subprocess.run([sys.executable, "-c", "import sys\nfrom facelock_pl.cli import main\ntry:\n    main(['--help'])\n"
+                             "except SystemExit:\n    print(sorted({'torch', 'lightning'} & set(sys.modules)))"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert loaded.stdout.splitlines()[-1] == "[]", loaded.stdout  # the help answers at once: no torch loaded
+    assert "usage: python -m facelock_pl fit" in cli_here("fit", "--help").stdout
+    unknown = cli_here("predict")
     assert unknown.returncode == 2 and "unknown command 'predict'" in unknown.stderr
 
 
 # 5 ------------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("option", ["--model.iteration", "--model.iter", "--model.attack.iteration"])
-def test_misspelt_options_are_one_line_errors_with_a_suggestion(tmp_path, option):
-    result = cli(*tiny(faces(tmp_path / "faces"), tmp_path / "out", option, "20"))
+def test_misspelt_options_are_one_line_errors_with_a_suggestion(tmp_path, option, cli_here):
+    result = cli_here(*tiny(faces(tmp_path / "faces"), tmp_path / "out", option, "20"))
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1 and f"unrecognized arguments: {option} 20" in lines[0]
     assert "did you mean --model.attack.iterations" in lines[0] and not (tmp_path / "out").exists()
 
 
 # 6 ------------------------------------------------------------------------------------------------------------
-def test_a_source_that_does_not_exist_is_refused_before_models_load(tmp_path):
+def test_a_source_that_does_not_exist_is_refused_before_models_load(tmp_path, cli_here):
     started = time.time()
-    result = cli(*tiny(tmp_path / "typo", tmp_path / "out"))
+    result = cli_here(*tiny(tmp_path / "typo", tmp_path / "out"))
     assert result.returncode == 2 and "does not exist" in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists() and time.time() - started < 60
 
 
-@pytest.mark.slow
-def test_an_empty_source_and_a_source_where_everything_fails_are_not_successes(tmp_path):
+def test_an_empty_source_and_a_source_where_everything_fails_are_not_successes(tmp_path, cli_here):
     (tmp_path / "empty").mkdir()
-    empty = cli(*tiny(tmp_path / "empty", tmp_path / "out-empty"))
+    empty = cli_here(*tiny(tmp_path / "empty", tmp_path / "out-empty"))
     assert empty.returncode == 4 and "no image files" in empty.stderr and not (tmp_path / "out-empty").exists()
     (tmp_path / "broken").mkdir()
     for name in ("a.jpg", "b.png"):
         (tmp_path / "broken" / name).write_bytes(b"not an image")
-    broken = cli(*tiny(tmp_path / "broken", tmp_path / "out-broken"))
+    broken = cli_here(*tiny(tmp_path / "broken", tmp_path / "out-broken"))
     assert broken.returncode == 3 and "2 image(s) failed" in broken.stderr
 
 
@@ -259,8 +263,8 @@ def test_assets_download_checks_the_published_digest_before_converting(tmp_path,
 
 
 @pytest.mark.parametrize("kind", ["dlib", "facenet-keras"])
-def test_a_recogniser_reserved_to_judge_transfer_is_refused_in_the_loss(tmp_path, kind):
-    result = cli(*tiny(faces(tmp_path / "faces"), tmp_path / "out", "--model.recognizers",
+def test_a_recogniser_reserved_to_judge_transfer_is_refused_in_the_loss(tmp_path, kind, cli_here):
+    result = cli_here(*tiny(faces(tmp_path / "faces"), tmp_path / "out", "--model.recognizers",
                        f"[{{kind: {kind}, weights: judge.safetensors}}]"))
     assert result.returncode == 2 and f"'{kind}' recogniser is reserved to judge transfer" in result.stderr
     assert not (tmp_path / "out").exists()
