@@ -476,6 +476,112 @@ def test_a_tflite_graph_translates_to_onnx_that_computes_what_tensorflow_would()
         assert net(torch.cat([x, x])).shape == (2, 6)  # any batch size
 
 
+def _tflite_flatbuffer(graph) -> bytes:
+    """`graph` written as a TFLite flatbuffer with the `tflite` package's generated builders (what a converter reads)."""
+    import importlib
+
+    import flatbuffers
+    import tflite
+
+    schema = {name: importlib.import_module(f"tflite.{name}") for name in (
+        "Model", "SubGraph", "Tensor", "Buffer", "Operator", "OperatorCode", "Conv2DOptions", "DepthwiseConv2DOptions",
+        "AddOptions", "SubOptions", "MulOptions")}
+    builder = flatbuffers.Builder(1024)
+
+    def vector(start, items, prepend):
+        start(builder, len(items))
+        for item in reversed(items):
+            prepend(item)
+        return builder.EndVector()
+
+    names = [graph.input, *dict.fromkeys(n for op in graph.ops for n in op.inputs + op.outputs if n != graph.input)]
+    index = {name: i for i, name in enumerate(names)}
+    buffers, tensors = [], []
+    for i, name in enumerate(names):
+        values = graph.constants.get(name)
+        data = builder.CreateByteVector(values.tobytes()) if values is not None else None
+        schema["Buffer"].BufferStart(builder)
+        if data is not None:
+            schema["Buffer"].BufferAddData(builder, data)
+        buffers.append(schema["Buffer"].BufferEnd(builder))
+        shape = list(values.shape) if values is not None else graph.shapes[name]
+        shape_vector = vector(schema["Tensor"].TensorStartShapeVector, shape, builder.PrependInt32)
+        label = builder.CreateString(name)
+        tensor_type = tflite.TensorType.INT32 if values is not None and values.dtype == np.int32 else tflite.TensorType.FLOAT32
+        schema["Tensor"].TensorStart(builder)
+        schema["Tensor"].TensorAddShape(builder, shape_vector)
+        schema["Tensor"].TensorAddType(builder, tensor_type)
+        schema["Tensor"].TensorAddBuffer(builder, i)
+        schema["Tensor"].TensorAddName(builder, label)
+        tensors.append(schema["Tensor"].TensorEnd(builder))
+    kinds = list(dict.fromkeys(op.kind for op in graph.ops))
+    codes = []
+    for kind in kinds:
+        code = getattr(tflite.BuiltinOperator, kind)
+        schema["OperatorCode"].OperatorCodeStart(builder)
+        schema["OperatorCode"].OperatorCodeAddDeprecatedBuiltinCode(builder, code)
+        schema["OperatorCode"].OperatorCodeAddBuiltinCode(builder, code)
+        codes.append(schema["OperatorCode"].OperatorCodeEnd(builder))
+    operators = []
+    for op in graph.ops:
+        options = None
+        table = {"CONV_2D": "Conv2DOptions", "DEPTHWISE_CONV_2D": "DepthwiseConv2DOptions", "ADD": "AddOptions",
+                 "SUB": "SubOptions", "MUL": "MulOptions"}.get(op.kind)
+        if table is not None:
+            module = schema[table]
+            getattr(module, f"{table}Start")(builder)
+            relu = tflite.ActivationFunctionType.RELU if op.options.get("relu") else tflite.ActivationFunctionType.NONE
+            getattr(module, f"{table}AddFusedActivationFunction")(builder, relu)
+            if "stride" in op.options:
+                getattr(module, f"{table}AddStrideH")(builder, op.options["stride"][0])
+                getattr(module, f"{table}AddStrideW")(builder, op.options["stride"][1])
+                getattr(module, f"{table}AddPadding")(builder, getattr(tflite.Padding, op.options["padding"]))
+            if op.kind == "DEPTHWISE_CONV_2D":
+                getattr(module, f"{table}AddDepthMultiplier")(builder, 1)
+            options = getattr(module, f"{table}End")(builder)
+        inputs = vector(schema["Operator"].OperatorStartInputsVector, [index[n] for n in op.inputs], builder.PrependInt32)
+        outputs = vector(schema["Operator"].OperatorStartOutputsVector, [index[n] for n in op.outputs], builder.PrependInt32)
+        schema["Operator"].OperatorStart(builder)
+        schema["Operator"].OperatorAddOpcodeIndex(builder, kinds.index(op.kind))
+        schema["Operator"].OperatorAddInputs(builder, inputs)
+        schema["Operator"].OperatorAddOutputs(builder, outputs)
+        if options is not None:
+            schema["Operator"].OperatorAddBuiltinOptionsType(builder, getattr(tflite.BuiltinOptions, table))
+            schema["Operator"].OperatorAddBuiltinOptions(builder, options)
+        operators.append(schema["Operator"].OperatorEnd(builder))
+    subgraph_parts = [vector(schema["SubGraph"].SubGraphStartTensorsVector, tensors, builder.PrependUOffsetTRelative),
+                      vector(schema["SubGraph"].SubGraphStartInputsVector, [index[graph.input]], builder.PrependInt32),
+                      vector(schema["SubGraph"].SubGraphStartOutputsVector, [index[graph.output]], builder.PrependInt32),
+                      vector(schema["SubGraph"].SubGraphStartOperatorsVector, operators, builder.PrependUOffsetTRelative)]
+    schema["SubGraph"].SubGraphStart(builder)
+    for add, part in zip(("Tensors", "Inputs", "Outputs", "Operators"), subgraph_parts):
+        getattr(schema["SubGraph"], f"SubGraphAdd{add}")(builder, part)
+    subgraph = schema["SubGraph"].SubGraphEnd(builder)
+    model_parts = [vector(schema["Model"].ModelStartOperatorCodesVector, codes, builder.PrependUOffsetTRelative),
+                   vector(schema["Model"].ModelStartSubgraphsVector, [subgraph], builder.PrependUOffsetTRelative),
+                   vector(schema["Model"].ModelStartBuffersVector, buffers, builder.PrependUOffsetTRelative)]
+    schema["Model"].ModelStart(builder)
+    schema["Model"].ModelAddVersion(builder, 3)
+    for add, part in zip(("OperatorCodes", "Subgraphs", "Buffers"), model_parts):
+        getattr(schema["Model"], f"ModelAdd{add}")(builder, part)
+    builder.Finish(schema["Model"].ModelEnd(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+def test_a_tflite_flatbuffer_is_read_back_as_its_operators_shapes_and_constants():
+    from facelock_pl.models.mobilefacenet_tflite import onnx_from_tflite, read_tflite_graph
+
+    graph = _tiny_mobilefacenet_graph(np.random.default_rng(1))
+    read = read_tflite_graph(_tflite_flatbuffer(graph))
+    assert [(op.kind, op.inputs, op.outputs) for op in read.ops] == [(op.kind, op.inputs, op.outputs) for op in graph.ops]
+    for mine, theirs in zip(read.ops, graph.ops):
+        assert mine.options == {**theirs.options, **({"relu": False} if mine.kind in ("ADD", "SUB", "MUL") else {})}
+    assert set(read.constants) == set(graph.constants)
+    assert all(np.array_equal(read.constants[name], values) for name, values in graph.constants.items())
+    assert (read.input, read.output) == ("x", "emb") and read.shapes["c0"] == [1, 4, 4, 4]
+    assert onnx_from_tflite(read) == onnx_from_tflite(graph)
+
+
 def test_a_tflite_operator_without_a_translation_is_named():
     from facelock_pl.models.mobilefacenet_tflite import TfliteOp, onnx_from_tflite
 

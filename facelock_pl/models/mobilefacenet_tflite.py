@@ -52,7 +52,10 @@ def read_tflite_graph(data: bytes) -> TfliteGraph:
     model = tflite.Model.GetRootAsModel(data, 0)
     graph = model.Subgraphs(0)
     names = {value: key for key, value in vars(tflite.BuiltinOperator).items() if not key.startswith("_")}
-    tensor_name = lambda index: graph.Tensors(index).Name().decode()  # noqa: E731
+
+    def tensor_name(index: int) -> str:
+        return graph.Tensors(index).Name().decode()
+
     ops = []
     for i in range(graph.OperatorsLength()):
         op = graph.Operators(i)
