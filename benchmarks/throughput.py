@@ -126,9 +126,9 @@ class PeakMemory:
             self._sampler.join()
 
 
-def matmul_peak_tflops(device: torch.device) -> float:
-    """Peak of a large matmul measured here: bf16 8192^2 on GPU, fp32 2048^2 on CPU."""
-    n, dtype = (8192, torch.bfloat16) if device.type == "cuda" else (2048, torch.float32)
+def matmul_peak_tflops(device: torch.device, dtype: torch.dtype) -> float:
+    """Peak of a large matmul measured here in the dtype the networks run in: 8192^2 on GPU, 2048^2 on CPU."""
+    n = 8192 if device.type == "cuda" else 2048
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     for _ in range(2):
         a @ b
@@ -214,11 +214,14 @@ def run_pipeline(args, kwargs: dict, device: torch.device) -> dict:
               "peak_memory_mb": memory.peak_mb, "batch_size": data.batch_size,
               "fr_cos_recon": dict(zip(manifest["uid"], manifest["fr_cos_recon"].astype(float))),
               "iterations": dict(zip(manifest["uid"], manifest["iterations"].astype(int)))}
-    levels = data.dataset[0].image[None].to(module.device)
+    # Lightning hands the module back on the CPU after fit: count its FLOPs and the peak where it ran.
+    module.to(device)
+    levels = data.dataset[0].image[None].to(device)
     flops = iteration_flops(module, levels)
     total = sum(image_flops(flops, n, args.iterations) for n in result["iterations"].values())
+    amp_dtype = module.attack.speed.amp_dtype if device.type == "cuda" else None
     result.update(flops_per_iteration=flops, total_tflop=total / 1e12, achieved_tflops=total / wall / 1e12,
-                  matmul_peak_tflops=matmul_peak_tflops(module.device))
+                  matmul_peak_tflops=matmul_peak_tflops(device, getattr(torch, amp_dtype or "float32")))
     result["share_of_peak"] = result["achieved_tflops"] / result["matmul_peak_tflops"]
     return result
 

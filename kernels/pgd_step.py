@@ -144,6 +144,9 @@ def _triton_update_(
 ) -> None:
     if triton is None:
         raise RuntimeError("Triton is not installed: the fused pgd_step_ kernel cannot run")
+    if not x_adv.is_cuda and not _interpreting():
+        raise ValueError(f"pgd_step_ (Triton): the kernel runs on CUDA tensors, got {x_adv.device}; on other "
+                         "devices unset FACELOCK_FORCE_TRITON, or set TRITON_INTERPRET=1 before triton is imported")
     dense = x_adv.is_contiguous() or (x_adv.dim() == 4 and x_adv.is_contiguous(memory_format=torch.channels_last))
     if not dense:
         raise ValueError("pgd_step_ (Triton): x_adv must be contiguous or channels-last")
@@ -186,7 +189,12 @@ def _(x_adv, grad, x, alpha, eps, lo, hi, active) -> None:
 
 
 def _as_per_sample(value: float | torch.Tensor, batch: int, device: torch.device, name: str) -> torch.Tensor:
-    t = torch.as_tensor(value, dtype=torch.float32, device=device)
+    if not isinstance(value, torch.Tensor):
+        # Filled on the device: `torch.as_tensor(number, device="cuda")` is a blocking host-to-device copy that
+        # drains the GPU's queue on every call (on an H200 the fused update timed ~55 us slower than
+        # torch.compile's at every size, which compiles the number into its graph; benchmarks/kernel.py).
+        return torch.full((batch,), float(value), dtype=torch.float32, device=device)
+    t = value.to(device=device, dtype=torch.float32)
     if t.dim() == 0:
         return t.expand(batch).contiguous()
     if t.shape != (batch,):

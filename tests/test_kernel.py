@@ -1,4 +1,4 @@
-"""The fused projected sign-gradient update: Triton (interpreted on CPU) vs PyTorch vs float64."""
+"""The fused projected sign-gradient update: Triton (compiled on a GPU, interpreted on CPU) vs PyTorch vs float64."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ from facelock_pl.kernels import pgd_step_, pgd_step_reference_, triton_available
 pytestmark = pytest.mark.skipif(not triton_available(), reason="triton is not installed")
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+# Where the Triton kernel runs: compiled on a GPU, else under the interpreter (tests/conftest.py) on CPU tensors.
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 @pytest.fixture
@@ -34,7 +36,7 @@ def make_inputs(shape, g_dtype, x_dtype, channels_last=False, seed=0):
     eps = torch.rand(b, generator=gen) * 0.03 + 0.01
     if channels_last:
         x, x_adv, g = (t.contiguous(memory_format=torch.channels_last) for t in (x, x_adv, g))
-    return x_adv, g, x, alpha, eps
+    return tuple(t.to(DEVICE) for t in (x_adv, g, x, alpha, eps))
 
 
 def float64_reference(x_adv, g, x, alpha, eps, lo=-1.0, hi=1.0, active=None):
@@ -72,6 +74,14 @@ def test_mixed_layouts_are_handled(force_triton):
     torch.testing.assert_close(out.double(), float64_reference(x_adv, g, x, alpha, eps), atol=1e-6, rtol=0)
 
 
+def test_triton_on_cpu_tensors_without_the_interpreter_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("FACELOCK_FORCE_TRITON", "1")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    x = torch.zeros(2, 3, 4, 4)
+    with pytest.raises(ValueError, match="runs on CUDA tensors, got cpu"):
+        pgd_step_(x.clone(), torch.ones_like(x), x, 0.01, 0.03)
+
+
 @pytest.mark.parametrize("path", ["triton", "torch"])
 def test_invariants(monkeypatch, path):
     if path == "triton":
@@ -81,7 +91,7 @@ def test_invariants(monkeypatch, path):
     x_adv, g, x, alpha, eps = make_inputs((5, 3, 16, 15), torch.float32, torch.float32, seed=3)
     x = x * 0.85  # clean images inside [lo, hi], so the ball and the range can both hold
     alpha = alpha * 10  # large steps: the projection must bind
-    active = torch.tensor([True, False, True, True, False])
+    active = torch.tensor([True, False, True, True, False], device=DEVICE)
     x_adv[0, 0, 0, :4] = float("nan")  # a poisoned active sample
     before = x_adv.clone()
     out = pgd_step_(x_adv, g, x, alpha, eps, lo=-0.9, hi=0.9, active=active)
