@@ -106,7 +106,7 @@ def test_an_output_folder_inside_the_source_is_never_protected_again(tmp_path, d
 
 
 # 3 ------------------------------------------------------------------------------------------------------------
-def test_a_second_run_into_the_same_output_folder_is_refused_at_once(tmp_path, cli_here):
+def test_a_second_run_into_the_same_output_folder_is_refused_at_once(tmp_path, fit_here):
     faces, out = face_folder(tmp_path / "faces"), tmp_path / "out"
     running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])  # the first run, alive
     try:
@@ -114,7 +114,7 @@ def test_a_second_run_into_the_same_output_folder_is_refused_at_once(tmp_path, c
         lock = out / ".facelock.lock"
         lock.write_text(json.dumps({"host": socket.gethostname(), "pid": running.pid, "since": "2026-01-01T00:00:00+00:00"}))
         held = lock.read_bytes()
-        message = one_line_error(cli_here(*fit_args(faces, out, "--model.output_format", "both")))
+        message = one_line_error(fit_here(faces, out, "--model.output_format", "both"))
         assert f"another run is writing into {out} (process {running.pid} on" in message and "since 2026-01-01" in message
         assert lock.read_bytes() == held and [p.name for p in out.iterdir()] == [".facelock.lock"]  # nothing touched
     finally:
@@ -184,18 +184,18 @@ def test_sigterm_to_a_single_process_exits_with_the_interrupted_code(tmp_path):
     (["--data.resolution", "7"], "data.resolution must be 'native', or at least 32 and a multiple of 8 (got 7)"),
     (["--model.attack.eps", "0"], "need 0 < eps <= 2"),
 ])
-def test_impossible_values_are_one_line_errors_before_anything_loads(tmp_path, option, message, cli_here):
+def test_impossible_values_are_one_line_errors_before_anything_loads(tmp_path, option, message, fit_here):
     started = time.time()
-    result = cli_here(*fit_args(face_folder(tmp_path / "faces", 1), tmp_path / "out", *option))
+    result = fit_here(face_folder(tmp_path / "faces", 1), tmp_path / "out", *option)
     assert message in one_line_error(result)
     assert not (tmp_path / "out").exists() and time.time() - started < 60
 
 
-def test_an_output_dir_that_is_a_file_is_a_one_line_error(tmp_path, cli_here):
+def test_an_output_dir_that_is_a_file_is_a_one_line_error(tmp_path, fit_here):
     (tmp_path / "taken").write_text("a file")
     faces = face_folder(tmp_path / "faces", 1)
-    assert "is a file, not a folder" in one_line_error(cli_here(*fit_args(faces, tmp_path / "taken")))
-    assert "cannot be written" in one_line_error(cli_here(*fit_args(faces, tmp_path / "taken" / "below")))
+    assert "is a file, not a folder" in one_line_error(fit_here(faces, tmp_path / "taken"))
+    assert "cannot be written" in one_line_error(fit_here(faces, tmp_path / "taken" / "below"))
 
 
 # 6 ------------------------------------------------------------------------------------------------------------
