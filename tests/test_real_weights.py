@@ -182,7 +182,11 @@ def test_facelock_destroys_identity_with_real_weights(shared_assets, tmp_path):
     _, [source_embedding] = scorer.embed(editor_input(pil_to_levels(load_rgb(source)), 256)[None])
     faces, [recon_embedding] = scorer.embed(recon)
     assert faces.found.all()
-    assert abs(float((source_embedding * recon_embedding).sum()) - row.fr_cos_recon_detected) < 2e-3
+    cosine = float((source_embedding * recon_embedding).sum())
+    assert abs(cosine - row.fr_cos_recon_detected) < 2e-3
+    # ... and its verdict is the evaluation's: recognised where that cosine reaches the configured threshold.
+    [entry] = yaml.safe_load((ROOT / "configs" / "offline.yaml").read_text())["model"]["recognizers"]
+    assert row.recognised_by == ("facenet-casia" if cosine >= entry["threshold"] else "")
 
 
 def test_offline_evaluation_of_the_vae_round_trip(shared_assets, tmp_path):

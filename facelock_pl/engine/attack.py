@@ -282,8 +282,9 @@ class PGDAttack:
         # The editor sees the whole frame: in face-region mode, compare with the clean frame as it sees it.
         clean = s.clean.select(torch.tensor([slot])) if item.crop is None else self.clean_features(
             resize(levels_to_pil(item.native), item.view[::-1])[None].to(png.device))
-        fr_cos, fr_cos_detected = self.meter.delivered(png, item.view, clean)
+        measured = self.meter.delivered(png, item.view, clean)
         return ProtectedImage(
             item=item, levels=png.cpu(), source_levels=item.native, iterations=int(s.iteration[slot]),
             face_found=bool(s.clean.face_found[slot]), terms={name: float(v[slot]) for name, v in s.terms.items()},
-            fr_cos_recon=fr_cos, fr_cos_recon_detected=fr_cos_detected, seconds=time.perf_counter() - s.started[slot])
+            fr_cos_recon=measured.fr_cos_recon, fr_cos_recon_detected=measured.fr_cos_recon_detected,
+            recognised_by=measured.recognised_by, seconds=time.perf_counter() - s.started[slot])

@@ -7,10 +7,15 @@ reconstruction's face with the clean one:
   with `objective.realign`);
 - `fr_cos_recon_detected`: the reconstruction saved as 8 bits and its face detected anew, as `evaluate`
   and any real recognition pipeline measure it (NaN where no face is found). Landmarks move by a few
-  pixels in the reconstruction, and a perturbation tuned to the source's alignment loses part of its effect.
+  pixels in the reconstruction, and a perturbation tuned to the source's alignment loses part of its effect;
+- `recognised_by`: on that detected face, the recognisers of the loss whose cosine still reaches their calibrated
+  same-person `threshold` — the verdict an evaluation gives (a face counts as recognised when any entry matches).
+  Only where every recogniser of the loss has a threshold.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 
@@ -18,6 +23,14 @@ from ..models import FaceDetector
 from ..objectives import CleanFeatures, Networks
 from ..pixels import levels_to_pil, levels_to_pm1, pm1_to_levels, resize
 from .speed import SpeedConfig
+
+
+class Delivered(NamedTuple):
+    """What the manifest reports of one protected image (None: not measurable)."""
+
+    fr_cos_recon: float | None = None
+    fr_cos_recon_detected: float | None = None  # None also where no face is found in the reconstruction
+    recognised_by: str | None = None  # comma-separated labels ("": none); None without thresholds or a detected face
 
 
 class ProtectionMeter:
@@ -40,21 +53,27 @@ class ProtectionMeter:
         with self.speed.autocast(images.device):
             return self.nets.fr_cos(images, clean, thetas, identity_only=True).float()
 
-    def fr_cos_detected(self, recon: torch.Tensor, clean: CleanFeatures) -> torch.Tensor:
-        """cos(FR(x), FR(recon)) with the face of the 8-bit reconstruction detected anew ([B]; NaN: no face)."""
+    def cosines_detected(self, recon: torch.Tensor, clean: CleanFeatures) -> torch.Tensor:
+        """[R_identity, B]: each recogniser's cosine with the face of the 8-bit reconstruction detected anew (NaN: no
+        face)."""
         levels = pm1_to_levels(recon)
         geometry = self.detector(levels)
         hw = tuple(levels.shape[-2:])
         thetas = [r.theta(geometry, hw) for r in self.nets.recognizers]
-        return self.fr_cos(levels_to_pm1(levels), clean, thetas).masked_fill(~geometry.found, float("nan"))
+        with self.speed.autocast(recon.device):
+            cosines = self.nets.cosines(levels_to_pm1(levels), clean, thetas, identity_only=True).float()
+        return cosines.masked_fill(~geometry.found, float("nan"))
 
     @torch.no_grad()
-    def delivered(self, png: torch.Tensor, view: tuple[int, int], clean: CleanFeatures) -> tuple[float | None, float | None]:
-        """(`fr_cos_recon`, `fr_cos_recon_detected`) of one protected native image [3, H, W] as the editor sees it:
-        resized to the working size of the frame (`view`: height, width); None where not measurable."""
+    def delivered(self, png: torch.Tensor, view: tuple[int, int], clean: CleanFeatures) -> Delivered:
+        """What the manifest reports of one protected native image [3, H, W] as the editor sees it: resized to the
+        working size of the frame (`view`: height, width)."""
         if not self.measures:
-            return None, None
+            return Delivered()
         seen = resize(levels_to_pil(png), (view[1], view[0])).to(png.device)[None]
         recon = self.reconstruct(seen)
-        detected = float(self.fr_cos_detected(recon, clean)[0])
-        return float(self.fr_cos(recon, clean)[0]), None if detected != detected else detected  # NaN: no face found
+        cosines = self.cosines_detected(recon, clean)
+        found = not cosines.isnan().any()
+        recognised = ",".join(self.nets.recognised_by(cosines)[0]) if found and self.nets.judges else None
+        return Delivered(float(self.fr_cos(recon, clean)[0]),
+                         float(self.nets.fr_cos_of(cosines)[0]) if found else None, recognised)

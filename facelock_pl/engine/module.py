@@ -56,12 +56,16 @@ def _recorded_objective(objective: FaceLockObjective) -> dict:
     return recorded
 
 
-def _recorded_recognizer(spec: RecognizerSpec) -> dict:
+def _recorded_recognizer(spec: RecognizerSpec, objective: FaceLockObjective) -> dict:
     """A recogniser as protection.json records it: a feature layer only where one is set, so that folders protected
-    before the setting existed keep resuming."""
+    before the setting existed keep resuming; its threshold only where the loss reads it (`fr_reduction:
+    worst_crop`) — elsewhere a threshold only judges the manifest's `recognised_by`, so adding one to a config
+    changes no protection and resumes folders protected without it."""
     recorded = asdict(spec)
     if recorded["feature_layer"] is None:
         del recorded["feature_layer"]
+    if objective.fr_reduction != "worst_crop":
+        recorded["threshold"] = None
     return recorded
 
 
@@ -188,7 +192,7 @@ class ProtectionModule(L.LightningModule):
         settings = {"method": attack.method.name, "attack": asdict(attack.config),
                     "objective": _recorded_objective(self.objective),
                     "stopping": asdict(attack.stopping), "vae": [asdict(spec) for spec in self.vae_specs],
-                    "recognizers": [_recorded_recognizer(r.spec) for r in self.nets.recognizers]}
+                    "recognizers": [_recorded_recognizer(r.spec, self.objective) for r in self.nets.recognizers]}
         # CW's constants only where they act: folders protected with other methods keep resuming across versions.
         return settings | ({"cw": asdict(self.cw)} if attack.method.name == "cw" else {})
 

@@ -76,9 +76,11 @@ def folder_summary(output_dir: Path) -> dict:
     """Everything the output folder holds: the newest row of every image, over all runs."""
     manifest = read_manifest(output_dir)
     counts = manifest["status"].value_counts()
+    judged = manifest["recognised_by"].dropna()
     return {"images": len(manifest), **{s: int(counts.get(s, 0)) for s in ("ok", "no_face", "error")},
             "mean_fr_cos_recon": _mean(manifest["fr_cos_recon"]),
             "mean_fr_cos_recon_detected": _mean(manifest["fr_cos_recon_detected"]),
+            "judged": len(judged), "still_recognised": int((judged != "").sum()),
             "mean_psnr_db": _mean(manifest["psnr_db"])}
 
 
@@ -102,6 +104,10 @@ def describe(summary: dict, output_dir: Path) -> str:
              f"{folder['error']}; mean FR cosine after the VAE round trip, face detected anew as an evaluation does: "
              f"{_number(folder['mean_fr_cos_recon_detected'], 3)} (at the source's face: "
              f"{_number(folder['mean_fr_cos_recon'], 3)}); mean PSNR {_number(folder['mean_psnr_db'], 2)} dB"]
+    if folder["judged"]:
+        lines.append(f"  still recognised by a recogniser of the loss (face detected anew, its calibrated threshold): "
+                     f"{folder['still_recognised']} of {folder['judged']} judged image(s); the manifest's `recognised_by` "
+                     "names which")
     if run.get("interrupted"):
         lines.append("  finished images are kept: rerun the same command to protect the rest")
     if run["error"]:

@@ -79,7 +79,9 @@ class RecognizerSpec:
             `conv_6_relu` of SFace's ONNX graph) whose activation, flattened and L2-normalised, replaces the
             embedding; the forward pass stops there.
         threshold: same-person cosine threshold (calibrated on labelled pairs, see
-            `facelock_pl.evaluation.calibrate`); evaluation reports the match rate above it.
+            `facelock_pl.evaluation.calibrate`); evaluation reports the match rate above it; in `fit`, with one on
+            every recogniser, the manifest's `recognised_by` names the entries a protected face still passes (and
+            `objective.fr_reduction: worst_crop` ascends the margins to them).
     """
 
     kind: Literal["facenet", "onnx", "adaface", "dlib", "facenet-keras", "efficientnet", "tiny-random",

@@ -198,10 +198,36 @@ class Networks(nn.Module):
         """Ensemble cosine similarity between FR(images) and FR(x): weighted mean or worst case (max). Each
         recogniser crops `images` with `thetas` where given (e.g. of a face detected anew), else `alignments`.
         `identity_only`: the embeddings alone, without the feature-layer terms (what the manifest reports)."""
+        return self._reduce(self.cosines(images, clean, thetas, identity_only), identity_only)
+
+    def cosines(self, images: torch.Tensor, clean: CleanFeatures, thetas: list[torch.Tensor] | None = None,
+                identity_only: bool = False) -> torch.Tensor:
+        """[R, B]: each recogniser's cosine between FR(images) and FR(x), cropped as `fr_cos` crops (`identity_only`:
+        the embedding entries alone, in the order of `identity`)."""
         thetas = thetas if thetas is not None else self.alignments(images, clean)
         picked = self.identity if identity_only else range(len(self.recognizers))
         embeddings = [self.recognizers[i].embed(images, thetas[i]) for i in picked]
-        return self._reduce(self._cosines(embeddings, clean.embeddings, picked), identity_only)
+        return self._cosines(embeddings, clean.embeddings, picked)
+
+    def fr_cos_of(self, identity_cosines: torch.Tensor) -> torch.Tensor:
+        """[B]: the ensemble cosine the manifest reports, from `cosines(..., identity_only=True)`."""
+        return self._reduce(identity_cosines, True)
+
+    @property
+    def judges(self) -> bool:
+        """Whether every embedding entry has a calibrated same-person `threshold`, so that `recognised_by` can say
+        which of them still recognise a face (a verdict from some entries only would read as protection from all)."""
+        return bool(self.identity) and all(self.recognizers[i].spec.threshold is not None for i in self.identity)
+
+    def recognised_by(self, identity_cosines: torch.Tensor) -> list[list[str]]:
+        """Per sample, the labels of the embedding entries whose cosine ([R_identity, B], `cosines(...,
+        identity_only=True)`) reaches their `threshold`: the networks of the loss that still recognise the person."""
+        if not self.judges:
+            raise ValueError("recognised_by needs a calibrated `threshold` on every recogniser of the loss")
+        labels = [self.recognizers[i].spec.label for i in self.identity]
+        thresholds = torch.tensor([self.recognizers[i].spec.threshold for i in self.identity])
+        passed = (identity_cosines.detach().float().cpu() >= thresholds[:, None]).T
+        return [[label for label, hit in zip(labels, row) if hit] for row in passed.tolist()]
 
     def fr_terms(self, images: torch.Tensor, clean: CleanFeatures) -> dict[str, torch.Tensor]:
         """The loss's FR terms from one pass of each recogniser: `fr_cos` (as `fr_cos`) and, with identity targets,

@@ -32,6 +32,8 @@ class ProtectedImage:
         face_found: whether a face was detected (else it was protected without the FR term).
         terms: the last value of each objective term the method computed, by name.
         fr_cos_recon, fr_cos_recon_detected: protection measured on the saved image (see `engine.measure`).
+        recognised_by: the recognisers of the loss that still recognise the face detected anew in the saved image's
+            reconstruction, comma-separated ("": none; None: not judged — no threshold on every recogniser, or no face).
         seconds: wall time from admission to the end.
     """
 
@@ -43,6 +45,7 @@ class ProtectedImage:
     terms: dict[str, float]
     fr_cos_recon: float | None
     fr_cos_recon_detected: float | None
+    recognised_by: str | None
     seconds: float
 
 
@@ -76,6 +79,7 @@ class ManifestRow:
     term_l2_distortion: float | None = None
     fr_cos_recon: float | None = None
     fr_cos_recon_detected: float | None = None  # the same, with the face detected anew in the reconstruction
+    recognised_by: str | None = None  # the loss's recognisers still matching there ("": none; None: not judged)
     seconds: float = 0.0
     metadata_removed: str = ""  # what the protected copy does not carry of the source's metadata
     extra_json: str = "{}"  # the row's other source columns (labels, attributes), as JSON
@@ -101,6 +105,7 @@ class ManifestRow:
             linf_255=diff.abs().max().item(), psnr_db=10 * math.log10(255.0**2 / mse) if mse > 0 else float("inf"),
             fr_cos_recon=image.fr_cos_recon if image.face_found else None,
             fr_cos_recon_detected=image.fr_cos_recon_detected if image.face_found else None,
+            recognised_by=image.recognised_by if image.face_found else None,
             extra_json=jsonable(item.extra), **terms,
         )
 
@@ -117,7 +122,7 @@ def jsonable(extra: dict) -> str:
     return json.dumps(plain, sort_keys=True, default=str)
 
 
-_ARROW_TYPES = {str: pa.string(), int: pa.int32(), float: pa.float32(), float | None: pa.float32()}
+_ARROW_TYPES = {str: pa.string(), str | None: pa.string(), int: pa.int32(), float: pa.float32(), float | None: pa.float32()}
 
 
 def _schema(row_type: type) -> pa.Schema:
