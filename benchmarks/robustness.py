@@ -181,11 +181,14 @@ def fit_args(assets: Path, parts: list[str], targets: Path | None = None,
             networks = [r for r in recognizers if "@" not in r["name"]]
             recognizers += [{**r, "name": f"{r['name']}#{part}", "feature_layer": FEATURE_LAYERS[part][r["name"]],
                              "weight": weight} for r in networks]
+    known = thresholds or {}
     if "worst_crop" in parts:  # each entry's margin over its own threshold (the evaluation's, by entry name)
-        unknown = [r["name"] for r in recognizers if r["name"] not in (thresholds or {})]
+        unknown = [r["name"] for r in recognizers if r["name"] not in known]
         if unknown:
             raise SystemExit(f"part worst_crop: the evaluation config gives no threshold for {unknown}")
-        recognizers = [{**r, "threshold": thresholds[r["name"]]} for r in recognizers]
+    # Every entry the evaluation calibrated carries its threshold, so `fit` writes the manifest's recognised_by;
+    # outside worst_crop a threshold changes no protection.
+    recognizers = [{**r, "threshold": known[r["name"]]} if r["name"] in known else r for r in recognizers]
     vaes = "vaes" in parts or "ensemble" in parts
     args = ["--model.recognizers", json.dumps(recognizers),
             "--model.vae", json.dumps([taesd, taesdxl] if vaes else [taesd])]

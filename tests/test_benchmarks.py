@@ -177,6 +177,10 @@ def test_robustness_variants_switch_parts_and_pass_settings():
         ("sface@box0", 0.378), ("facenet-casia@arcface", 0.53)]  # each entry's own, as the evaluation judges it
     assert margins[margins.index("--model.objective.fr_reduction") + 1] == "worst_crop"
     assert "--model.objective.fr_reduction" not in settings("recognizers+allcrops")
+    verdict = robustness.fit_args(assets, ["recognizers", "vggface2", "allcrops"], None, judged)  # no margins in the loss
+    assert "--model.objective.fr_reduction" not in verdict
+    assert [(r["name"], r.get("threshold")) for r in json.loads(verdict[verdict.index("--model.recognizers") + 1])][:3] == [
+        ("facenet-casia", 0.41), ("sface", 0.45), ("facenet-vggface2", None)]  # for recognised_by, where calibrated
     with pytest.raises(SystemExit, match=r"no threshold for \['facenet-vggface2'"):
         robustness.fit_args(assets, ["recognizers", "vggface2", "worst_crop"], None, judged)
     with pytest.raises(SystemExit, match="turbo"):
