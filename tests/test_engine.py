@@ -63,7 +63,7 @@ def test_clean_work_once_per_image_and_zero_weight_terms_skipped(face_folder, tm
     nets = module.nets
     nets.vae.encode = counting(nets.vae.encode, calls, "encode")
     nets.vae.decode = counting(nets.vae.decode, calls, "decode")
-    nets.recognizers[0].embed = counting(nets.recognizers[0].embed, calls, "embed")
+    nets.recognizers[0].embeddings = counting(nets.recognizers[0].embeddings, calls, "embed")  # a pass of the network
     nets.lpips.features = counting(nets.lpips.features, calls, "lpips_features")
     module.detector.forward = counting(module.detector.forward, calls, "detect")
     fit(module, face_folder, tmp_path / "out", batch_size=1)  # 2 images, 2 batches

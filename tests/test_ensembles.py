@@ -146,3 +146,44 @@ def test_robust_protection_is_reproducible_and_batch_invariant_up_to_rounding(fa
 def test_bad_eot_spec_is_refused():
     with pytest.raises(ValueError, match="unknown EOT"):
         ProtectionModule(**tiny_module_kwargs(eot=["sharpen:1"]))
+
+
+def test_entries_sharing_a_network_run_it_once_on_their_crops_stacked(batch):
+    from facelock_pl.models import embed_all
+    from facelock_pl.models.recognizers import load_recognizers
+
+    x, _, _ = batch
+    specs = [RecognizerSpec(kind="tiny-random", name="a"), RecognizerSpec(kind="tiny-random", name="b", weight=0.5),
+             RecognizerSpec(kind="tiny-random", name="a@m4", margin=4),
+             RecognizerSpec(kind="tiny-random", name="a@bgr", margin=8, bgr=True)]  # its own input transform
+    entries = load_recognizers(specs)
+    entries[1].net = TinyRandomRecognizerNet(2)  # another network between the crops of the first
+    boxes = torch.tensor([[4.0, 6.0, 26.0, 30.0], [2.0, 2.0, 30.0, 28.0]])
+    geometry = FaceGeometry(torch.ones(2, dtype=torch.bool), boxes, torch.zeros(2, 5, 2))
+    thetas = [e.theta(geometry, (32, 32)) for e in entries]
+    calls = []
+    for net in {id(e.net): e.net for e in entries}.values():
+        net.register_forward_pre_hook(lambda module, inputs: calls.append(inputs[0].shape[0]))
+    together = embed_all(entries, x, thetas)
+    assert sorted(calls) == [2, 6]  # one pass of 3 crops x 2 images for the shared network, one of 2 for the other
+    calls.clear()
+    alone = [e.embed(x, t) for e, t in zip(entries, thetas)]
+    assert len(calls) == 4
+    for mine, reference in zip(together, alone):  # equal to each entry on its own, in the entries' order
+        assert mine.shape == (2, 32)
+        torch.testing.assert_close(mine, reference, atol=1e-6, rtol=0)
+    assert not torch.allclose(together[0], together[2], atol=1e-3)  # the crops differ, so do their embeddings
+    assert not torch.allclose(together[2], together[3], atol=1e-3)
+
+
+def test_compiling_keeps_a_network_behind_several_crops_one_network():
+    from facelock_pl.engine.speed import SpeedConfig
+    from facelock_pl.models.recognizers import load_recognizers
+
+    specs = [RecognizerSpec(kind="tiny-random", name="a"), RecognizerSpec(kind="tiny-random", name="a@m4", margin=4),
+             RecognizerSpec(kind="tiny-random", name="features", feature_layer="3")]
+    nets = Networks([vae(0)], load_recognizers(specs), None)
+    SpeedConfig(compile=True).apply(nets)  # compilation itself waits for the first call
+    first, crop, features = (r.net for r in nets.recognizers)
+    assert first is crop and first is not features
+    assert type(first).__name__ == "OptimizedModule" and type(features).__name__ == "OptimizedModule"

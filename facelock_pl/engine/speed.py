@@ -48,5 +48,8 @@ class SpeedConfig:
         if self.channels_last:
             nets.to(memory_format=torch.channels_last)
         if self.compile:
+            compiled: dict[int, torch.nn.Module] = {}  # one network behind several crops stays one (compiled once)
             for recognizer in nets.recognizers:
-                recognizer.net = torch.compile(recognizer.net)
+                if id(recognizer.net) not in compiled:
+                    compiled[id(recognizer.net)] = torch.compile(recognizer.net)
+                recognizer.net = compiled[id(recognizer.net)]

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
-from ..models import FaceDetector, FaceGeometry, RecognizerSpec, load_recognizers
+from ..models import FaceDetector, FaceGeometry, RecognizerSpec, embed_all, load_recognizers
 from ..models.weights import load_pretrained
 from ..pixels import levels_to_pil, levels_to_pm1, levels_to_unit
 
@@ -121,4 +121,5 @@ class FaceScorer:
         geometry = self.detector(levels)
         aligned = geometry if fallback is None else geometry.where_found_else(fallback.to(self.device))
         x = levels_to_pm1(levels)
-        return geometry, [r.embed(x, r.theta(aligned, tuple(x.shape[-2:]))) for r in self.recognizers]
+        thetas = [r.theta(aligned, tuple(x.shape[-2:])) for r in self.recognizers]
+        return geometry, embed_all(self.recognizers, x, thetas)

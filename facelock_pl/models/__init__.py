@@ -2,12 +2,12 @@
 
 from .faces import FaceDetector, FaceGeometry
 from .perceptual import LPIPSDistance, LPIPSSpec, load_lpips
-from .recognizers import FaceRecognizer, RecognizerSpec, load_recognizer, load_recognizers
+from .recognizers import FaceRecognizer, RecognizerSpec, embed_all, load_recognizer, load_recognizers
 from .vae import FrozenVAE, VAESpec, load_vae
 from .weights import WeightsUnavailableError
 
 __all__ = [
     "FaceDetector", "FaceGeometry", "FaceRecognizer", "FrozenVAE", "LPIPSDistance", "LPIPSSpec",
-    "RecognizerSpec", "VAESpec", "WeightsUnavailableError", "load_lpips", "load_recognizer", "load_recognizers",
-    "load_vae",
+    "RecognizerSpec", "VAESpec", "WeightsUnavailableError", "embed_all", "load_lpips", "load_recognizer",
+    "load_recognizers", "load_vae",
 ]

@@ -153,19 +153,56 @@ class FaceRecognizer(nn.Module):
             to_face = box_transform(geometry.boxes.cpu(), self.input_size, self.spec.margin)
         return sampling_theta(to_face, image_hw, (self.input_size, self.input_size)).to(geometry.boxes.device)
 
-    def forward(self, faces_pm1: torch.Tensor) -> torch.Tensor:
-        """Embeddings of already-aligned faces in [-1, 1]."""
+    def network_inputs(self, faces_pm1: torch.Tensor) -> torch.Tensor:
+        """Already-aligned faces in [-1, 1] as this entry's network takes them."""
         if self.spec.kind == "onnx":
             faces = faces_pm1.flip(1) if self.spec.bgr else faces_pm1
-            inputs = faces * self.spec.input_scale + self.spec.input_offset
-        elif self.spec.kind in ("facenet", "random-facenet"):
-            inputs = faces_pm1 * (127.5 / 128.0)  # (x255 - 127.5) / 128
-        else:  # adaface (mean 0.5, std 0.5: [-1, 1]), dlib, facenet-keras, efficientnet (normalise inside), tiny-random
-            inputs = faces_pm1.flip(1) if self.spec.bgr else faces_pm1
+            return faces * self.spec.input_scale + self.spec.input_offset
+        if self.spec.kind in ("facenet", "random-facenet"):
+            return faces_pm1 * (127.5 / 128.0)  # (x255 - 127.5) / 128
+        # adaface (mean 0.5, std 0.5: [-1, 1]), dlib, facenet-keras, efficientnet (normalise inside), tiny-random
+        return faces_pm1.flip(1) if self.spec.bgr else faces_pm1
+
+    def embeddings(self, inputs: torch.Tensor) -> torch.Tensor:
+        """L2-normalised embeddings [N, D] of `network_inputs`."""
         return F.normalize(self._outputs(inputs).float().flatten(1), dim=1)
 
+    def forward(self, faces_pm1: torch.Tensor) -> torch.Tensor:
+        """Embeddings of already-aligned faces in [-1, 1]."""
+        return self.embeddings(self.network_inputs(faces_pm1))
+
+    def crop(self, images_pm1: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+        """The faces of `images_pm1` warped by `theta` to this entry's input size, [B, 3, S, S]."""
+        return warp(images_pm1, theta, (self.input_size, self.input_size))
+
     def embed(self, images_pm1: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-        return self(warp(images_pm1, theta, (self.input_size, self.input_size)))
+        return self(self.crop(images_pm1, theta))
+
+
+def group_by_network(recognizers: list[FaceRecognizer]) -> list[list[int]]:
+    """Indices of `recognizers` grouped by the network they share (one network behind several crops, as
+    `load_recognizers` shares it), in order of first appearance."""
+    groups: dict[int, list[int]] = {}
+    for i, recognizer in enumerate(recognizers):
+        groups.setdefault(id(recognizer.net), []).append(i)
+    return list(groups.values())
+
+
+def embed_all(recognizers: list[FaceRecognizer], images_pm1: torch.Tensor,
+              thetas: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Each recogniser's embeddings [B, D] of `images_pm1` warped by its `thetas` ([B, 2, 3] each).
+
+    Entries sharing a network run it once, on their crops stacked along the batch: on 2 CPU cores one pass of 3
+    faces is 1.7x (facenet) and 1.25x (SFace) faster than three passes of one, forward and backward. The result
+    equals `embed` per entry up to float rounding (~1e-7: the convolutions block a larger batch differently)."""
+    batch = images_pm1.shape[0]
+    embeddings: list[torch.Tensor | None] = [None] * len(recognizers)
+    for entries in group_by_network(recognizers):
+        inputs = [recognizers[i].network_inputs(recognizers[i].crop(images_pm1, thetas[i])) for i in entries]
+        stacked = recognizers[entries[0]].embeddings(torch.cat(inputs) if len(inputs) > 1 else inputs[0])
+        for i, part in zip(entries, stacked.split(batch)):
+            embeddings[i] = part
+    return embeddings
 
 
 class TinyRandomRecognizerNet(nn.Sequential):

@@ -21,7 +21,7 @@ from .. import logs
 from ..config_files import ConfigError
 from ..data.folder import image_files
 from ..data.images import BadImageError, load_rgb
-from ..models import FaceDetector, FaceRecognizer
+from ..models import FaceDetector, FaceRecognizer, embed_all
 from ..pixels import levels_to_pm1, resize, working_size
 
 POOL_RESOLUTION = 256  # the longest side the pool faces are embedded at (the working size of the offline configs)
@@ -67,8 +67,9 @@ class TargetPool(nn.Module):
                 skipped.append(f"{name} (no face detected)")
                 continue
             x = levels_to_pm1(levels)
-            for store, recognizer in zip(embeddings, recognizers):
-                store.append(recognizer.embed(x, recognizer.theta(geometry, tuple(x.shape[-2:]))))
+            thetas = [recognizer.theta(geometry, tuple(x.shape[-2:])) for recognizer in recognizers]
+            for store, embedding in zip(embeddings, embed_all(recognizers, x, thetas)):
+                store.append(embedding)
             names.append(name)
         if skipped:
             logs.warning(f"facelock_pl: objective.target_faces: skipped {len(skipped)} image(s): {'; '.join(skipped)}")

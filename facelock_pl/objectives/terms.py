@@ -16,8 +16,9 @@ from typing import Literal
 import torch
 from torch import nn
 
-from ..models import FaceGeometry, FaceRecognizer, FrozenVAE, LPIPSDistance
+from ..models import FaceGeometry, FaceRecognizer, FrozenVAE, LPIPSDistance, embed_all
 from ..models.faces import jitter_theta
+from ..models.recognizers import group_by_network
 from ..models.landmarks import LandmarkReader
 from .targets import TargetPool
 
@@ -124,11 +125,9 @@ class Networks(nn.Module):
         if missing:
             raise ValueError(f"fr_reduction worst_crop compares each entry's cosine with its own threshold: give "
                              f"{missing} a calibrated `threshold` (and no feature_layer)")
-        groups: dict[int, list[int]] = {}
-        for i, r in enumerate(recognizers):
-            groups.setdefault(id(r.net), []).append(i)
         total = sum(r.spec.weight for r in recognizers)
-        return [(entries, sum(recognizers[i].spec.weight for i in entries) / total) for entries in groups.values()]
+        return [(entries, sum(recognizers[i].spec.weight for i in entries) / total)
+                for entries in group_by_network(recognizers)]
 
     @property
     def feature_terms(self) -> bool:
@@ -154,7 +153,7 @@ class Networks(nn.Module):
                        need_image: bool = False) -> CleanFeatures:
         thetas = [r.theta(geometry, tuple(x.shape[-2:])) for r in self.recognizers]
         realign = self.landmarks is not None and bool(self.recognizers)
-        embeddings = [r.embed(x, t) for r, t in zip(self.recognizers, thetas)]
+        embeddings = embed_all(list(self.recognizers), x, thetas)
         return CleanFeatures(
             latents=[vae.encode(x).float() for vae in self.vaes] if need_latent else None,
             thetas=thetas,
@@ -206,8 +205,7 @@ class Networks(nn.Module):
         the embedding entries alone, in the order of `identity`)."""
         thetas = thetas if thetas is not None else self.alignments(images, clean)
         picked = self.identity if identity_only else range(len(self.recognizers))
-        embeddings = [self.recognizers[i].embed(images, thetas[i]) for i in picked]
-        return self._cosines(embeddings, clean.embeddings, picked)
+        return self._cosines(self._embed(images, thetas, picked), clean.embeddings, picked)
 
     def fr_cos_of(self, identity_cosines: torch.Tensor) -> torch.Tensor:
         """[B]: the ensemble cosine the manifest reports, from `cosines(..., identity_only=True)`."""
@@ -233,13 +231,17 @@ class Networks(nn.Module):
         """The loss's FR terms from one pass of each recogniser: `fr_cos` (as `fr_cos`) and, with identity targets,
         `fr_target_cos`, the weighted-mean cosine with the target's embeddings (a mean also under `fr_reduction:
         max`, whose worst case is about the person, not the target)."""
-        thetas, picked = self.alignments(images, clean), range(len(self.recognizers))
-        embeddings = [self.recognizers[i].embed(images, thetas[i]) for i in picked]
+        picked = range(len(self.recognizers))
+        embeddings = self._embed(images, self.alignments(images, clean), picked)
         terms = {"fr_cos": self._reduce(self._cosines(embeddings, clean.embeddings, picked), False)}
         if clean.target_embeddings is not None:
             cosines = self._cosines(embeddings, clean.target_embeddings, picked)
             terms["fr_target_cos"] = self._weighted_mean(cosines, self.fr_weights)
         return terms
+
+    def _embed(self, images: torch.Tensor, thetas: list[torch.Tensor], picked) -> list[torch.Tensor]:
+        """The picked recognisers' embeddings of `images` under their `thetas` (one pass per shared network)."""
+        return embed_all([self.recognizers[i] for i in picked], images, [thetas[i] for i in picked])
 
     @staticmethod
     def _cosines(embeddings: list[torch.Tensor], references: list[torch.Tensor], picked) -> torch.Tensor:
