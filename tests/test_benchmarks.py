@@ -272,3 +272,31 @@ def test_a_robust_sface_is_written_back_into_sfaces_graph(shared_assets, tmp_pat
     assert not torch.allclose(reloaded(crops), teacher(crops), atol=1e-3)
     assert torch.equal(surrogate.convolutions(reloaded)[0], first)
     assert all(torch.equal(a, b) for a, b in zip(surrogate.convolutions(reloaded)[1:], surrogate.convolutions(teacher)[1:]))
+
+
+def test_recognizer_passes_benchmark_stacks_the_crops_of_a_shared_network(face_folder, tmp_path):
+    config = {"model": {"recognizers": [
+        {"kind": "tiny-random", "name": "a"}, {"kind": "tiny-random", "name": "a@m4", "margin": 4},
+        {"kind": "tiny-random", "name": "features", "feature_layer": "3"}]},  # its own copy of the network
+        "data": {"resolution": 128}}
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config))
+    out = tmp_path / "passes.json"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "recognizer_passes.py"), "--assets", str(tmp_path), "--config",
+         str(tmp_path / "tiny.yaml"), "--face", str(face_folder / "grace_hopper.jpg"), "--batch", "2", "--rounds", "3",
+         "--device", "cpu", "--json", str(out)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["passes"] == {"per entry": 3, "stacked": 2} and report["entries"] == 3
+    assert [len(t) for t in report["seconds"].values()] == [3, 3]
+    assert report["speedup_per_round"] == pytest.approx([a / b for a, b in zip(*report["seconds"].values())])
+    assert report["max_abs_embedding_difference"] < 1e-5
+    assert "stacked" in result.stdout and "median speedup" in result.stdout
+    from PIL import Image
+
+    Image.new("RGB", (128, 128), (128, 128, 128)).save(tmp_path / "blank.png")
+    refused = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "recognizer_passes.py"), "--assets", str(tmp_path), "--config",
+         str(tmp_path / "tiny.yaml"), "--face", str(tmp_path / "blank.png"), "--device", "cpu"],
+        capture_output=True, text=True, timeout=600)
+    assert refused.returncode != 0 and "no face detected in" in refused.stderr
