@@ -18,8 +18,8 @@ from torch import nn
 
 from ..models import FaceGeometry, FaceRecognizer, FrozenVAE, LPIPSDistance, embed_all
 from ..models.faces import jitter_theta
-from ..models.recognizers import group_by_network
 from ..models.landmarks import LandmarkReader
+from ..models.recognizers import group_by_network
 from .targets import TargetPool
 
 WORST_CROP_TEMPERATURE = 0.05  # `worst_crop`, in cosine units: margins 0.1 apart weigh e^2 ≈ 7.4 : 1
