@@ -199,7 +199,7 @@ def embed_all(recognizers: list[FaceRecognizer], images_pm1: torch.Tensor,
     embeddings: list[torch.Tensor | None] = [None] * len(recognizers)
     for entries in group_by_network(recognizers):
         inputs = [recognizers[i].network_inputs(recognizers[i].crop(images_pm1, thetas[i])) for i in entries]
-        stacked = recognizers[entries[0]].embeddings(torch.cat(inputs) if len(inputs) > 1 else inputs[0])
+        stacked = recognizers[entries[0]].embeddings(torch.cat(inputs))
         for i, part in zip(entries, stacked.split(batch)):
             embeddings[i] = part
     return embeddings
