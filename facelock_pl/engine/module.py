@@ -48,11 +48,13 @@ def load_networks(vaes: list[VAESpec], recognizers: list[RecognizerSpec], lpips:
 
 
 def _recorded_objective(objective: FaceLockObjective) -> dict:
-    """The objective as protection.json records it: identity targets only where set, so that folders protected
-    before the setting existed keep resuming."""
+    """The objective as protection.json records it: identity targets and the face-MSE term only where set, so that
+    folders protected before these settings existed keep resuming."""
     recorded = asdict(objective)
     if recorded["target_faces"] is None:
         del recorded["target_faces"], recorded["target_weight"]
+    if recorded["face_mse_weight"] == 0:
+        del recorded["face_mse_weight"]
     return recorded
 
 

@@ -41,6 +41,10 @@ class FaceLockObjective:
             identity of the one least like each image (`objectives.targets`; TIP-IM's impersonation target); None:
             off (the published, untargeted term).
         target_weight: weight of the cosine with the target (ascended, with the FR term's gate).
+        face_mse_weight: weight of the reconstruction's mean squared distance from x inside the face box
+            (`Networks.face_mse`, ascended from the first iteration): a disruption of the face that is not aimed at
+            any recogniser, as FaceLock's LPIPS term is (LPIPS's VGG trunk needs a download, so offline recipes run
+            without it); 0: off.
     """
 
     fr_weight: float = 1.0
@@ -53,10 +57,13 @@ class FaceLockObjective:
     crop_jitter: float = 0.0
     target_faces: str | None = None
     target_weight: float = 1.0
+    face_mse_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.crop_jitter <= 1:
             raise ValueError(f"objective.crop_jitter must lie in [0, 1] (got {self.crop_jitter})")
+        if self.face_mse_weight < 0:
+            raise ValueError(f"objective.face_mse_weight must be >= 0 (got {self.face_mse_weight})")
         if self.target_weight <= 0:
             raise ValueError(f"objective.target_weight must be > 0 (got {self.target_weight}); to turn identity "
                              "targets off, leave objective.target_faces unset")
@@ -91,6 +98,7 @@ class FaceLock(ProtectionMethod):
         +latent_weight * MSE(E(x_adv), E(x))
         +lpips_weight * LPIPS(D(E(x_adv)), x)           while progress >  lpips_start
         +target_weight * cos(FR(D(E(x_adv))), FR(t))     while progress >= fr_start, with identity targets t
+        +face_mse_weight * MSE(D(E(x_adv)), x) in the face box (off by default; not in the published loss)
     The gates follow the published code (`i >= 0.35 N` and `i > 0.25 N`). Images without a detected face
     get no FR term (their other terms still apply).
 
@@ -102,6 +110,7 @@ class FaceLock(ProtectionMethod):
         lpips_start: share of iterations after which LPIPS switches on (default 0.25).
         target_weight: weight of the identity target's cosine (default 1.0); it acts only where the networks hold
             identity targets (`FaceLockObjective.target_faces`).
+        face_mse_weight: weight of the reconstruction's distance from x inside the face box (default 0: off).
 
     Example:
         >>> method = FaceLock(lpips_weight=0.0)
@@ -112,12 +121,14 @@ class FaceLock(ProtectionMethod):
     needs_latent = True
 
     def __init__(self, fr_weight: float = 1.0, latent_weight: float = 0.2, lpips_weight: float = 1.0,
-                 fr_start: float = 0.35, lpips_start: float = 0.25, target_weight: float = 1.0):
+                 fr_start: float = 0.35, lpips_start: float = 0.25, target_weight: float = 1.0,
+                 face_mse_weight: float = 0.0):
         self.fr_weight, self.latent_weight, self.lpips_weight = fr_weight, latent_weight, lpips_weight
-        self.target_weight = target_weight
+        self.target_weight, self.face_mse_weight = target_weight, face_mse_weight
         self.fr_start, self.lpips_start = fr_start, lpips_start
         self.needs_lpips = lpips_weight != 0
         self.needs_faces = fr_weight != 0
+        self.needs_image = face_mse_weight != 0
 
     def term_weights(self, progress: torch.Tensor, face_found: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per-sample weight of each term at this point of the schedule."""
@@ -127,19 +138,22 @@ class FaceLock(ProtectionMethod):
             "fr_target_cos": self.target_weight * fr_on,
             "latent_mse": torch.full_like(progress, self.latent_weight),
             "lpips": self.lpips_weight * (progress > self.lpips_start).float(),
+            "face_mse": torch.full_like(progress, self.face_mse_weight),
         }
 
     def objective(self, nets, x_adv, clean, progress):
         weights = self.term_weights(progress, clean.face_found)
         latents = nets.encode(x_adv)
         terms = {"latent_mse": nets.latent_mse(latents, clean)}
-        if (weights["fr_cos"] != 0).any() or (weights["lpips"] != 0).any():
+        if (weights["fr_cos"] != 0).any() or (weights["lpips"] != 0).any() or self.face_mse_weight:
             recons = nets.reconstruct_all(latents)
             if (weights["fr_cos"] != 0).any():
                 fr = [nets.fr_terms(r, clean) for r in recons]
                 terms |= {name: nets.vae_mean([f[name] for f in fr]) for name in fr[0]}
             if (weights["lpips"] != 0).any():
                 terms["lpips"] = nets.vae_mean([nets.lpips_distance(r, clean) for r in recons])
+            if self.face_mse_weight:
+                terms["face_mse"] = nets.vae_mean([nets.face_mse(r, clean) for r in recons])
         objective = sum(weights[name] * value for name, value in terms.items())
         return objective, terms
 
@@ -243,4 +257,5 @@ def build_method(name: str, objective: FaceLockObjective = FaceLockObjective(), 
     if name != FaceLock.name:
         return METHODS[name]()
     o = objective
-    return FaceLock(o.fr_weight, o.latent_weight, o.lpips_weight, o.fr_start, o.lpips_start, o.target_weight)
+    return FaceLock(o.fr_weight, o.latent_weight, o.lpips_weight, o.fr_start, o.lpips_start, o.target_weight,
+                    o.face_mse_weight)

@@ -22,10 +22,12 @@ from ..models.landmarks import LandmarkReader
 from ..models.recognizers import group_by_network
 from .targets import TargetPool
 
+FACE_MSE_GROWTH = 0.1  # `face_mse`: the box grown by 10% of its size on each side, so the jaw and brow count
 WORST_CROP_TEMPERATURE = 0.05  # `worst_crop`, in cosine units: margins 0.1 apart weigh e^2 ≈ 7.4 : 1
 
 # Every term any method can report; manifests carry one `term_<name>` column for each.
-TERM_NAMES = ("fr_cos", "fr_target_cos", "latent_mse", "lpips", "latent_target_dist", "recon_norm", "latent_l2", "l2_distortion")
+TERM_NAMES = ("fr_cos", "fr_target_cos", "latent_mse", "lpips", "latent_target_dist", "recon_norm", "latent_l2", "l2_distortion",
+              "face_mse")
 
 
 @dataclass
@@ -40,6 +42,7 @@ class CleanFeatures:
     reading: FaceGeometry | None = None  # re-alignment: the landmark reader's geometry of x
     target_embeddings: list[torch.Tensor] | None = None  # identity targets: per recogniser, the target's FR, [B, D]
     alignment_draws: torch.Tensor | None = None  # crop jitter: this iteration's uniforms [B, 4] (set per iteration)
+    face_boxes: torch.Tensor | None = None  # the face's box in x, [B, 4] (x1, y1, x2, y2) in pixels (for face_mse)
 
     def _map(self, fn) -> "CleanFeatures":
         def each(tensors):
@@ -50,7 +53,8 @@ class CleanFeatures:
 
         return CleanFeatures(each(self.latents), each(self.thetas), each(self.embeddings), each(self.lpips_features),
                              fn(self.face_found), None if self.image is None else fn(self.image),
-                             geometry(self.detected), geometry(self.reading), each(self.target_embeddings))
+                             geometry(self.detected), geometry(self.reading), each(self.target_embeddings),
+                             face_boxes=None if self.face_boxes is None else fn(self.face_boxes))
 
     def select(self, index: torch.Tensor) -> "CleanFeatures":
         """The features of samples `index` (a gather: the result does not share memory)."""
@@ -71,6 +75,8 @@ class CleanFeatures:
         put(self.lpips_features, other.lpips_features)
         put(self.target_embeddings, other.target_embeddings)
         put([self.image] if self.image is not None else None, [other.image] if other.image is not None else None)
+        put([self.face_boxes] if self.face_boxes is not None else None,
+            [other.face_boxes] if other.face_boxes is not None else None)
         for mine, theirs in ((self.detected, other.detected), (self.reading, other.reading)):
             if mine is not None:
                 put([mine.found, mine.boxes, mine.landmarks], [theirs.found, theirs.boxes, theirs.landmarks])
@@ -164,6 +170,7 @@ class Networks(nn.Module):
             detected=geometry if realign else None,
             reading=self.landmarks(x, geometry.boxes) if realign else None,
             target_embeddings=self.targets.targets(embeddings) if self.targets is not None else None,
+            face_boxes=geometry.boxes.float() if need_image else None,
         )
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -270,6 +277,22 @@ class Networks(nn.Module):
 
     def latent_mse(self, latents: list[torch.Tensor], clean: CleanFeatures) -> torch.Tensor:
         return self.vae_mean([(z.float() - c).pow(2).flatten(1).mean(1) for z, c in zip(latents, clean.latents)])
+
+    @staticmethod
+    def face_mse(images: torch.Tensor, clean: CleanFeatures) -> torch.Tensor:
+        """[B]: the mean squared difference between `images` and x over the pixels (centres) inside x's face box
+        grown by 10% of its size on every side (no face: the whole image), per channel."""
+        height, width = images.shape[-2:]
+        boxes = clean.face_boxes
+        grow = FACE_MSE_GROWTH * (boxes[:, 2:] - boxes[:, :2])
+        low, high = boxes[:, :2] - grow, boxes[:, 2:] + grow
+        xs = torch.arange(width, device=images.device, dtype=torch.float32)[None] + 0.5
+        ys = torch.arange(height, device=images.device, dtype=torch.float32)[None] + 0.5
+        inside_x = ((xs >= low[:, :1]) & (xs <= high[:, :1])).float()
+        inside_y = ((ys >= low[:, 1:]) & (ys <= high[:, 1:])).float()
+        mask = (inside_y[:, :, None] * inside_x[:, None, :])[:, None]  # [B, 1, H, W]
+        squared = (images.float() - clean.image).pow(2) * mask
+        return squared.sum((1, 2, 3)) / mask.sum((1, 2, 3)).clamp_min(1) / images.shape[1]
 
     def lpips_distance(self, images: torch.Tensor, clean: CleanFeatures) -> torch.Tensor:
         return self.lpips.distance(clean.lpips_features, images).float()

@@ -77,6 +77,7 @@ class ManifestRow:
     term_recon_norm: float | None = None
     term_latent_l2: float | None = None
     term_l2_distortion: float | None = None
+    term_face_mse: float | None = None
     fr_cos_recon: float | None = None
     fr_cos_recon_detected: float | None = None  # the same, with the face detected anew in the reconstruction
     recognised_by: str | None = None  # the loss's recognisers still matching there ("": none; None: not judged)
