@@ -53,12 +53,6 @@ class AttackConfig:
         grad_smoothing: std in pixels of a Gaussian blur of the gradient before the sign step (translation-
             invariant attack); 0: off.
         momentum: decay of the gradient momentum (MI attack); 0: off (the published loop).
-        reverse_perturbation: radius r (pixel units) of a reverse step: the gradient is taken at the iterate moved
-            by -r·sign(the previous step's gradient), a point where the protection is weaker, so the update seeks a
-            plateau of the objective rather than a sharp peak that only the networks in the loss share (one-step
-            reverse adversarial perturbation, RAP: Qin et al., "Boosting the Transferability of Adversarial
-            Attacks with Reverse Adversarial Perturbation", NeurIPS 2022; the previous gradient stands in for RAP's
-            inner minimisation, so it costs no extra pass); 0: off.
     """
 
     eps: float = 0.03
@@ -70,15 +64,13 @@ class AttackConfig:
     eot_samples: int = 1
     grad_smoothing: float = 0.0
     momentum: float = 0.0
-    reverse_perturbation: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0 < self.eps <= 2 or self.step_size <= 0 or self.iterations < 1 or self.eot_samples < 1:
             raise ValueError(f"need 0 < eps <= 2, step_size > 0, iterations >= 1, eot_samples >= 1 (got {self.eps}, "
                              f"{self.step_size}, {self.iterations}, {self.eot_samples})")
-        if self.grad_smoothing < 0 or not 0 <= self.momentum < 1 or self.reverse_perturbation < 0:
-            raise ValueError(f"need grad_smoothing >= 0, 0 <= momentum < 1, reverse_perturbation >= 0 (got "
-                             f"{self.grad_smoothing}, {self.momentum}, {self.reverse_perturbation})")
+        if self.grad_smoothing < 0 or not 0 <= self.momentum < 1:
+            raise ValueError(f"need grad_smoothing >= 0 and 0 <= momentum < 1 (got {self.grad_smoothing}, {self.momentum})")
 
 
 class SlotState:
@@ -93,7 +85,6 @@ class SlotState:
         self.iteration = torch.zeros(slots, dtype=torch.long, device=device)
         self.streak = torch.zeros(slots, dtype=torch.long, device=device)  # stopping checks in a row below target
         self.velocity = torch.zeros(shape, device=device)  # gradient momentum
-        self.last_direction = torch.zeros(shape, device=device)  # sign of the last step's gradient (reverse step)
         self.occupied = torch.zeros(slots, dtype=torch.bool, device=device)
         self.clean = clean.slots(slots)
         self.items: list[ImageItem | None] = [None] * slots
@@ -172,7 +163,6 @@ class PGDAttack:
             start = random_start(x, [item.uid for item in items], self.config.seed, self.config.eps)
             s.x_adv[index] = torch.where(s.valid[index] > 0, start, x)  # no perturbation on the canvas border
         s.iteration[index], s.streak[index], s.occupied[index], s.velocity[index] = 0, 0, True, 0
-        s.last_direction[index] = 0
         for store in s.terms.values():
             store[index] = float("nan")
         now = time.perf_counter()
@@ -200,15 +190,13 @@ class PGDAttack:
         """One iteration of every occupied slot; returns each term's per-image values (for logging)."""
         s, cfg = self.slots, self.config
         active = s.occupied.nonzero().flatten()
-        x_in = self.speed.layout(self._gradient_point(active)).requires_grad_(True)
+        x_in = self.speed.layout(s.x_adv[active]).requires_grad_(True)
         with torch.enable_grad():
             x_seen = straight_through_levels(x_in, s.levels[active], cfg.eps) if cfg.quantise_forward else x_in
             with self.speed.autocast(x_in.device):
                 objective, terms = self._objective(x_seen, active)
             grad = torch.zeros_like(s.x_adv)
             grad[active] = self._shape_gradient(torch.autograd.grad(objective.sum(), x_in)[0].float(), active) * s.valid[active]
-        if cfg.reverse_perturbation > 0:
-            s.last_direction[active] = grad[active].sign()
         s.record_terms(active, terms)
         stepping = s.occupied & ~self._stops_now(active, terms)  # a stopping image keeps the iterate it was measured at
         if self.adam is None:  # the fused projected sign update
@@ -219,14 +207,6 @@ class PGDAttack:
             optimizer.step()
         s.iteration[stepping] += 1
         return terms
-
-    def _gradient_point(self, active: torch.Tensor) -> torch.Tensor:
-        """Where this iteration's gradient is taken: the iterate, or (reverse step) the iterate moved back along the
-        last step's direction (the quantised forward then projects it onto the ε-ball and the 8-bit grid)."""
-        s, r = self.slots, self.config.reverse_perturbation
-        if r == 0:
-            return s.x_adv[active]
-        return (s.x_adv[active] - r * s.last_direction[active]).clamp(-1, 1)
 
     def _objective(self, x: torch.Tensor, active: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The method's objective ([B]) and terms; under EOT or crop jitter, their mean over `eot_samples` random
@@ -269,11 +249,11 @@ class PGDAttack:
 
     def _fr_cos_of_iterate(self, slots: torch.Tensor, active: torch.Tensor, terms: dict) -> torch.Tensor:
         """`fr_cos_recon` of the current iterates' 8-bit images. When this iteration's forward pass saw exactly
-        those images (quantised forward, one autoencoder, no EOT, no reverse step) and its FR term is that cosine (no feature-layer
+        those images (quantised forward, one autoencoder, no EOT) and its FR term is that cosine (no feature-layer
         term, no margins), the term is the value: no extra pass."""
         s = self.slots
         if (self.config.quantise_forward and self.eot is None and len(self.nets.vaes) == 1 and "fr_cos" in terms
-                and self.nets.loss_fr_is_reported and self.config.reverse_perturbation == 0):
+                and self.nets.loss_fr_is_reported):
             per_slot = torch.zeros(len(s.occupied), device=s.x.device)
             per_slot[active] = terms["fr_cos"].detach().float()
             return per_slot[slots]

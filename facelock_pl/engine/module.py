@@ -58,15 +58,6 @@ def _recorded_objective(objective: FaceLockObjective) -> dict:
     return recorded
 
 
-def _recorded_attack(config: AttackConfig) -> dict:
-    """The attack as protection.json records it: the reverse step only where set, so that folders protected before
-    the setting existed keep resuming."""
-    recorded = asdict(config)
-    if recorded["reverse_perturbation"] == 0:
-        del recorded["reverse_perturbation"]
-    return recorded
-
-
 def _recorded_recognizer(spec: RecognizerSpec, objective: FaceLockObjective) -> dict:
     """A recogniser as protection.json records it: a feature layer only where one is set, so that folders protected
     before the setting existed keep resuming; its threshold only where the loss reads it (`fr_reduction:
@@ -200,7 +191,7 @@ class ProtectionModule(L.LightningModule):
     def protection_settings(self) -> dict:
         """What decides the protected images (speed switches do not): recorded in OUT/protection.json."""
         attack = self.attack
-        settings = {"method": attack.method.name, "attack": _recorded_attack(attack.config),
+        settings = {"method": attack.method.name, "attack": asdict(attack.config),
                     "objective": _recorded_objective(self.objective),
                     "stopping": asdict(attack.stopping), "vae": [asdict(spec) for spec in self.vae_specs],
                     "recognizers": [_recorded_recognizer(r.spec, self.objective) for r in self.nets.recognizers]}
