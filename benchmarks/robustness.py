@@ -29,6 +29,8 @@ FaceLock = SFace + TAESD, no EOT, the published loop at `--iterations`; the conf
   robust_sface  SFace's entries in the loss use the copy of SFace that robust_surrogate.py --network sface makes
                (BUNDLE/fr/sface-robust/);
   sface_weight:W  SFace's entries' weight in the FR ensemble (default 1);
+  only:NAME    that network alone in the FR term, behind its crops (e.g. `w600k+allcrops+only:w600k-mbf`): how far a
+               white-box attack takes a network whose transfer goal the recipes miss;
   vaes         TAESD + TAESDXL in the latent and reconstruction terms (an autoencoder ensemble);
   ensemble     both of the above;
   eot          the config's random purifications inside the loop;
@@ -168,6 +170,11 @@ def fit_args(assets: Path, parts: list[str], targets: Path | None = None,
         recognizers.append({**efficientnet, "weight": float(settings.pop("efficientnet_weight", 1.0))})
     if "sface_weight" in settings:
         sface["weight"] = float(settings.pop("sface_weight"))
+    if "only" in settings:  # `only:NAME`: that network alone in the loss (a white-box ceiling for a transfer goal)
+        recognizers = [r for r in recognizers if r["name"] == settings["only"]]
+        if not recognizers:
+            raise SystemExit(f"setting only:{settings['only']}: no network of that name in the variant")
+        del settings["only"]
     if {"crops", "allcrops", "morecrops"} & set(parts):  # the networks of the loss also behind other crop conventions
         if "crops" in parts:
             conventions = ["box40"]

@@ -158,6 +158,12 @@ def test_robustness_variants_switch_parts_and_pass_settings():
         ("facenet-casia", None), ("sface", 2.0), ("facenet-casia@box40", None), ("sface@box40", 2.0), ("sface@box0", 2.0),
         ("facenet-casia@arcface", None)]
     assert not any("sface_weight" in key for key in heavier)
+    alone = settings("w600k+allcrops+only:w600k-mbf")  # a white-box ceiling: one network behind its crops
+    assert [r["name"] for r in json.loads(alone["--model.recognizers"][0])] == [
+        "w600k-mbf", "w600k-mbf@box40", "w600k-mbf@box0"]
+    assert not any("only" in key for key in alone)
+    with pytest.raises(SystemExit, match="only:dlib"):
+        settings("recognizers+only:dlib")
     more = json.loads(settings("recognizers+morecrops")["--model.recognizers"][0])
     assert more[:6] == every and [(r["name"], r["margin"]) for r in more[6:]] == [
         ("facenet-casia@box20", 27), ("sface@box20", 19)]
