@@ -171,10 +171,10 @@ def fit_args(assets: Path, parts: list[str], targets: Path | None = None,
     if "sface_weight" in settings:
         sface["weight"] = float(settings.pop("sface_weight"))
     if "only" in settings:  # `only:NAME`: that network alone in the loss (a white-box ceiling for a transfer goal)
-        recognizers = [r for r in recognizers if r["name"] == settings["only"]]
+        name = settings.pop("only")
+        recognizers = [r for r in recognizers if r["name"] == name]
         if not recognizers:
-            raise SystemExit(f"setting only:{settings['only']}: no network of that name in the variant")
-        del settings["only"]
+            raise SystemExit(f"setting only:{name}: no network of that name in the variant")
     if {"crops", "allcrops", "morecrops"} & set(parts):  # the networks of the loss also behind other crop conventions
         if "crops" in parts:
             conventions = ["box40"]
