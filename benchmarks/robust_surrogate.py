@@ -1,5 +1,5 @@
 """A slightly robust copy of a recogniser of the loss (facenet CASIA-WebFace or SFace) as a surrogate for the FR term
-(a transfer aid; README, "Protection that holds where a person meets it").
+(a transfer aid; benchmarks/robustness.md, "A slightly robust surrogate").
 
     python benchmarks/robust_surrogate.py --assets BUNDLE                    # facenet, ~10 min on a 2-core CPU
     python benchmarks/robust_surrogate.py --assets BUNDLE --network sface
