@@ -30,7 +30,7 @@ FaceLock = SFace + TAESD, no EOT, the published loop at `--iterations`; the conf
                (BUNDLE/fr/sface-robust/);
   sface_weight:W  SFace's entries' weight in the FR ensemble (default 1);
   only:NAME    that network alone in the FR term, behind its crops (e.g. `w600k+allcrops+only:w600k-mbf`): how far a
-               white-box attack takes a network whose transfer goal the recipes miss;
+               white-box attack takes one network whose goal the recipes miss (w600k_mbf's transfer, SFace's 0%);
   vaes         TAESD + TAESDXL in the latent and reconstruction terms (an autoencoder ensemble);
   ensemble     both of the above;
   eot          the config's random purifications inside the loop;
@@ -170,7 +170,7 @@ def fit_args(assets: Path, parts: list[str], targets: Path | None = None,
         recognizers.append({**efficientnet, "weight": float(settings.pop("efficientnet_weight", 1.0))})
     if "sface_weight" in settings:
         sface["weight"] = float(settings.pop("sface_weight"))
-    if "only" in settings:  # `only:NAME`: that network alone in the loss (a white-box ceiling for a transfer goal)
+    if "only" in settings:  # `only:NAME`: that network alone in the loss (a white-box ceiling for its goal)
         name = settings.pop("only")
         recognizers = [r for r in recognizers if r["name"] == name]
         if not recognizers:
