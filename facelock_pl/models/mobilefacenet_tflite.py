@@ -5,21 +5,20 @@ depthwise convolutions with their batch norms folded in, PReLU spelt out as relu
 additions, a final reshape. The architecture family of insightface's w600k_mbf, trained on another set; not one of
 the networks reserved to judge transfer, so it may enter a loss.
 
-`onnx_from_tflite` translates the graph operator by operator into ONNX (NHWC -> NCHW: filters OHWI -> OIHW, depthwise
-filters 1HWC -> C1HW, per-channel constants as C11; TensorFlow's SAME padding as ONNX's explicit, possibly
-asymmetric pads), so `kind: onnx` loads the result like any ONNX recogniser (`input_scale: 127.5 / 128`,
+`onnx_from_tflite` translates the graph operator by operator into ONNX (`models.onnx_builder`; filters OHWI -> OIHW,
+depthwise filters 1HWC -> C1HW), so `kind: onnx` loads the result like any ONNX recogniser (`input_scale: 127.5 / 128`,
 `input_offset: 0`). Calibrated on the bundle's pairs: AUC 1.00 behind the 5-point ArcFace alignment
 (`configs/evaluate-crops-mobilefacenet.yaml`).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .facenet_tflite import read_tflite
+from .onnx_builder import OnnxGraphBuilder
 from .weights import archive_member
 
 EXPO_MEMBER = "package/android/src/main/assets/MobileFaceNet.tflite"
@@ -83,27 +82,14 @@ def read_tflite_graph(data: bytes) -> TfliteGraph:
     return TfliteGraph(ops, shapes, read_tflite(data), tensor_name(graph.Inputs(0)), tensor_name(graph.Outputs(0)))
 
 
-def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
-    """TensorFlow's SAME padding of one axis: (before, after), the odd pixel after."""
-    total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
-    return total // 2, total - total // 2
-
-
 def onnx_from_tflite(graph: TfliteGraph) -> bytes:
     """The graph as an ONNX model (NCHW, input `input` [N, 3, H, W], output `embedding` [N, D]), serialised."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    nodes, initializers, produced = [], [], {graph.input: "input"}
-
-    def constant(array: np.ndarray, name: str) -> str:
-        initializers.append(numpy_helper.from_array(np.ascontiguousarray(array, dtype=np.float32), name))
-        return name
+    onnx_graph, produced = OnnxGraphBuilder(), {graph.input: "input"}
 
     def operand(name: str) -> str:
         if name not in produced:  # a constant operand: per channel in NHWC broadcasts as C11 in NCHW
             values = graph.constants[name]
-            produced[name] = constant(values.reshape(-1, 1, 1) if values.ndim == 1 else values, name)
+            produced[name] = onnx_graph.constant(values.reshape(-1, 1, 1) if values.ndim == 1 else values, name)
         return produced[name]
 
     for index, op in enumerate(graph.ops):
@@ -111,34 +97,21 @@ def onnx_from_tflite(graph: TfliteGraph) -> bytes:
         if op.kind in ("CONV_2D", "DEPTHWISE_CONV_2D"):
             weight, bias = graph.constants[op.inputs[1]], graph.constants[op.inputs[2]]
             depthwise = op.kind == "DEPTHWISE_CONV_2D"
-            weight = weight.transpose(3, 0, 1, 2) if depthwise else weight.transpose(0, 3, 1, 2)
-            (stride_h, stride_w), (kernel_h, kernel_w) = op.options["stride"], weight.shape[2:]
             _, height, width, _ = graph.shapes[op.inputs[0]]
-            (top, bottom), (left, right) = ((same_padding(height, kernel_h, stride_h), same_padding(width, kernel_w, stride_w))
-                                            if op.options["padding"] == "SAME" else ((0, 0), (0, 0)))
-            nodes.append(helper.make_node(
-                "Conv", [produced[op.inputs[0]], constant(weight, f"{out}.weight"), constant(bias, f"{out}.bias")], [out],
-                group=weight.shape[0] if depthwise else 1, kernel_shape=[kernel_h, kernel_w],
-                strides=[stride_h, stride_w], pads=[top, left, bottom, right]))
+            onnx_graph.conv(produced[op.inputs[0]], weight.transpose(3, 0, 1, 2) if depthwise else weight.transpose(0, 3, 1, 2),
+                            bias, out, stride=op.options["stride"], padding=op.options["padding"],
+                            input_hw=(height, width), depthwise=depthwise)
         elif op.kind in _ELEMENTWISE:
-            nodes.append(helper.make_node(_ELEMENTWISE[op.kind], [operand(name) for name in op.inputs], [out]))
+            onnx_graph.node(_ELEMENTWISE[op.kind], [operand(name) for name in op.inputs], out)
         elif op.kind == "RESHAPE" and graph.shapes[op.inputs[0]][1:3] == [1, 1]:  # [N, 1, 1, D] -> [N, D]
-            nodes.append(helper.make_node("Flatten", [produced[op.inputs[0]]], [out], axis=1))
+            onnx_graph.node("Flatten", [produced[op.inputs[0]]], out, axis=1)
         else:
             raise ValueError(f"the TFLite operator {op.kind} (#{index}) is not translated to ONNX")
         if op.options.get("relu"):
-            nodes.append(helper.make_node("Relu", [out], [f"{out}_relu"]))
-            out = f"{out}_relu"
+            out = onnx_graph.node("Relu", [out], f"{out}_relu")
         produced[op.outputs[0]] = out
-    nodes.append(helper.make_node("Identity", [produced[graph.output]], ["embedding"]))
     _, height, width, channels = graph.shapes[graph.input]
-    model = helper.make_model(
-        helper.make_graph(nodes, "tflite", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", channels, height, width])],
-                          [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["N", graph.shapes[graph.output][-1]])],
-                          initializers),
-        opset_imports=[helper.make_opsetid("", 13)])
-    onnx.checker.check_model(model)
-    return model.SerializeToString()
+    return onnx_graph.serialised("tflite", produced[graph.output], (channels, height, width), graph.shapes[graph.output][-1])
 
 
 def expo_package_to_onnx(package_tgz: bytes) -> bytes:
