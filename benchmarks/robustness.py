@@ -320,7 +320,8 @@ def main() -> None:
         cells = ["–" if c is None else f"{100 * c:.0f}% ({cos:.2f})" for c, cos in zip(cells, cosines)]
         table.append([row["variant"], *cells, *[f"{row[k]:.2f}" if k in row else "–"
                                                 for k in ("linf_255_max", "psnr_db_min", "seconds_per_image")]])
-    print_table(f"{args.split} faces: {args.faces}, 256 px, eps 0.03, {args.iterations} iterations; match rate (mean cosine) "
+    print_table(f"{args.split} faces: {args.faces}, 256 px, eps 0.03 and {args.iterations} iterations unless a variant sets "
+                "them; match rate (mean cosine) "
                 "after the TAESD round trip, face detected anew (lower is better)",
                 ["variant", *[f"{r}{p}" for r in recognizers for p in purifications.values()], "max linf_255",
                  "min PSNR dB", "s/image"], table)
