@@ -79,7 +79,10 @@ class ImagesProgress(ProgressBar):
         steps_left = (sum(finished_iterations - i if finished_iterations > i else 0 for i in in_flight)
                       + not_started * finished_iterations) / max(1, attack.capacity)
         elapsed = time.perf_counter() - self._started
-        current = f"iteration {max(in_flight)}/{iterations}" if in_flight else "idle"
+        if in_flight:
+            current = f"iteration {max(in_flight)}/{iterations}"
+        else:  # between images: all done, or the next batch not yet loaded
+            current = "finished" if done >= self.total else "loading"
         rate = f"{done / elapsed:.3f} images/s" if done and elapsed > 0 else "– images/s"
         eta = _duration(steps_left * self.step_seconds) if self.step_seconds is not None else "?"
         return f"{current}  {rate}  ETA {eta}"
