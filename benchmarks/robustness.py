@@ -52,6 +52,7 @@ FaceLock = SFace + TAESD, no EOT, the published loop at `--iterations`; the conf
   early_fr     the config's `fr_start` (the FR term from the first iteration; else the published 0.35);
   smoothing    the config's `grad_smoothing` (translation-invariant gradient);
   momentum     the config's `momentum`;
+  fill         `attack.fill_budget`: the saved image moves every pixel the optimisation changed by the whole budget;
   KEY:VALUE    any other model setting, e.g. `objective.fr_start:0` (or `fr_start:0`), `attack.iterations:200`.
 Faces: `--split held-out` (default) takes the last `--faces` of the sorted shared CelebA-HQ faces,
 `--split tune` the first ones — tune on those, report on the held-out ones. Each variant runs through
@@ -87,7 +88,8 @@ RENAMED_KEYS = {f"--{old}": f"--{new}" for old, new in _RENAMED.items()}  # `fr_
 
 PARTS = ("recognizers", "rotated", "w600k", "vggface2", "efficientnet", "mobilefacenet", "vaes", "ensemble", "eot", "realjpeg",
          "realign", "jitter", "target", "crops", "allcrops", "morecrops", "features", "late_features", "quantised",
-         "early_fr", "smoothing", "momentum", "robust_facenet", "add_robust_facenet", "robust_sface", "worst_crop")
+         "early_fr", "smoothing", "momentum", "robust_facenet", "add_robust_facenet", "robust_sface", "worst_crop",
+         "fill")
 # The crop conventions besides each network's own, as evaluate-crops.yaml (box40's margin: 0.4/1.4 of the input size).
 OTHER_CROPS = {
     "sface": {"box40": {"alignment": "box", "margin": 32}, "box0": {"alignment": "box", "margin": 0},
@@ -209,7 +211,7 @@ def fit_args(assets: Path, parts: list[str], targets: Path | None = None,
             args += switch_off
     on = {"realjpeg": ["--model.attack.eot", json.dumps(REAL_CODEC_EOT)], "realign": ["--model.objective.realign", "true"],
           "jitter": ["--model.objective.crop_jitter", "0.2"], "target": ["--model.objective.target_faces", str(targets)],
-          "worst_crop": ["--model.objective.fr_reduction", "worst_crop"]}
+          "worst_crop": ["--model.objective.fr_reduction", "worst_crop"], "fill": ["--model.attack.fill_budget", "true"]}
     for part, switch_on in on.items():
         if part in parts:
             args += switch_on

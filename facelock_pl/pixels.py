@@ -41,11 +41,17 @@ def budget_levels(eps: float) -> int:
     return math.floor(eps * 127.5 + 1e-6)
 
 
-def quantise_to_levels(x_adv: torch.Tensor, levels: torch.Tensor, eps: float) -> torch.Tensor:
-    """The 8-bit image of x_adv that keeps ‖png − source‖∞ ≤ ⌊ε·127.5⌋ levels (`levels`: the 8-bit source)."""
+def quantise_to_levels(x_adv: torch.Tensor, levels: torch.Tensor, eps: float, fill: bool = False) -> torch.Tensor:
+    """The 8-bit image of x_adv that keeps ‖png − source‖∞ ≤ ⌊ε·127.5⌋ levels (`levels`: the 8-bit source).
+
+    fill: every pixel the rounding changes moves the whole budget along the sign of its change (a corner of the
+    L∞ ball; at 3 levels the PSNR is ≈ 38.6 dB instead of the ≈ 40 dB a sign-PGD iterate rounds to).
+    """
     budget = budget_levels(eps)
     rounded = torch.round((x_adv.float() + 1) * 127.5)
     source = levels.float()
+    if fill:
+        rounded = source + budget * torch.sign(rounded - source)
     return torch.minimum(torch.maximum(rounded, source - budget), source + budget).clamp(0, 255).to(torch.uint8)
 
 

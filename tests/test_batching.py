@@ -83,16 +83,18 @@ def test_straight_through_levels_is_the_saved_image_with_identity_gradient():
     assert torch.equal(x_adv.grad, weights)
 
 
-@pytest.mark.parametrize("quantise_forward", [True, False])
-def test_quantised_forward_measures_stops_for_free(face_folder, tmp_path, monkeypatch, quantise_forward):
+@pytest.mark.parametrize("quantise_forward, fill_budget", [(True, False), (False, False), (True, True)])
+def test_quantised_forward_measures_stops_for_free(face_folder, tmp_path, monkeypatch, quantise_forward, fill_budget):
     """With quantise_forward the forward pass sees the 8-bit image: its fr_cos term is the saved file's
     fr_cos_recon, and the adaptive-stopping checks need no extra pass (only the final one per image). The
-    sources are face crops at the working size, so the saved file is the iterate itself (nothing is resampled)."""
+    sources are face crops at the working size, so the saved file is the iterate itself (nothing is resampled).
+    With fill_budget the saved file is not what the forward pass saw: every check measures it."""
     for path in list(face_folder.iterdir()):
         path.unlink()
     astronaut().crop((120, 0, 380, 260)).resize((64, 64)).save(face_folder / "astronaut.png")
     grace_hopper().crop((60, 60, 460, 460)).resize((64, 64)).save(face_folder / "grace_hopper.png")
     kwargs = tiny_module_kwargs(iterations=30, eps=0.1, step_size=0.02, quantise_forward=quantise_forward,
+                                fill_budget=fill_budget,
                                 stopping=AdaptiveStopping(below=2.0, patience=1, min_iterations=15, check_every=5))
     module = ProtectionModule(**kwargs)
     calls = {"n": 0}
@@ -108,7 +110,7 @@ def test_quantised_forward_measures_stops_for_free(face_folder, tmp_path, monkey
     ok = read_manifest(tmp_path / "q").query("status == 'ok'")
     assert len(ok) == 2 and (ok["iterations"] == 15).all()  # always below +2: stops at the first check
     gap = (ok["term_fr_cos"] - ok["fr_cos_recon"]).abs()
-    if quantise_forward:
+    if quantise_forward and not fill_budget:
         assert calls["n"] == 2 and (gap < 1e-5).all()
     else:
         assert calls["n"] == 4 and (gap > 1e-4).all()  # a check and a final measurement per image

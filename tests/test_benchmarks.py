@@ -111,6 +111,7 @@ def test_robustness_variants_switch_parts_and_pass_settings():
     assert json.loads(real["--model.attack.eot"][0]) == robustness.REAL_CODEC_EOT  # replaces the config's EOT
     assert real["--model.objective.realign"] == ["true"] and real["--model.objective.crop_jitter"] == ["0.2"]
     assert "--model.objective.realign" not in both
+    assert settings("recognizers+fill")["--model.attack.fill_budget"] == ["true"] and "--model.attack.fill_budget" not in both
     targeted = robustness.fit_args(assets, ["recognizers", "target"], Path("/work/targets"))
     assert targeted[targeted.index("--model.objective.target_faces") + 1] == "/work/targets"
     assert "--model.objective.target_faces" not in both

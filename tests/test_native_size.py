@@ -64,6 +64,53 @@ def test_delivery_carries_the_perturbation_to_native_size_inside_the_budget():
     assert torch.equal(same, quantise_to_levels(x_adv, levels_to_pm1(x).add(1).mul(127.5).round().byte(), 0.03))
 
 
+def test_fill_moves_every_changed_pixel_the_whole_budget():
+    generator = torch.Generator().manual_seed(1)
+    source = torch.randint(0, 256, (3, 40, 50), dtype=torch.uint8, generator=generator)
+    source[:, :4] = 254  # near white: the fill stops at 255
+    x_adv = levels_to_pm1(source) + 0.03 * torch.randn(source.shape, generator=generator)
+    plain, filled = quantise_to_levels(x_adv, source, 0.03), quantise_to_levels(x_adv, source, 0.03, fill=True)
+    change = plain.int() - source.int()
+    assert (change.abs() < 3).float().mean() > 0.3 and (change[:, :4] > 0).any()
+    assert torch.equal(filled.int(), (source.int() + 3 * torch.sign(change)).clamp(0, 255))
+    assert filled[:, :4].max() == 255
+
+
+def test_filled_delivery_at_native_size_is_the_plain_one_pushed_to_the_budget():
+    generator = torch.Generator().manual_seed(2)
+    native = torch.randint(8, 248, (3, 90, 120), dtype=torch.uint8, generator=generator)
+    canvas = pil_to_levels(Image.fromarray(native.permute(1, 2, 0).numpy()).resize((64, 48)))
+    x = levels_to_pm1(torch.nn.functional.pad(canvas, (0, 0, 0, 16)))
+    x_adv = x + 0.02 * torch.randn(x.shape, generator=generator)
+    plain, filled = deliver(x_adv, x, (48, 64), native, 0.03), deliver(x_adv, x, (48, 64), native, 0.03, fill=True)
+    expected = native.int() + 3 * torch.sign(plain.int() - native.int())
+    assert torch.equal(filled.int(), expected) and (plain != native).any()
+    psnr = lambda png: 10 * np.log10(255**2 / (png.float() - native.float()).pow(2).mean().item())  # noqa: E731
+    assert psnr(filled) < psnr(plain) and psnr(filled) >= 10 * np.log10(255**2 / 9)
+
+
+def test_fill_budget_changes_the_saved_image_not_the_optimisation(tmp_path):
+    faces = tmp_path / "faces"
+    faces.mkdir()
+    astronaut().resize((96, 80)).save(faces / "wide.png")
+    for fill in (False, True):
+        module = ProtectionModule(**tiny_module_kwargs(iterations=4, quantise_forward=True, fill_budget=fill))
+        module.output_dir = tmp_path / f"fill-{fill}"
+        datamodule = FaceDataModule(source=str(faces), resolution=64, batch_size=1, output_dir=str(module.output_dir))
+        L.Trainer(accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
+                  enable_progress_bar=False, enable_model_summary=False).fit(module, datamodule=datamodule)
+    source = levels(faces / "wide.png")
+    plain, filled = (levels(tmp_path / f"fill-{fill}" / "images" / "wide.png") for fill in (False, True))
+    assert np.array_equal(filled, np.clip(source + 3 * np.sign(plain - source), 0, 255))  # the same δ, filled
+    rows = {fill: read_manifest(tmp_path / f"fill-{fill}").iloc[0] for fill in (False, True)}
+    difference = np.abs(filled - source)
+    terms = [c for c in rows[True].index if c.startswith("term_") and not np.isnan(rows[True][c])]
+    assert terms and rows[True][terms].astype(float).equals(rows[False][terms].astype(float))  # the last step's terms
+    assert rows[True]["linf_255"] == 3
+    assert rows[True]["psnr_db"] == pytest.approx(10 * np.log10(255**2 / (difference**2).mean()), abs=1e-3)
+    assert rows[True]["psnr_db"] < rows[False]["psnr_db"] - 0.5
+
+
 def test_exif_orientation_is_applied_and_reset(tmp_path):
     faces = tmp_path / "faces"
     faces.mkdir()

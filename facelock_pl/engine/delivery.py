@@ -16,19 +16,20 @@ from ..pixels import levels_to_pm1, quantise_to_levels
 
 
 def deliver(x_adv: torch.Tensor, x: torch.Tensor, region: tuple[int, int], native: torch.Tensor, eps: float,
-            crop: tuple[int, int, int, int] | None = None) -> torch.Tensor:
+            crop: tuple[int, int, int, int] | None = None, fill: bool = False) -> torch.Tensor:
     """The protected native image (uint8 [3, H, W]) of one canvas iterate `x_adv` ([3, R, R], source canvas `x`);
-    with a `crop` (top, left, height, width), the canvas shows that part of the frame, and only it changes."""
+    with a `crop` (top, left, height, width), the canvas shows that part of the frame, and only it changes;
+    `fill`: every changed pixel moves the whole budget (`pixels.quantise_to_levels`), at native size."""
     if crop is not None:
         top, left, height, width = crop
         protected = native.clone().to(x_adv.device)
         part = native[:, top : top + height, left : left + width]
-        protected[:, top : top + height, left : left + width] = deliver(x_adv, x, region, part, eps)
+        protected[:, top : top + height, left : left + width] = deliver(x_adv, x, region, part, eps, fill=fill)
         return protected
     h, w = region
     native = native.to(x_adv.device)
     if (h, w) == tuple(native.shape[-2:]):
-        return quantise_to_levels(x_adv[:, :h, :w], native, eps)
+        return quantise_to_levels(x_adv[:, :h, :w], native, eps, fill)
     delta = (x_adv - x)[None, :, :h, :w]
     delta = F.interpolate(delta, size=tuple(native.shape[-2:]), mode="bicubic", align_corners=False, antialias=True)[0]
-    return quantise_to_levels(levels_to_pm1(native) + delta, native, eps)
+    return quantise_to_levels(levels_to_pm1(native) + delta, native, eps, fill)

@@ -224,7 +224,7 @@ def _settings_rows(context: ReportContext) -> list[list[str]]:
         attack, objective = settings["attack"], settings["objective"]
         fr_term = settings["method"] == "facelock" and objective["fr_weight"] != 0
         in_loss = [r.get("name") or r["kind"] for r in settings["recognizers"]] if fr_term else []
-        extras = [k for k in ("quantise_forward", "eot") if attack.get(k)]
+        extras = [k for k in ("quantise_forward", "fill_budget", "eot") if attack.get(k)]
         rows.append([name, settings["method"] + (f" (+ {', '.join(extras)})" if extras else ""),
                      f"{attack['eps']} ({attack['eps'] * 127.5:.1f}/255)", str(attack["iterations"]),
                      ", ".join(in_loss) or "none", ", ".join(v.get("name") or v["kind"] for v in settings["vae"])])
