@@ -20,8 +20,8 @@ from facelock_pl.outputs import read_manifest
 from facelock_pl.pixels import levels_to_pm1, pil_to_levels, quantise_to_levels, working_size
 
 
-def protect(source: Path, out: Path, batch_size: int = 2, **data) -> None:
-    module = ProtectionModule(**tiny_module_kwargs(iterations=4))
+def protect(source: Path, out: Path, batch_size: int = 2, settings: dict | None = None, **data) -> None:
+    module = ProtectionModule(**tiny_module_kwargs(iterations=4, **(settings or {})))
     module.output_dir = out
     datamodule = FaceDataModule(source=str(source), resolution=data.pop("resolution", 64), batch_size=batch_size,
                                 output_dir=str(out), **data)
@@ -85,7 +85,9 @@ def test_filled_delivery_at_native_size_is_the_plain_one_pushed_to_the_budget():
     plain, filled = deliver(x_adv, x, (48, 64), native, 0.03), deliver(x_adv, x, (48, 64), native, 0.03, fill=True)
     expected = native.int() + 3 * torch.sign(plain.int() - native.int())
     assert torch.equal(filled.int(), expected) and (plain != native).any()
-    psnr = lambda png: 10 * np.log10(255**2 / (png.float() - native.float()).pow(2).mean().item())  # noqa: E731
+    def psnr(png: torch.Tensor) -> float:
+        return 10 * np.log10(255**2 / (png.float() - native.float()).pow(2).mean().item())
+
     assert psnr(filled) < psnr(plain) and psnr(filled) >= 10 * np.log10(255**2 / 9)
 
 
@@ -94,11 +96,7 @@ def test_fill_budget_changes_the_saved_image_not_the_optimisation(tmp_path):
     faces.mkdir()
     astronaut().resize((96, 80)).save(faces / "wide.png")
     for fill in (False, True):
-        module = ProtectionModule(**tiny_module_kwargs(iterations=4, quantise_forward=True, fill_budget=fill))
-        module.output_dir = tmp_path / f"fill-{fill}"
-        datamodule = FaceDataModule(source=str(faces), resolution=64, batch_size=1, output_dir=str(module.output_dir))
-        L.Trainer(accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
-                  enable_progress_bar=False, enable_model_summary=False).fit(module, datamodule=datamodule)
+        protect(faces, tmp_path / f"fill-{fill}", batch_size=1, settings={"quantise_forward": True, "fill_budget": fill})
     source = levels(faces / "wide.png")
     plain, filled = (levels(tmp_path / f"fill-{fill}" / "images" / "wide.png") for fill in (False, True))
     assert np.array_equal(filled, np.clip(source + 3 * np.sign(plain - source), 0, 255))  # the same δ, filled
