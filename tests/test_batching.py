@@ -140,6 +140,58 @@ def test_auto_batch_size_on_cpu_is_four(face_folder, tmp_path):
     assert trainer.datamodule.batch_size == 4 and len(read_manifest(tmp_path / "auto")) == 2
 
 
+def _on_gpu(module: ProtectionModule, monkeypatch, fitting: int) -> list[int]:
+    """`largest_batch`'s search as on a GPU where up to `fitting` images fit; returns the sizes tried."""
+    from facelock_pl.engine import memory
+
+    tried = []
+
+    def fits(attack, size, resolution):
+        tried.append(size)
+        return size <= fitting
+
+    monkeypatch.setattr(memory, "fits", fits)
+    monkeypatch.setattr(type(module.attack.nets), "device", property(lambda self: torch.device("cuda")))
+    return tried
+
+
+@pytest.mark.parametrize("fitting, tried, chosen", [
+    (12, [1, 2, 4, 8, 16], 7),  # 8 fitted, 16 did not: 90% of 8 (headroom for the slot state)
+    (1, [1, 2], 1),  # never below one image
+    (10_000, [1, 2, 4, 8, 16, 32, 64, 128, 256], 256),  # the limit reached: the limit, no headroom taken
+])
+def test_auto_batch_size_on_a_gpu_doubles_until_out_of_memory(monkeypatch, fitting, tried, chosen):
+    from facelock_pl.engine.memory import largest_batch
+
+    module = ProtectionModule(**tiny_module_kwargs())
+    sizes = _on_gpu(module, monkeypatch, fitting)
+    assert largest_batch(module.attack, 64) == chosen and sizes == tried
+
+
+def test_auto_batch_size_says_when_not_one_image_fits(monkeypatch):
+    from facelock_pl.engine.memory import largest_batch
+
+    module = ProtectionModule(**tiny_module_kwargs())
+    _on_gpu(module, monkeypatch, fitting=0)
+    with pytest.raises(torch.cuda.OutOfMemoryError, match="not even one 512px image fits"):
+        largest_batch(module.attack, 512)
+
+
+def test_a_trial_step_that_runs_out_of_memory_does_not_fit(monkeypatch):
+    from facelock_pl.engine.memory import fits
+
+    module = ProtectionModule(**tiny_module_kwargs())
+    assert fits(module.attack, 2, 64)  # one PGD iteration of two 64 px images, every term on
+    calls = []
+
+    def out_of_memory(*args, **kwargs):
+        calls.append(args)
+        raise torch.cuda.OutOfMemoryError("simulated")
+
+    monkeypatch.setattr(module.attack.method, "objective", out_of_memory)
+    assert not fits(module.attack, 2, 64) and len(calls) == 1
+
+
 def test_decoder_checkpointing_recomputes_exactly(face_folder, tmp_path):
     fit(ProtectionModule(**tiny_module_kwargs(iterations=6)), face_folder, tmp_path / "base")
     fit(ProtectionModule(**tiny_module_kwargs(iterations=6, checkpoint_decoder=True)), face_folder, tmp_path / "ckpt")

@@ -133,6 +133,30 @@ def test_the_lock_of_a_dead_run_is_taken_over(tmp_path, fit_here):
     assert len(read_manifest(out)) == 1 and not (out / ".facelock.lock").exists()  # released at the end of the run
 
 
+@pytest.mark.parametrize("holder, shown", [
+    ("", "process ? on ?"),  # a run killed between creating the lock and writing its holder: nothing to check
+    (json.dumps({"host": "another-node", "pid": 1, "since": "2026-01-01T00:00:00+00:00"}), "process 1 on another-node"),
+])
+def test_a_lock_that_cannot_be_checked_is_refused_with_how_to_remove_it(tmp_path, holder, shown):
+    from facelock_pl.outputs.lock import OutputLock, OutputLockedError
+
+    (tmp_path / ".facelock.lock").write_text(holder)
+    with pytest.raises(OutputLockedError, match="another run is writing into") as refused:
+        OutputLock(tmp_path).acquire()
+    assert shown in str(refused.value) and str(tmp_path / ".facelock.lock") in str(refused.value)
+    assert (tmp_path / ".facelock.lock").read_text() == holder  # never taken over: it may be a live run
+
+
+def test_a_write_that_fails_leaves_the_old_file_and_no_temporary_one(tmp_path):
+    from facelock_pl.outputs.atomic import write_bytes_atomic
+
+    target = tmp_path / "images" / "a.png"
+    write_bytes_atomic(target, b"first")
+    with pytest.raises(TypeError):
+        write_bytes_atomic(target, "not bytes")  # fails inside the write, after the temporary file exists
+    assert target.read_bytes() == b"first" and [p.name for p in target.parent.iterdir()] == ["a.png"]
+
+
 # 4 ------------------------------------------------------------------------------------------------------------
 def wait_for_parts(out: Path, process: subprocess.Popen, count: int) -> None:
     deadline = time.time() + 300
@@ -189,6 +213,21 @@ def test_impossible_values_are_one_line_errors_before_anything_loads(tmp_path, o
     result = fit_here(face_folder(tmp_path / "faces", 1), tmp_path / "out", *option)
     assert message in one_line_error(result)
     assert not (tmp_path / "out").exists() and time.time() - started < 60
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    (None, "not found"),
+    ("model: [unclosed", "is not valid YAML"),
+    ("- a list, not keys", "must hold a mapping of keys to values"),
+])
+def test_a_config_file_that_cannot_be_read_is_a_one_line_error(tmp_path, text, message, cli_here):
+    config = tmp_path / "mine.yaml"
+    if text is not None:
+        config.write_text(text)
+    result = cli_here("fit", f"--config={config}", "--data.source", face_folder(tmp_path / "faces", 1),
+                      "--output_dir", tmp_path / "out")
+    assert one_line_error(result).startswith(f"facelock_pl fit: error: config file {config} {message}")
+    assert not (tmp_path / "out").exists()
 
 
 def test_an_output_dir_that_is_a_file_is_a_one_line_error(tmp_path, fit_here):
@@ -255,6 +294,24 @@ def test_a_damaged_manifest_part_is_quarantined_not_fatal(tmp_path, fit_here):
     result = fit_here(faces, out)
     assert result.returncode == 0 and "damaged manifest part part-0-r0-000000.parquet" in result.stderr
     assert (out / "manifest" / "damaged" / "part-0-r0-000000.parquet").exists() and len(read_manifest(out)) == 2
+
+
+def test_the_manifest_reads_an_earlier_versions_parts_and_skips_an_unreadable_one(tmp_path, caplog):
+    import pyarrow as pa
+
+    folder = tmp_path / "out" / "manifest"
+    folder.mkdir(parents=True)
+    # an earlier version's part: finished_at in unix seconds (a float), and none of the columns added since
+    pq.write_table(pa.table({"uid": ["a", "b"], "status": ["ok", "error"], "iterations": [100, 0],
+                             "finished_at": [1_700_000_000.5, 1_700_000_000.0]}), folder / "part-old-r0-000000.parquet")
+    pq.write_table(pa.table({"uid": ["b"], "status": ["ok"], "iterations": [100], "finished_at": [1_800_000_000.0]}),
+                   folder / "part-new-r0-000000.parquet")  # b protected again later: its newer row wins
+    (folder / "part-torn-r0-000000.parquet").write_bytes(b"PAR1 torn")
+    manifest = read_manifest(tmp_path / "out").set_index("uid")
+    assert manifest["status"].to_dict() == {"a": "ok", "b": "ok"}
+    assert str(manifest.loc["a", "finished_at"]) == "2023-11-14 22:13:20.500000+00:00"
+    assert manifest["recognised_by"].isna().all() and manifest["seconds"].isna().all()  # absent then: unknown now
+    assert "skipping unreadable manifest part" in caplog.text and "part-torn-r0-000000.parquet" in caplog.text
 
 
 def test_error_rows_keep_real_sizes_gifs_are_listed_and_animations_refused(tmp_path, fit_here):
