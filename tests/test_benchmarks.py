@@ -311,3 +311,85 @@ def test_recognizer_passes_benchmark_stacks_the_crops_of_a_shared_network(face_f
          str(tmp_path / "tiny.yaml"), "--face", str(tmp_path / "blank.png"), "--device", "cpu"],
         capture_output=True, text=True, timeout=600)
     assert refused.returncode != 0 and "no face detected in" in refused.stderr
+
+
+def write_evaluation(folder: Path, matched: dict[str, dict[str, list[str]]], faces: list[str],
+                     protected_set: str = "v0") -> Path:
+    """An `evaluate` output folder: report/per_image.parquet scoring `faces` plain and after JPEG-75, each judge of
+    `matched` ({judge: {purification: the faces it matches}}) behind its worst crop and its native crop."""
+    rows = [{"set": "clean", "base_set": "clean", "purification": "", "prompt_id": 0, "uid": uid} for uid in faces]
+    for purification in ("", "jpeg:75"):
+        for uid in faces:
+            row = {"set": protected_set + (f"+{purification}" if purification else ""), "base_set": protected_set,
+                   "purification": purification, "prompt_id": 0, "uid": uid}
+            for judge, by_purification in matched.items():
+                hit = uid in by_purification.get(purification or "none", [])
+                for name in (judge, f"{judge}@worst"):
+                    row[f"fr:{name}"], row[f"match:{name}"] = (0.8 if hit else 0.1), float(hit)
+            rows.append(row)
+    (folder / "report").mkdir(parents=True)
+    pd.DataFrame(rows).to_parquet(folder / "report" / "per_image.parquet")
+    return folder
+
+
+def test_seeds_pool_the_runs_of_each_judge_over_faces(tmp_path):
+    seeds = benchmark_module("seeds")
+    faces = ["a", "b", "c", "d"]
+    run0 = [write_evaluation(tmp_path / "s0", {"sface": {"none": ["a", "b"], "jpeg:75": ["a"]}}, faces),
+            write_evaluation(tmp_path / "s0-dlib", {"dlib": {"none": faces}}, faces)]
+    run1 = [write_evaluation(tmp_path / "s1", {"sface": {"none": ["b", "c"], "jpeg:75": []}}, faces),
+            write_evaluation(tmp_path / "s1-dlib", {"dlib": {"none": faces}}, faces)]
+    pooled = seeds.pool([seeds.read_run(run, None) for run in (run0, run1)])
+    assert list(pooled) == ["sface@worst", "dlib@worst"]  # each network once, by its worst crop
+    plain = pooled["sface@worst"]["none"]
+    assert (plain["matched"], plain["judged"], plain["faces"]) == (4, 8, 4) and plain["match_pct"] == 50
+    assert plain["match_pct_per_run"] == [50, 50]
+    assert (plain["faces_matched_in_any_run"], plain["faces_matched_in_every_run"]) == (3, 1)  # b in both
+    assert plain["mean_cos"] == pytest.approx((4 * 0.8 + 4 * 0.1) / 8)
+    # The interval counts faces, not faces x runs; for a whole count it is scipy's Wilson interval.
+    from scipy.stats import binomtest
+
+    expected = binomtest(2, 4).proportion_ci(method="wilson")
+    assert plain["ci95_pct"] == pytest.approx([100 * expected.low, 100 * expected.high])
+    assert pooled["sface@worst"]["jpeg:75"]["match_pct"] == 12.5
+    assert pooled["dlib@worst"]["none"]["ci95_pct"][1] == 100 and pooled["dlib@worst"]["none"]["match_pct"] == 100
+    assert pooled["dlib@worst"]["jpeg:75"]["match_pct"] == 0
+    assert seeds.wilson_95(0.0, 16)[0] == 0 and seeds.wilson_95(0.0, 16)[1] == pytest.approx(0.194, abs=1e-3)
+
+
+def test_seeds_refuse_runs_that_cannot_be_pooled(tmp_path):
+    seeds = benchmark_module("seeds")
+    a = write_evaluation(tmp_path / "a", {"sface": {"none": ["x"]}}, ["x", "y"])
+    other_faces = write_evaluation(tmp_path / "b", {"sface": {"none": []}}, ["x", "z"])
+    with pytest.raises(SystemExit, match="different faces"):
+        seeds.pool([seeds.read_run([a], None), seeds.read_run([other_faces], None)])
+    twice = write_evaluation(tmp_path / "c", {"sface": {"none": []}}, ["x", "y"])
+    with pytest.raises(SystemExit, match="scores sface again"):
+        seeds.read_run([a, twice], None)
+    with pytest.raises(SystemExit, match="not found"):
+        seeds.read_run([tmp_path / "nowhere"], None)
+    frame = pd.read_parquet(a / "report" / "per_image.parquet")
+    other_set = frame[frame["base_set"] == "v0"].assign(base_set="v1", set=lambda f: f["set"].str.replace("v0", "v1"))
+    two_sets = tmp_path / "two" / "report"
+    two_sets.mkdir(parents=True)
+    pd.concat([frame, other_set]).to_parquet(two_sets / "per_image.parquet")
+    with pytest.raises(SystemExit, match="several protected sets"):
+        seeds.read_run([two_sets.parent], None)
+    with pytest.raises(SystemExit, match="no set 'v2'"):
+        seeds.read_run([two_sets.parent], "v2")
+    assert seeds.read_run([two_sets.parent], "v1")["match:sface@worst"].sum() == 1
+
+
+def test_seeds_benchmark_prints_a_table_and_writes_json(tmp_path):
+    runs = [write_evaluation(tmp_path / f"s{i}", {"sface": {"none": matched}}, ["a", "b"])
+            for i, matched in enumerate((["a"], []))]
+    out = tmp_path / "seeds.json"
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "seeds.py"), "--run", str(runs[0]), "--run",
+                             str(runs[1]), "--json", str(out)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "| sface@worst | none | 25% [" in result.stdout and "1 / 0 of 2" in result.stdout
+    report = json.loads(out.read_text())
+    assert report["pooled"]["sface@worst"]["none"]["match_pct_per_run"] == [50, 0]
+    one = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "seeds.py"), "--run", str(runs[0])],
+                         capture_output=True, text=True, timeout=120)
+    assert one.returncode == 2 and "at least two --run" in one.stderr

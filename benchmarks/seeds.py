@@ -1,0 +1,122 @@
+"""Match rates over several seeds: one recipe's protection, run at several `attack.seed`s, pooled.
+
+    python benchmarks/seeds.py --run W0/eval W0/j-vggface2 --run W1/eval W1/j-vggface2 --run W2/eval W2/j-vggface2 \
+        --json benchmarks/results/seeds.json
+
+Each `--run` is one protection of the same faces (one seed): the `evaluate` output folders that scored its images
+(each holding `report/per_image.parquet`; several folders when several evaluate configs judged it, e.g.
+`benchmarks/robustness.py`'s `W/eval` and a judge's `W/j-NAME`). Sixteen faces make one face about 6 points, and a
+seed moves a face across a threshold as often as a lever does (`benchmarks/robustness.md`, "The seed's share"), so
+one run's match rate says little about a goal like "≤ 15%". Pooled over runs, each judge (a network behind several
+crop conventions by its worst, `NAME@worst`) and purification gets: the match rate over every (run, face) with a
+95% Wilson interval over the faces (n = faces: a face's runs mostly agree), each run's rate, the faces matched in at least one run and in every run, and the mean cosine.
+The runs must hold the same faces. JSON only with --json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from offline_runs import print_table, worst_judges, write_json  # noqa: E402
+
+
+def read_run(folders: list[Path], protected_set: str | None) -> pd.DataFrame:
+    """One run's scores, every judge of every folder side by side: rows (uid, prompt_id, purification), columns
+    `match:JUDGE` and `fr:JUDGE`; only the protected set's rows (`clean` is the unprotected reference)."""
+    frames = []
+    for folder in folders:
+        path = folder / "report" / "per_image.parquet"
+        if not path.is_file():
+            raise SystemExit(f"seeds: {path} not found: give the folder `evaluate --output_dir` wrote")
+        frame = pd.read_parquet(path)
+        frame = frame[frame["base_set"] != "clean"]
+        names = sorted(frame["base_set"].unique())
+        wanted = protected_set or (names[0] if len(names) == 1 else None)
+        if wanted is None:
+            raise SystemExit(f"seeds: {path} scores several protected sets {names}: choose one with --set")
+        if wanted not in names:
+            raise SystemExit(f"seeds: {path} has no set {wanted!r} (it has {names})")
+        frame = frame[frame["base_set"] == wanted].copy()
+        frame["purification"] = frame["purification"].fillna("none").replace("", "none")
+        scores = [c for c in frame.columns if c.startswith(("match:", "fr:"))]
+        frames.append(frame.set_index(["uid", "prompt_id", "purification"])[scores])
+    run = frames[0]
+    for folder, frame in zip(folders[1:], frames[1:]):
+        twice = sorted(set(run.columns) & set(frame.columns))
+        if twice:
+            raise SystemExit(f"seeds: {folder} scores {twice[0].split(':', 1)[1]} again: give each judge once per run")
+        run = run.join(frame, how="outer")
+    return run
+
+
+def wilson_95(rate: float, n: int) -> tuple[float, float]:
+    """The 95% Wilson score interval of a proportion `rate` observed over `n` trials (`rate * n` need not be whole)."""
+    z = 1.959963984540054
+    centre = (rate + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def pool(runs: list[pd.DataFrame]) -> dict:
+    """{judge: {purification: scores over every (run, face)}} for the judges and purifications every run has."""
+    faces = [sorted(run.index.droplevel("purification").unique()) for run in runs]
+    if any(f != faces[0] for f in faces[1:]):
+        raise SystemExit("seeds: the runs hold different faces; pool runs of the same faces only")
+    judges = [j for j in worst_judges(runs[0]) if all(f"match:{j}" in run.columns for run in runs)]
+    purifications = [p for p in dict.fromkeys(runs[0].index.get_level_values("purification"))
+                     if all(p in run.index.get_level_values("purification") for run in runs)]
+    pooled: dict = {}
+    for judge in judges:
+        for purification in purifications:
+            def by_run(column: str) -> pd.DataFrame:  # rows: (uid, prompt_id); a column per run
+                return pd.concat([run.xs(purification, level="purification")[column] for run in runs], axis=1,
+                                 keys=range(len(runs)))
+
+            matches, cosines = by_run(f"match:{judge}"), by_run(f"fr:{judge}")
+            matches = matches.dropna()  # an image with no score in some run (not judged) is left out of every run
+            total, matched = matches.size, int(matches.to_numpy().sum())
+            if total == 0:
+                continue
+            # n = the faces, not faces x runs: a face's runs mostly agree, so more seeds add little independent
+            # evidence about faces; the interval is the conservative one (runs as copies of one another).
+            low, high = wilson_95(matched / total, len(matches))
+            pooled.setdefault(judge, {})[purification] = {
+                "match_pct": 100 * matched / total, "ci95_pct": [100 * low, 100 * high], "matched": matched,
+                "judged": total, "faces": len(matches),
+                "match_pct_per_run": [100 * float(matches[run].mean()) for run in matches.columns],
+                "faces_matched_in_any_run": int(matches.any(axis=1).sum()),
+                "faces_matched_in_every_run": int(matches.all(axis=1).sum()),
+                "mean_cos": float(cosines.loc[matches.index].to_numpy().mean()),
+            }
+    return pooled
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--run", type=Path, nargs="+", action="append", required=True,
+                        help="one seed's evaluate output folders (repeat --run per seed)")
+    parser.add_argument("--set", default=None, help="the protected set to pool (default: the only one)")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    if len(args.run) < 2:
+        parser.error("give at least two --run (one per seed)")
+    pooled = pool([read_run(folders, args.set) for folders in args.run])
+    rows = [[judge, purification, f"{s['match_pct']:.0f}% [{s['ci95_pct'][0]:.0f}, {s['ci95_pct'][1]:.0f}]",
+             " / ".join(f"{p:.0f}" for p in s["match_pct_per_run"]),
+             f"{s['faces_matched_in_any_run']} / {s['faces_matched_in_every_run']} of {s['faces']}", f"{s['mean_cos']:.2f}"]
+            for judge, by_purification in pooled.items() for purification, s in by_purification.items()]
+    print_table(f"{len(args.run)} runs pooled; match rate over every (run, face), 95% Wilson interval over the faces",
+                ["judge", "purification", "match % [95% CI]", "per run %", "faces matched: any run / every run",
+                 "mean cos"], rows)
+    write_json(args.json, {"runs": [[str(f) for f in folders] for folders in args.run], "set": args.set,
+                           "pooled": pooled})
+
+
+if __name__ == "__main__":
+    main()
