@@ -46,13 +46,13 @@ def read_run(folders: list[Path], protected_set: str | None) -> pd.DataFrame:
         frame["purification"] = frame["purification"].fillna("none").replace("", "none")
         scores = [c for c in frame.columns if c.startswith(("match:", "fr:"))]
         frames.append(frame.set_index(["uid", "prompt_id", "purification"])[scores])
-    run = frames[0]
-    for folder, frame in zip(folders[1:], frames[1:]):
-        twice = sorted(set(run.columns) & set(frame.columns))
+    seen: set[str] = set()
+    for folder, frame in zip(folders, frames):
+        twice = sorted(seen & set(frame.columns))
         if twice:
             raise SystemExit(f"seeds: {folder} scores {twice[0].split(':', 1)[1]} again: give each judge once per run")
-        run = run.join(frame, how="outer")
-    return run
+        seen |= set(frame.columns)
+    return pd.concat(frames, axis=1, sort=False)  # rows in the evaluation's order: plain first, then purifications
 
 
 def wilson_95(rate: float, n: int) -> tuple[float, float]:
@@ -107,13 +107,20 @@ def main() -> None:
     if len(args.run) < 2:
         parser.error("give at least two --run (one per seed)")
     pooled = pool([read_run(folders, args.set) for folders in args.run])
-    rows = [[judge, purification, f"{s['match_pct']:.0f}% [{s['ci95_pct'][0]:.0f}, {s['ci95_pct'][1]:.0f}]",
-             " / ".join(f"{p:.0f}" for p in s["match_pct_per_run"]),
-             f"{s['faces_matched_in_any_run']} / {s['faces_matched_in_every_run']} of {s['faces']}", f"{s['mean_cos']:.2f}"]
-            for judge, by_purification in pooled.items() for purification, s in by_purification.items()]
-    print_table(f"{len(args.run)} runs pooled; match rate over every (run, face), 95% Wilson interval over the faces",
-                ["judge", "purification", "match % [95% CI]", "per run %", "faces matched: any run / every run",
-                 "mean cos"], rows)
+    purifications = list(dict.fromkeys(p for by_purification in pooled.values() for p in by_purification))
+
+    def cell(scores: dict | None) -> str:
+        if scores is None:
+            return "–"
+        low, high = scores["ci95_pct"]
+        runs = " / ".join(f"{p:.0f}" for p in scores["match_pct_per_run"])
+        return f"{scores['match_pct']:.0f}% [{low:.0f}–{high:.0f}] ({runs})"
+
+    rows = [[judge, *(cell(by_purification.get(p)) for p in purifications),
+             f"{by_purification['none']['faces_matched_in_any_run']} / {by_purification['none']['faces_matched_in_every_run']}"
+             if "none" in by_purification else "–"] for judge, by_purification in pooled.items()]
+    print_table(f"{len(args.run)} runs pooled: match % over every (run, face) [95% Wilson interval over the faces] "
+                "(each run's %)", ["judge", *purifications, "faces matched plain: in any run / in every run"], rows)
     write_json(args.json, {"runs": [[str(f) for f in folders] for folders in args.run], "set": args.set,
                            "pooled": pooled})
 

@@ -341,6 +341,7 @@ def test_seeds_pool_the_runs_of_each_judge_over_faces(tmp_path):
             write_evaluation(tmp_path / "s1-dlib", {"dlib": {"none": faces}}, faces)]
     pooled = seeds.pool([seeds.read_run(run, None) for run in (run0, run1)])
     assert list(pooled) == ["sface@worst", "dlib@worst"]  # each network once, by its worst crop
+    assert list(pooled["sface@worst"]) == ["none", "jpeg:75"]  # the evaluation's order, not the alphabet's
     plain = pooled["sface@worst"]["none"]
     assert (plain["matched"], plain["judged"], plain["faces"]) == (4, 8, 4) and plain["match_pct"] == 50
     assert plain["match_pct_per_run"] == [50, 50]
@@ -387,7 +388,8 @@ def test_seeds_benchmark_prints_a_table_and_writes_json(tmp_path):
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "seeds.py"), "--run", str(runs[0]), "--run",
                              str(runs[1]), "--json", str(out)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "| sface@worst | none | 25% [" in result.stdout and "1 / 0 of 2" in result.stdout
+    assert "| judge | none | jpeg:75 |" in result.stdout
+    assert "| sface@worst | 25% [" in result.stdout and "(50 / 0) | 0% [" in result.stdout and "| 1 / 0 |" in result.stdout
     report = json.loads(out.read_text())
     assert report["pooled"]["sface@worst"]["none"]["match_pct_per_run"] == [50, 0]
     one = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "seeds.py"), "--run", str(runs[0])],
