@@ -10,7 +10,8 @@ seed moves a face across a threshold as often as a lever does (`benchmarks/robus
 one run's match rate says little about a goal like "≤ 15%". Pooled over runs, each judge (a network behind several
 crop conventions by its worst, `NAME@worst`) and purification gets: the match rate over every (run, face) with a
 95% Wilson interval over the faces (n = faces: a face's runs mostly agree), each run's rate, the faces matched in at least one run and in every run, and the mean cosine.
-The runs must hold the same faces. JSON only with --json.
+The runs must hold the same faces. Seeds run as variants of one `benchmarks/robustness.py` work dir are sets of one
+evaluation: name each run's with `--set`. JSON only with --json.
 """
 
 from __future__ import annotations
@@ -101,12 +102,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run", type=Path, nargs="+", action="append", required=True,
                         help="one seed's evaluate output folders (repeat --run per seed)")
-    parser.add_argument("--set", default=None, help="the protected set to pool (default: the only one)")
+    parser.add_argument("--set", action="append", default=None,
+                        help="the protected set to pool (default: the only one); once for every run, or once per "
+                             "--run in their order (seeds run as variants of one benchmarks/robustness.py work dir: "
+                             "--run W/eval --set v0 --run W/eval --set v1 ...)"),
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     if len(args.run) < 2:
         parser.error("give at least two --run (one per seed)")
-    pooled = pool([read_run(folders, args.set) for folders in args.run])
+    sets = args.set or [None]
+    if len(sets) not in (1, len(args.run)):
+        parser.error(f"give --set once, or once per --run ({len(args.run)}); got {len(sets)}")
+    sets = sets * len(args.run) if len(sets) == 1 else sets
+    pooled = pool([read_run(folders, protected_set) for folders, protected_set in zip(args.run, sets)])
     purifications = list(dict.fromkeys(p for by_purification in pooled.values() for p in by_purification))
 
     def cell(scores: dict | None) -> str:
@@ -121,7 +129,7 @@ def main() -> None:
              if "none" in by_purification else "–"] for judge, by_purification in pooled.items()]
     print_table(f"{len(args.run)} runs pooled: match % over every (run, face) [95% Wilson interval over the faces] "
                 "(each run's %)", ["judge", *purifications, "faces matched plain: in any run / in every run"], rows)
-    write_json(args.json, {"runs": [[str(f) for f in folders] for folders in args.run], "set": args.set,
+    write_json(args.json, {"runs": [[str(f) for f in folders] for folders in args.run], "sets": sets,
                            "pooled": pooled})
 
 

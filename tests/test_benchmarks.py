@@ -395,3 +395,24 @@ def test_seeds_benchmark_prints_a_table_and_writes_json(tmp_path):
     one = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "seeds.py"), "--run", str(runs[0])],
                          capture_output=True, text=True, timeout=120)
     assert one.returncode == 2 and "at least two --run" in one.stderr
+
+
+def test_seeds_pool_the_sets_of_one_evaluation_one_set_per_run(tmp_path, monkeypatch, capsys):
+    """Seeds run as variants of one robustness.py work dir: one evaluation, a protected set per seed."""
+    seeds = benchmark_module("seeds")
+    folder = write_evaluation(tmp_path / "v0", {"sface": {"none": ["a", "b"]}}, ["a", "b"])
+    frame = pd.read_parquet(folder / "report" / "per_image.parquet")
+    second = frame[frame["base_set"] == "v0"].assign(base_set="v1", set=lambda f: f["set"].str.replace("v0", "v1"),
+                                                     **{"match:sface@worst": 0.0})
+    pd.concat([frame, second]).to_parquet(folder / "report" / "per_image.parquet")
+    out = tmp_path / "seeds.json"
+    monkeypatch.setattr(sys, "argv", ["seeds.py", "--run", str(folder), "--set", "v0", "--run", str(folder), "--set",
+                                      "v1", "--json", str(out)])
+    seeds.main()
+    report = json.loads(out.read_text())
+    assert report["sets"] == ["v0", "v1"] and report["pooled"]["sface@worst"]["none"]["match_pct_per_run"] == [100, 0]
+    monkeypatch.setattr(sys, "argv", ["seeds.py", "--run", str(folder), "--run", str(folder), "--run", str(folder),
+                                      "--set", "v0", "--set", "v1"])
+    with pytest.raises(SystemExit):
+        seeds.main()
+    assert "once per --run (3); got 2" in capsys.readouterr().err
