@@ -9,8 +9,8 @@ Each `--run` is one protection of the same faces (one seed): the `evaluate` outp
 seed moves a face across a threshold as often as a lever does (`benchmarks/robustness.md`, "The seed's share"), so
 one run's match rate says little about a goal like "≤ 15%". Pooled over runs, each judge (a network behind several
 crop conventions by its worst, `NAME@worst`) and purification gets: the match rate over every (run, face) with a
-95% Wilson interval over the faces (n = faces: a face's runs mostly agree), each run's rate, the faces matched in at least one run and in every run, and the mean cosine.
-The runs must hold the same faces. Seeds run as variants of one `benchmarks/robustness.py` work dir are sets of one
+95% Wilson interval over the faces (n = faces: a face's runs mostly agree), each run's rate, the faces matched in at
+least one run and in every run, and the mean cosine. The runs must hold the same faces. Seeds run as variants of one `benchmarks/robustness.py` work dir are sets of one
 evaluation: name each run's with `--set`. JSON only with --json.
 """
 
@@ -105,7 +105,7 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=None,
                         help="the protected set to pool (default: the only one); once for every run, or once per "
                              "--run in their order (seeds run as variants of one benchmarks/robustness.py work dir: "
-                             "--run W/eval --set v0 --run W/eval --set v1 ...)"),
+                             "--run W/eval --set v0 --run W/eval --set v1 ...)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     if len(args.run) < 2:
