@@ -25,7 +25,8 @@ from .data.datamodule import DEMO_SOURCE
 from .data.folder import image_files
 from .data.hf import detect_format
 from .engine import AdaptiveStopping, AttackConfig, ProtectionModule, SpeedConfig
-from .models.recognizers import RESERVED_FOR_EVALUATION
+from .engine.module import check_judges
+from .models.recognizers import RESERVED_FOR_EVALUATION, RecognizerSpec
 from .objectives import CWSettings, FaceLockObjective, build_method
 from .outputs.lock import OutputLock
 from .progress import ImagesProgress
@@ -87,6 +88,7 @@ def check_before_loading(config) -> None:
         built = {cls: cls(**vars(values)) for cls, values in groups}
         build_method(model.method, built[FaceLockObjective], built[CWSettings])
         _no_reserved_recognizers(model.get("recognizers") or [])
+        check_judges([RecognizerSpec(**vars(spec)) for spec in model.get("judges") or []])
     except (ValueError, TypeError) as error:
         raise ConfigError(str(error)) from None
     _writable(output_dir)

@@ -135,15 +135,15 @@ def test_cosines_detected_realign_on_the_reconstruction_and_mark_no_face(face_fo
     clean = attack.clean_features(faces)
     assert clean.face_found.all()
     meter = attack.meter
-    torch.testing.assert_close(meter.cosines_detected(levels_to_pm1(faces), clean), torch.ones(1, 2), atol=1e-4, rtol=0)
+    torch.testing.assert_close(meter.cosines_detected(faces, clean), torch.ones(1, 2), atol=1e-4, rtol=0)
 
     shifted = torch.roll(faces, shifts=(9, 7), dims=(-2, -1))  # the face moves: only the detected-anew measure follows it
     fixed = meter.fr_cos(levels_to_pm1(shifted), clean)
-    detected = meter.cosines_detected(levels_to_pm1(shifted), clean)[0]
+    detected = meter.cosines_detected(shifted, clean)[0]
     assert (detected > fixed).all() and (detected > 0.9).all()
 
     grey = torch.full_like(faces, 128)
-    assert meter.cosines_detected(levels_to_pm1(grey), clean).isnan().all()
+    assert meter.cosines_detected(grey, clean).isnan().all()
 
 
 def test_the_vae_attack_descends_the_unclipped_reconstruction_as_published():

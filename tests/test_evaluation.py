@@ -181,9 +181,9 @@ def test_evaluate_scores_what_edit_recorded_and_refuses_what_it_did_not(face_fol
 
 def test_fr_is_measured_on_real_faces_and_no_face_counts_as_fdfr():
     from conftest import astronaut
-    from facelock_pl.models import RecognizerSpec
+    from facelock_pl.models import FaceScorer, RecognizerSpec
 
-    scorer = metrics.FaceScorer([RecognizerSpec(kind="tiny-random")], torch.device("cpu"))
+    scorer = FaceScorer([RecognizerSpec(kind="tiny-random")], torch.device("cpu"))
     face = torch.from_numpy(np.asarray(astronaut().resize((128, 128)))).permute(2, 0, 1)
     noise = torch.randint(0, 256, (3, 128, 128), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     geometry, (emb,) = scorer.embed(torch.stack([face, noise]))

@@ -284,3 +284,10 @@ def test_a_recogniser_reserved_to_judge_transfer_is_refused_in_the_loss(tmp_path
                        f"[{{kind: {kind}, weights: judge.safetensors}}]"))
     assert result.returncode == 2 and f"'{kind}' recogniser is reserved to judge transfer" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_reserved_recogniser_is_refused_as_a_judge_before_anything_loads(tmp_path, cli_here):
+    result = cli_here(*tiny(faces(tmp_path / "faces"), tmp_path / "out", "--model.judges",
+                       "[{kind: dlib, weights: judge.safetensors, threshold: 0.9}]"))
+    assert result.returncode == 2 and "the 'dlib' recogniser is reserved to judge transfer in `evaluate`" in result.stderr
+    assert not (tmp_path / "out").exists()

@@ -174,7 +174,7 @@ def test_facelock_destroys_identity_with_real_weights(shared_assets, tmp_path):
 
     # The manifest's detected-anew measure is what the offline evaluation computes on the same file.
     from facelock_pl.pixels import levels_to_pm1, pm1_to_levels
-    from facelock_pl.evaluation.metrics import FaceScorer
+    from facelock_pl.models import FaceScorer
 
     vae = load_vae(VAESpec(kind="taesd", path=str(shared_assets / "vae" / "taesd"), subfolder=None))
     with torch.no_grad():
@@ -190,6 +190,24 @@ def test_facelock_destroys_identity_with_real_weights(shared_assets, tmp_path):
     # ... and its verdict is the evaluation's: recognised where that cosine reaches the configured threshold.
     [entry] = yaml.safe_load((ROOT / "configs" / "offline.yaml").read_text())["model"]["recognizers"]
     assert row.recognised_by == ("facenet-casia" if cosine >= entry["threshold"] else "")
+
+
+def test_the_recipes_judges_know_a_face_in_its_round_trip_and_not_another_person(shared_assets):
+    """protect-offline.yaml's judges (w600k_mbf behind three crops) on real faces: a face's own TAESD round trip is
+    recognised behind every crop, another person's is not."""
+    from facelock_pl.models import FaceScorer
+    from facelock_pl.pixels import levels_to_pm1, pm1_to_levels
+
+    judges = yaml.safe_load((ROOT / "configs" / "protect-offline.yaml").read_text())["model"]["judges"]
+    scorer = FaceScorer([RecognizerSpec(**{**j, "weights": j["weights"].replace("${assets}", str(shared_assets))})
+                         for j in judges])
+    vae = load_vae(VAESpec(kind="taesd", path=str(shared_assets / "vae" / "taesd"), subfolder=None))
+    first, second = [editor_input(pil_to_levels(load_rgb(p)), 256)[None]
+                     for p in sorted((shared_assets / "faces" / "celebahq").glob("*.jpg"))[:2]]
+    with torch.no_grad():
+        round_trip = pm1_to_levels(vae.decode(vae.encode(levels_to_pm1(first))).clamp(-1, 1))
+    assert scorer.recognised_by(first, round_trip) == ["w600k-mbf", "w600k-mbf@box0", "w600k-mbf@box40"]
+    assert scorer.recognised_by(second, round_trip) == []
 
 
 def test_offline_evaluation_of_the_vae_round_trip(shared_assets, tmp_path):

@@ -29,7 +29,7 @@ def test_recognised_by_names_each_entry_at_or_above_its_own_threshold():
     nets = networks(0.3, 0.9)
     cosines = torch.tensor([[0.5, 0.2, 0.3],   # r0 against 0.3
                             [0.1, 0.9, 0.95]])  # r1 against 0.9
-    assert nets.judges
+    assert nets.calibrated
     assert nets.recognised_by(cosines) == [["r0"], ["r1"], ["r0", "r1"]]
     assert networks(0.3, 0.9).recognised_by(torch.full((2, 1), -1.0)) == [[]]
 
@@ -37,7 +37,7 @@ def test_recognised_by_names_each_entry_at_or_above_its_own_threshold():
 def test_no_verdict_unless_every_recogniser_has_a_threshold():
     """A verdict from some entries only would read as protection from all of them."""
     nets = networks(0.3, None)
-    assert not nets.judges
+    assert not nets.calibrated
     with pytest.raises(ValueError, match="threshold"):
         nets.recognised_by(torch.zeros(2, 1))
 
@@ -105,3 +105,75 @@ def test_a_threshold_changes_the_recorded_settings_only_where_the_loss_reads_it(
     keep_settings(tmp_path / "worst", worst, write=True)
     with pytest.raises(ConfigError, match="recognizers differ"):
         keep_settings(tmp_path / "worst", settings((0.3, 0.5), fr_reduction="worst_crop"), write=True)
+
+
+def test_judges_outside_the_loss_join_the_verdict_and_never_change_the_protection(face_folder, tmp_path):
+    """A judge that always matches is named after the loss's entries; one that never matches is not. The protected
+    images are the same bytes with and without judges: they only read the result."""
+    judges = [RecognizerSpec(kind="tiny-random", name="judge-yes", threshold=-1.0),
+              RecognizerSpec(kind="tiny-random", name="judge-no", threshold=1.5)]
+    judged = faithful_editor(ProtectionModule(**tiny_module_kwargs(recognizers=tiny_pair(-1.0, 1.5), judges=judges)))
+    fit(judged, face_folder, tmp_path / "judged")
+    manifest = read_manifest(tmp_path / "judged")
+    found = manifest["fr_cos_recon_detected"].notna()
+    assert found.sum() >= 1 and (manifest.loc[found, "recognised_by"] == "always,judge-yes").all()
+    assert judged.protection_settings() == ProtectionModule(**tiny_module_kwargs(recognizers=tiny_pair(-1.0, 1.5))).protection_settings()
+
+    plain = faithful_editor(ProtectionModule(**tiny_module_kwargs(recognizers=tiny_pair(-1.0, 1.5))))
+    fit(plain, face_folder, tmp_path / "plain")
+    for uid in manifest["uid"]:
+        png = f"images/{uid}.png"
+        assert (tmp_path / "judged" / png).read_bytes() == (tmp_path / "plain" / png).read_bytes()
+    assert (read_manifest(tmp_path / "plain").loc[found, "recognised_by"] == "always").all()
+
+
+def test_a_judge_scores_as_the_evaluation_scores():
+    """`FaceScorer.recognised_by` names an entry exactly where the cosine `embed` gives reaches its threshold."""
+    from conftest import astronaut
+    from facelock_pl.models import FaceScorer
+    from facelock_pl.pixels import pil_to_levels
+
+    face = pil_to_levels(astronaut().resize((128, 128)))[None]
+    shifted = torch.roll(face, shifts=(3, 2), dims=(2, 3))
+    scorer = FaceScorer([RecognizerSpec(kind="tiny-random", name="t", threshold=0.0)])
+    _, [a] = scorer.embed(face)
+    _, [b] = scorer.embed(shifted)
+    cosine = float((a * b).sum())
+    for threshold, named in ((cosine - 1e-4, ["t"]), (cosine + 1e-4, [])):
+        scorer.thresholds = [threshold]
+        assert scorer.recognised_by(face, shifted) == named
+    noise = torch.randint(0, 256, (1, 3, 128, 128), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    assert scorer.recognised_by(face, noise) is None and scorer.recognised_by(noise, face) is None  # no face: no verdict
+
+
+@pytest.mark.parametrize(("judge", "loss_thresholds", "message"), [
+    (RecognizerSpec(kind="tiny-random", name="j"), (-1.0, 1.5), "judge 'j' needs a calibrated `threshold`"),
+    (RecognizerSpec(kind="tiny-random", name="j", threshold=0.3, feature_layer="conv"), (-1.0, 1.5), "no feature_layer"),
+    (RecognizerSpec(kind="dlib", name="j", threshold=0.9), (-1.0, 1.5), "reserved to judge transfer in `evaluate`"),
+    (RecognizerSpec(kind="tiny-random", name="j", threshold=0.3), (-1.0, None), "every recogniser of the loss"),
+])
+def test_judges_that_cannot_give_a_verdict_are_refused(judge, loss_thresholds, message):
+    with pytest.raises(ValueError, match=message):
+        ProtectionModule(**tiny_module_kwargs(recognizers=tiny_pair(*loss_thresholds), judges=[judge]))
+
+
+def test_protect_offline_judges_as_the_evaluation_judges():
+    """The recipe's verdict is the evaluation's: each entry of its loss and each judge carries the threshold and crop of
+    the `evaluate-crops.yaml` entry of the same name, and no judge is a network of the loss."""
+    import yaml
+
+    from conftest import ROOT
+
+    def by_name(entries):
+        return {r["name"]: {k: r.get(k) for k in ("weights", "threshold", "alignment", "margin")} for r in entries}
+
+    evaluation = by_name(yaml.safe_load((ROOT / "configs/evaluate-crops.yaml").read_text())["recognizers"])
+    model = yaml.safe_load((ROOT / "configs/protect-offline.yaml").read_text())["model"]
+    loss, judges = by_name(model["recognizers"]), by_name(model["judges"])
+    assert sorted(judges) == ["w600k-mbf", "w600k-mbf@box0", "w600k-mbf@box40"]
+    for name, entry in {**loss, **judges}.items():
+        expected = evaluation[name]
+        assert entry["threshold"] == expected["threshold"], name
+        assert (entry["alignment"] or "native", entry["margin"] or 0) == (expected["alignment"] or "native",
+                                                                         expected["margin"] or 0), name
+    assert not {j["weights"] for j in judges.values()} & {r["weights"] for r in loss.values()}

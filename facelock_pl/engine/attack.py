@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from ..data.items import ImageItem
-from ..models import FaceDetector, FaceGeometry
+from ..models import FaceDetector, FaceGeometry, FaceScorer
 from ..objectives import CleanFeatures, Networks, ProtectionMethod
 from ..objectives.transforms import RandomPurification, crop_draws
 from ..outputs.records import ProtectedImage
@@ -112,15 +112,16 @@ class PGDAttack:
         detector: face detection for the clean images (None: no recogniser, no faces needed).
         config, stopping, speed: the loop's settings, adaptive stopping, speed switches.
         capacity: slots, i.e. images optimised together.
+        judges: recognisers outside the loss that judge each finished image for the manifest's `recognised_by`.
     """
 
     def __init__(self, method: ProtectionMethod, nets: Networks, detector: FaceDetector | None, config: AttackConfig,
-                 stopping: AdaptiveStopping, speed: SpeedConfig, capacity: int = 1):
+                 stopping: AdaptiveStopping, speed: SpeedConfig, capacity: int = 1, judges: FaceScorer | None = None):
         self.method, self.nets, self.detector = method, nets, detector
         self.config, self.stopping, self.speed = config, stopping, speed
         self.capacity = capacity
         self.eot = RandomPurification(config.eot) if config.eot else None
-        self.meter = ProtectionMeter(nets, detector, speed)
+        self.meter = ProtectionMeter(nets, detector, speed, judges)
         self.adam = TanhAdam(method.lr) if method.update == "tanh-adam" else None  # CW-L2 only
         self.slots: SlotState | None = None
 
@@ -287,9 +288,9 @@ class PGDAttack:
         png = deliver(s.x_adv[slot], s.x[slot], item.region, item.native, self.config.eps, item.crop,
                       self.config.fill_budget)
         # The editor sees the whole frame: in face-region mode, compare with the clean frame as it sees it.
-        clean = s.clean.select(torch.tensor([slot])) if item.crop is None else self.clean_features(
-            resize(levels_to_pil(item.native), item.view[::-1])[None].to(png.device))
-        measured = self.meter.delivered(png, item.view, clean)
+        source_seen = resize(levels_to_pil(item.native), item.view[::-1])[None].to(png.device)
+        clean = s.clean.select(torch.tensor([slot])) if item.crop is None else self.clean_features(source_seen)
+        measured = self.meter.delivered(png, item.view, clean, source_seen)
         return ProtectedImage(
             item=item, levels=png.cpu(), source_levels=item.native, iterations=int(s.iteration[slot]),
             face_found=bool(s.clean.face_found[slot]), terms={name: float(v[slot]) for name, v in s.terms.items()},

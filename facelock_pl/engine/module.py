@@ -18,8 +18,9 @@ import torch
 
 from .. import logs
 from ..data import ImageItem, ImageQueue
-from ..models import FaceDetector, LPIPSSpec, RecognizerSpec, VAESpec, load_lpips, load_recognizers, load_vae
+from ..models import FaceDetector, FaceScorer, LPIPSSpec, RecognizerSpec, VAESpec, load_lpips, load_recognizers, load_vae
 from ..models.landmarks import LandmarkReader
+from ..models.recognizers import RESERVED_FOR_EVALUATION
 from ..objectives import CWSettings, FaceLockObjective, Networks, build_method
 from ..objectives.targets import TargetPool
 from ..outputs import OutputWriter, ProtectedImage
@@ -45,6 +46,17 @@ def load_networks(vaes: list[VAESpec], recognizers: list[RecognizerSpec], lpips:
     if objective.target_faces is not None:
         nets.targets = TargetPool.from_folder(objective.target_faces, list(nets.recognizers), nets.identity)
     return nets
+
+
+def check_judges(judges: list[RecognizerSpec]) -> None:
+    """Refuse a judge without a threshold or an embedding, or of a reserved kind (`fit` checks before loading)."""
+    for spec in judges:
+        if spec.kind in RESERVED_FOR_EVALUATION:
+            raise ValueError(f"judge {spec.label!r}: the {spec.kind!r} recogniser is reserved to judge transfer in "
+                             "`evaluate`; name a recogniser of another kind")
+        if spec.threshold is None or spec.feature_layer is not None:
+            raise ValueError(f"judge {spec.label!r} needs a calibrated `threshold` (and no feature_layer) to say "
+                             "whether it still recognises a photo")
 
 
 def _recorded_objective(objective: FaceLockObjective) -> dict:
@@ -85,6 +97,10 @@ class ProtectionModule(L.LightningModule):
             reconstruction terms are weighted means. The first is the editor that `fr_cos_recon` measures.
         recognizers: face recognisers of the FR term; they also measure `fr_cos_recon` (`[]`: none loaded).
         lpips: the LPIPS network (`LPIPSSpec`); loaded only when the method uses LPIPS.
+        judges: recognisers outside the loss, each with a calibrated `threshold`, that judge every protected photo
+            for the manifest's `recognised_by` beside the loss's own (which need thresholds too); they never change
+            the protection (not recorded in protection.json). The reserved kinds stay out: they judge transfer in
+            `evaluate`.
         output_format: `png` (images/<uid>.png), `parquet` (dataset/*.parquet: PNG bytes plus every source
             column, loadable with `datasets.load_dataset`) or `both`.
         output_dir: where images and the manifest go (linked from the top-level `--output_dir`).
@@ -101,6 +117,7 @@ class ProtectionModule(L.LightningModule):
         vae: VAESpec | list[VAESpec] | None = None,
         recognizers: list[RecognizerSpec] | None = None,
         lpips: LPIPSSpec | None = None,
+        judges: list[RecognizerSpec] | None = None,
         output_format: OutputFormat = "png",
         output_dir: str = "outputs",
     ):
@@ -116,9 +133,10 @@ class ProtectionModule(L.LightningModule):
         vaes = vae if isinstance(vae, list) else [vae or VAESpec()]
         self.nets = load_networks(vaes, recognizers, (lpips or LPIPSSpec()) if protection.needs_lpips else None, objective)
         self.detector = FaceDetector() if recognizers else None
+        self.judges = self._load_judges(judges or [])
         self.requires_grad_(False).eval()
         speed.apply(self.nets)
-        self.attack = PGDAttack(protection, self.nets, self.detector, attack, stopping, speed)
+        self.attack = PGDAttack(protection, self.nets, self.detector, attack, stopping, speed, judges=self.judges)
         self.objective, self.cw, self.vae_specs = objective, cw, vaes
         self.output_dir = output_dir
         self.images_done = 0
@@ -127,6 +145,13 @@ class ProtectionModule(L.LightningModule):
         self.interrupted_by: str | None = None  # the stop signal's name, once any process received one
         self.summary: dict | None = None  # summary.json's content, on every process, once the run is over
         self._writer: OutputWriter | None = None
+
+    def _load_judges(self, judges: list[RecognizerSpec]) -> FaceScorer | None:
+        check_judges(judges)
+        if judges and not self.nets.calibrated:  # a verdict from the judges alone would read as the loss's networks' too
+            raise ValueError("judges add to the verdict of the loss's recognisers: give every recogniser of the loss "
+                             "a calibrated `threshold` too")
+        return FaceScorer(judges) if judges else None
 
     # The frozen networks stay in eval mode: Lightning calls .train() when fitting starts.
     def train(self, mode: bool = True) -> "ProtectionModule":

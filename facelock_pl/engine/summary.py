@@ -105,9 +105,9 @@ def describe(summary: dict, output_dir: Path) -> str:
              f"{_number(folder['mean_fr_cos_recon_detected'], 3)} (at the source's face: "
              f"{_number(folder['mean_fr_cos_recon'], 3)}); mean PSNR {_number(folder['mean_psnr_db'], 2)} dB"]
     if folder["judged"]:
-        lines.append(f"  still recognised by a recogniser of the loss (face detected anew, its calibrated threshold): "
-                     f"{folder['still_recognised']} of {folder['judged']} judged image(s); the manifest's `recognised_by` "
-                     "names which")
+        lines.append("  still recognised by a recogniser of the loss or a judge (face detected anew, its calibrated "
+                     f"threshold): {folder['still_recognised']} of {folder['judged']} judged image(s); the manifest's "
+                     "`recognised_by` names which")
     if run.get("interrupted"):
         lines.append("  finished images are kept: rerun the same command to protect the rest")
     if run["error"]:

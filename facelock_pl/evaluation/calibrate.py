@@ -15,9 +15,8 @@ import numpy as np
 import torch
 
 from ..data import load_rgb
-from ..models import RecognizerSpec
+from ..models import FaceScorer, RecognizerSpec
 from ..pixels import pil_to_levels
-from .metrics import FaceScorer
 
 
 def pair_scores(pairs_csv: Path, specs: list[RecognizerSpec], device: torch.device | None = None) -> tuple[dict[str, list[float]], list[bool]]:

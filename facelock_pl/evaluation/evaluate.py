@@ -17,12 +17,12 @@ import pandas as pd
 import torch
 
 from ..config_files import ConfigError
-from ..models import FaceGeometry, LPIPSSpec, RecognizerSpec, load_lpips
+from ..models import FaceGeometry, FaceScorer, LPIPSSpec, RecognizerSpec, load_lpips
 from ..outputs.settings import read_settings
 from ..pixels import editor_input, levels_to_pm1, read_levels
 from . import metrics
 from .edit import clean_sources, edit_path, resolve_device
-from .metrics import ClipScorer, ClipSpec, FaceScorer
+from .metrics import ClipScorer, ClipSpec
 from .prompts import load_prompts
 from .record import EditRecord
 from .report import ReportContext, write_report

@@ -21,9 +21,8 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
-from ..models import FaceDetector, FaceGeometry, RecognizerSpec, embed_all, load_recognizers
 from ..models.weights import load_pretrained
-from ..pixels import levels_to_pil, levels_to_pm1, levels_to_unit
+from ..pixels import levels_to_pil, levels_to_unit
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -101,25 +100,3 @@ def clip_directional(source_img: torch.Tensor, edit_img: torch.Tensor, text: tor
 def clip_image(source_img: torch.Tensor, edit_img: torch.Tensor) -> torch.Tensor:
     """CLIP-I: cos(source, edit) ([B])."""
     return F.cosine_similarity(source_img, edit_img, dim=-1)
-
-
-class FaceScorer:
-    """Detect the face in each image, then embed it with every recogniser."""
-
-    def __init__(self, specs: list[RecognizerSpec], device: torch.device):
-        self.detector = FaceDetector().to(device)
-        self.recognizers = [r.to(device) for r in load_recognizers(specs)]
-        self.names = [spec.label for spec in specs]
-        self.thresholds = [spec.threshold for spec in specs]
-        self.device = device
-
-    @torch.no_grad()
-    def embed(self, levels: torch.Tensor, fallback: FaceGeometry | None = None) -> tuple[FaceGeometry, list[torch.Tensor]]:
-        """The faces detected in [B] images, and per recogniser [B, D] embeddings. Where no face is found, the
-        embedding is of the `fallback` geometry (e.g. where the source's face was), else of the whole image."""
-        levels = levels.to(self.device)
-        geometry = self.detector(levels)
-        aligned = geometry if fallback is None else geometry.where_found_else(fallback.to(self.device))
-        x = levels_to_pm1(levels)
-        thetas = [r.theta(aligned, tuple(x.shape[-2:])) for r in self.recognizers]
-        return geometry, embed_all(self.recognizers, x, thetas)

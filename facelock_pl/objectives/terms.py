@@ -219,7 +219,7 @@ class Networks(nn.Module):
         return self._reduce(identity_cosines, True)
 
     @property
-    def judges(self) -> bool:
+    def calibrated(self) -> bool:
         """Whether every embedding entry has a calibrated same-person `threshold`, so that `recognised_by` can say
         which of them still recognise a face (a verdict from some entries only would read as protection from all)."""
         return bool(self.identity) and all(self.recognizers[i].spec.threshold is not None for i in self.identity)
@@ -227,7 +227,7 @@ class Networks(nn.Module):
     def recognised_by(self, identity_cosines: torch.Tensor) -> list[list[str]]:
         """Per sample, the labels of the embedding entries whose cosine ([R_identity, B], `cosines(...,
         identity_only=True)`) reaches their `threshold`: the networks of the loss that still recognise the person."""
-        if not self.judges:
+        if not self.calibrated:
             raise ValueError("recognised_by needs a calibrated `threshold` on every recogniser of the loss")
         labels = [self.recognizers[i].spec.label for i in self.identity]
         thresholds = torch.tensor([self.recognizers[i].spec.threshold for i in self.identity])
