@@ -88,7 +88,9 @@ def check_before_loading(config) -> None:
         built = {cls: cls(**vars(values)) for cls, values in groups}
         build_method(model.method, built[FaceLockObjective], built[CWSettings])
         _no_reserved_recognizers(model.get("recognizers") or [])
-        check_judges([RecognizerSpec(**vars(spec)) for spec in model.get("judges") or []])
+        recognizers = model.get("recognizers")
+        check_judges([RecognizerSpec(**vars(spec)) for spec in model.get("judges") or []],
+                     [RecognizerSpec()] if recognizers is None else [RecognizerSpec(**vars(spec)) for spec in recognizers])
     except (ValueError, TypeError) as error:
         raise ConfigError(str(error)) from None
     _writable(output_dir)

@@ -286,8 +286,12 @@ def test_a_recogniser_reserved_to_judge_transfer_is_refused_in_the_loss(tmp_path
     assert not (tmp_path / "out").exists()
 
 
-def test_a_reserved_recogniser_is_refused_as_a_judge_before_anything_loads(tmp_path, cli_here):
-    result = cli_here(*tiny(faces(tmp_path / "faces"), tmp_path / "out", "--model.judges",
-                       "[{kind: dlib, weights: judge.safetensors, threshold: 0.9}]"))
-    assert result.returncode == 2 and "the 'dlib' recogniser is reserved to judge transfer in `evaluate`" in result.stderr
+@pytest.mark.parametrize(("judge", "message"), [
+    ("{kind: dlib, weights: judge.safetensors, threshold: 0.9}", "the 'dlib' recogniser is reserved to judge transfer"),
+    ("{kind: tiny-random, name: j, threshold: 0.3}", "give every recogniser of the loss a calibrated `threshold` too"),
+])
+def test_a_judge_that_cannot_give_a_verdict_is_refused_before_anything_loads(tmp_path, cli_here, judge, message):
+    """tiny.yaml's loss has no thresholds: a judge beside it would give a verdict that reads as the loss's too."""
+    result = cli_here(*tiny(faces(tmp_path / "faces"), tmp_path / "out", "--model.judges", f"[{judge}]"))
+    assert result.returncode == 2 and message in result.stderr
     assert not (tmp_path / "out").exists()

@@ -152,7 +152,10 @@ def test_a_judge_scores_as_the_evaluation_scores():
     (RecognizerSpec(kind="dlib", name="j", threshold=0.9), (-1.0, 1.5), "reserved to judge transfer in `evaluate`"),
     (RecognizerSpec(kind="tiny-random", name="j", threshold=0.3), (-1.0, None), "every recogniser of the loss"),
 ])
-def test_judges_that_cannot_give_a_verdict_are_refused(judge, loss_thresholds, message):
+def test_judges_that_cannot_give_a_verdict_are_refused(judge, loss_thresholds, message, monkeypatch):
+    from facelock_pl.engine import module
+
+    monkeypatch.setattr(module, "load_networks", lambda *args: pytest.fail("networks loaded before the judges were checked"))
     with pytest.raises(ValueError, match=message):
         ProtectionModule(**tiny_module_kwargs(recognizers=tiny_pair(*loss_thresholds), judges=[judge]))
 

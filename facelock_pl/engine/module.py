@@ -48,8 +48,10 @@ def load_networks(vaes: list[VAESpec], recognizers: list[RecognizerSpec], lpips:
     return nets
 
 
-def check_judges(judges: list[RecognizerSpec]) -> None:
-    """Refuse a judge without a threshold or an embedding, or of a reserved kind (`fit` checks before loading)."""
+def check_judges(judges: list[RecognizerSpec], recognizers: list[RecognizerSpec]) -> None:
+    """Refuse a judge without a threshold or an embedding, or of a reserved kind, and judges beside a loss whose own
+    recognisers cannot judge (a verdict from the judges alone would read as the loss's networks' too). `fit` checks
+    before loading anything."""
     for spec in judges:
         if spec.kind in RESERVED_FOR_EVALUATION:
             raise ValueError(f"judge {spec.label!r}: the {spec.kind!r} recogniser is reserved to judge transfer in "
@@ -57,6 +59,10 @@ def check_judges(judges: list[RecognizerSpec]) -> None:
         if spec.threshold is None or spec.feature_layer is not None:
             raise ValueError(f"judge {spec.label!r} needs a calibrated `threshold` (and no feature_layer) to say "
                              "whether it still recognises a photo")
+    embeddings = [spec for spec in recognizers if spec.feature_layer is None]
+    if judges and (not embeddings or any(spec.threshold is None for spec in embeddings)):
+        raise ValueError("judges add to the verdict of the loss's recognisers: give every recogniser of the loss a "
+                         "calibrated `threshold` too")
 
 
 def _recorded_objective(objective: FaceLockObjective) -> dict:
@@ -126,6 +132,7 @@ class ProtectionModule(L.LightningModule):
         self.automatic_optimization = False
         protection = build_method(method, objective, cw)
         recognizers = [RecognizerSpec()] if recognizers is None else recognizers
+        check_judges(judges or [], recognizers)
         if protection.needs_faces and not recognizers:
             raise ValueError(f"method {method!r} needs at least one face recogniser (or objective.fr_weight: 0)")
         if stopping.enabled and not protection.needs_faces:
@@ -133,7 +140,7 @@ class ProtectionModule(L.LightningModule):
         vaes = vae if isinstance(vae, list) else [vae or VAESpec()]
         self.nets = load_networks(vaes, recognizers, (lpips or LPIPSSpec()) if protection.needs_lpips else None, objective)
         self.detector = FaceDetector() if recognizers else None
-        self.judges = self._load_judges(judges or [])
+        self.judges = FaceScorer(judges) if judges else None
         self.requires_grad_(False).eval()
         speed.apply(self.nets)
         self.attack = PGDAttack(protection, self.nets, self.detector, attack, stopping, speed, judges=self.judges)
@@ -145,13 +152,6 @@ class ProtectionModule(L.LightningModule):
         self.interrupted_by: str | None = None  # the stop signal's name, once any process received one
         self.summary: dict | None = None  # summary.json's content, on every process, once the run is over
         self._writer: OutputWriter | None = None
-
-    def _load_judges(self, judges: list[RecognizerSpec]) -> FaceScorer | None:
-        check_judges(judges)
-        if judges and not self.nets.calibrated:  # a verdict from the judges alone would read as the loss's networks' too
-            raise ValueError("judges add to the verdict of the loss's recognisers: give every recogniser of the loss "
-                             "a calibrated `threshold` too")
-        return FaceScorer(judges) if judges else None
 
     # The frozen networks stay in eval mode: Lightning calls .train() when fitting starts.
     def train(self, mode: bool = True) -> "ProtectionModule":
