@@ -25,7 +25,7 @@ from .data.datamodule import DEMO_SOURCE
 from .data.folder import image_files
 from .data.hf import detect_format
 from .engine import AdaptiveStopping, AttackConfig, ProtectionModule, SpeedConfig
-from .engine.module import check_judges
+from .engine.module import check_networks
 from .models.recognizers import RESERVED_FOR_EVALUATION, RecognizerSpec
 from .objectives import CWSettings, FaceLockObjective, build_method
 from .outputs.lock import OutputLock
@@ -86,11 +86,12 @@ def check_before_loading(config) -> None:
                                                            (CWSettings, "cw"), (AdaptiveStopping, "stopping"),
                                                            (SpeedConfig, "speed"))]
         built = {cls: cls(**vars(values)) for cls, values in groups}
-        build_method(model.method, built[FaceLockObjective], built[CWSettings])
+        protection = build_method(model.method, built[FaceLockObjective], built[CWSettings])
         _no_reserved_recognizers(model.get("recognizers") or [])
         recognizers = model.get("recognizers")
-        check_judges([RecognizerSpec(**vars(spec)) for spec in model.get("judges") or []],
-                     [RecognizerSpec()] if recognizers is None else [RecognizerSpec(**vars(spec)) for spec in recognizers])
+        check_networks(protection, built[AdaptiveStopping],
+                       [RecognizerSpec()] if recognizers is None else [RecognizerSpec(**vars(spec)) for spec in recognizers],
+                       [RecognizerSpec(**vars(spec)) for spec in model.get("judges") or []])
     except (ValueError, TypeError) as error:
         raise ConfigError(str(error)) from None
     _writable(output_dir)

@@ -286,12 +286,17 @@ def test_a_recogniser_reserved_to_judge_transfer_is_refused_in_the_loss(tmp_path
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize(("judge", "message"), [
-    ("{kind: dlib, weights: judge.safetensors, threshold: 0.9}", "the 'dlib' recogniser is reserved to judge transfer"),
-    ("{kind: tiny-random, name: j, threshold: 0.3}", "give every recogniser of the loss a calibrated `threshold` too"),
+@pytest.mark.parametrize(("settings", "message"), [
+    (["--model.judges", "[{kind: dlib, weights: judge.safetensors, threshold: 0.9}]"],
+     "the 'dlib' recogniser is reserved to judge transfer"),
+    # tiny.yaml's loss has no thresholds: a judge beside it would give a verdict that reads as the loss's too
+    (["--model.judges", "[{kind: tiny-random, name: j, threshold: 0.3}]"],
+     "give every recogniser of the loss a calibrated `threshold` too"),
+    (["--model.recognizers", "[]"], "method 'facelock' needs at least one face recogniser"),
+    (["--model.method", "photoguard", "--model.stopping.below", "0.1"], "adaptive stopping (stopping.below) watches"),
 ])
-def test_a_judge_that_cannot_give_a_verdict_is_refused_before_anything_loads(tmp_path, cli_here, judge, message):
-    """tiny.yaml's loss has no thresholds: a judge beside it would give a verdict that reads as the loss's too."""
-    result = cli_here(*tiny(faces(tmp_path / "faces"), tmp_path / "out", "--model.judges", f"[{judge}]"))
-    assert result.returncode == 2 and message in result.stderr
+def test_networks_a_run_cannot_work_with_are_refused_in_one_line_before_anything_loads(tmp_path, cli_here, settings,
+                                                                                       message):
+    result = cli_here(*tiny(faces(tmp_path / "faces"), tmp_path / "out", *settings))
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists()

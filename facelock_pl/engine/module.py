@@ -21,7 +21,7 @@ from ..data import ImageItem, ImageQueue
 from ..models import FaceDetector, FaceScorer, LPIPSSpec, RecognizerSpec, VAESpec, load_lpips, load_recognizers, load_vae
 from ..models.landmarks import LandmarkReader
 from ..models.recognizers import RESERVED_FOR_EVALUATION
-from ..objectives import CWSettings, FaceLockObjective, Networks, build_method
+from ..objectives import CWSettings, FaceLockObjective, Networks, ProtectionMethod, build_method
 from ..objectives.targets import TargetPool
 from ..outputs import OutputWriter, ProtectedImage
 from ..outputs.manifest import OutputFormat
@@ -48,10 +48,16 @@ def load_networks(vaes: list[VAESpec], recognizers: list[RecognizerSpec], lpips:
     return nets
 
 
-def check_judges(judges: list[RecognizerSpec], recognizers: list[RecognizerSpec]) -> None:
-    """Refuse a judge without a threshold or an embedding, or of a reserved kind, and judges beside a loss whose own
-    recognisers cannot judge (a verdict from the judges alone would read as the loss's networks' too). `fit` checks
-    before loading anything."""
+def check_networks(protection: ProtectionMethod, stopping: AdaptiveStopping, recognizers: list[RecognizerSpec],
+                   judges: list[RecognizerSpec]) -> None:
+    """Refuse, before any network loads, networks a run cannot work with (`fit` calls it on the config, so the
+    message is one line): a method that needs faces without a recogniser; adaptive stopping without the FR term; a
+    judge without a threshold or an embedding, or of a reserved kind; judges beside a loss whose own recognisers
+    cannot judge (a verdict from the judges alone would read as the loss's networks' too)."""
+    if protection.needs_faces and not recognizers:
+        raise ValueError(f"method {protection.name!r} needs at least one face recogniser (or objective.fr_weight: 0)")
+    if stopping.enabled and not protection.needs_faces:
+        raise ValueError("adaptive stopping (stopping.below) watches the FR term: it needs method facelock")
     for spec in judges:
         if spec.kind in RESERVED_FOR_EVALUATION:
             raise ValueError(f"judge {spec.label!r}: the {spec.kind!r} recogniser is reserved to judge transfer in "
@@ -132,11 +138,7 @@ class ProtectionModule(L.LightningModule):
         self.automatic_optimization = False
         protection = build_method(method, objective, cw)
         recognizers = [RecognizerSpec()] if recognizers is None else recognizers
-        check_judges(judges or [], recognizers)
-        if protection.needs_faces and not recognizers:
-            raise ValueError(f"method {method!r} needs at least one face recogniser (or objective.fr_weight: 0)")
-        if stopping.enabled and not protection.needs_faces:
-            raise ValueError("adaptive stopping (stopping.below) watches the FR term: it needs method facelock")
+        check_networks(protection, stopping, recognizers, judges or [])
         vaes = vae if isinstance(vae, list) else [vae or VAESpec()]
         self.nets = load_networks(vaes, recognizers, (lpips or LPIPSSpec()) if protection.needs_lpips else None, objective)
         self.detector = FaceDetector() if recognizers else None
