@@ -197,6 +197,18 @@ def test_fr_is_measured_on_real_faces_and_no_face_counts_as_fdfr():
     assert torch.allclose(fallback_emb[0], scorer.recognizers[0].embed(levels_to_pm1(noise[None]), theta)[0], atol=1e-5)
 
 
+@pytest.mark.parametrize(("sets", "message"), [("{p: NOWHERE}", "protected set 'p': "),
+                                              ("{clean: NOWHERE}", "set name 'clean' is reserved")])
+def test_edit_refuses_a_set_it_cannot_read_in_one_line(face_folder, tmp_path, capsys, sets, message):
+    """Refused before anything is recorded: a mistyped folder must not pin the output's record to that set."""
+    out = tmp_path / "eval"
+    code = run_cli("edit", "--config", ROOT / "configs" / "edit-tiny.yaml", "--data.source", str(face_folder),
+                   "--sets", sets.replace("NOWHERE", str(tmp_path / "nowhere")), "--output_dir", str(out))
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err
+    assert not out.exists() or not any(out.rglob("*"))
+
+
 def test_clip_s_is_on_raw_features_as_published_or_normalised_on_request():
     raw = metrics.ClipScorer(metrics.ClipSpec(kind="tiny-random"), torch.device("cpu"))
     normalised = metrics.ClipScorer(metrics.ClipSpec(kind="tiny-random", directional="normalised"), torch.device("cpu"))

@@ -80,10 +80,10 @@ def run_edit(
     sets = expand_sweeps(sets or {})
     record = EditRecord(data, {n: str(Path(f).expanduser().resolve()) for n, f in sets.items()}, purify or [],
                         prompts, list(prompt_map), editor.record(), seed)
+    all_sets = image_sets(record.sets, record.purify)  # a set that cannot be read is refused before anything is recorded
     previous = EditRecord.load(out)
     (previous.merged_with(record) if previous else record).save(out)  # refused before any work if it cannot merge
     sources = clean_sources(data, record.sets)
-    all_sets = image_sets(record.sets, record.purify)
     todo = [(s, pid, [u for u in sources if not edit_path(out, s.name, pid, u).exists()]) for s in all_sets for pid in prompt_map]
     todo = [(s, pid, uids) for s, pid, uids in todo if uids]
     skipped = len(all_sets) * len(prompt_map) * len(sources) - sum(len(uids) for *_, uids in todo)

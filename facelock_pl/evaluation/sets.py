@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from ..config_files import ConfigError
 from ..data import Decoding, FolderImages
 from ..pixels import editor_input, read_levels
 from . import purify
@@ -69,11 +70,12 @@ def image_sets(sets: dict[str, str], purifications: list[str]) -> list[ImageSet]
     out = [ImageSet(CLEAN, None)]
     for name, location in sets.items():
         if name == CLEAN or "+" in name:
-            raise ValueError(f"set name {name!r} is reserved or contains '+'")
+            raise ConfigError(f"set name {name!r} is reserved or contains '+'")
         folder = Path(location).expanduser()
         folder = folder / "images" if (folder / "images").is_dir() else folder
         if not folder.is_dir():
-            raise FileNotFoundError(f"protected set {name!r}: {location} is not a folder of <uid>.png images")
+            raise ConfigError(f"protected set {name!r}: {location} is not a folder of <uid>.png images (give `fit`'s "
+                              "--output_dir, or its images/ folder)")
         out.append(ImageSet(name, folder))
         out += [ImageSet(f"{name}+{purify.label(p)}", folder, p) for p in purifications]
     return out
