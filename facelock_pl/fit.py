@@ -24,6 +24,7 @@ from .data import FaceDataModule
 from .data.datamodule import DEMO_SOURCE
 from .data.folder import image_files
 from .data.hf import detect_format
+from .data.images import IMAGE_SUFFIXES
 from .engine import AdaptiveStopping, AttackConfig, ProtectionModule, SpeedConfig
 from .engine.module import check_networks
 from .models.recognizers import RESERVED_FOR_EVALUATION, RecognizerSpec
@@ -58,9 +59,13 @@ def _check_source(data: FaceDataModule) -> None:
     source = data.source
     if source == DEMO_SOURCE or Path(source).expanduser().exists() or ("*" in source and source.endswith(".parquet")):
         fmt = detect_format(source, [Path(data.output_dir)]) if data.format == "auto" else data.format
-        if fmt == "folder" and source != DEMO_SOURCE and Path(source).is_dir():
-            if not image_files(Path(source).expanduser(), [Path(data.output_dir)]):
+        path = Path(source).expanduser()
+        if fmt == "folder" and source != DEMO_SOURCE and path.is_dir():
+            if not image_files(path, [Path(data.output_dir)]):
                 raise NoImagesError(f"no image files (jpg, png, webp, bmp, tiff, gif) in {source}")
+        if fmt == "folder" and path.is_file() and path.suffix.lower() not in IMAGE_SUFFIXES:
+            raise ConfigError(f"data.source {source!r} is a file but not an image (jpg, png, webp, bmp, tiff, gif) "
+                              "nor a parquet file")
         return
     if data.format in ("auto", "hub") and HUB_ID.match(source):
         return  # a Hugging Face dataset id; loading it tells whether it exists

@@ -126,5 +126,5 @@ def test_folder_dataset_turns_bad_files_into_error_items(tmp_path):
 
 
 def test_missing_source_folder_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="not a folder"):
+    with pytest.raises(FileNotFoundError, match="not a folder or an image file"):
         FolderImages(tmp_path / "nope")

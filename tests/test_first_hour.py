@@ -294,9 +294,31 @@ def test_a_recogniser_reserved_to_judge_transfer_is_refused_in_the_loss(tmp_path
      "give every recogniser of the loss a calibrated `threshold` too"),
     (["--model.recognizers", "[]"], "method 'facelock' needs at least one face recogniser"),
     (["--model.method", "photoguard", "--model.stopping.below", "0.1"], "adaptive stopping (stopping.below) watches"),
+    (["--model.attack.eot", "[blurr:1]"], "unknown EOT transformation 'blurr:1'"),
+    (["--model.attack.eot", "[jpeg:200]"], "EOT transformation 'jpeg:200' has an invalid range"),
 ])
 def test_networks_a_run_cannot_work_with_are_refused_in_one_line_before_anything_loads(tmp_path, cli_here, settings,
                                                                                        message):
     result = cli_here(*tiny(faces(tmp_path / "faces"), tmp_path / "out", *settings))
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_one_photo_is_a_source_and_a_rerun_resumes_it(tmp_path, cli_here):
+    """A new user's first run is often one photo, not a folder of them."""
+    from facelock_pl.outputs import read_manifest
+
+    photo = faces(tmp_path / "faces") / "face1.png"
+    first = cli_here(*tiny(photo, tmp_path / "out"))
+    assert first.returncode == 0, first.stderr[-2000:]
+    manifest = read_manifest(tmp_path / "out")
+    assert manifest[["uid", "source", "status"]].values.tolist() == [["face1", "face1.png", "ok"]]
+    assert (tmp_path / "out" / "images" / "face1.png").is_file()  # its folder's other photo is not taken
+    again = cli_here(*tiny(photo, tmp_path / "out"))
+    assert again.returncode == 0 and "skipping 1 already protected" in again.stdout + again.stderr
+
+    note = tmp_path / "note.txt"
+    note.write_text("not a photo")
+    refused = cli_here(*tiny(note, tmp_path / "other"))
+    assert refused.returncode == 2 and "is a file but not an image" in refused.stderr
+    assert not (tmp_path / "other").exists()

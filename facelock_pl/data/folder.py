@@ -64,7 +64,7 @@ def demo_entries() -> list[tuple[str, str]]:
 
 
 class FolderImages(Dataset):
-    """`ImageItem`s of the image files under a folder (see `Decoding`).
+    """`ImageItem`s of the image files under a folder, or of one image file (see `Decoding`).
 
     A file that cannot be decoded yields an item with `status="error"` and a message instead of raising:
     one bad image never stops a run.
@@ -75,8 +75,12 @@ class FolderImages(Dataset):
         """`entries` (uid, path relative to `root` or absolute) replaces listing the folder; `exclude` and
         `known` are passed to `list_images`."""
         self.root = Path(root).expanduser()
+        if entries is None and self.root.is_file() and self.root.suffix.lower() in IMAGE_SUFFIXES:
+            # One photo: its folder, listing only it (sources stay relative to a folder, as for any other run).
+            entries = list(zip(folder_uids([self.root.name], known), [self.root.name]))
+            self.root = self.root.parent
         if entries is None and not self.root.is_dir():
-            raise FileNotFoundError(f"data.source {self.root} is not a folder")
+            raise FileNotFoundError(f"data.source {self.root} is not a folder or an image file")
         self.decoding = decoding
         self.entries = list_images(self.root, exclude, known) if entries is None else entries
 

@@ -21,7 +21,7 @@ import torch
 from ..data.items import ImageItem
 from ..models import FaceDetector, FaceGeometry, FaceScorer
 from ..objectives import CleanFeatures, Networks, ProtectionMethod
-from ..objectives.transforms import RandomPurification, crop_draws
+from ..objectives.transforms import RandomPurification, Transform, crop_draws
 from ..outputs.records import ProtectedImage
 from ..pixels import levels_to_pil, levels_to_pm1, quantise_to_levels, resize, straight_through_levels
 from .delivery import deliver
@@ -77,6 +77,8 @@ class AttackConfig:
                              f"{self.step_size}, {self.iterations}, {self.eot_samples})")
         if self.grad_smoothing < 0 or not 0 <= self.momentum < 1:
             raise ValueError(f"need grad_smoothing >= 0 and 0 <= momentum < 1 (got {self.grad_smoothing}, {self.momentum})")
+        for spec in self.eot or []:
+            Transform.parse(spec)  # an unknown purification or a range it cannot take: refused with the settings
 
 
 class SlotState:
