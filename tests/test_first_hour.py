@@ -297,7 +297,7 @@ def test_a_recogniser_reserved_to_judge_transfer_is_refused_in_the_loss(tmp_path
     (["--model.attack.eot", "[blurr:1]"], "unknown EOT transformation 'blurr:1'"),
     (["--model.attack.eot", "[jpeg:200]"], "EOT transformation 'jpeg:200' has an invalid range"),
 ])
-def test_networks_a_run_cannot_work_with_are_refused_in_one_line_before_anything_loads(tmp_path, cli_here, settings,
+def test_settings_a_run_cannot_work_with_are_refused_in_one_line_before_anything_loads(tmp_path, cli_here, settings,
                                                                                        message):
     result = cli_here(*tiny(faces(tmp_path / "faces"), tmp_path / "out", *settings))
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
