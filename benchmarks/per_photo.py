@@ -23,6 +23,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Literal
 
 import yaml
 
@@ -63,7 +64,7 @@ def read_run(text: str) -> dict:
             "psnr_db_min": row["psnr_db_min"], "scores": scores}
 
 
-def choose(runs: list[dict], verdict: list[str], verdict_on: list[str], how: str) -> dict:
+def choose(runs: list[dict], verdict: list[str], verdict_on: list[str], how: Literal["first-clear", "best"]) -> dict:
     """Each face's run (`first-clear` or `best`, see the module's doc) and, per judge and purification, the match % of
     the chosen set and of each run."""
     faces = [sorted(uid for purification, uid in r["scores"] if purification == "none") for r in runs]
@@ -74,6 +75,10 @@ def choose(runs: list[dict], verdict: list[str], verdict_on: list[str], how: str
     missing = [n for n in verdict if f"{n}@worst" not in judges]
     if missing:
         raise SystemExit(f"per_photo: the runs do not score {missing} by their worst crop (they score {judges})")
+    purifications = list(dict.fromkeys(p for p, _ in runs[0]["scores"]))
+    unknown = [p for p in verdict_on if p not in purifications]
+    if unknown:
+        raise SystemExit(f"per_photo: the runs hold no purification {unknown} (they hold {purifications})")
 
     def matches(run: dict, judge: str, purification: str, uid: str) -> bool:
         return bool(run["scores"][(purification, uid)][f"match:{judge}"])
@@ -91,7 +96,6 @@ def choose(runs: list[dict], verdict: list[str], verdict_on: list[str], how: str
             chosen[uid] = clear[0] if clear else len(runs) - 1
         else:
             chosen[uid] = min(range(len(runs)), key=lambda i: readings[i])
-    purifications = list(dict.fromkeys(p for p, _ in runs[0]["scores"]))
     rates: dict = {}
     for judge in judges:
         for purification in purifications:
@@ -132,7 +136,8 @@ def main() -> None:
             for judge, rates in result["match"].items()]
     print_table(f"match % per run ({' / '.join(r['label'] for r in runs)}) → chosen {args.choose} (faces per run "
                 f"{result['faces_per_run']}; verdict {verdict} on {verdict_on}; linf_255 up to "
-                f"{result['linf_255_max']:.0f}, {result['linf_255_mean']:.2f} on average; PSNR min {result['psnr_db_min']:.1f} dB)", ["judge", *purifications], rows)
+                f"{result['linf_255_max']:.0f}, {result['linf_255_mean']:.2f} on average; PSNR min "
+                f"{result['psnr_db_min']:.1f} dB)", ["judge", *purifications], rows)
     write_json(args.json, {"runs": args.run, "choose": args.choose, "verdict": verdict, "verdict_on": verdict_on,
                            **result})
 

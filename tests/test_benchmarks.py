@@ -474,6 +474,8 @@ def test_per_photo_refuses_what_it_cannot_compare(tmp_path, monkeypatch, capsys)
         per_photo.choose([per_photo.read_run(str(p)) for p in (one, other_faces)], ["sface"], ["none"], "best")
     with pytest.raises(SystemExit, match=r"do not score \['w600k-mbf'\]"):
         per_photo.choose([per_photo.read_run(str(one))] * 2, ["w600k-mbf"], ["none"], "best")
+    with pytest.raises(SystemExit, match=r"no purification \['jpeg50'\]"):
+        per_photo.choose([per_photo.read_run(str(one))] * 2, ["sface"], ["none", "jpeg50"], "best")
     two_sets = write_robustness_json(tmp_path / "two.json", {"sface": {"none": ["a"]}}, ["a", "b"], 4, 38, ("v0", "v1"))
     with pytest.raises(SystemExit, match="choose one with"):
         per_photo.read_run(str(two_sets))
