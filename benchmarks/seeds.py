@@ -10,8 +10,8 @@ seed moves a face across a threshold as often as a lever does (`benchmarks/robus
 one run's match rate says little about a goal like "≤ 15%". Pooled over runs, each judge (a network behind several
 crop conventions by its worst, `NAME@worst`) and purification gets: the match rate over every (run, face) with a
 95% Wilson interval over the faces (n = faces: a face's runs mostly agree), each run's rate, the faces matched in at
-least one run and in every run, and the mean cosine. The runs must hold the same faces. Seeds run as variants of one `benchmarks/robustness.py` work dir are sets of one
-evaluation: name each run's with `--set`. JSON only with --json.
+least one run and in every run, and the mean cosine. The runs must hold the same faces. Seeds run as variants of one
+`benchmarks/robustness.py` work dir are sets of one evaluation: name each run's with `--set`. JSON only with --json.
 """
 
 from __future__ import annotations

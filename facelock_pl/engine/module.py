@@ -20,7 +20,7 @@ from .. import logs
 from ..data import ImageItem, ImageQueue
 from ..models import FaceDetector, FaceScorer, LPIPSSpec, RecognizerSpec, VAESpec, load_lpips, load_recognizers, load_vae
 from ..models.landmarks import LandmarkReader
-from ..models.recognizers import RESERVED_FOR_EVALUATION
+from ..models.recognizers import RESERVED_FOR_EVALUATION, calibrated
 from ..objectives import CWSettings, FaceLockObjective, Networks, ProtectionMethod, build_method
 from ..objectives.targets import TargetPool
 from ..outputs import OutputWriter, ProtectedImage
@@ -65,8 +65,7 @@ def check_networks(protection: ProtectionMethod, stopping: AdaptiveStopping, rec
         if spec.threshold is None or spec.feature_layer is not None:
             raise ValueError(f"judge {spec.label!r} needs a calibrated `threshold` (and no feature_layer) to say "
                              "whether it still recognises a photo")
-    embeddings = [spec for spec in recognizers if spec.feature_layer is None]
-    if judges and (not embeddings or any(spec.threshold is None for spec in embeddings)):
+    if judges and not calibrated(recognizers):
         raise ValueError("judges add to the verdict of the loss's recognisers: give every recogniser of the loss a "
                          "calibrated `threshold` too")
 

@@ -191,6 +191,13 @@ class FaceRecognizer(nn.Module):
         return self(self.crop(images_pm1, theta))
 
 
+def calibrated(specs: list[RecognizerSpec]) -> bool:
+    """Whether there are embedding entries (no `feature_layer`) and every one has a calibrated `threshold`, so that a
+    verdict can say which of them still recognise a face (a verdict from some entries only would read as all's)."""
+    embeddings = [spec for spec in specs if spec.feature_layer is None]
+    return bool(embeddings) and all(spec.threshold is not None for spec in embeddings)
+
+
 def group_by_network(recognizers: list[FaceRecognizer]) -> list[list[int]]:
     """Indices of `recognizers` grouped by the network they share (one network behind several crops, as
     `load_recognizers` shares it), in order of first appearance."""

@@ -19,7 +19,7 @@ from torch import nn
 from ..models import FaceGeometry, FaceRecognizer, FrozenVAE, LPIPSDistance, embed_all
 from ..models.faces import jitter_theta
 from ..models.landmarks import LandmarkReader
-from ..models.recognizers import group_by_network
+from ..models.recognizers import calibrated, group_by_network
 from .targets import TargetPool
 
 FACE_MSE_GROWTH = 0.1  # `face_mse`: the box grown by 10% of its size on each side, so the jaw and brow count
@@ -222,7 +222,7 @@ class Networks(nn.Module):
     def calibrated(self) -> bool:
         """Whether every embedding entry has a calibrated same-person `threshold`, so that `recognised_by` can say
         which of them still recognise a face (a verdict from some entries only would read as protection from all)."""
-        return bool(self.identity) and all(self.recognizers[i].spec.threshold is not None for i in self.identity)
+        return calibrated([r.spec for r in self.recognizers])
 
     def recognised_by(self, identity_cosines: torch.Tensor) -> list[list[str]]:
         """Per sample, the labels of the embedding entries whose cosine ([R_identity, B], `cosines(...,
