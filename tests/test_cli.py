@@ -17,7 +17,7 @@ from conftest import ROOT, random_image, run_cli
 from facelock_pl.objectives import TERM_NAMES
 from facelock_pl.outputs import SCHEMA, read_manifest
 
-MANIFEST_COLUMNS = ["uid", "source", "status", "message", "method", "width", "height", "working_width", "working_height",
+MANIFEST_COLUMNS = ["uid", "source", "source_sha256", "status", "message", "method", "width", "height", "working_width", "working_height",
                     "iterations", "linf_255", "psnr_db", *[f"term_{t}" for t in TERM_NAMES], "fr_cos_recon", "fr_cos_recon_detected",
                     "recognised_by", "seconds", "metadata_removed", "extra_json", "finished_at", "rank"]
 

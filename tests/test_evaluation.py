@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import math
 import re
+import shutil
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, astronaut, grace_hopper, run_cli
 from facelock_pl.evaluation import Editor, EditorSpec, metrics, purify
 from facelock_pl.evaluation.report import aggregate
 from facelock_pl.models import LPIPSSpec, load_lpips
@@ -207,6 +208,28 @@ def test_edit_refuses_a_set_it_cannot_read_in_one_line(face_folder, tmp_path, ca
     err = capsys.readouterr().err
     assert code == 2 and message in err and "Traceback" not in err
     assert not out.exists() or not any(out.rglob("*"))
+
+
+def test_edit_leaves_out_a_clean_photo_that_is_not_the_one_a_set_protected(face_folder, protected_set, tmp_path, caplog,
+                                                                          capsys):
+    """Comparing a set's image with another photo under its uid would measure two photos, not a protection."""
+    caplog.set_level("INFO")
+    clean, out = tmp_path / "clean", tmp_path / "eval"
+    shutil.copytree(face_folder, clean)
+    astronaut().rotate(3).save(clean / "astronaut.png")  # edited since it was protected
+    edit = ["edit", "--config", ROOT / "configs" / "edit-tiny.yaml", "--sets", f"{{facelock: {protected_set}}}",
+            "--purify", "[]", "--prompt_ids", "[0]"]
+    assert run_cli(*edit, "--data.source", clean, "--output_dir", out) == 0
+    assert "skipping astronaut.png: not the photo that facelock protected as astronaut" in caplog.text
+    assert sorted(p.relative_to(out / "edits").as_posix() for p in (out / "edits").rglob("*.png")) == [
+        "clean/0/grace_hopper.png", "facelock/0/grace_hopper.png"]
+
+    grace_hopper().rotate(3).save(clean / "grace_hopper.jpg", quality=95)
+    capsys.readouterr()
+    assert run_cli(*edit, "--data.source", clean, "--output_dir", tmp_path / "none") == 2
+    err = capsys.readouterr().err
+    assert "no clean source in" in err and "Traceback" not in err
+    assert not (tmp_path / "none").exists() or not any((tmp_path / "none").rglob("*"))  # nothing recorded
 
 
 def test_clip_s_is_on_raw_features_as_published_or_normalised_on_request():

@@ -23,7 +23,10 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT, astronaut, grace_hopper
-from facelock_pl.outputs import read_manifest
+from facelock_pl.data.datamodule import CHANGED_SOURCE, changed_sources
+from facelock_pl.data.images import BadImageError
+from facelock_pl.data.items import sha256
+from facelock_pl.outputs import read_manifest, withdraw
 from test_distributed import clean_env, portraits
 
 
@@ -272,6 +275,77 @@ def test_uids_stay_the_same_when_files_with_the_same_stem_are_added(tmp_path, fi
     assert sorted(after.index) == ["x", "x.png"] and after.loc["x", "source"] == "x.jpg"
     assert after.loc["x", "finished_at"] == before.loc["x", "finished_at"]  # not protected again
     assert {p.name for p in (out / "images").iterdir()} == {"x.png", "x.png.png"}
+
+
+def test_a_source_replaced_under_the_same_name_is_protected_again_never_taken_as_done(tmp_path, fit_here):
+    """Another photo under a protected photo's name (edited in place, or another folder run into the same output)
+    must not be skipped as done: its protected copy would be of the old photo."""
+    faces, out = tmp_path / "faces", tmp_path / "out"
+    faces.mkdir()
+    for name, image in (("me", astronaut()), ("you", grace_hopper()), ("keep", astronaut().rotate(90))):
+        image.resize((96, 96)).save(faces / f"{name}.png")
+    assert fit_here(faces, out, "--model.output_format", "both").returncode == 0
+    first = read_manifest(out).set_index("uid")
+    assert first.loc["me", "source_sha256"] == hashlib.sha256((faces / "me.png").read_bytes()).hexdigest()
+    kept_at = (out / "images" / "keep.png").stat().st_mtime_ns
+
+    for name, angle in (("me", 20), ("you", 30)):
+        grace_hopper().rotate(angle).resize((96, 96)).save(faces / f"{name}.png")
+    # A run that stopped right after taking back `me`'s copy: the manifest says why, nothing stale remains.
+    withdraw(out, first.reset_index()[lambda rows: rows.uid == "me"], CHANGED_SOURCE)
+    state = read_manifest(out).set_index("uid")
+    assert state.loc["me", "status"] == "error" and "source changed" in state.loc["me", "message"]
+    assert not (out / "images" / "me.png").exists()
+    assert "me" not in datasets.load_dataset("parquet", data_dir=str(out / "dataset"), split="train")["uid"]
+
+    result = fit_here(faces, out, "--model.output_format", "both")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "1 source image(s) changed since they were protected" in result.stderr and "(you)" in result.stderr
+    assert "skipping 1 already protected" in result.stderr and "2 to do" in result.stderr
+    after = read_manifest(out).set_index("uid")
+    for name in ("me", "you"):
+        source = np.asarray(Image.open(faces / f"{name}.png").convert("RGB")).astype(int)
+        protected = np.asarray(Image.open(out / "images" / f"{name}.png")).astype(int)
+        assert 0 < np.abs(protected - source).max() <= 3  # the new photo's protection, not the old one's
+        assert after.loc[name, "source_sha256"] == hashlib.sha256((faces / f"{name}.png").read_bytes()).hexdigest()
+    assert (out / "images" / "keep.png").stat().st_mtime_ns == kept_at
+    assert after.loc["keep", "finished_at"] == first.loc["keep", "finished_at"]
+    dataset = datasets.load_dataset("parquet", data_dir=str(out / "dataset"), split="train")
+    assert sorted(dataset["uid"]) == ["keep", "me", "you"]  # each once: the stale rows are gone
+    row = dataset[dataset["uid"].index("you")]
+    assert np.array_equal(np.asarray(row["image"]), np.asarray(Image.open(out / "images" / "you.png")))
+
+    again = fit_here(faces, out, "--model.output_format", "both")
+    assert again.returncode == 0 and "skipping 3 already protected" in again.stderr and "changed" not in again.stderr
+
+
+def test_another_dataset_into_the_same_output_is_protected_not_skipped(tmp_path, fit_here):
+    features = datasets.Features({"image": datasets.Image()})
+    for name, image in (("first", astronaut()), ("second", grace_hopper())):
+        datasets.Dataset.from_dict({"image": [{"bytes": png(image.resize((96, 96))), "path": None}]},
+                                   features=features).to_parquet(str(tmp_path / f"{name}.parquet"))
+    out = tmp_path / "out"
+    assert fit_here(tmp_path / "first.parquet", out).returncode == 0
+    result = fit_here(tmp_path / "second.parquet", out)  # the same uid (train-000000), another photo
+    assert result.returncode == 0 and "1 source image(s) changed" in result.stderr and "1 to do" in result.stderr
+    source = np.asarray(grace_hopper().resize((96, 96)).convert("RGB")).astype(int)
+    protected = np.asarray(Image.open(out / "images" / "train-000000.png")).astype(int)
+    assert 0 < np.abs(protected - source).max() <= 3
+
+
+def test_only_a_readable_source_with_other_bytes_counts_as_changed():
+    class Sources:
+        files = [b"same", b"other", None, b"anything"]
+
+        def read(self, index: int) -> bytes:
+            if self.files[index] is None:
+                raise BadImageError("cannot read the image file: Permission denied")
+            return self.files[index]
+
+    recorded = {"a": sha256(b"same"), "b": sha256(b"before"), "c": sha256(b"before"), "d": None}
+    # a: unchanged; b: changed; c: unreadable now (its copy stays); d: a row of an earlier version (no digest).
+    assert changed_sources(Sources(), ["a", "b", "c", "d"], recorded) == ["b"]
+    assert changed_sources(Sources(), ["a", "b", "c", "d"], {}) == []  # nothing protected yet
 
 
 def test_generated_names_for_repeated_ids_never_collide_with_real_ids(tmp_path, fit_here):

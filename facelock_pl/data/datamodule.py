@@ -4,8 +4,9 @@
   `imagefolder`); `num_shards`/`shard_index` select one contiguous shard of it, `limit` its first images.
   The run's own output folder is never part of the source, wherever it is.
 - Resume: images with a final row (`ok` or `no_face`) in the output manifest are skipped, and every file
-  keeps the uid it was given (adding files never renames earlier ones). Rank 0 reads the manifest once
-  and broadcasts what it found, so all ranks shard the same pending list.
+  keeps the uid it was given (adding files never renames earlier ones) — unless its bytes changed since (the
+  manifest's `source_sha256`): then its protected copy is withdrawn and it is protected again. Rank 0 reads
+  the manifest and checks the sources once and broadcasts what it found, so all ranks shard the same pending list.
 - Ranks: each rank takes a contiguous, disjoint slice of the pending list — no image twice, none
   skipped (Lightning's `DistributedSampler` would pad with duplicates instead).
 - Batches: the engine's `batch_size` slots are continuously refilled from an `ImageQueue` (`QueueFeed`): one
@@ -23,14 +24,14 @@ import lightning as L
 from torch.utils.data import DataLoader, Dataset
 
 from .. import logs
-from ..outputs import read_manifest, repair
+from ..outputs import read_manifest, repair, withdraw
 from ..outputs.manifest import FINAL_STATUSES
 from ..pixels import NATIVE
 from .feeder import QueueFeed
 from .folder import FolderImages, demo_entries
 from .hf import HFImages, contiguous_shard, detect_format, open_dataset, row_uids
-from .images import DEFAULT_MAX_PIXELS
-from .items import Decoding, ImageItem
+from .images import DEFAULT_MAX_PIXELS, BadImageError
+from .items import Decoding, ImageItem, sha256
 
 DEMO_SOURCE = "demo"  # the portraits that scikit-image and matplotlib ship
 FORMATS = ("auto", "folder", "imagefolder", "parquet", "disk", "hub")
@@ -141,20 +142,28 @@ class FaceDataModule(L.LightningDataModule):
         path = Path(self.source).expanduser()
         return path.parent if path.is_file() or "*" in self.source else path
 
-    def _agreed_state(self) -> tuple[set[str], dict[str, str]]:
-        """(finished uids, relative path -> uid of every recorded row), read once on rank 0 and broadcast."""
+    def setup(self, stage: str) -> None:
+        # Rank 0 reads the manifest and checks the sources once, then broadcasts what it found.
         strategy = self.trainer.strategy if self.trainer is not None else None
-        state = None
+        state = images = None
         if strategy is None or strategy.is_global_zero:
             repair(Path(self.output_dir))
             manifest = read_manifest(Path(self.output_dir))
-            state = (set(manifest.loc[manifest["status"].isin(FINAL_STATUSES), "uid"]),
-                     dict(zip(manifest["source"], manifest["uid"])))
-        return strategy.broadcast(state, src=0) if strategy is not None else state
-
-    def setup(self, stage: str) -> None:
-        done, known = self._agreed_state()
-        images, uids = self.images(known)
+            known = dict(zip(manifest["source"], manifest["uid"]))
+            images, uids = self.images(known)
+            final = manifest[manifest["status"].isin(FINAL_STATUSES)]
+            recorded = dict(zip(final["uid"], final["source_sha256"]))
+            changed = final[final["uid"].isin(changed_sources(images, uids, recorded))]
+            if len(changed):
+                withdraw(Path(self.output_dir), changed, CHANGED_SOURCE)
+                named = ", ".join(changed["uid"][:5]) + (", ..." if len(changed) > 5 else "")
+                logs.warning(f"facelock_pl: {len(changed)} source image(s) changed since they were protected in "
+                             f"{self.output_dir} ({named}): their protected copies are removed and they are "
+                             "protected again")
+            state = (set(final["uid"]) - set(changed["uid"]), known)
+        done, known = strategy.broadcast(state, src=0) if strategy is not None else state
+        if images is None:
+            images, uids = self.images(known)
         pending = [i for i, uid in enumerate(uids) if uid not in done]
         self.num_images, self.num_skipped = len(uids), len(uids) - len(pending)
         world = self.trainer.world_size if self.trainer is not None else 1
@@ -173,6 +182,26 @@ class FaceDataModule(L.LightningDataModule):
         # batch_size=None: single items, decoded and resized in the workers, prefetched ahead of the slots.
         return QueueFeed(DataLoader(self.dataset, batch_size=None, shuffle=False, num_workers=self.num_workers,
                                     persistent_workers=False))
+
+
+CHANGED_SOURCE = ("the source changed after it was protected (its bytes no longer match the recorded source_sha256): "
+                  "the protected copy was removed; a rerun protects the new source")
+
+
+def changed_sources(images: FolderImages | HFImages, uids: list[str], recorded: dict[str, str | None]) -> list[str]:
+    """The uids of `recorded` (uid -> the SHA-256 its protected copy was made from) whose source bytes now differ:
+    a photo replaced under the same name, or another source run into the same output folder. Rows of earlier
+    versions (no digest) and sources that cannot be read now are left as they are."""
+    changed = []
+    for index, uid in enumerate(uids):
+        if recorded.get(uid) is None:
+            continue
+        try:
+            if sha256(images.read(index)) != recorded[uid]:
+                changed.append(uid)
+        except BadImageError:
+            continue
+    return changed
 
 
 def check_options(source: str, format: str, num_shards: int, shard_index: int, resolution: int,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from torch.utils.data import Dataset
 
-from .images import IMAGE_SUFFIXES, make_uid, unique_uid
+from .images import IMAGE_SUFFIXES, BadImageError, make_uid, unique_uid
 from .items import Decoding, ImageItem
 
 
@@ -87,6 +87,17 @@ class FolderImages(Dataset):
     def __len__(self) -> int:
         return len(self.entries)
 
+    def read(self, index: int) -> bytes:
+        """The encoded bytes of image `index`; `BadImageError` if the file cannot be read."""
+        try:
+            return (self.root / self.entries[index][1]).read_bytes()
+        except OSError as error:
+            raise BadImageError(f"cannot read the image file: {error.strerror or error}") from error
+
     def __getitem__(self, index: int) -> ImageItem:
         uid, relative = self.entries[index]
-        return self.decoding.item(uid, relative, self.root / relative)
+        try:
+            data = self.read(index)
+        except BadImageError as error:
+            return ImageItem.failed(uid, relative, str(error))
+        return self.decoding.item(uid, relative, data)

@@ -177,6 +177,10 @@ class HFImages(Dataset):
             raise BadImageError(f"the image cell holds a {type(value).__name__}, not an image")
         raise BadImageError("image is null")
 
+    def read(self, index: int) -> bytes:
+        """The encoded bytes of row `index`'s image; `BadImageError` if there are none to read."""
+        return self._encoded(self.dataset[index][self.image_column])
+
     def __getitem__(self, index: int) -> ImageItem:
         row = self.dataset[index]
         uid = self.uids[index]

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
 import torch
@@ -29,6 +29,9 @@ class ImageItem:
         view: (height, width) of the whole frame as the editor sees it (the working size of the frame).
         width, height: the native size after EXIF orientation (0 when unknown).
         status: `ok`, or `error` when the image could not be read (`message` says why).
+        source_sha256: the SHA-256 of the source's bytes (file or dataset cell) as read; "" when none could be read.
+            A rerun compares it with the source's bytes then, so a photo replaced under the same name is protected
+            again instead of being taken as done.
         extra: the source row's other columns (datasets only), carried to the outputs.
         icc_profile, exif, metadata_removed: what the protected copy carries and what was left out.
     """
@@ -48,11 +51,12 @@ class ImageItem:
     metadata_removed: str = ""
     crop: tuple[int, int, int, int] | None = None
     view: tuple[int, int] = (0, 0)
+    source_sha256: str = ""
 
     @classmethod
     def failed(cls, uid: str, source: str, message: str, width: int = 0, height: int = 0,
-               extra: dict | None = None) -> "ImageItem":
-        return cls(uid, source, None, width, height, "error", message, extra or {})
+               extra: dict | None = None, source_sha256: str = "") -> "ImageItem":
+        return cls(uid, source, None, width, height, "error", message, extra or {}, source_sha256=source_sha256)
 
     @classmethod
     def from_photo(cls, uid: str, source: str, photo: Photo, resolution: int | str, extra: dict | None = None,
@@ -90,17 +94,25 @@ class Decoding:
     region: Literal["frame", "faces"] = "frame"
     face_margin: float = 0.5
 
-    def item(self, uid: str, source: str, data: Path | bytes, extra: dict | None = None) -> ImageItem:
-        """The item of a file or encoded bytes; an `error` item (with the size, where known) if it cannot be read."""
+    def item(self, uid: str, source: str, data: bytes, extra: dict | None = None) -> ImageItem:
+        """The item of a source's encoded bytes; an `error` item (with the size, where known) if they cannot be
+        decoded."""
+        digest = sha256(data)
         try:
             photo = load_photo(data, self.max_pixels, keep_metadata=self.keep_metadata, oversize=self.oversize)
         except BadImageError as error:
-            return ImageItem.failed(uid, source, str(error), *error.size, extra=extra)
+            return ImageItem.failed(uid, source, str(error), *error.size, extra=extra, source_sha256=digest)
         crop = faces_crop(photo.image, self.face_margin) if self.region == "faces" else None
         item = ImageItem.from_photo(uid, source, photo, self.resolution, extra, crop)
+        item.source_sha256 = digest
         if self.region == "faces" and crop is None:
             item.message = "; ".join(filter(None, [item.message, "no face found: the whole frame is protected"]))
         return item
+
+
+def sha256(data: bytes) -> str:
+    """The hex SHA-256 of a source's bytes: what the manifest records and a rerun compares."""
+    return hashlib.sha256(data).hexdigest()
 
 
 _DETECTOR = None  # one face detector per loader process, loaded on first use

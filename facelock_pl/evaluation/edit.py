@@ -14,12 +14,13 @@ from pathlib import Path
 
 import torch
 
+from ..config_files import ConfigError
 from ..outputs import write_bytes_atomic
 from ..pixels import png_bytes
 from .editors import Editor, EditorSpec, edit_seed
 from .prompts import DEFAULT_PROMPTS, load_prompts
 from .record import EditRecord
-from .sets import DataSpec, ImageSet, clean_images, expand_sweeps, image_sets, shape_chunks
+from .sets import DataSpec, ImageSet, clean_images, expand_sweeps, image_sets, recorded_sources, shape_chunks
 
 log = logging.getLogger("facelock_pl")
 
@@ -34,15 +35,26 @@ def edit_path(output_dir: Path, set_name: str, prompt_id: int, uid: str) -> Path
 
 def clean_sources(data: DataSpec, sets: dict[str, str]) -> dict[str, torch.Tensor]:
     """uid -> the clean source at its native size (uint8 [3, H, W]), for every image that decodes (uids as the
-    protected `sets` have them)."""
-    images = clean_images(data, sets)
-    sources = {}
+    protected `sets` have them) and is the photo each set protected under its uid: a source whose bytes differ
+    from a set's recorded `source_sha256` (replaced since, or another folder) is left out, since comparing the
+    set's image with it would measure two photos, not a protection."""
+    known, digests = recorded_sources(sets)
+    images = clean_images(data, known)
+    sources, others = {}, []
     for i in range(len(images)):
         item = images[i]
-        if item.status == "ok":
-            sources[item.uid] = item.native
-        else:
+        mismatched = sorted(name for name, digest in digests.get(item.uid, {}).items() if digest != item.source_sha256)
+        if item.status != "ok":
             log.warning("facelock_pl: skipping %s: %s", item.source, item.message)
+        elif mismatched:
+            others.append(item.uid)
+            log.warning("facelock_pl: skipping %s: not the photo that %s protected as %s (its source_sha256 differs)",
+                        item.source, ", ".join(mismatched), item.uid)
+        else:
+            sources[item.uid] = item.native
+    if others and not sources:
+        raise ConfigError(f"no clean source in {data.source} is a photo the protected sets were made from (their "
+                          "manifests' source_sha256 differ): give the data.source that `fit` protected")
     return sources
 
 
@@ -81,9 +93,9 @@ def run_edit(
     record = EditRecord(data, {n: str(Path(f).expanduser().resolve()) for n, f in sets.items()}, purify or [],
                         prompts, list(prompt_map), editor.record(), seed)
     all_sets = image_sets(record.sets, record.purify)  # a set that cannot be read is refused before anything is recorded
+    sources = clean_sources(data, record.sets)  # refused before anything is recorded if no source is what the sets protected
     previous = EditRecord.load(out)
     (previous.merged_with(record) if previous else record).save(out)  # refused before any work if it cannot merge
-    sources = clean_sources(data, record.sets)
     todo = [(s, pid, [u for u in sources if not edit_path(out, s.name, pid, u).exists()]) for s in all_sets for pid in prompt_map]
     todo = [(s, pid, uids) for s, pid, uids in todo if uids]
     skipped = len(all_sets) * len(prompt_map) * len(sources) - sum(len(uids) for *_, uids in todo)

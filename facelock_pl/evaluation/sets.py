@@ -81,22 +81,28 @@ def image_sets(sets: dict[str, str], purifications: list[str]) -> list[ImageSet]
     return out
 
 
-def recorded_uids(sets: dict[str, str]) -> dict[str, str]:
-    """Source path -> uid, as the protected sets' own manifests recorded them (`fit` keeps a file's uid when
-    others are added, so the clean set must name each file as the protected sets do)."""
+def recorded_sources(sets: dict[str, str]) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
+    """What the protected sets' own manifests recorded: source path -> uid (`fit` keeps a file's uid when others
+    are added, so the clean set must name each file as the protected sets do), and uid -> {set name: SHA-256 of
+    the source its protected image was made from}."""
     from ..outputs import read_manifest
+    from ..outputs.manifest import FINAL_STATUSES
 
     known: dict[str, str] = {}
-    for location in sets.values():
+    digests: dict[str, dict[str, str]] = {}
+    for name, location in sets.items():
         manifest = read_manifest(Path(location).expanduser())
         for source, uid in zip(manifest["source"], manifest["uid"]):
             known.setdefault(source, uid)
-    return known
+        protected = manifest[manifest["status"].isin(FINAL_STATUSES) & manifest["source_sha256"].notna()]
+        for uid, digest in zip(protected["uid"], protected["source_sha256"]):
+            digests.setdefault(uid, {})[name] = digest
+    return known, digests
 
 
-def clean_images(data: DataSpec, sets: dict[str, str] | None = None) -> FolderImages:
-    """The clean sources, uids as the protected `sets` recorded them."""
-    images = FolderImages(data.source, Decoding(data.resolution), known=recorded_uids(sets or {}))
+def clean_images(data: DataSpec, known: dict[str, str]) -> FolderImages:
+    """The clean sources, uids as the protected sets recorded them (`known`: source path -> uid)."""
+    images = FolderImages(data.source, Decoding(data.resolution), known=known)
     if data.limit is not None:
         images.entries = images.entries[: data.limit]
     return images

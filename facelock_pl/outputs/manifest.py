@@ -81,12 +81,17 @@ class OutputWriter:
                 write_bytes_atomic(self.output_dir / "images" / f"{uid}.png", data)
         if self.format in ("parquet", "both") and pngs:
             write_bytes_atomic(dataset_dir(self.output_dir) / name, _dataset_part(pngs, {i.item.uid: i.item.extra for i in finished}))
-        now = datetime.now(timezone.utc)
-        rows = [dataclasses.replace(row, finished_at=now, rank=self.rank) for row in rows]
-        buffer = io.BytesIO()
-        pq.write_table(pa.Table.from_pylist([dataclasses.asdict(row) for row in rows], schema=SCHEMA), buffer)
-        write_bytes_atomic(manifest_dir(self.output_dir) / name, buffer.getvalue())
-        return rows
+        return _commit(self.output_dir, name, rows, self.rank)
+
+
+def _commit(output_dir: Path, name: str, rows: list[ManifestRow], rank: int = 0) -> list[ManifestRow]:
+    """Write `rows`, stamped now, as the manifest part `name`: what makes them the uids' newest rows."""
+    now = datetime.now(timezone.utc)
+    rows = [dataclasses.replace(row, finished_at=now, rank=rank) for row in rows]
+    buffer = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist([dataclasses.asdict(row) for row in rows], schema=SCHEMA), buffer)
+    write_bytes_atomic(manifest_dir(output_dir) / name, buffer.getvalue())
+    return rows
 
 
 def _dataset_part(pngs: dict[str, bytes], extras: dict[str, dict]) -> bytes:
@@ -101,6 +106,32 @@ def _dataset_part(pngs: dict[str, bytes], extras: dict[str, dict]) -> bytes:
     buffer = io.BytesIO()
     table.to_parquet(buffer)
     return buffer.getvalue()
+
+
+def withdraw(output_dir: Path, protected: pd.DataFrame, reason: str) -> None:
+    """Take back the protected copies of `protected` (manifest rows): their PNGs and protected-dataset rows are
+    removed, then an `error` row giving `reason` becomes each uid's newest row, so the next run protects it again.
+    For sources that changed since they were protected: their copies are of another photo. (A crash between the two
+    steps leaves final rows without copies; the next run finds their sources changed again.)"""
+    uids = set(protected["uid"])
+    for uid in uids:
+        (Path(output_dir) / "images" / f"{uid}.png").unlink(missing_ok=True)
+    for part in _parts(dataset_dir(output_dir)):
+        table = pq.read_table(part)
+        keep = pa.array([uid not in uids for uid in table["uid"].to_pylist()])
+        if keep.false_count == 0:
+            continue
+        if keep.true_count == 0:
+            part.unlink()
+            continue
+        buffer = io.BytesIO()
+        pq.write_table(table.filter(keep), buffer)
+        write_bytes_atomic(part, buffer.getvalue())
+    rows = [ManifestRow(uid=row.uid, source=row.source, source_sha256=None, status="error", message=reason,
+                        method=row.method, width=int(row.width), height=int(row.height), working_width=0,
+                        working_height=0, iterations=0, extra_json=row.extra_json)
+            for row in protected.itertuples()]
+    _commit(Path(output_dir), f"part-{time.time_ns():x}-{os.getpid()}-withdrawn.parquet", rows)
 
 
 def repair(output_dir: Path) -> list[Path]:

@@ -59,6 +59,7 @@ class ManifestRow:
 
     uid: str
     source: str
+    source_sha256: str | None  # of the source's bytes as read; a rerun protects the image again when they change
     status: str  # ok | no_face | error
     message: str
     method: str
@@ -99,10 +100,10 @@ class ManifestRow:
         notes = [item.message] if item.message else []
         notes += [] if image.face_found else ["no face detected: protected without the face-recognition term"]
         return cls(
-            uid=item.uid, source=item.source, method=method, width=item.width, height=item.height,
-            working_width=item.region[1], working_height=item.region[0], iterations=image.iterations,
-            seconds=image.seconds, status="ok" if image.face_found else "no_face", message="; ".join(notes),
-            metadata_removed=item.metadata_removed,
+            uid=item.uid, source=item.source, source_sha256=item.source_sha256 or None, method=method,
+            width=item.width, height=item.height, working_width=item.region[1], working_height=item.region[0],
+            iterations=image.iterations, seconds=image.seconds, status="ok" if image.face_found else "no_face",
+            message="; ".join(notes), metadata_removed=item.metadata_removed,
             linf_255=diff.abs().max().item(), psnr_db=10 * math.log10(255.0**2 / mse) if mse > 0 else float("inf"),
             fr_cos_recon=image.fr_cos_recon if image.face_found else None,
             fr_cos_recon_detected=image.fr_cos_recon_detected if image.face_found else None,
@@ -112,9 +113,9 @@ class ManifestRow:
 
     @classmethod
     def failed(cls, item: ImageItem, method: str) -> "ManifestRow":
-        return cls(uid=item.uid, source=item.source, status="error", message=item.message, method=method,
-                   width=item.width, height=item.height, working_width=0, working_height=0, iterations=0,
-                   extra_json=jsonable(item.extra))
+        return cls(uid=item.uid, source=item.source, source_sha256=item.source_sha256 or None, status="error",
+                   message=item.message, method=method, width=item.width, height=item.height, working_width=0,
+                   working_height=0, iterations=0, extra_json=jsonable(item.extra))
 
 
 def jsonable(extra: dict) -> str:
