@@ -87,6 +87,21 @@ def test_parquet_dataset_with_bad_rows_to_protected_parquet(tmp_path, caplog):
     assert len(datasets.load_dataset("parquet", data_dir=str(out / "manifest"), split="train")) >= 7
 
 
+def test_shards_as_separate_jobs_load_back_as_one_dataset(tmp_path):
+    """The README's SLURM-array route: one output folder per shard, one glob to read them all."""
+    source = tmp_path / "celeb.parquet"
+    celeb_like(tmp_path).select([0, 1, 5]).to_parquet(str(source))
+    for shard in range(2):
+        code = run_cli("fit", "--config", ROOT / "configs" / "tiny.yaml", "--data.source", source, "--data.num_shards", 2,
+                       "--data.shard_index", shard, "--model.output_format", "parquet",
+                       "--output_dir", tmp_path / "OUT" / f"shard-{shard}", "--trainer.enable_progress_bar", "false")
+        assert code == 0
+    whole = datasets.load_dataset("parquet", data_files=str(tmp_path / "OUT" / "shard-*" / "dataset" / "*.parquet"),
+                                  split="train")
+    assert sorted(whole["uid"]) == ["train-000000", "train-000001", "train-000002"]
+    assert sorted(whole["label"]) == [1, 2, 6]
+
+
 def make_module(source, **kwargs) -> FaceDataModule:
     dm = FaceDataModule(source=str(source), resolution=32, output_dir=str(kwargs.pop("out", "/nonexistent")), **kwargs)
     dm.setup("fit")
