@@ -195,14 +195,25 @@ def test_sigterm_to_a_two_rank_process_group_stops_every_rank_and_loses_nothing(
 
 
 @pytest.mark.slow
-def test_sigterm_to_a_single_process_exits_with_the_interrupted_code(tmp_path):
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGUSR1"])
+def test_a_stop_signal_to_the_process_group_with_loader_workers_exits_with_the_interrupted_code(tmp_path, name):
+    """SLURM (time limit, scancel, `--signal=USR1@120`), `timeout` and Ctrl+C signal every process of the job or group,
+    the loader's workers too: the run must still stop after the step, not die of a killed worker or hang on one."""
     source, out = portraits(tmp_path / "faces", 6), tmp_path / "out"
-    run = fit(source, out, "--data.batch_size", "1", "--model.attack.iterations", "40", "--data.resolution", "96", popen=True)
-    wait_for_parts(out, run, 1)
-    run.send_signal(signal.SIGTERM)
-    _, stderr = run.communicate(timeout=120)
-    assert run.returncode == 5 and "INTERRUPTED by SIGTERM" in stderr and "rerun the same command" in stderr
-    assert json.loads((out / "summary.json").read_text())["last_run"]["interrupted"] == "SIGTERM"
+    run = fit(source, out, "--data.batch_size", "1", "--model.attack.iterations", "40", "--data.resolution", "96",
+              "--data.num_workers", "2", popen=True, start_new_session=True)
+    try:
+        wait_for_parts(out, run, 1)
+        os.killpg(run.pid, signal.Signals[name])
+        _, stderr = run.communicate(timeout=120)
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+    assert run.returncode == 5 and f"INTERRUPTED by {name}" in stderr and "rerun the same command" in stderr, stderr[-3000:]
+    assert json.loads((out / "summary.json").read_text())["last_run"]["interrupted"] == name
+    time.sleep(1)
+    with pytest.raises(ProcessLookupError):
+        os.killpg(run.pid, 0)  # no worker left behind
 
 
 # 5, 8 ---------------------------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from .. import logs
 from ..outputs import read_manifest, repair, withdraw
 from ..outputs.manifest import FINAL_STATUSES
 from ..pixels import NATIVE
+from ..signals import ignore_stop_signals
 from .feeder import QueueFeed
 from .folder import FolderImages, demo_entries
 from .hf import HFImages, contiguous_shard, detect_format, open_dataset, row_uids
@@ -105,6 +106,7 @@ class FaceDataModule(L.LightningDataModule):
         self.limit, self.max_pixels, self.allow_external_paths = limit, max_pixels, allow_external_paths
         self.output_dir = output_dir
         self.dataset: RankSlice | None = None
+        self.feed: QueueFeed | None = None
         self.num_skipped = 0
         self.num_images = 0
 
@@ -180,8 +182,13 @@ class FaceDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> QueueFeed:
         # batch_size=None: single items, decoded and resized in the workers, prefetched ahead of the slots.
-        return QueueFeed(DataLoader(self.dataset, batch_size=None, shuffle=False, num_workers=self.num_workers,
-                                    persistent_workers=False))
+        self.feed = QueueFeed(DataLoader(self.dataset, batch_size=None, shuffle=False, num_workers=self.num_workers,
+                                         persistent_workers=False, worker_init_fn=ignore_stop_signals))
+        return self.feed
+
+    def teardown(self, stage: str) -> None:
+        if self.feed is not None:
+            self.feed.close()  # the workers exit now, also when the run was stopped mid-way
 
 
 CHANGED_SOURCE = ("the source changed after it was protected (its bytes no longer match the recorded source_sha256): "

@@ -38,6 +38,14 @@ class ImageQueue:
         """Put unfinished images back at the front of the queue (they restart from their random start)."""
         self._requeued.extendleft(reversed(items))
 
+    def close(self) -> None:
+        """Let go of the loader: its worker processes are shut down now (through the loader's own shutdown, which
+        runs when its iterator is released), not left to the interpreter's exit, where an interrupted run's busy
+        workers — which ignore the stop signals, see `facelock_pl.signals` — would be waited for forever."""
+        self._items = iter(())
+        self._requeued.clear()
+        self._exhausted = True
+
     @property
     def empty(self) -> bool:
         """Whether no image is left (known once a `take` came up short)."""
@@ -50,6 +58,10 @@ class QueueFeed:
     def __init__(self, loader: Iterable[ImageItem]):
         self.loader = loader
         self.queue: ImageQueue | None = None
+
+    def close(self) -> None:
+        if self.queue is not None:
+            self.queue.close()
 
     def __iter__(self) -> Iterator[ImageQueue]:
         self.queue = ImageQueue(iter(self.loader))

@@ -26,10 +26,10 @@ from ..objectives.targets import TargetPool
 from ..outputs import OutputWriter, ProtectedImage
 from ..outputs.manifest import OutputFormat
 from ..outputs.settings import keep_settings
+from ..signals import StopRequests
 from .attack import AttackConfig, PGDAttack
 from .memory import largest_batch
 from .optimizer import SignPGD
-from .signals import StopRequests
 from .speed import SpeedConfig
 from .stopping import AdaptiveStopping
 from .summary import RunStats, describe, write_summary
@@ -236,7 +236,7 @@ class ProtectionModule(L.LightningModule):
 
     def on_train_start(self) -> None:
         self.stats.start()
-        self.stop_requests.install()  # after Lightning installed its own handlers (see engine.signals)
+        self.stop_requests.install()  # after Lightning installed its own handlers (see facelock_pl.signals)
 
     def on_train_end(self) -> None:
         # Every process gets here after the same number of steps, so the gather cannot hang.

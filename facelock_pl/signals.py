@@ -5,6 +5,11 @@ step: finished images are kept, the summary says `interrupted`, the command exit
 
 The handlers replace Lightning's SIGTERM handler for the run: that one broadcasts from inside the signal
 handler, which deadlocks against a collective that another process is already in.
+
+Schedulers and terminals signal every process of the job or group (SLURM's time limit and `scancel`, `timeout`,
+Ctrl+C), the data loader's worker processes included. A worker killed by one makes the main process raise
+("DataLoader worker ... is killed by signal") instead of stopping after the step, so the workers ignore the stop
+signals (`ignore_stop_signals`): the main process decides, and ends its workers itself.
 """
 
 from __future__ import annotations
@@ -37,3 +42,9 @@ class StopRequests:
         if self.received == signal.SIGINT and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.received = signal.Signals(signum)
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """A data loader's `worker_init_fn`: the worker leaves the stop signals to the main process (see above)."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
