@@ -24,7 +24,7 @@ from .data import FaceDataModule
 from .data.datamodule import DEMO_SOURCE
 from .data.folder import image_files
 from .data.hf import detect_format
-from .data.images import IMAGE_SUFFIXES
+from .data.images import IMAGE_SUFFIXES, REFUSED_SUFFIXES, SUFFIX_NAMES
 from .engine import AdaptiveStopping, AttackConfig, ProtectionModule, SpeedConfig
 from .engine.module import check_networks
 from .models.recognizers import RESERVED_FOR_EVALUATION, RecognizerSpec
@@ -62,10 +62,11 @@ def _check_source(data: FaceDataModule) -> None:
         path = Path(source).expanduser()
         if fmt == "folder" and source != DEMO_SOURCE and path.is_dir():
             if not image_files(path, [Path(data.output_dir)]):
-                raise NoImagesError(f"no image files (jpg, png, webp, bmp, tiff, gif) in {source}")
+                raise NoImagesError(f"no image files ({SUFFIX_NAMES}) in {source}")
+        if fmt == "folder" and path.is_file() and path.suffix.lower() in REFUSED_SUFFIXES:
+            raise ConfigError(f"data.source {source!r}: {REFUSED_SUFFIXES[path.suffix.lower()]}")
         if fmt == "folder" and path.is_file() and path.suffix.lower() not in IMAGE_SUFFIXES:
-            raise ConfigError(f"data.source {source!r} is a file but not an image (jpg, png, webp, bmp, tiff, gif) "
-                              "nor a parquet file")
+            raise ConfigError(f"data.source {source!r} is a file but not an image ({SUFFIX_NAMES}) nor a parquet file")
         return
     if data.format in ("auto", "hub") and HUB_ID.match(source):
         return  # a Hugging Face dataset id; loading it tells whether it exists

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import random_image
+from conftest import astronaut, random_image
 from facelock_pl.data import BadImageError, Decoding, FolderImages, ImageItem, Photo, list_images, load_rgb, make_uid
 
 
@@ -48,6 +48,26 @@ def test_exif_rotation_is_applied(tmp_path):
     exif[0x0112] = 6  # orientation: rotate 90° clockwise to display
     image.save(tmp_path / "rotated.jpg", exif=exif)
     assert load_rgb(tmp_path / "rotated.jpg").size == (40, 100)  # displayed upright: portrait
+
+
+def test_phone_photos_are_read_and_raw_files_are_listed_as_refused_with_what_to_do(tmp_path):
+    """HEIC is what phones save: skipping it unseen would leave a person's photos unprotected, exit code 0."""
+    photo = astronaut().resize((80, 96))
+    photo.save(tmp_path / "IMG_0001.HEIC", format="HEIF", quality=95)
+    photo.save(tmp_path / "web.avif", format="AVIF", quality=95)
+    (tmp_path / "IMG_0002.dng").write_bytes(b"II*\0 not really a RAW file")
+    (tmp_path / "scan.jxl").write_bytes(b"\xff\x0a")
+    (tmp_path / "notes.txt").write_text("not a photo")
+    images = FolderImages(tmp_path, Decoding(resolution=64))
+    items = {images[i].uid: images[i] for i in range(len(images))}
+    assert sorted(items) == ["IMG_0001", "IMG_0002.dng", "scan.jxl", "web"]
+    for uid in ("IMG_0001", "web"):
+        decoded = np.asarray(Image.open(tmp_path / items[uid].source).convert("RGB"))
+        assert items[uid].status == "ok" and (items[uid].width, items[uid].height) == (80, 96)
+        assert np.array_equal(items[uid].native.permute(1, 2, 0).numpy(), decoded)
+        assert np.abs(decoded.astype(int) - np.asarray(photo).astype(int)).mean() < 8  # the photo, lossy
+    assert items["IMG_0002.dng"].status == "error" and "export the photo as JPEG, PNG or HEIC" in items["IMG_0002.dng"].message
+    assert items["scan.jxl"].status == "error" and "JPEG XL is not read" in items["scan.jxl"].message
 
 
 @pytest.mark.parametrize(

@@ -322,3 +322,8 @@ def test_one_photo_is_a_source_and_a_rerun_resumes_it(tmp_path, cli_here):
     refused = cli_here(*tiny(note, tmp_path / "other"))
     assert refused.returncode == 2 and "is a file but not an image" in refused.stderr
     assert not (tmp_path / "other").exists()
+    raw = tmp_path / "IMG_0002.CR2"
+    raw.write_bytes(b"II*\0 not really a RAW file")
+    refused = cli_here(*tiny(raw, tmp_path / "other"))
+    assert refused.returncode == 2 and "export the photo as JPEG, PNG or HEIC" in refused.stderr
+    assert not (tmp_path / "other").exists()

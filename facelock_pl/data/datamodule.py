@@ -55,7 +55,7 @@ class FaceDataModule(L.LightningDataModule):
     """Portraits to protect.
 
     Args:
-        source: a folder of images (recursive; jpg/png/webp/bmp/tiff/gif), `demo`, parquet file(s) or a folder
+        source: a folder of images (recursive; jpg/png/webp/bmp/tiff/gif/heic/avif), `demo`, parquet file(s) or a folder
             of them, a `save_to_disk` folder, an imagefolder, or a Hugging Face hub id (e.g.
             `mattymchen/celeba-hq`).
         format: `auto` (decided from what `source` is, see `hf.detect_format`), `folder`, `imagefolder`,

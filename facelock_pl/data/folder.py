@@ -7,17 +7,17 @@ from pathlib import Path
 
 from torch.utils.data import Dataset
 
-from .images import IMAGE_SUFFIXES, BadImageError, make_uid, unique_uid
+from .images import IMAGE_SUFFIXES, REFUSED_SUFFIXES, BadImageError, make_uid, unique_uid
 from .items import Decoding, ImageItem
 
 
 def image_files(root: Path, exclude: list[Path] = ()) -> list[str]:
-    """Relative paths of the image files under `root`, sorted; nothing below a folder of `exclude` (the
-    run's own output folder, wherever it is)."""
+    """Relative paths of the image files under `root` (refused photo formats included: they become `error` rows),
+    sorted; nothing below a folder of `exclude` (the run's own output folder, wherever it is)."""
     excluded = [Path(e).expanduser().resolve() for e in exclude]
     files = []
     for path in root.rglob("*"):
-        if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
+        if (path.suffix.lower() in IMAGE_SUFFIXES or path.suffix.lower() in REFUSED_SUFFIXES) and path.is_file():
             resolved = path.resolve()
             if not any(resolved.is_relative_to(e) for e in excluded):
                 files.append(path.relative_to(root).as_posix())
@@ -96,6 +96,8 @@ class FolderImages(Dataset):
 
     def __getitem__(self, index: int) -> ImageItem:
         uid, relative = self.entries[index]
+        if Path(relative).suffix.lower() in REFUSED_SUFFIXES:
+            return ImageItem.failed(uid, relative, REFUSED_SUFFIXES[Path(relative).suffix.lower()])
         try:
             data = self.read(index)
         except BadImageError as error:

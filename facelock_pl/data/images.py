@@ -18,10 +18,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pillow_heif
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+pillow_heif.register_heif_opener()  # HEIC/HEIF, what phones save; AVIF is Pillow's own
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".heic", ".heif", ".avif")
+SUFFIX_NAMES = ", ".join(suffix[1:] for suffix in IMAGE_SUFFIXES)
+# Photo files that are listed, so that none is passed over unseen, but refused with an `error` row saying what to do.
+_RAW = ("a camera RAW file is not protected (Pillow would read its embedded preview, not the photo): export the photo "
+        "as JPEG, PNG or HEIC and protect that")
+REFUSED_SUFFIXES = {**dict.fromkeys((".dng", ".cr2", ".cr3", ".nef", ".arw", ".raf", ".orf", ".rw2"), _RAW),
+                    ".jxl": "JPEG XL is not read: convert the photo to PNG or JPEG and protect that"}
 DEFAULT_MAX_PIXELS = 100_000_000  # decompression-bomb guard: ~10k x 10k
 _UID_MAX_LEN = 120
 _EXIF_IFD, _GPS_IFD, _ORIENTATION = 0x8769, 0x8825, 0x0112
