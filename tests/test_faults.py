@@ -20,6 +20,7 @@ import datasets
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
 from PIL import Image
 
 from conftest import ROOT, astronaut, grace_hopper
@@ -150,6 +151,24 @@ def test_a_lock_that_cannot_be_checked_is_refused_with_how_to_remove_it(tmp_path
     assert (tmp_path / ".facelock.lock").read_text() == holder  # never taken over: it may be a live run
 
 
+def test_an_image_the_rounding_left_unchanged_is_an_error_row_never_a_protected_copy(tmp_path):
+    from facelock_pl.data import ImageItem
+    from facelock_pl.outputs import OutputWriter, ProtectedImage
+
+    def finished(uid: str, change: int) -> ProtectedImage:
+        source = torch.full((3, 40, 40), 128, dtype=torch.uint8)
+        item = ImageItem(uid, f"{uid}.png", source, 40, 40, native=source, region=(40, 40))
+        return ProtectedImage(item, source + change, source, 10, True, {}, None, None, None, 1.0)
+
+    rows = OutputWriter(tmp_path, output_format="both").write([finished("same", 0), finished("moved", 2)])
+    by_uid = {row.uid: row for row in rows}
+    assert by_uid["moved"].status == "ok" and by_uid["moved"].linf_255 == 2
+    assert by_uid["same"].status == "error" and "the saved image equals the source" in by_uid["same"].message
+    assert sorted(p.name for p in (tmp_path / "images").iterdir()) == ["moved.png"]
+    assert datasets.load_dataset("parquet", data_dir=str(tmp_path / "dataset"), split="train")["uid"] == ["moved"]
+    assert read_manifest(tmp_path).set_index("uid").loc["same", "status"] == "error"
+
+
 def test_a_write_that_fails_leaves_the_old_file_and_no_temporary_one(tmp_path):
     from facelock_pl.outputs.atomic import write_bytes_atomic
 
@@ -221,6 +240,7 @@ def test_a_stop_signal_to_the_process_group_with_loader_workers_exits_with_the_i
     (["--data.batch_size", "0"], "data.batch_size must be at least 1 or 'auto' (got 0)"),
     (["--data.resolution", "7"], "data.resolution must be 'native', or at least 32 and a multiple of 8 (got 7)"),
     (["--model.attack.eps", "0"], "need 0 < eps <= 2"),
+    (["--model.attack.eps", "0.005"], "eps 0.005 allows no 8-bit level"),  # the PNG would be the photo itself
 ])
 def test_impossible_values_are_one_line_errors_before_anything_loads(tmp_path, option, message, fit_here):
     started = time.time()

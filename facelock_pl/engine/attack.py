@@ -23,7 +23,7 @@ from ..models import FaceDetector, FaceGeometry, FaceScorer
 from ..objectives import CleanFeatures, Networks, ProtectionMethod
 from ..objectives.transforms import RandomPurification, Transform, crop_draws
 from ..outputs.records import ProtectedImage
-from ..pixels import levels_to_pil, levels_to_pm1, quantise_to_levels, resize, straight_through_levels
+from ..pixels import budget_levels, levels_to_pil, levels_to_pm1, quantise_to_levels, resize, straight_through_levels
 from .delivery import deliver
 from .gradients import momentum_update_, smooth_gradient
 from .measure import ProtectionMeter
@@ -75,6 +75,9 @@ class AttackConfig:
         if not 0 < self.eps <= 2 or self.step_size <= 0 or self.iterations < 1 or self.eot_samples < 1:
             raise ValueError(f"need 0 < eps <= 2, step_size > 0, iterations >= 1, eot_samples >= 1 (got {self.eps}, "
                              f"{self.step_size}, {self.iterations}, {self.eot_samples})")
+        if budget_levels(self.eps) == 0:
+            raise ValueError(f"eps {self.eps} allows no 8-bit level (⌊ε·127.5⌋ = 0): the saved PNG could not differ from "
+                             f"the photo; give at least 1/127.5 ≈ 0.0079 (one level; the paper's 0.03 is three)")
         if self.grad_smoothing < 0 or not 0 <= self.momentum < 1:
             raise ValueError(f"need grad_smoothing >= 0 and 0 <= momentum < 1 (got {self.grad_smoothing}, {self.momentum})")
         for spec in self.eot or []:

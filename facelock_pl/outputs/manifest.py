@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Literal
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
 
 from .. import logs
 from ..pixels import png_bytes
@@ -33,6 +34,8 @@ if TYPE_CHECKING:  # the outputs only read an item's attributes; data imports ou
     from ..data.items import ImageItem
 
 OutputFormat = Literal["png", "parquet", "both"]
+UNCHANGED = ("not protected: the saved image equals the source (no change survived the 8-bit rounding), so no "
+             "protected copy was written")
 
 
 def manifest_dir(output_dir: Path) -> Path:
@@ -68,7 +71,14 @@ class OutputWriter:
         self.sequence = 0
 
     def write(self, finished: list[ProtectedImage], failed: list[ImageItem] = ()) -> list[ManifestRow]:
-        """Write the protected images, then the manifest part that commits them; returns the rows written."""
+        """Write the protected images, then the manifest part that commits them; returns the rows written. An image
+        whose saved pixels equal the source's is never written as protected: it becomes an `error` row."""
+        changed, unchanged = [], []
+        for image in finished:
+            (unchanged if torch.equal(image.levels, image.source_levels) else changed).append(image)
+        for image in unchanged:
+            image.item.message = "; ".join(filter(None, [image.item.message, UNCHANGED]))
+        finished, failed = changed, [*failed, *(image.item for image in unchanged)]
         rows = [ManifestRow.protected(image, self.method) for image in finished]
         rows += [ManifestRow.failed(item, self.method) for item in failed]
         if not rows:
