@@ -9,6 +9,7 @@ valid keys.
 from __future__ import annotations
 
 import difflib
+import errno
 import logging
 import os
 import re
@@ -171,6 +172,13 @@ def _run(command: str, args: list[str]) -> int:
     except KeyboardInterrupt:
         print(f"facelock_pl {command}: interrupted before the run started; nothing was protected", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        # Not a bug, so no traceback: what was committed before is kept, and a rerun goes on from there.
+        print(f"facelock_pl {command}: stopped: {error.strerror} (disk full or quota reached). Everything written "
+              "before is kept; free some space and rerun the same command to go on", file=sys.stderr)
+        return EXIT_CRASH
     print(f"facelock_pl {command}: error: {message}", file=sys.stderr)
     return EXIT_USAGE
 

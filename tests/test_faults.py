@@ -169,6 +169,30 @@ def test_an_image_the_rounding_left_unchanged_is_an_error_row_never_a_protected_
     assert read_manifest(tmp_path).set_index("uid").loc["same", "status"] == "error"
 
 
+def test_a_full_disk_stops_the_run_in_one_line_and_a_rerun_goes_on(tmp_path, fit_here, monkeypatch):
+    import errno
+
+    import facelock_pl.outputs.manifest as manifest_module
+
+    faces, out = portraits(tmp_path / "faces", 6), tmp_path / "out"
+    real_write, written = manifest_module.write_bytes_atomic, []
+
+    def fills_up(path, data):
+        if len(written) == 6:  # the third batch's first PNG: two batches (2 PNGs and a manifest part each) are in
+            raise OSError(errno.ENOSPC, "No space left on device")
+        written.append(path)
+        real_write(path, data)
+
+    monkeypatch.setattr(manifest_module, "write_bytes_atomic", fills_up)
+    full = fit_here(faces, out, "--data.batch_size", "2", "--data.resolution", "64")
+    assert full.returncode == 1 and "Traceback" not in full.stderr, full.stderr[-2000:]
+    assert "stopped: No space left on device" in full.stderr and "rerun the same command" in full.stderr
+    assert len(read_manifest(out)) == 4
+    monkeypatch.setattr(manifest_module, "write_bytes_atomic", real_write)
+    rerun = fit_here(faces, out, "--data.batch_size", "2", "--data.resolution", "64")
+    assert rerun.returncode == 0 and "skipping 4 already protected" in rerun.stderr and "2 to do" in rerun.stderr
+
+
 def test_a_write_that_fails_leaves_the_old_file_and_no_temporary_one(tmp_path):
     from facelock_pl.outputs.atomic import write_bytes_atomic
 
