@@ -61,6 +61,11 @@ def _check_source(data: FaceDataModule) -> None:
         fmt = detect_format(source, [Path(data.output_dir)]) if data.format == "auto" else data.format
         path = Path(source).expanduser()
         if fmt == "folder" and source != DEMO_SOURCE and path.is_dir():
+            out = Path(data.output_dir).expanduser().resolve()
+            if path.resolve().is_relative_to(out):
+                raise ConfigError(f"output_dir {data.output_dir} is the source folder {source} or holds it: a run never "
+                                  "reads its own output folder, so nothing would be protected; give an --output_dir "
+                                  "outside it (e.g. a folder next to it)")
             if not image_files(path, [Path(data.output_dir)]):
                 raise NoImagesError(f"no image files ({SUFFIX_NAMES}) in {source}")
         if fmt == "folder" and path.is_file() and path.suffix.lower() in REFUSED_SUFFIXES:

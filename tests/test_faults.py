@@ -109,6 +109,15 @@ def test_an_output_folder_inside_the_source_is_never_protected_again(tmp_path, d
     assert len(datasets.load_dataset("parquet", data_dir=str(out / "dataset"), split="train")) == 2
 
 
+@pytest.mark.parametrize("where", ["the source", "its parent"])
+def test_an_output_folder_that_is_or_holds_the_source_is_refused_in_one_line(tmp_path, fit_here, where):
+    faces = face_folder(tmp_path / "faces")
+    out = faces if where == "the source" else tmp_path
+    message = one_line_error(fit_here(faces, out))
+    assert f"output_dir {out} is the source folder {faces} or holds it" in message
+    assert sorted(p.name for p in faces.iterdir()) == ["face0.png", "face1.png"]  # nothing written
+
+
 # 3 ------------------------------------------------------------------------------------------------------------
 def test_a_second_run_into_the_same_output_folder_is_refused_at_once(tmp_path, fit_here):
     faces, out = face_folder(tmp_path / "faces"), tmp_path / "out"
