@@ -232,6 +232,32 @@ def test_edit_leaves_out_a_clean_photo_that_is_not_the_one_a_set_protected(face_
     assert not (tmp_path / "none").exists() or not any((tmp_path / "none").rglob("*"))  # nothing recorded
 
 
+def test_a_photo_replaced_after_its_edits_is_edited_again_and_never_scored_with_the_old_edits(face_folder, protected_set,
+                                                                                              tmp_path, caplog):
+    caplog.set_level("INFO")
+    out = tmp_path / "eval"
+    edit = ["edit", "--config", ROOT / "configs" / "edit-tiny.yaml", "--data.source", face_folder, "--sets",
+            f"{{facelock: {protected_set}}}", "--purify", "[]", "--prompt_ids", "[0]", "--output_dir", out]
+    evaluate = ["evaluate", "--config", ROOT / "configs" / "evaluate-tiny.yaml", "--output_dir", out]
+    assert run_cli(*edit) == 0
+    before = (out / "edits" / "clean" / "0" / "astronaut.png").read_bytes()
+    astronaut().rotate(3).save(face_folder / "astronaut.png")  # then protected again, as `fit` does on a rerun
+    assert run_cli("fit", "--config", ROOT / "configs" / "tiny.yaml", "--data.source", face_folder, "--output_dir",
+                   protected_set, "--trainer.enable_progress_bar", "false") == 0
+
+    caplog.clear()
+    assert run_cli(*evaluate) == 0  # the old edits are not of this photo: left out until `edit` runs again
+    assert "skipping astronaut.png: the photo changed after it was edited" in caplog.text
+    assert set(pd.read_parquet(out / "report" / "per_image.parquet")["uid"]) == {"grace_hopper"}
+
+    caplog.clear()
+    assert run_cli(*edit) == 0
+    assert "1 photo(s) changed since they were edited (astronaut)" in caplog.text and "2 edits written" in caplog.text
+    assert (out / "edits" / "clean" / "0" / "astronaut.png").read_bytes() != before
+    assert run_cli(*evaluate) == 0
+    assert set(pd.read_parquet(out / "report" / "per_image.parquet")["uid"]) == {"astronaut", "grace_hopper"}
+
+
 def test_clip_s_is_on_raw_features_as_published_or_normalised_on_request():
     raw = metrics.ClipScorer(metrics.ClipSpec(kind="tiny-random"), torch.device("cpu"))
     normalised = metrics.ClipScorer(metrics.ClipSpec(kind="tiny-random", directional="normalised"), torch.device("cpu"))

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from ..config_files import ConfigError
+from ..data import ImageItem
 from ..outputs import write_bytes_atomic
 from ..pixels import png_bytes
 from .editors import Editor, EditorSpec, edit_seed
@@ -33,11 +34,11 @@ def edit_path(output_dir: Path, set_name: str, prompt_id: int, uid: str) -> Path
     return Path(output_dir) / "edits" / set_name / str(prompt_id) / f"{uid}.png"
 
 
-def clean_sources(data: DataSpec, sets: dict[str, str]) -> dict[str, torch.Tensor]:
-    """uid -> the clean source at its native size (uint8 [3, H, W]), for every image that decodes (uids as the
-    protected `sets` have them) and is the photo each set protected under its uid: a source whose bytes differ
-    from a set's recorded `source_sha256` (replaced since, or another folder) is left out, since comparing the
-    set's image with it would measure two photos, not a protection."""
+def clean_sources(data: DataSpec, sets: dict[str, str]) -> dict[str, ImageItem]:
+    """uid -> the clean source (`ImageItem`: `native` at its own size, `source_sha256`), for every image that
+    decodes (uids as the protected `sets` have them) and is the photo each set protected under its uid: a source
+    whose bytes differ from a set's recorded `source_sha256` (replaced since, or another folder) is left out, since
+    comparing the set's image with it would measure two photos, not a protection."""
     known, digests = recorded_sources(sets)
     images = clean_images(data, known)
     sources, others = {}, []
@@ -51,11 +52,37 @@ def clean_sources(data: DataSpec, sets: dict[str, str]) -> dict[str, torch.Tenso
             log.warning("facelock_pl: skipping %s: not the photo that %s protected as %s (its source_sha256 differs)",
                         item.source, ", ".join(mismatched), item.uid)
         else:
-            sources[item.uid] = item.native
+            sources[item.uid] = item
     if others and not sources:
         raise ConfigError(f"no clean source in {data.source} is a photo the protected sets were made from (their "
                           "manifests' source_sha256 differ): give the data.source that `fit` protected")
     return sources
+
+
+def edited_sources(record: EditRecord, data: DataSpec) -> dict[str, torch.Tensor]:
+    """uid -> the clean source at its native size, for the photos whose edits were made from this very photo (the
+    record's `source_sha256`); one replaced since is left out until `edit` makes its edits again."""
+    sources = {}
+    for uid, item in clean_sources(data, record.sets).items():
+        if record.photo_changed(uid, item.source_sha256):
+            log.warning("facelock_pl: skipping %s: the photo changed after it was edited; rerun `edit`", item.source)
+        else:
+            sources[uid] = item.native
+    return sources
+
+
+def _forget_changed(out: Path, record: EditRecord, sources: dict[str, ImageItem]) -> EditRecord:
+    """Remove the edits of every photo that changed since they were made (all sets, all prompts), then the record
+    with each photo's current `source_sha256` (saved after the removal, so a crash in between removes them again)."""
+    changed = [uid for uid, item in sources.items() if record.photo_changed(uid, item.source_sha256)]
+    for uid in changed:
+        for path in (out / "edits").glob(f"*/*/{uid}.png"):
+            path.unlink()
+    if changed:
+        log.warning("facelock_pl edit: %d photo(s) changed since they were edited (%s): their edits are made again",
+                    len(changed), ", ".join(changed[:5]) + (", ..." if len(changed) > 5 else ""))
+    return dataclasses.replace(record, source_sha256={**record.source_sha256,
+                                                      **{uid: item.source_sha256 for uid, item in sources.items()}})
 
 
 def run_edit(
@@ -93,9 +120,11 @@ def run_edit(
     record = EditRecord(data, {n: str(Path(f).expanduser().resolve()) for n, f in sets.items()}, purify or [],
                         prompts, list(prompt_map), editor.record(), seed)
     all_sets = image_sets(record.sets, record.purify)  # a set that cannot be read is refused before anything is recorded
-    sources = clean_sources(data, record.sets)  # refused before anything is recorded if no source is what the sets protected
+    items = clean_sources(data, record.sets)  # refused before anything is recorded if no source is what the sets protected
     previous = EditRecord.load(out)
-    (previous.merged_with(record) if previous else record).save(out)  # refused before any work if it cannot merge
+    merged = previous.merged_with(record) if previous else record  # refused before any work if it cannot merge
+    _forget_changed(out, merged, items).save(out)
+    sources = {uid: item.native for uid, item in items.items()}
     todo = [(s, pid, [u for u in sources if not edit_path(out, s.name, pid, u).exists()]) for s in all_sets for pid in prompt_map]
     todo = [(s, pid, uids) for s, pid, uids in todo if uids]
     skipped = len(all_sets) * len(prompt_map) * len(sources) - sum(len(uids) for *_, uids in todo)

@@ -21,7 +21,7 @@ from ..models import FaceGeometry, FaceScorer, LPIPSSpec, RecognizerSpec, load_l
 from ..outputs.settings import read_settings
 from ..pixels import editor_input, levels_to_pm1, read_levels
 from . import metrics
-from .edit import clean_sources, edit_path, resolve_device
+from .edit import edit_path, edited_sources, resolve_device
 from .metrics import ClipScorer, ClipSpec
 from .prompts import load_prompts
 from .record import EditRecord
@@ -70,7 +70,7 @@ def run_evaluate(
     record = _edited(out, data, sets, purify, prompt_ids)
     dev = resolve_device(device)
     resolution = (data or record.data).resolution
-    sources = {u: editor_input(levels, resolution) for u, levels in clean_sources(data or record.data, record.sets).items()}
+    sources = {u: editor_input(levels, resolution) for u, levels in edited_sources(record, data or record.data).items()}
     uids = sorted(sources)
     chunks = shape_chunks(uids, {u: levels.shape for u, levels in sources.items()}, batch_size)
     all_sets = image_sets(record.sets, record.purify)

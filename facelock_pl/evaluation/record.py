@@ -24,6 +24,8 @@ class EditRecord:
         prompts, prompt_ids: the prompt file and the ids edited.
         editor: the editor's settings (`EditorSpec` as a dict).
         seed: the base seed of the edits.
+        source_sha256: uid -> the SHA-256 of the clean photo its edits were made from: a photo replaced since has
+            its edits made again by `edit` and is left out by `evaluate` until then.
     """
 
     data: DataSpec
@@ -33,6 +35,11 @@ class EditRecord:
     prompt_ids: list[int]
     editor: dict
     seed: int
+    source_sha256: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def photo_changed(self, uid: str, source_sha256: str) -> bool:
+        """Whether `uid`'s edits were made from a photo with other bytes (False for a photo not edited yet)."""
+        return self.source_sha256.get(uid, source_sha256) != source_sha256
 
     @staticmethod
     def path(output_dir: Path) -> Path:
