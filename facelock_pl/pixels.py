@@ -72,11 +72,12 @@ def levels_to_pil(levels: torch.Tensor) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(levels.permute(1, 2, 0).cpu().numpy()))
 
 
-def jpeg_roundtrip(levels: torch.Tensor, quality: int) -> torch.Tensor:
-    """uint8 [3, H, W] re-encoded as a JPEG at `quality` (libjpeg through PIL, 4:2:0 chroma as PIL saves
-    by default) and decoded: the re-save a photo platform applies."""
+def reencode(levels: torch.Tensor, codec: str, quality: int) -> torch.Tensor:
+    """uint8 [3, H, W] re-encoded with a lossy `codec` at `quality` and decoded: the re-save a photo platform
+    applies. `JPEG` (libjpeg through PIL, 4:2:0 chroma as PIL saves by default), `WEBP`, `AVIF` (Pillow's own) or
+    `HEIF` (pillow-heif, registered by `facelock_pl.data`)."""
     buffer = io.BytesIO()
-    levels_to_pil(levels).save(buffer, format="JPEG", quality=int(quality))
+    levels_to_pil(levels).save(buffer, format=codec, quality=int(quality))
     return pil_to_levels(Image.open(buffer))
 
 

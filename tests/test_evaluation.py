@@ -71,6 +71,13 @@ def test_purifications_do_what_they_say():
     jpeg = purify.apply("jpeg:75", levels)
     assert jpeg.shape == levels.shape and (jpeg != levels).any()
     assert torch.equal(purify.apply("jpeg:75", levels), jpeg)  # deterministic
+    smooth = torch.from_numpy(np.asarray(astronaut().resize((64, 64)))).permute(2, 0, 1).contiguous()
+    for codec in ("webp:75", "avif:60", "heic:60"):  # the re-saves platforms and phones make today
+        saved = purify.apply(codec, smooth)
+        assert saved.shape == smooth.shape and (saved != smooth).any() and torch.equal(purify.apply(codec, smooth), saved)
+        assert (saved.float() - smooth.float()).abs().mean() < 10, codec  # the photo, re-encoded (another: ~60)
+    assert (purify.apply("webp:20", smooth).float() - smooth.float()).abs().mean() > (
+        purify.apply("webp:90", smooth).float() - smooth.float()).abs().mean()  # the quality is the codec's
     blurred = purify.apply("blur:1.5", levels)
     assert blurred.float().std() < levels.float().std() * 0.7  # blur removes high frequencies
     resized = purify.apply("resize:0.5", levels)
@@ -82,7 +89,7 @@ def test_purifications_do_what_they_say():
     assert torch.equal(purify.apply("resize:0.5>jpeg:50", levels), purify.apply("jpeg:50", resized))
     with pytest.raises(ValueError, match="unknown purification"):
         purify.apply("resize:0.5>sharpen", levels)
-    for bad in ("jpeg:0", "resize:2", "sharpen:1"):
+    for bad in ("jpeg:0", "webp:101", "resize:2", "sharpen:1"):
         with pytest.raises(ValueError):
             purify.parse(bad)
 

@@ -11,7 +11,7 @@ from PIL import Image
 
 from conftest import astronaut
 from facelock_pl.objectives.transforms import RandomPurification, Transform
-from facelock_pl.pixels import jpeg_roundtrip, pm1_to_levels
+from facelock_pl.pixels import pm1_to_levels, reencode
 from facelock_pl.seeding import uid_generator
 
 
@@ -82,7 +82,7 @@ def test_draws_are_reproducible_and_per_image():
 
 def test_real_jpeg_is_the_codec_forward_and_the_surrogate_backward(face):
     """`jpeg_real`: the values are exactly PIL's JPEG of the 8-bit image; the gradient is kornia's surrogate's."""
-    real_levels = jpeg_roundtrip(pm1_to_levels(face[0]), 60)
+    real_levels = reencode(pm1_to_levels(face[0]), "JPEG", 60)
     x = face.clone().requires_grad_(True)
     out = Transform.parse("jpeg_real:60").apply(x, fixed(0.3))
     assert torch.equal(pm1_to_levels(out[0].detach()), real_levels)

@@ -1,6 +1,7 @@
 """Purifications an attacker (or a photo platform) applies to a protected image before editing.
 
-Specs are strings: `jpeg:75` (re-encode at quality 75), `blur:1.5` (Gaussian blur, sigma in pixels),
+Specs are strings: `jpeg:75` (re-encode at quality 75; `webp:75`, `avif:60` and `heic:60` re-encode with the codecs
+platforms and phones serve today), `blur:1.5` (Gaussian blur, sigma in pixels),
 `resize:0.5` (down-scale by 0.5, then back up, antialiased), `colorjitter` or `colorjitter:0.1`
 (brightness/contrast/saturation jitter of that strength, drawn from a per-image seed). A chain `A>B` applies A,
 then B (`resize:0.5>jpeg:75`: a down-scaled re-upload; labelled `resize0.5-jpeg75`). All work on
@@ -13,19 +14,21 @@ import numpy as np
 import torch
 from PIL import Image, ImageEnhance, ImageFilter
 
-from ..pixels import jpeg_roundtrip, levels_to_pil, pil_to_levels
+from ..pixels import levels_to_pil, pil_to_levels, reencode
 from ..seeding import uid_seed
 
-KINDS = ("jpeg", "blur", "resize", "colorjitter")
-DEFAULTS = {"jpeg": 75.0, "blur": 1.5, "resize": 0.5, "colorjitter": 0.1}
+CODECS = {"jpeg": "JPEG", "webp": "WEBP", "avif": "AVIF", "heic": "HEIF"}
+KINDS = (*CODECS, "blur", "resize", "colorjitter")
+DEFAULTS = {"jpeg": 75.0, "webp": 75.0, "avif": 60.0, "heic": 60.0, "blur": 1.5, "resize": 0.5, "colorjitter": 0.1}
 
 
 def parse(spec: str) -> tuple[str, float]:
     kind, _, value = spec.partition(":")
     if kind not in KINDS:
-        raise ValueError(f"unknown purification {spec!r}; use one of jpeg:Q, blur:SIGMA, resize:SCALE, colorjitter[:S]")
+        raise ValueError(f"unknown purification {spec!r}; use one of jpeg:Q, webp:Q, avif:Q, heic:Q, blur:SIGMA, "
+                         "resize:SCALE, colorjitter[:S]")
     amount = float(value) if value else DEFAULTS[kind]
-    if (kind == "jpeg" and not 1 <= amount <= 100) or (kind == "resize" and not 0 < amount <= 1) or amount < 0:
+    if (kind in CODECS and not 1 <= amount <= 100) or (kind == "resize" and not 0 < amount <= 1) or amount < 0:
         raise ValueError(f"purification {spec!r} is out of range")
     return kind, amount
 
@@ -45,8 +48,8 @@ def apply(spec: str, levels: torch.Tensor, uid: str = "") -> torch.Tensor:
 def _apply_one(spec: str, levels: torch.Tensor, uid: str) -> torch.Tensor:
     kind, amount = parse(spec)
     image = levels_to_pil(levels)
-    if kind == "jpeg":
-        return jpeg_roundtrip(levels, int(amount))
+    if kind in CODECS:
+        return reencode(levels, CODECS[kind], int(amount))
     if kind == "blur":
         return pil_to_levels(image.filter(ImageFilter.GaussianBlur(radius=amount)))
     if kind == "resize":

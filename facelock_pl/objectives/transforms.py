@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..pixels import jpeg_roundtrip, levels_to_pm1, pm1_to_levels
+from ..pixels import levels_to_pm1, pm1_to_levels, reencode
 from ..seeding import uid_generator
 
 DEFAULT_RANGES = {"jpeg": (50.0, 95.0), "jpeg_real": (50.0, 95.0), "resize": (0.5, 1.0), "blur": (0.0, 1.5), "shift": (0.0, 4.0),
@@ -57,7 +57,7 @@ class Transform:
         if self.kind == "jpeg_real":
             quality = amount.round()
             surrogate = _differentiable_jpeg(x, quality)
-            real = torch.stack([levels_to_pm1(jpeg_roundtrip(pm1_to_levels(xi.detach().float().cpu()), int(q)))
+            real = torch.stack([levels_to_pm1(reencode(pm1_to_levels(xi.detach().float().cpu()), "JPEG", int(q)))
                                 for xi, q in zip(x, quality.tolist())]).to(x)
             return surrogate + (real - surrogate).detach()
         if self.kind == "resize":
