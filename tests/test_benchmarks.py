@@ -80,6 +80,15 @@ def benchmark_module(name: str):
     return module
 
 
+def test_robustness_columns_follow_the_purifications_asked_for():
+    robustness = benchmark_module("robustness")
+    columns = robustness.column_names(["jpeg:75", "resize:0.5", "webp:75", "avif:60", "resize:0.5>jpeg:75"])
+    # Keys are the evaluation's set suffixes (`v0+webp75`); the defaults keep the published tables' headers.
+    assert columns == {"none": "", "jpeg75": " JPEG-75", "resize0.5": " 0.5x", "webp75": " WEBP-75", "avif60": " AVIF-60",
+                       "resize0.5-jpeg75": " resize:0.5>jpeg:75"}
+    assert list(robustness.column_names(robustness.DEFAULT_PURIFICATIONS).values()) == ["", " JPEG-75", " JPEG-50", " 0.5x"]
+
+
 def test_robustness_variants_switch_parts_and_pass_settings():
     robustness = benchmark_module("robustness")
     assets = Path("/assets")
