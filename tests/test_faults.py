@@ -397,6 +397,20 @@ def test_another_dataset_into_the_same_output_is_protected_not_skipped(tmp_path,
     assert 0 < np.abs(protected - source).max() <= 3
 
 
+def test_a_folder_protected_by_an_earlier_version_resumes_without_protecting_anything_again(tmp_path, fit_here):
+    """Rows written before `source_sha256` existed read back with no digest: they cannot be checked, and must never
+    count as changed (every published image would be withdrawn and protected again)."""
+    faces, out = face_folder(tmp_path / "faces"), tmp_path / "out"
+    assert fit_here(faces, out).returncode == 0
+    for part in (out / "manifest").glob("*.parquet"):
+        pq.write_table(pq.read_table(part).drop(["source_sha256"]), part)
+    kept = {p.name: p.stat().st_mtime_ns for p in (out / "images").iterdir()}
+    result = fit_here(faces, out)
+    assert result.returncode == 0 and "skipping 2 already protected" in result.stderr and "changed" not in result.stderr
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "images").iterdir()} == kept
+    assert read_manifest(out)["source_sha256"].isna().all()
+
+
 def test_only_a_readable_source_with_other_bytes_counts_as_changed():
     class Sources:
         files = [b"same", b"other", None, b"anything"]
@@ -406,8 +420,8 @@ def test_only_a_readable_source_with_other_bytes_counts_as_changed():
                 raise BadImageError("cannot read the image file: Permission denied")
             return self.files[index]
 
-    recorded = {"a": sha256(b"same"), "b": sha256(b"before"), "c": sha256(b"before"), "d": None}
-    # a: unchanged; b: changed; c: unreadable now (its copy stays); d: a row of an earlier version (no digest).
+    recorded = {"a": sha256(b"same"), "b": sha256(b"before"), "c": sha256(b"before")}
+    # a: unchanged; b: changed; c: unreadable now (its copy stays); d: not recorded (an earlier version's row).
     assert changed_sources(Sources(), ["a", "b", "c", "d"], recorded) == ["b"]
     assert changed_sources(Sources(), ["a", "b", "c", "d"], {}) == []  # nothing protected yet
 

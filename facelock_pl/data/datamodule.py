@@ -154,7 +154,8 @@ class FaceDataModule(L.LightningDataModule):
             known = dict(zip(manifest["source"], manifest["uid"]))
             images, uids = self.images(known)
             final = manifest[manifest["status"].isin(FINAL_STATUSES)]
-            recorded = dict(zip(final["uid"], final["source_sha256"]))
+            checked = final[final["source_sha256"].notna()]  # rows of earlier versions have no digest (NaN)
+            recorded = dict(zip(checked["uid"], checked["source_sha256"]))
             changed = final[final["uid"].isin(changed_sources(images, uids, recorded))]
             if len(changed):
                 withdraw(Path(self.output_dir), changed, CHANGED_SOURCE)
@@ -195,13 +196,13 @@ CHANGED_SOURCE = ("the source changed after it was protected (its bytes no longe
                   "the protected copy was removed; a rerun protects the new source")
 
 
-def changed_sources(images: FolderImages | HFImages, uids: list[str], recorded: dict[str, str | None]) -> list[str]:
+def changed_sources(images: FolderImages | HFImages, uids: list[str], recorded: dict[str, str]) -> list[str]:
     """The uids of `recorded` (uid -> the SHA-256 its protected copy was made from) whose source bytes now differ:
-    a photo replaced under the same name, or another source run into the same output folder. Rows of earlier
-    versions (no digest) and sources that cannot be read now are left as they are."""
+    a photo replaced under the same name, or another source run into the same output folder. Sources that cannot be
+    read now are left as they are."""
     changed = []
     for index, uid in enumerate(uids):
-        if recorded.get(uid) is None:
+        if uid not in recorded:
             continue
         try:
             if sha256(images.read(index)) != recorded[uid]:
