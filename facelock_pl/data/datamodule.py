@@ -55,8 +55,8 @@ class FaceDataModule(L.LightningDataModule):
     """Portraits to protect.
 
     Args:
-        source: a folder of images (recursive; jpg/png/webp/bmp/tiff/gif/heic/avif), `demo`, parquet file(s) or a folder
-            of them, a `save_to_disk` folder, an imagefolder, or a Hugging Face hub id (e.g.
+        source: a folder of images (recursive; jpg/png/webp/bmp/tiff/gif/heic/avif), `demo`, parquet file(s) or a
+            folder of them, a `save_to_disk` folder, an imagefolder, or a Hugging Face hub id (e.g.
             `mattymchen/celeba-hq`).
         format: `auto` (decided from what `source` is, see `hf.detect_format`), `folder`, `imagefolder`,
             `parquet`, `disk` or `hub`.
@@ -145,25 +145,10 @@ class FaceDataModule(L.LightningDataModule):
         return path.parent if path.is_file() or "*" in self.source else path
 
     def setup(self, stage: str) -> None:
-        # Rank 0 reads the manifest and checks the sources once, then broadcasts what it found.
         strategy = self.trainer.strategy if self.trainer is not None else None
         state = images = None
         if strategy is None or strategy.is_global_zero:
-            repair(Path(self.output_dir))
-            manifest = read_manifest(Path(self.output_dir))
-            known = dict(zip(manifest["source"], manifest["uid"]))
-            images, uids = self.images(known)
-            final = manifest[manifest["status"].isin(FINAL_STATUSES)]
-            checked = final[final["source_sha256"].notna()]  # rows of earlier versions have no digest (NaN)
-            recorded = dict(zip(checked["uid"], checked["source_sha256"]))
-            changed = final[final["uid"].isin(changed_sources(images, uids, recorded))]
-            if len(changed):
-                withdraw(Path(self.output_dir), changed, CHANGED_SOURCE)
-                named = ", ".join(changed["uid"][:5]) + (", ..." if len(changed) > 5 else "")
-                logs.warning(f"facelock_pl: {len(changed)} source image(s) changed since they were protected in "
-                             f"{self.output_dir} ({named}): their protected copies are removed and they are "
-                             "protected again")
-            state = (set(final["uid"]) - set(changed["uid"]), known)
+            images, uids, state = self._resume_state()
         done, known = strategy.broadcast(state, src=0) if strategy is not None else state
         if images is None:
             images, uids = self.images(known)
@@ -175,6 +160,26 @@ class FaceDataModule(L.LightningDataModule):
         self.dataset = RankSlice(images, pending[rank * per_rank : (rank + 1) * per_rank])
         logs.info(f"facelock_pl: {len(uids)} images in {self.source}; skipping {self.num_skipped} already "
                   f"protected in {self.output_dir}; {len(pending)} to do on {world} process(es)")
+
+    def _resume_state(self) -> tuple[Dataset, list[str], tuple[set[str], dict[str, str]]]:
+        """Rank 0, once: repair the output folder, read its manifest, list the source and withdraw the protected
+        copies of sources that changed since. Returns the source's images and uids, and what every rank needs:
+        (the uids done, relative path -> uid of every recorded row)."""
+        repair(Path(self.output_dir))
+        manifest = read_manifest(Path(self.output_dir))
+        known = dict(zip(manifest["source"], manifest["uid"]))
+        images, uids = self.images(known)
+        final = manifest[manifest["status"].isin(FINAL_STATUSES)]
+        checked = final[final["source_sha256"].notna()]  # rows of earlier versions have no digest (NaN)
+        recorded = dict(zip(checked["uid"], checked["source_sha256"]))
+        changed = final[final["uid"].isin(changed_sources(images, uids, recorded))]
+        if len(changed):
+            withdraw(Path(self.output_dir), changed, CHANGED_SOURCE)
+            named = ", ".join(changed["uid"][:5]) + (", ..." if len(changed) > 5 else "")
+            logs.warning(f"facelock_pl: {len(changed)} source image(s) changed since they were protected in "
+                         f"{self.output_dir} ({named}): their protected copies are removed and they are "
+                         "protected again")
+        return images, uids, (set(final["uid"]) - set(changed["uid"]), known)
 
     @property
     def num_pending(self) -> int:
