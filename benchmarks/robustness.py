@@ -81,7 +81,9 @@ import yaml
 from facelock_pl.config_files import RENAMED_KEYS as _RENAMED
 from facelock_pl.evaluation import purify
 from facelock_pl.models.recognizers import RESERVED_FOR_EVALUATION
+from facelock_pl.outputs import read_manifest
 from facelock_pl.outputs.atomic import write_bytes_atomic
+from facelock_pl.outputs.manifest import FINAL_STATUSES
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from offline_runs import ROOT, cli, options, print_table, work_dir, worst_judges  # noqa: E402
@@ -321,7 +323,8 @@ def main() -> None:
                 row[f"{recognizer} match {purification}"] = float(part[f"match:{recognizer}"].mean())
                 row[f"{recognizer} cos {purification}"] = float(part[f"fr:{recognizer}"].mean())
         if set_name != "clean":
-            manifest = pd.concat([pd.read_parquet(p) for p in (sets[label] / "manifest").glob("*.parquet")])
+            manifest = read_manifest(sets[label])  # each image's newest row (a withdrawn copy's rows are older)
+            manifest = manifest[manifest["status"].isin(FINAL_STATUSES)]
             row.update(linf_255_max=float(manifest["linf_255"].max()), psnr_db_min=float(manifest["psnr_db"].min()),
                        seconds_per_image=float(manifest["seconds"].mean()))
         rows.append(row)
