@@ -96,8 +96,9 @@ class FolderImages(Dataset):
 
     def __getitem__(self, index: int) -> ImageItem:
         uid, relative = self.entries[index]
-        if Path(relative).suffix.lower() in REFUSED_SUFFIXES:
-            return ImageItem.failed(uid, relative, REFUSED_SUFFIXES[Path(relative).suffix.lower()])
+        refused = REFUSED_SUFFIXES.get(Path(relative).suffix.lower())
+        if refused:
+            return ImageItem.failed(uid, relative, refused)
         try:
             data = self.read(index)
         except BadImageError as error:

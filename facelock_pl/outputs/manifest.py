@@ -127,15 +127,14 @@ def withdraw(output_dir: Path, protected: pd.DataFrame, reason: str) -> None:
     for uid in uids:
         (Path(output_dir) / "images" / f"{uid}.png").unlink(missing_ok=True)
     for part in _parts(dataset_dir(output_dir)):
-        table = pq.read_table(part)
-        keep = pa.array([uid not in uids for uid in table["uid"].to_pylist()])
+        keep = pa.array([uid not in uids for uid in pq.read_table(part, columns=["uid"])["uid"].to_pylist()])
         if keep.false_count == 0:
-            continue
+            continue  # only the uid column was read: a large dataset's parts are not loaded for one changed photo
         if keep.true_count == 0:
             part.unlink()
             continue
         buffer = io.BytesIO()
-        pq.write_table(table.filter(keep), buffer)
+        pq.write_table(pq.read_table(part).filter(keep), buffer)
         write_bytes_atomic(part, buffer.getvalue())
     rows = [ManifestRow(uid=row.uid, source=row.source, source_sha256=None, status="error", message=reason,
                         method=row.method, width=int(row.width), height=int(row.height), working_width=0,
