@@ -118,6 +118,9 @@ def test_robustness_variants_switch_parts_and_pass_settings():
     assert tuned["--model.objective.fr_start"] == ["0.35", "0.1"] and tuned["--model.attack.quantise_forward"] == ["false"]
     real = settings("realjpeg+realign+jitter")
     assert json.loads(real["--model.attack.eot"][0]) == robustness.REAL_CODEC_EOT  # replaces the config's EOT
+    webp = json.loads(settings("eot+webp")["--model.attack.eot"][0])  # the config's EOT, and the WebP codec beside it
+    robust_eot = yaml.safe_load((robustness.ROOT / "configs/facelock-robust.yaml").read_text())["model"]["attack"]["eot"]
+    assert webp == robust_eot + ["webp_real:60-90"]
     assert real["--model.objective.realign"] == ["true"] and real["--model.objective.crop_jitter"] == ["0.2"]
     assert "--model.objective.realign" not in both
     assert settings("recognizers+fill")["--model.attack.fill_budget"] == ["true"] and "--model.attack.fill_budget" not in both

@@ -25,7 +25,7 @@ def fixed(value: float, batch: int = 1) -> torch.Tensor:
     return torch.full((batch, 3), value)
 
 
-@pytest.mark.parametrize("spec", ["jpeg:60-90", "jpeg_real:50-90", "resize:0.5-0.9", "blur:0.5-1.5", "shift:3", "colorjitter:0.2"])
+@pytest.mark.parametrize("spec", ["jpeg:60-90", "jpeg_real:50-90", "webp_real:50-90", "resize:0.5-0.9", "blur:0.5-1.5", "shift:3", "colorjitter:0.2"])
 def test_each_transformation_is_differentiable(face, spec):
     x = face.clone().requires_grad_(True)
     out = Transform.parse(spec).apply(x, fixed(0.7))
@@ -62,7 +62,7 @@ def test_parameters_follow_the_declared_ranges():
     t = Transform.parse("jpeg:50-90")
     assert (t.low, t.high) == (50, 90)
     assert Transform.parse("shift:4") == Transform("shift", 0.0, 4.0)
-    for bad in ("jpeg:0-50", "resize:0.5-2", "sharpen", "blur:2-1"):
+    for bad in ("jpeg:0-50", "webp_real:0-50", "webp_real:50-101", "resize:0.5-2", "sharpen", "blur:2-1"):
         with pytest.raises(ValueError):
             Transform.parse(bad)
     draws = RandomPurification(["jpeg", "blur", "shift"]).draws(0, [f"u{i}" for i in range(2000)], torch.zeros(2000, dtype=torch.long), 0)
@@ -80,11 +80,13 @@ def test_draws_are_reproducible_and_per_image():
     assert not torch.equal(a, RandomPurification(["jpeg", "blur", "shift"]).draws(7, ["x", "y"], torch.tensor([3, 3]), 1))
 
 
-def test_real_jpeg_is_the_codec_forward_and_the_surrogate_backward(face):
-    """`jpeg_real`: the values are exactly PIL's JPEG of the 8-bit image; the gradient is kornia's surrogate's."""
-    real_levels = reencode(pm1_to_levels(face[0]), "JPEG", 60)
+@pytest.mark.parametrize("kind, codec", [("jpeg_real", "JPEG"), ("webp_real", "WEBP")])
+def test_a_real_codec_is_the_codec_forward_and_the_surrogate_backward(face, kind, codec):
+    """`jpeg_real`, `webp_real`: the values are exactly PIL's re-save of the 8-bit image; the gradient is kornia's
+    JPEG surrogate's."""
+    real_levels = reencode(pm1_to_levels(face[0]), codec, 60)
     x = face.clone().requires_grad_(True)
-    out = Transform.parse("jpeg_real:60").apply(x, fixed(0.3))
+    out = Transform.parse(f"{kind}:60").apply(x, fixed(0.3))
     assert torch.equal(pm1_to_levels(out[0].detach()), real_levels)
     weights = torch.randn_like(out)
     (out * weights).sum().backward()

@@ -5,6 +5,7 @@ ICML 2018).
 Specs (strings, as in configs): `jpeg:Q_LO-Q_HI` (kornia's differentiable JPEG at a uniform random
 quality), `jpeg_real:Q_LO-Q_HI` (the real codec, libjpeg through PIL, as a platform re-saves a photo, in the
 forward pass; kornia's differentiable JPEG at the same quality gives the gradient: BPDA, Athalye et al. 2018),
+`webp_real:Q_LO-Q_HI` (the same with the real WebP codec, libwebp through PIL: the re-save that undoes most, README),
 `resize:S_LO-S_HI` (down-scale by a random factor, antialiased, then back up), `blur:S_LO-S_HI`
 (Gaussian blur, random sigma in pixels), `shift:PIXELS` (random translation up to that many pixels,
 border replicated), `colorjitter:STRENGTH` (brightness/contrast/saturation factors in 1 ± STRENGTH).
@@ -24,8 +25,10 @@ import torch.nn.functional as F
 from ..pixels import levels_to_pm1, pm1_to_levels, reencode
 from ..seeding import uid_generator
 
-DEFAULT_RANGES = {"jpeg": (50.0, 95.0), "jpeg_real": (50.0, 95.0), "resize": (0.5, 1.0), "blur": (0.0, 1.5), "shift": (0.0, 4.0),
+DEFAULT_RANGES = {"jpeg": (50.0, 95.0), "jpeg_real": (50.0, 95.0), "webp_real": (50.0, 95.0), "resize": (0.5, 1.0), "blur": (0.0, 1.5), "shift": (0.0, 4.0),
                   "colorjitter": (0.0, 0.1)}
+REAL_CODECS = {"jpeg_real": "JPEG", "webp_real": "WEBP"}  # the codec in the forward pass, JPEG's gradient (BPDA)
+QUALITY_KINDS = {"jpeg", *REAL_CODECS}
 
 
 @dataclass(frozen=True)
@@ -38,14 +41,14 @@ class Transform:
     def parse(cls, spec: str) -> "Transform":
         kind, _, value = spec.partition(":")
         if kind not in DEFAULT_RANGES:
-            raise ValueError(f"unknown EOT transformation {spec!r}; use jpeg, jpeg_real, resize, blur, shift or colorjitter")
+            raise ValueError(f"unknown EOT transformation {spec!r}; use jpeg, jpeg_real, webp_real, resize, blur, shift or colorjitter")
         low, high = DEFAULT_RANGES[kind]
         if value:
             parts = [float(v) for v in value.split("-")]
             low, high = (parts[0], parts[0]) if len(parts) == 1 else parts
             if kind in ("shift", "colorjitter") and len(parts) == 1:
                 low, high = 0.0, parts[0]
-        if low > high or low < 0 or (kind.startswith("jpeg") and not 1 <= low <= high <= 100) or (kind == "resize" and high > 1):
+        if low > high or low < 0 or (kind in QUALITY_KINDS and not 1 <= low <= high <= 100) or (kind == "resize" and high > 1):
             raise ValueError(f"EOT transformation {spec!r} has an invalid range")
         return cls(kind, low, high)
 
@@ -54,10 +57,11 @@ class Transform:
         amount = self.low + (self.high - self.low) * u[:, 0]
         if self.kind == "jpeg":
             return _differentiable_jpeg(x, amount)
-        if self.kind == "jpeg_real":
+        if self.kind in REAL_CODECS:
             quality = amount.round()
             surrogate = _differentiable_jpeg(x, quality)
-            real = torch.stack([levels_to_pm1(reencode(pm1_to_levels(xi.detach().float().cpu()), "JPEG", int(q)))
+            codec = REAL_CODECS[self.kind]
+            real = torch.stack([levels_to_pm1(reencode(pm1_to_levels(xi.detach().float().cpu()), codec, int(q)))
                                 for xi, q in zip(x, quality.tolist())]).to(x)
             return surrogate + (real - surrogate).detach()
         if self.kind == "resize":
