@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -516,3 +517,30 @@ def test_per_photo_benchmark_prints_a_table_and_writes_json(tmp_path, monkeypatc
     assert "| sface@worst | 50 / 0 → **0** | 0 / 0 → **0** |" in printed
     report = json.loads(out.read_text())
     assert report["chosen"] == {"a": "budget 5 v0", "b": "budget 3 v0"} and report["verdict_on"] == ["none"]
+
+
+def test_group_photos_scores_each_face_in_its_own_half(tmp_path):
+    """Each half is scored on its own face, the half of the largest face (the one the loss protects) as
+    "protected"; a half whose face is gone neither matches nor gives a cosine."""
+    from conftest import astronaut, grace_hopper
+    from facelock_pl.models import FaceDetector, FaceScorer, RecognizerSpec
+    from facelock_pl.pixels import pil_to_levels
+
+    group_photos = benchmark_module("group_photos")
+    astronaut().save(tmp_path / "a.png")
+    grace_hopper().save(tmp_path / "b.png")
+    photo = pil_to_levels(group_photos.group_photo(tmp_path / "a.png", tmp_path / "b.png"))
+    assert tuple(photo.shape) == (3, group_photos.HEIGHT, group_photos.WIDTH)
+    boxes = FaceDetector().all_boxes(photo[None])[0]
+    # The largest first: Grace Hopper's, on the right (the astronaut's portrait shows her down to the waist).
+    assert len(boxes) == 2 and boxes[1, 2] <= group_photos.WIDTH // 2 <= boxes[0, 0]
+    scorer = FaceScorer([RecognizerSpec(kind="tiny-random", name="r", threshold=0.5),
+                         RecognizerSpec(kind="tiny-random", name="r@box0", alignment="box", margin=0, threshold=0.5)])
+    same = group_photos.score_halves(scorer, photo, photo)
+    assert all(same[side]["match:r@worst"] == 1.0 and same[side]["fr:r"] == pytest.approx(1.0, abs=1e-5)
+               for side in ("protected", "other"))
+    erased = photo.clone()
+    erased[:, :, : group_photos.WIDTH // 2] = 128  # the other person (the astronaut) gone from the edit
+    scores = group_photos.score_halves(scorer, photo, erased)
+    assert scores["protected"]["match:r"] == 1.0
+    assert scores["other"]["match:r@worst"] == 0.0 and math.isnan(scores["other"]["fr:r@worst"])

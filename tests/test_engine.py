@@ -17,9 +17,9 @@ from facelock_pl.engine import ProtectionModule
 from facelock_pl.outputs import read_manifest
 
 
-def fit(module: ProtectionModule, source: Path, out: Path, batch_size: int = 2) -> L.Trainer:
+def fit(module: ProtectionModule, source: Path, out: Path, batch_size: int = 2, resolution: int = 64) -> L.Trainer:
     module.output_dir = out  # what the CLI's --output_dir link sets
-    data = FaceDataModule(source=str(source), resolution=64, batch_size=batch_size, output_dir=str(out))
+    data = FaceDataModule(source=str(source), resolution=resolution, batch_size=batch_size, output_dir=str(out))
     logger = L.pytorch.loggers.CSVLogger(out, name="logs")
     trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=1, logger=logger, log_every_n_steps=1,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)

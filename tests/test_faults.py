@@ -167,7 +167,7 @@ def test_an_image_the_rounding_left_unchanged_is_an_error_row_never_a_protected_
     def finished(uid: str, change: int) -> ProtectedImage:
         source = torch.full((3, 40, 40), 128, dtype=torch.uint8)
         item = ImageItem(uid, f"{uid}.png", source, 40, 40, native=source, region=(40, 40))
-        return ProtectedImage(item, source + change, source, 10, True, {}, None, None, None, 1.0)
+        return ProtectedImage(item, source + change, source, 10, True, {}, None, None, None, None, 1.0)
 
     rows = OutputWriter(tmp_path, output_format="both").write([finished("same", 0), finished("moved", 2)])
     by_uid = {row.uid: row for row in rows}

@@ -7,7 +7,9 @@ import json
 import pytest
 import torch
 
-from conftest import tiny_module_kwargs
+from PIL import Image
+
+from conftest import astronaut, grace_hopper, tiny_module_kwargs
 from facelock_pl.engine import ProtectionModule
 from facelock_pl.engine.summary import describe
 from facelock_pl.models import RecognizerSpec
@@ -180,3 +182,23 @@ def test_protect_offline_judges_as_the_evaluation_judges():
         assert (entry["alignment"] or "native", entry["margin"] or 0) == (expected["alignment"] or "native",
                                                                          expected["margin"] or 0), name
     assert not {j["weights"] for j in judges.values()} & {r["weights"] for r in loss.values()}
+
+
+def test_a_photo_of_several_people_says_that_only_the_largest_face_is_protected(tmp_path):
+    """The FR term sees one face (the largest): a group photo's other people keep their identity, and the manifest,
+    the summary and the terminal say so instead of calling the photo protected."""
+    folder = tmp_path / "faces"
+    folder.mkdir()
+    pair = Image.new("RGB", (512, 256))
+    pair.paste(astronaut().resize((256, 256)), (0, 0))
+    pair.paste(grace_hopper().resize((200, 234)), (284, 22))  # a smaller face: the astronaut's is the largest
+    pair.save(folder / "pair.png")
+    astronaut().resize((256, 256)).save(folder / "single.png")
+    module = ProtectionModule(**tiny_module_kwargs(iterations=2))
+    fit(module, folder, tmp_path / "out", resolution=256)
+    rows = read_manifest(tmp_path / "out").set_index("uid")
+    assert rows.loc["pair", "faces_in_photo"] == 2 and rows.loc["single", "faces_in_photo"] == 1
+    assert "2 faces in the photo: only the largest is protected against recognition" in rows.loc["pair", "message"]
+    assert "faces in the photo" not in rows.loc["single", "message"]
+    assert module.summary["folder"]["more_than_one_face"] == 1
+    assert "1 photo(s) show more than one face" in describe(module.summary, tmp_path / "out")

@@ -300,4 +300,5 @@ class PGDAttack:
             item=item, levels=png.cpu(), source_levels=item.native, iterations=int(s.iteration[slot]),
             face_found=bool(s.clean.face_found[slot]), terms={name: float(v[slot]) for name, v in s.terms.items()},
             fr_cos_recon=measured.fr_cos_recon, fr_cos_recon_detected=measured.fr_cos_recon_detected,
-            recognised_by=measured.recognised_by, seconds=time.perf_counter() - s.started[slot])
+            recognised_by=measured.recognised_by, faces_in_photo=measured.faces_in_photo,
+            seconds=time.perf_counter() - s.started[slot])

@@ -14,7 +14,10 @@ reconstruction's face with the clean one:
   source's face and the reconstruction's, each detected on its own). The loss's networks are the ones the attack
   was built to beat, so their verdict alone is optimistic: on the 16 held-out faces, of the 9 photos they no longer
   recognise at ε 0.03, w600k_mbf still recognises 4 and dlib 8 (benchmarks/robustness.md, "A budget per photo").
-  Only where every recogniser of the loss has a threshold (every judge has one).
+  Only where every recogniser of the loss has a threshold (every judge has one);
+- `faces_in_photo`: the faces the detector finds in the clean frame as the editor sees it. The FR term sees the
+  largest one only (as the published FaceLock, made for single portraits): in a photo of several people the
+  others keep their identity, and every number above is about the largest face.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ class Delivered(NamedTuple):
     fr_cos_recon: float | None = None
     fr_cos_recon_detected: float | None = None  # None also where no face is found in the reconstruction
     recognised_by: str | None = None  # comma-separated labels ("": none); None without thresholds or a detected face
+    faces_in_photo: int | None = None  # faces found in the clean frame as the editor sees it (the loss sees the largest)
 
 
 class ProtectionMeter:
@@ -82,7 +86,8 @@ class ProtectionMeter:
         cosines = self.cosines_detected(recon_levels, clean)
         found = not cosines.isnan().any()
         return Delivered(float(self.fr_cos(recon, clean)[0]), float(self.nets.fr_cos_of(cosines)[0]) if found else None,
-                         self._verdict(cosines, recon_levels, source_seen) if found else None)
+                         self._verdict(cosines, recon_levels, source_seen) if found else None,
+                         len(self.detector.all_boxes(source_seen)[0]))
 
     def _verdict(self, cosines: torch.Tensor, recon_levels: torch.Tensor, source_seen: torch.Tensor) -> str | None:
         """`recognised_by`: the loss's entries, then the judges', that still recognise the face (comma-separated; ""

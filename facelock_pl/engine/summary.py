@@ -81,6 +81,7 @@ def folder_summary(output_dir: Path) -> dict:
             "mean_fr_cos_recon": _mean(manifest["fr_cos_recon"]),
             "mean_fr_cos_recon_detected": _mean(manifest["fr_cos_recon_detected"]),
             "judged": len(judged), "still_recognised": int((judged != "").sum()),
+            "more_than_one_face": int((manifest["faces_in_photo"] > 1).sum()),
             "mean_psnr_db": _mean(manifest["psnr_db"])}
 
 
@@ -108,6 +109,9 @@ def describe(summary: dict, output_dir: Path) -> str:
         lines.append("  still recognised by a recogniser of the loss or a judge (face detected anew, its calibrated "
                      f"threshold): {folder['still_recognised']} of {folder['judged']} judged image(s); the manifest's "
                      "`recognised_by` names which")
+    if folder["more_than_one_face"]:
+        lines.append(f"  {folder['more_than_one_face']} photo(s) show more than one face: only the largest face of each is "
+                     "protected against recognition, the others keep their identity (the manifest's `faces_in_photo`)")
     if run.get("interrupted"):
         lines.append("  finished images are kept: rerun the same command to protect the rest")
     if run["error"]:

@@ -34,6 +34,8 @@ class ProtectedImage:
         fr_cos_recon, fr_cos_recon_detected: protection measured on the saved image (see `engine.measure`).
         recognised_by: the recognisers of the loss that still recognise the face detected anew in the saved image's
             reconstruction, comma-separated ("": none; None: not judged — no threshold on every recogniser, or no face).
+        faces_in_photo: faces found in the clean frame as the editor sees it; the loss protects the largest only
+            (None: not counted — no recogniser).
         seconds: wall time from admission to the end.
     """
 
@@ -46,6 +48,7 @@ class ProtectedImage:
     fr_cos_recon: float | None
     fr_cos_recon_detected: float | None
     recognised_by: str | None
+    faces_in_photo: int | None
     seconds: float
 
 
@@ -82,6 +85,7 @@ class ManifestRow:
     fr_cos_recon: float | None = None
     fr_cos_recon_detected: float | None = None  # the same, with the face detected anew in the reconstruction
     recognised_by: str | None = None  # the loss's recognisers still matching there ("": none; None: not judged)
+    faces_in_photo: int | None = None  # faces in the photo; every column above is about the largest, the one protected
     seconds: float = 0.0
     metadata_removed: str = ""  # what the protected copy does not carry of the source's metadata
     extra_json: str = "{}"  # the row's other source columns (labels, attributes), as JSON
@@ -99,6 +103,8 @@ class ManifestRow:
                 terms.pop(name, None)
         notes = [item.message] if item.message else []
         notes += [] if image.face_found else ["no face detected: protected without the face-recognition term"]
+        if (image.faces_in_photo or 0) > 1:
+            notes.append(f"{image.faces_in_photo} faces in the photo: only the largest is protected against recognition")
         return cls(
             uid=item.uid, source=item.source, source_sha256=item.source_sha256 or None, method=method,
             width=item.width, height=item.height, working_width=item.region[1], working_height=item.region[0],
@@ -107,7 +113,7 @@ class ManifestRow:
             linf_255=diff.abs().max().item(), psnr_db=10 * math.log10(255.0**2 / mse) if mse > 0 else float("inf"),
             fr_cos_recon=image.fr_cos_recon if image.face_found else None,
             fr_cos_recon_detected=image.fr_cos_recon_detected if image.face_found else None,
-            recognised_by=image.recognised_by if image.face_found else None,
+            recognised_by=image.recognised_by if image.face_found else None, faces_in_photo=image.faces_in_photo,
             extra_json=jsonable(item.extra), **terms,
         )
 
@@ -124,7 +130,7 @@ def jsonable(extra: dict) -> str:
     return json.dumps(plain, sort_keys=True, default=str)
 
 
-_ARROW_TYPES = {str: pa.string(), str | None: pa.string(), int: pa.int32(), float: pa.float32(), float | None: pa.float32()}
+_ARROW_TYPES = {str: pa.string(), str | None: pa.string(), int: pa.int32(), int | None: pa.int32(), float: pa.float32(), float | None: pa.float32()}
 
 
 def _schema(row_type: type) -> pa.Schema:
