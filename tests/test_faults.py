@@ -341,6 +341,24 @@ def test_uids_stay_the_same_when_files_with_the_same_stem_are_added(tmp_path, fi
     assert {p.name for p in (out / "images").iterdir()} == {"x.png", "x.png.png"}
 
 
+def test_a_file_name_that_is_not_utf8_is_protected_recorded_escaped_and_resumed(tmp_path, fit_here):
+    """A name made on a system with another encoding (Latin-1 `café.png`): its bytes cannot go into the manifest's
+    UTF-8 text as they are (the run used to stop at its first manifest part, the PNG already written, and every
+    rerun again); the manifest records them escaped, and a rerun finds the file done."""
+    faces, out = tmp_path / "faces", tmp_path / "out"
+    faces.mkdir()
+    astronaut().resize((96, 96)).save(faces / os.fsdecode(b"caf\xe9.png"))
+    grace_hopper().resize((96, 96)).save(faces / "plain.png")
+    result = fit_here(faces, out)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = read_manifest(out)
+    assert sorted(rows["source"]) == ["caf\\xe9.png", "plain.png"] and (rows["status"] == "ok").all()
+    uid = rows.loc[rows["source"] == "caf\\xe9.png", "uid"].item()
+    assert uid.isascii() and (out / "images" / f"{uid}.png").is_file()
+    again = fit_here(faces, out)
+    assert again.returncode == 0 and "skipping 2 already protected" in again.stderr and "0 to do" in again.stderr
+
+
 def test_a_source_replaced_under_the_same_name_is_protected_again_never_taken_as_done(tmp_path, fit_here):
     """Another photo under a protected photo's name (edited in place, or another folder run into the same output)
     must not be skipped as done: its protected copy would be of the old photo."""

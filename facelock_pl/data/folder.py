@@ -7,7 +7,7 @@ from pathlib import Path
 
 from torch.utils.data import Dataset
 
-from .images import IMAGE_SUFFIXES, REFUSED_SUFFIXES, BadImageError, make_uid, unique_uid
+from .images import IMAGE_SUFFIXES, REFUSED_SUFFIXES, BadImageError, make_uid, printable_path, unique_uid
 from .items import Decoding, ImageItem
 
 
@@ -27,17 +27,17 @@ def image_files(root: Path, exclude: list[Path] = ()) -> list[str]:
 def folder_uids(relative: list[str], known: dict[str, str] | None = None) -> list[str]:
     """A unique uid per relative path, stable when files are added.
 
-    A path recorded earlier (`known`: relative path -> uid, from the output's manifest) keeps its uid. A new
+    A path recorded earlier (`known`: relative path as the manifest's `source` writes it -> uid) keeps its uid. A new
     file gets its stem (`a/b.jpg` -> `a__b`), or its stem with the suffix (`a__b.jpg`) when another file
     shares the stem or the stem is taken; a hash is appended if even that is taken.
     """
     known = known or {}
     taken = set(known.values())
-    stems = Counter(make_uid(r) for r in relative if r not in known)
+    stems = Counter(make_uid(r) for r in relative if printable_path(r) not in known)
     uids = []
     for r in relative:
-        if r in known:
-            uids.append(known[r])
+        if printable_path(r) in known:
+            uids.append(known[printable_path(r)])
             continue
         stem = make_uid(r)
         uid = unique_uid(make_uid(r, keep_suffix=True) if stems[stem] > 1 or stem in taken else stem, taken, r)
@@ -96,11 +96,12 @@ class FolderImages(Dataset):
 
     def __getitem__(self, index: int) -> ImageItem:
         uid, relative = self.entries[index]
+        source = printable_path(relative)  # the path the manifest records (a name that is not UTF-8, escaped)
         refused = REFUSED_SUFFIXES.get(Path(relative).suffix.lower())
         if refused:
-            return ImageItem.failed(uid, relative, refused)
+            return ImageItem.failed(uid, source, refused)
         try:
             data = self.read(index)
         except BadImageError as error:
-            return ImageItem.failed(uid, relative, str(error))
-        return self.decoding.item(uid, relative, data)
+            return ImageItem.failed(uid, source, str(error))
+        return self.decoding.item(uid, source, data)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,6 +149,12 @@ def _to_rgb(image: Image.Image, icc_profile: bytes | None = None) -> Image.Image
         background = Image.new("RGBA", image.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, image.convert("RGBA")).convert("RGB")
     return image.convert("RGB")  # L, CMYK, YCbCr, RGB...
+
+
+def printable_path(relative: str) -> str:
+    """A file's path as text that UTF-8 can store (the manifest's `source`, log lines): the bytes of a name that are
+    not UTF-8 (made on a system with another encoding; Python reads them as lone surrogates) as `\\xNN` escapes."""
+    return os.fsencode(relative).decode("utf-8", "backslashreplace")
 
 
 def make_uid(name: str, keep_suffix: bool = False) -> str:
