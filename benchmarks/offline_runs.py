@@ -19,12 +19,13 @@ def cli(*args) -> None:
     subprocess.run([sys.executable, "-m", "facelock_pl", *map(str, args)], cwd=ROOT, check=True)
 
 
-def options(doc: str, faces: int, iterations: int) -> argparse.ArgumentParser:
-    """--assets, --faces, --iterations, --work-dir (keep and resume the runs), --json (write results only there),
-    --evaluate-config (the judges)."""
+def options(doc: str, faces: int | None, iterations: int) -> argparse.ArgumentParser:
+    """--assets, --faces (unless None: a benchmark with its own photos), --iterations, --work-dir (keep and resume
+    the runs), --json (write results only there), --evaluate-config (the judges)."""
     parser = argparse.ArgumentParser(description=doc.split("\n")[0])
     parser.add_argument("--assets", type=Path, required=True, help="the offline bundle, e.g. ../shared/assets")
-    parser.add_argument("--faces", type=int, default=faces)
+    if faces is not None:
+        parser.add_argument("--faces", type=int, default=faces)
     parser.add_argument("--iterations", type=int, default=iterations)
     parser.add_argument("--work-dir", type=Path, default=None, help="keep the runs here; a rerun resumes")
     parser.add_argument("--json", type=Path, default=None)

@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from PIL import Image
 
 from facelock_pl.models.recognizers import RecognizerSpec, load_recognizer
 
@@ -519,28 +520,27 @@ def test_per_photo_benchmark_prints_a_table_and_writes_json(tmp_path, monkeypatc
     assert report["chosen"] == {"a": "budget 5 v0", "b": "budget 3 v0"} and report["verdict_on"] == ["none"]
 
 
-def test_group_photos_scores_each_face_in_its_own_half(tmp_path):
-    """Each half is scored on its own face, the half of the largest face (the one the loss protects) as
-    "protected"; a half whose face is gone neither matches nor gives a cosine."""
+def test_group_photos_scores_every_face_in_its_own_window_the_largest_first(tmp_path):
+    """Each face of the clean photo is scored in a window around it, the largest (the one the loss protects) first;
+    a face gone from the edit neither matches nor gives a cosine, and the other faces are scored as before."""
     from conftest import astronaut, grace_hopper
-    from facelock_pl.models import FaceDetector, FaceScorer, RecognizerSpec
-    from facelock_pl.pixels import pil_to_levels
+    from facelock_pl.models import FaceScorer, RecognizerSpec
 
     group_photos = benchmark_module("group_photos")
-    astronaut().save(tmp_path / "a.png")
-    grace_hopper().save(tmp_path / "b.png")
-    photo = pil_to_levels(group_photos.group_photo(tmp_path / "a.png", tmp_path / "b.png"))
-    assert tuple(photo.shape) == (3, group_photos.HEIGHT, group_photos.WIDTH)
-    boxes = FaceDetector().all_boxes(photo[None])[0]
-    # The largest first: Grace Hopper's, on the right (the astronaut's portrait shows her down to the waist).
-    assert len(boxes) == 2 and boxes[1, 2] <= group_photos.WIDTH // 2 <= boxes[0, 0]
+    photo = Image.new("RGB", (512, 256), (128, 128, 128))
+    photo.paste(grace_hopper().resize((200, 234)), (0, 11))  # Grace Hopper's face: the largest
+    photo.paste(astronaut().resize((256, 256)), (256, 0))  # the astronaut's portrait shows her down to the waist
+    photo.save(tmp_path / "pair.jpg", quality=95)
     scorer = FaceScorer([RecognizerSpec(kind="tiny-random", name="r", threshold=0.5),
                          RecognizerSpec(kind="tiny-random", name="r@box0", alignment="box", margin=0, threshold=0.5)])
-    same = group_photos.score_halves(scorer, photo, photo)
-    assert all(same[side]["match:r@worst"] == 1.0 and same[side]["fr:r"] == pytest.approx(1.0, abs=1e-5)
-               for side in ("protected", "other"))
-    erased = photo.clone()
-    erased[:, :, : group_photos.WIDTH // 2] = 128  # the other person (the astronaut) gone from the edit
-    scores = group_photos.score_halves(scorer, photo, erased)
-    assert scores["protected"]["match:r"] == 1.0
-    assert scores["other"]["match:r@worst"] == 0.0 and math.isnan(scores["other"]["fr:r@worst"])
+    assert [p.name for p in group_photos.group_photos(scorer, tmp_path)] == ["pair.jpg"]
+    clean = group_photos.working(tmp_path / "pair.jpg")
+    assert tuple(clean.shape) == (3, 128, 256)  # the longest side at the recipe's 256 px
+    windows = group_photos.face_windows(scorer, clean)
+    assert len(windows) == 2 and windows[0][1].stop <= 140 and windows[1][1].start >= 116  # left (largest), right
+    same = group_photos.score_faces(scorer, clean, clean)
+    assert all(face["match:r@worst"] == 1.0 and face["fr:r"] == pytest.approx(1.0, abs=1e-5) for face in same)
+    erased = clean.clone()
+    erased[:, :, :128] = 128  # the largest face gone from the edit
+    scores = group_photos.score_faces(scorer, clean, erased)
+    assert scores[0]["match:r@worst"] == 0.0 and math.isnan(scores[0]["fr:r@worst"]) and scores[1]["match:r"] == 1.0
