@@ -229,8 +229,8 @@ def fit_args(assets: Path, parts: list[str], targets: Path | None = None,
     for part, switch_off in off.items():
         if part not in parts and not (part == "eot" and {"realjpeg", "webp"} & set(parts)):
             args += switch_off
-    on = {"realjpeg": ["--model.attack.eot", json.dumps(REAL_CODEC_EOT)], "webp": ["--model.attack.eot", json.dumps(WEBP_EOT)],
-          "realign": ["--model.objective.realign", "true"],
+    on = {"realjpeg": ["--model.attack.eot", json.dumps(REAL_CODEC_EOT)],
+          "webp": ["--model.attack.eot", json.dumps(WEBP_EOT)], "realign": ["--model.objective.realign", "true"],
           "jitter": ["--model.objective.crop_jitter", "0.2"], "target": ["--model.objective.target_faces", str(targets)],
           "worst_crop": ["--model.objective.fr_reduction", "worst_crop"], "fill": ["--model.attack.fill_budget", "true"]}
     for part, switch_on in on.items():

@@ -110,8 +110,8 @@ def describe(summary: dict, output_dir: Path) -> str:
                      f"threshold): {folder['still_recognised']} of {folder['judged']} judged image(s); the manifest's "
                      "`recognised_by` names which")
     if folder["more_than_one_face"]:
-        lines.append(f"  {folder['more_than_one_face']} photo(s) show more than one face: only the largest face of each is "
-                     "protected against recognition, the others keep their identity (the manifest's `faces_in_photo`)")
+        lines.append(f"  {folder['more_than_one_face']} photo(s) show more than one face: only the largest face of each "
+                     "is protected against recognition, the others keep their identity (the manifest's `faces_in_photo`)")
     if run.get("interrupted"):
         lines.append("  finished images are kept: rerun the same command to protect the rest")
     if run["error"]:

@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from ..pixels import levels_to_pm1, pm1_to_levels, reencode
 from ..seeding import uid_generator
 
-DEFAULT_RANGES = {"jpeg": (50.0, 95.0), "jpeg_real": (50.0, 95.0), "webp_real": (50.0, 95.0), "resize": (0.5, 1.0), "blur": (0.0, 1.5), "shift": (0.0, 4.0),
-                  "colorjitter": (0.0, 0.1)}
+DEFAULT_RANGES = {"jpeg": (50.0, 95.0), "jpeg_real": (50.0, 95.0), "webp_real": (50.0, 95.0), "resize": (0.5, 1.0),
+                  "blur": (0.0, 1.5), "shift": (0.0, 4.0), "colorjitter": (0.0, 0.1)}
 REAL_CODECS = {"jpeg_real": "JPEG", "webp_real": "WEBP"}  # the codec in the forward pass, JPEG's gradient (BPDA)
 QUALITY_KINDS = {"jpeg", *REAL_CODECS}
 
@@ -41,7 +41,8 @@ class Transform:
     def parse(cls, spec: str) -> "Transform":
         kind, _, value = spec.partition(":")
         if kind not in DEFAULT_RANGES:
-            raise ValueError(f"unknown EOT transformation {spec!r}; use jpeg, jpeg_real, webp_real, resize, blur, shift or colorjitter")
+            raise ValueError(f"unknown EOT transformation {spec!r}; use jpeg, jpeg_real, webp_real, resize, blur, shift or "
+                             "colorjitter")
         low, high = DEFAULT_RANGES[kind]
         if value:
             parts = [float(v) for v in value.split("-")]
