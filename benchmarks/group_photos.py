@@ -2,8 +2,8 @@
 
 FaceLock's identity term sees one face per photo, the largest (as the published code, made for single portraits;
 the manifest's `faces_in_photo` counts the others). This benchmark takes the photos of the bundle's `faces/pairs`
-that show more than one face at the working size (a couple, a selfie of four, two portraits with people behind),
-protects them with a recipe (`--config`, default `configs/protect-offline.yaml`, its own 256 px), makes the editor's
+that show more than one face at the working size (a couple, a selfie with four faces found, two portraits with people
+behind), protects them with a recipe (`--config`, default `configs/protect-offline.yaml`, its own 256 px), makes the editor's
 autoencoder round trip of the clean and the protected photos (`edit` with `configs/edit-offline.yaml`, plain and after
 JPEG-75) and scores every face of the clean photo as `evaluate` scores an edit, each in a window around its box (the
 box grown by half its side each way) of the clean photo and of the round trip: the face detected anew there, every
