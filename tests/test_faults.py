@@ -359,6 +359,18 @@ def test_a_file_name_that_is_not_utf8_is_protected_recorded_escaped_and_resumed(
     assert again.returncode == 0 and "skipping 2 already protected" in again.stderr and "0 to do" in again.stderr
 
 
+def test_a_link_whose_target_is_gone_is_an_error_row_never_passed_over(tmp_path, fit_here):
+    """A photo library with links to a drive that is not mounted: the link was left out of the listing, and the run
+    said everything asked for was protected (exit 0)."""
+    faces, out = face_folder(tmp_path / "faces", 1), tmp_path / "out"
+    (faces / "holiday.jpg").symlink_to(tmp_path / "unmounted" / "holiday.jpg")
+    result = fit_here(faces, out)
+    assert result.returncode == 3, result.stderr[-2000:]
+    rows = read_manifest(out).set_index("uid")
+    assert rows.loc["face0", "status"] == "ok" and rows.loc["holiday", "status"] == "error"
+    assert "link to" in rows.loc["holiday", "message"] and "missing" in rows.loc["holiday", "message"]
+
+
 def test_a_source_replaced_under_the_same_name_is_protected_again_never_taken_as_done(tmp_path, fit_here):
     """Another photo under a protected photo's name (edited in place, or another folder run into the same output)
     must not be skipped as done: its protected copy would be of the old photo."""

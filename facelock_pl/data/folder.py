@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -12,12 +13,14 @@ from .items import Decoding, ImageItem
 
 
 def image_files(root: Path, exclude: list[Path] = ()) -> list[str]:
-    """Relative paths of the image files under `root` (refused photo formats included: they become `error` rows),
-    sorted; nothing below a folder of `exclude` (the run's own output folder, wherever it is)."""
+    """Relative paths of the image files under `root` (refused photo formats and links whose target is gone included:
+    they become `error` rows, never a photo passed over unseen), sorted; nothing below a folder of `exclude` (the
+    run's own output folder, wherever it is)."""
     excluded = [Path(e).expanduser().resolve() for e in exclude]
     files = []
     for path in root.rglob("*"):
-        if (path.suffix.lower() in IMAGE_SUFFIXES or path.suffix.lower() in REFUSED_SUFFIXES) and path.is_file():
+        listed = path.suffix.lower() in IMAGE_SUFFIXES or path.suffix.lower() in REFUSED_SUFFIXES
+        if listed and (path.is_file() or (path.is_symlink() and not path.exists())):
             resolved = path.resolve()
             if not any(resolved.is_relative_to(e) for e in excluded):
                 files.append(path.relative_to(root).as_posix())
@@ -89,9 +92,13 @@ class FolderImages(Dataset):
 
     def read(self, index: int) -> bytes:
         """The encoded bytes of image `index`; `BadImageError` if the file cannot be read."""
+        path = self.root / self.entries[index][1]
         try:
-            return (self.root / self.entries[index][1]).read_bytes()
+            return path.read_bytes()
         except OSError as error:
+            if path.is_symlink() and not path.exists():
+                raise BadImageError(f"the file is a link to {printable_path(os.readlink(path))}, which is missing (a "
+                                    "drive not mounted?)") from error
             raise BadImageError(f"cannot read the image file: {error.strerror or error}") from error
 
     def __getitem__(self, index: int) -> ImageItem:
