@@ -145,7 +145,8 @@ def download(to: Path, assets: tuple[Asset, ...] = ASSETS) -> list[str]:
     for asset in assets:
         target = to / asset.target
         if target.is_file():
-            if recorded.get(asset.target, _sha256(target)) == _sha256(target):
+            digest = _sha256(target)  # read once: the largest file is 145 MB
+            if recorded.get(asset.target, digest) == digest:
                 print(f"have      {asset.target}")
                 continue
             print(f"damaged   {asset.target}: its checksum differs from SHA256SUMS")

@@ -36,11 +36,12 @@ def folder_uids(relative: list[str], known: dict[str, str] | None = None) -> lis
     """
     known = known or {}
     taken = set(known.values())
-    stems = Counter(make_uid(r) for r in relative if printable_path(r) not in known)
+    recorded = [known.get(printable_path(r)) for r in relative]  # as the manifest's `source` writes the path
+    stems = Counter(make_uid(r) for r, uid in zip(relative, recorded) if uid is None)
     uids = []
-    for r in relative:
-        if printable_path(r) in known:
-            uids.append(known[printable_path(r)])
+    for r, uid in zip(relative, recorded):
+        if uid is not None:
+            uids.append(uid)
             continue
         stem = make_uid(r)
         uid = unique_uid(make_uid(r, keep_suffix=True) if stems[stem] > 1 or stem in taken else stem, taken, r)
