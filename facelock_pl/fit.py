@@ -27,6 +27,7 @@ from .data.hf import detect_format
 from .data.images import IMAGE_SUFFIXES, REFUSED_SUFFIXES, SUFFIX_NAMES
 from .engine import AdaptiveStopping, AttackConfig, ProtectionModule, SpeedConfig
 from .engine.module import check_networks
+from .engine.strategy import close_process_group
 from .models.recognizers import RESERVED_FOR_EVALUATION, RecognizerSpec
 from .objectives import CWSettings, FaceLockObjective, build_method
 from .outputs.lock import OutputLock
@@ -153,6 +154,12 @@ def exit_code(summary: dict | None, images_in_source: int) -> int:
 
 
 def run_fit(args: list[str]) -> int:
+    code = _fit_or_sweep(args)
+    close_process_group()  # after the last fit of a sweep: every fit of it shares one process group
+    return code
+
+
+def _fit_or_sweep(args: list[str]) -> int:
     sweep, args = _option(args, "--sweep_eps")
     if sweep is None:
         return _fit(args)

@@ -51,10 +51,11 @@ def run(command: list[str]) -> subprocess.CompletedProcess:
 
 
 def failure_report(stderr: str) -> str:
-    """The first rank's crash is what matters; the other rank only reports a closed connection later."""
+    """The first rank's crash is what matters; the other rank only reports a closed connection later.
+    A few lines before it too: a C++ abort names its cause there ("terminate called after throwing ...")."""
     lines = stderr.splitlines()
     first = next((i for i, line in enumerate(lines) if "Fatal Python error" in line or "Traceback" in line), 0)
-    return "\n".join(lines[first:first + 60]) + "\n...\n" + stderr[-2000:]
+    return "\n".join(lines[max(0, first - 10):first + 60]) + "\n...\n" + stderr[-2000:]
 
 
 @pytest.mark.slow

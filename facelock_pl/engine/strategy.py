@@ -12,6 +12,7 @@ DDP's.
 
 from __future__ import annotations
 
+import torch.distributed as dist
 from lightning.pytorch.strategies import DDPStrategy, StrategyRegistry
 
 STRATEGY_NAME = "facelock_ddp"
@@ -25,6 +26,18 @@ class ProtectionDDPStrategy(DDPStrategy):
     def configure_ddp(self) -> None:
         # Leave the LightningModule unwrapped: nothing to synchronise, no reducer, no DDP hooks.
         pass
+
+
+def close_process_group() -> None:
+    """Shut the process group down once every rank is done, while Python still runs.
+
+    Lightning destroys the group at exit for NCCL only; a gloo group left to the interpreter's exit is torn
+    down with its transport threads still running, and now and then that aborts the process (SIGABRT, "Fatal
+    Python error: Aborted" with no Python frame) after every image was written.
+    """
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()  # no rank closes its connections while another still uses them
+        dist.destroy_process_group()
 
 
 if STRATEGY_NAME not in StrategyRegistry:
