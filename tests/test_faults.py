@@ -413,6 +413,31 @@ def test_a_source_replaced_under_the_same_name_is_protected_again_never_taken_as
     assert again.returncode == 0 and "skipping 3 already protected" in again.stderr and "changed" not in again.stderr
 
 
+def test_a_protected_image_deleted_from_the_output_is_protected_again(tmp_path, fit_here):
+    """A protected PNG deleted or moved away after the run: the manifest still said `ok`, so every rerun skipped the
+    photo and reported it protected while no protected copy existed."""
+    faces, out = face_folder(tmp_path / "faces", 3), tmp_path / "out"
+    assert fit_here(faces, out).returncode == 0
+    first = read_manifest(out).set_index("uid")
+    (out / "images" / "face1.png").unlink()
+    (out / "images" / "face2.png").unlink()
+    (faces / "face2.png").unlink()  # a photo given up: source and copy gone, nothing to do for it
+    result = fit_here(faces, out)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "1 protected image(s) missing" in result.stderr and "(face1:" in result.stderr and "1 to do" in result.stderr
+    after = read_manifest(out).set_index("uid")
+    assert (out / "images" / "face1.png").is_file() and after.loc["face1", "status"] == "ok"
+    assert after.loc["face1", "finished_at"] > first.loc["face1", "finished_at"]
+    for uid in ("face0", "face2"):
+        assert after.loc[uid, "finished_at"] == first.loc[uid, "finished_at"]
+
+    # A copy in the protected dataset counts: a parquet-only run has no images/ folder and nothing is missing.
+    parquet_only = tmp_path / "parquet-only"
+    assert fit_here(faces, parquet_only, "--model.output_format", "parquet").returncode == 0
+    again = fit_here(faces, parquet_only, "--model.output_format", "parquet")
+    assert again.returncode == 0 and "skipping 2 already protected" in again.stderr and "missing" not in again.stderr
+
+
 def test_another_dataset_into_the_same_output_is_protected_not_skipped(tmp_path, fit_here):
     features = datasets.Features({"image": datasets.Image()})
     for name, image in (("first", astronaut()), ("second", grace_hopper())):

@@ -21,11 +21,12 @@ from pathlib import Path
 from typing import Literal
 
 import lightning as L
+import pandas as pd
 from torch.utils.data import DataLoader, Dataset
 
 from .. import logs
 from ..outputs import read_manifest, repair, withdraw
-from ..outputs.manifest import FINAL_STATUSES
+from ..outputs.manifest import FINAL_STATUSES, without_copies
 from ..pixels import NATIVE
 from ..signals import ignore_stop_signals
 from .feeder import QueueFeed
@@ -162,22 +163,28 @@ class FaceDataModule(L.LightningDataModule):
                   f"protected in {self.output_dir}; {len(pending)} to do on {world} process(es)")
 
     def _resume_state(self) -> tuple[Dataset, list[str], tuple[set[str], dict[str, str]]]:
-        """Rank 0, once: repair the output folder, read its manifest, list the source and withdraw the protected
-        copies of sources that changed since. Returns the source's images and uids, and what every rank needs:
+        """Rank 0, once: repair the output folder, read its manifest, list the source, and withdraw the rows of
+        protected images whose copy has gone and the copies of sources that changed since. Returns the source's images and uids, and what every rank needs:
         (the uids done, relative path -> uid of every recorded row)."""
         repair(Path(self.output_dir))
         manifest = read_manifest(Path(self.output_dir))
         known = dict(zip(manifest["source"], manifest["uid"]))
         images, uids = self.images(known)
         final = manifest[manifest["status"].isin(FINAL_STATUSES)]
+        # Only photos still in the source: a photo removed from it with its protected copy was meant to go.
+        lost = without_copies(Path(self.output_dir), final[final["uid"].isin(uids)])
+        if len(lost):
+            withdraw(Path(self.output_dir), lost, LOST_COPY)
+            logs.warning(f"facelock_pl: {len(lost)} protected image(s) missing from {self.output_dir} "
+                         f"({_named(lost)}: deleted or moved away): they are protected again")
+            final = final[~final["uid"].isin(lost["uid"])]
         checked = final[final["source_sha256"].notna()]  # rows of earlier versions have no digest (NaN)
         recorded = dict(zip(checked["uid"], checked["source_sha256"]))
         changed = final[final["uid"].isin(changed_sources(images, uids, recorded))]
         if len(changed):
             withdraw(Path(self.output_dir), changed, CHANGED_SOURCE)
-            named = ", ".join(changed["uid"][:5]) + (", ..." if len(changed) > 5 else "")
             logs.warning(f"facelock_pl: {len(changed)} source image(s) changed since they were protected in "
-                         f"{self.output_dir} ({named}): their protected copies are removed and they are "
+                         f"{self.output_dir} ({_named(changed)}): their protected copies are removed and they are "
                          "protected again")
         return images, uids, (set(final["uid"]) - set(changed["uid"]), known)
 
@@ -197,6 +204,13 @@ class FaceDataModule(L.LightningDataModule):
             self.feed.close()  # the workers exit now, also when the run was stopped mid-way
 
 
+def _named(rows: pd.DataFrame) -> str:
+    """The first few uids of `rows`, for a log line."""
+    return ", ".join(rows["uid"][:5]) + (", ..." if len(rows) > 5 else "")
+
+
+LOST_COPY = ("the protected copy was missing (deleted or moved away after it was written): a rerun protects the "
+             "image again")
 CHANGED_SOURCE = ("the source changed after it was protected (its bytes no longer match the recorded source_sha256): "
                   "the protected copy was removed; a rerun protects the new source")
 

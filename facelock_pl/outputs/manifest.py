@@ -143,6 +143,18 @@ def withdraw(output_dir: Path, protected: pd.DataFrame, reason: str) -> None:
     _commit(Path(output_dir), f"part-{time.time_ns():x}-{os.getpid()}-withdrawn.parquet", rows)
 
 
+def without_copies(output_dir: Path, protected: pd.DataFrame) -> pd.DataFrame:
+    """The rows of `protected` (newest rows of protected images) whose copy is nowhere in `output_dir`: neither
+    `images/<uid>.png` nor a row of the protected dataset (deleted or moved away after it was written)."""
+    folder = Path(output_dir) / "images"
+    pngs = {path.stem for path in folder.glob("*.png")} if folder.is_dir() else set()
+    missing = protected[~protected["uid"].isin(pngs)]
+    in_dataset: set[str] = set()
+    for part in _parts(dataset_dir(output_dir)) if len(missing) else []:
+        in_dataset.update(pq.read_table(part, columns=["uid"])["uid"].to_pylist())  # the uid column only
+    return missing[~missing["uid"].isin(in_dataset)]
+
+
 def repair(output_dir: Path) -> list[Path]:
     """Before a run (rank 0): move damaged manifest parts to `manifest/damaged/` (their images count as not done
     and are protected again), then delete dataset parts whose manifest part is missing (a crash between the two
