@@ -125,6 +125,7 @@ def run_edit(
     merged = previous.merged_with(record) if previous else record  # refused before any work if it cannot merge
     _forget_changed(out, merged, items).save(out)
     sources = {uid: item.native for uid, item in items.items()}
+    _name_absent(all_sets, sources)
     todo = [(s, pid, [u for u in sources if not edit_path(out, s.name, pid, u).exists()]) for s in all_sets for pid in prompt_map]
     todo = [(s, pid, uids) for s, pid, uids in todo if uids]
     skipped = len(all_sets) * len(prompt_map) * len(sources) - sum(len(uids) for *_, uids in todo)
@@ -137,6 +138,20 @@ def run_edit(
             edited += _edit_set(model, image_set, pid, prompt_map[pid], uids, sources, data.resolution, seed, batch_size, out)
     log.info("facelock_pl edit: %d edits written to %s/edits", edited, out)
     return {"edited": edited, "skipped": skipped}
+
+
+def _name_absent(image_sets: list[ImageSet], sources: dict) -> None:
+    """Warn, once per protected set, of the photos it holds no image of: they are left out of it, and its rows in a
+    report then count fewer photos than the clean set's."""
+    for image_set in image_sets:
+        if image_set.folder is None or image_set.purification:
+            continue
+        absent = [uid for uid in sources if not (image_set.folder / f"{uid}.png").exists()]
+        if absent:
+            log.warning("facelock_pl edit: set %r has no protected image of %d photo(s) (%s): left out of it (a photo "
+                        "`fit` could not protect is an `error` row of its manifest; rerunning `fit` protects one whose "
+                        "protected image was deleted since)", image_set.name, len(absent),
+                        ", ".join(absent[:5]) + (", ..." if len(absent) > 5 else ""))
 
 
 def _edit_set(model: Editor, image_set: ImageSet, pid: int, prompt: str, uids: list[str], sources: dict,
