@@ -146,6 +146,18 @@ def test_the_lock_of_a_dead_run_is_taken_over(tmp_path, fit_here):
     assert len(read_manifest(out)) == 1 and not (out / ".facelock.lock").exists()  # released at the end of the run
 
 
+def test_a_lock_left_under_this_process_id_is_taken_over(tmp_path, caplog):
+    """A container restarted after a crash runs `fit` again as the same process id (often 1) under the same host
+    name: the old lock named a live process, ourselves, and every restart was refused."""
+    from facelock_pl.outputs.lock import OutputLock
+
+    lock = tmp_path / ".facelock.lock"
+    lock.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "since": "2026-01-01T00:00:00+00:00"}))
+    with OutputLock(tmp_path):
+        assert json.loads(lock.read_text())["since"] != "2026-01-01T00:00:00+00:00"  # ours now
+    assert f"taking over the lock of process {os.getpid()}" in caplog.text and not lock.exists()
+
+
 @pytest.mark.parametrize("holder, shown", [
     ("", "process ? on ?"),  # a run killed between creating the lock and writing its holder: nothing to check
     (json.dumps({"host": "another-node", "pid": 1, "since": "2026-01-01T00:00:00+00:00"}), "process 1 on another-node"),

@@ -3,7 +3,8 @@
 Created atomically (`O_CREAT | O_EXCL`, which also holds on network file systems), it records the holder's
 host and process id. A second run is refused at once with a clear message. A lock left by a process that
 is gone (killed, crashed) on this host is taken over with a message; one held from another host cannot be
-checked, and the message says how to remove it if that run is over.
+checked, and the message says how to remove it if that run is over. A lock recorded with this process's own host
+and id was left by an earlier process that had them (a restarted container): it is taken over too.
 """
 
 from __future__ import annotations
@@ -62,7 +63,10 @@ class OutputLock:
         if self._create():
             return
         holder = self._holder()
-        stale = holder.get("host") == self.me["host"] and isinstance(holder.get("pid"), int) and not _alive(holder["pid"])
+        pid = holder.get("pid")
+        # Our own id: an earlier process that had it is gone (a restarted container runs as the same pid, often 1,
+        # under the same host name); no run of this process holds a lock it has not taken yet.
+        stale = holder.get("host") == self.me["host"] and isinstance(pid, int) and (pid == self.me["pid"] or not _alive(pid))
         if not stale:
             raise OutputLockedError(
                 f"another run is writing into {self.path.parent} (process {holder.get('pid', '?')} on "
