@@ -162,6 +162,7 @@ def test_edit_then_evaluate_end_to_end(face_folder, protected_set, tmp_path, cap
     assert all(f"| {s} |" in table for s in sets)
     page = (report / "index.html").read_text()
     assert "source | protected | edit of clean | edit of protected" in page
+    assert "<th>working image</th>" in page and "<td>64 px</td>" in page  # as the set's protection.json records it
     assert not re.search(r'src="(?!data:)', page)  # self-contained
 
     # One network behind two crop conventions: each scored, and the worst of the two reported.

@@ -450,6 +450,26 @@ def test_a_protected_image_deleted_from_the_output_is_protected_again(tmp_path, 
     assert again.returncode == 0 and "skipping 2 already protected" in again.stderr and "missing" not in again.stderr
 
 
+def test_a_rerun_at_another_working_resolution_is_refused_never_skipped_as_done(tmp_path, fit_here):
+    """Rerun at a larger resolution for stronger protection, every photo was skipped as already protected (at the old
+    one): the working image decides the protection as the attack's settings do, and is recorded with them."""
+    faces, out = face_folder(tmp_path / "faces"), tmp_path / "out"
+    assert fit_here(faces, out, "--data.resolution", "96").returncode == 0
+    assert json.loads((out / "protection.json").read_text())["data"] == {"resolution": 96, "region": "frame"}
+    refused = fit_here(faces, out, "--data.resolution", "128")
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "holds images protected with other settings (data.resolution differ" in refused.stderr.splitlines()[-1]
+    again = fit_here(faces, out, "--data.resolution", "96")
+    assert again.returncode == 0 and "skipping 2 already protected" in again.stderr
+
+    # A folder made before the working image was recorded resumes as it did: its resolution is not known.
+    settings = json.loads((out / "protection.json").read_text())
+    del settings["data"]
+    (out / "protection.json").write_text(json.dumps(settings))
+    assert fit_here(faces, out, "--data.resolution", "128").returncode == 0
+    assert "data" not in json.loads((out / "protection.json").read_text())
+
+
 def test_another_dataset_into_the_same_output_is_protected_not_skipped(tmp_path, fit_here):
     features = datasets.Features({"image": datasets.Image()})
     for name, image in (("first", astronaut()), ("second", grace_hopper())):

@@ -111,6 +111,14 @@ class FaceDataModule(L.LightningDataModule):
         self.num_skipped = 0
         self.num_images = 0
 
+    def protection_settings(self) -> dict:
+        """What of the data decides the protected images, recorded in OUT/protection.json: the working resolution
+        and the region optimised (its margin where the faces' region is)."""
+        region = {"region": self.decoding.region}
+        if self.decoding.region == "faces":
+            region["face_margin"] = self.decoding.face_margin
+        return {"resolution": self.resolution, **region}
+
     def images(self, known: dict[str, str] | None = None) -> tuple[Dataset, list[str]]:
         """All images of the source shard (up to `limit`), and their uids; `known`: relative path -> uid recorded
         for a folder source earlier."""

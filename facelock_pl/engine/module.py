@@ -225,7 +225,11 @@ class ProtectionModule(L.LightningModule):
         return settings | ({"cw": asdict(self.cw)} if attack.method.name == "cw" else {})
 
     def setup(self, stage: str) -> None:
-        keep_settings(Path(self.output_dir), self.protection_settings(), write=self.global_rank == 0)
+        settings = self.protection_settings()
+        datamodule = self.trainer.datamodule if self.trainer is not None else None
+        if datamodule is not None:  # the working image decides the protection as much as the attack does
+            settings["data"] = datamodule.protection_settings()
+        keep_settings(Path(self.output_dir), settings, write=self.global_rank == 0)
 
     def on_fit_start(self) -> None:
         datamodule = self.trainer.datamodule

@@ -219,7 +219,7 @@ def _settings_rows(context: ReportContext) -> list[list[str]]:
     rows = []
     for name, settings in context.settings.items():
         if settings is None:
-            rows.append([name, "unknown (no protection.json next to the images)", "", "", "", ""])
+            rows.append([name, "unknown (no protection.json next to the images)", "", "", "", "", ""])
             continue
         attack, objective = settings["attack"], settings["objective"]
         fr_term = settings["method"] == "facelock" and objective["fr_weight"] != 0
@@ -227,8 +227,17 @@ def _settings_rows(context: ReportContext) -> list[list[str]]:
         extras = [k for k in ("quantise_forward", "fill_budget", "eot") if attack.get(k)]
         rows.append([name, settings["method"] + (f" (+ {', '.join(extras)})" if extras else ""),
                      f"{attack['eps']} ({attack['eps'] * 127.5:.1f}/255)", str(attack["iterations"]),
-                     ", ".join(in_loss) or "none", ", ".join(v.get("name") or v["kind"] for v in settings["vae"])])
+                     _working_image(settings.get("data")), ", ".join(in_loss) or "none",
+                     ", ".join(v.get("name") or v["kind"] for v in settings["vae"])])
     return rows
+
+
+def _working_image(data: dict | None) -> str:
+    """`256 px`, `native`, `256 px, faces (margin 0.5)`; `not recorded` for folders of earlier versions."""
+    if data is None:
+        return "not recorded"
+    size = "native" if data["resolution"] == "native" else f"{data['resolution']} px"
+    return size + (f", faces (margin {data['face_margin']})" if data["region"] == "faces" else "")
 
 
 def write_report(frame: pd.DataFrame, out: Path, fr_names: list[str], sources: dict, sets: list[ImageSet], samples: int,
@@ -276,7 +285,8 @@ def _page(frame, table_md, plots, out, sets, sources, samples, context) -> str:
         "td,th{border:1px solid #ccc;padding:4px 8px;font-size:14px}img{max-width:100%}p.legend{color:#444}</style>"
         f"</head><body><h1>facelock_pl evaluation</h1><p>{len(frame)} scored edits of {frame['uid'].nunique()} images; "
         f"edit: {html.escape(edit)}; sets: {html.escape(', '.join(frame['set'].unique()))}.</p>"
-        "<h2>Protected sets</h2>" + _html_table(["set", "method", "ε", "iterations", "recognisers in the loss", "autoencoders"],
+        "<h2>Protected sets</h2>" + _html_table(["set", "method", "ε", "iterations", "working image", "recognisers in the loss",
+                                                             "autoencoders"],
                                                 _settings_rows(context)) +
         f"<h2>Results</h2>{_html_table(cells[0], cells[1:])}<p class='legend'>{html.escape(LEGEND)}</p>"
         f"<h2>Plots</h2>{images}<h2>Samples</h2>{grids}{prompts}</body></html>"

@@ -1,5 +1,5 @@
 """`OUT/protection.json`: the settings a protected set was made with (method, attack, objective, stopping,
-autoencoders, recognisers). Written by the first run into an output folder; a later run with other settings
+autoencoders, recognisers, the working resolution and region). Written by the first run into an output folder; a later run with other settings
 is refused, so every image of a folder is protected alike. The evaluation report reads it to show how each
 set was made and which recognisers were in its loss."""
 
@@ -12,6 +12,7 @@ from ..config_files import ConfigError
 from .atomic import write_bytes_atomic
 
 SETTINGS_NAME = "protection.json"
+RECORDED_LATER = ("data",)  # groups that folders made by earlier versions lack
 
 
 def read_settings(output_dir: Path) -> dict | None:
@@ -20,12 +21,26 @@ def read_settings(output_dir: Path) -> dict | None:
 
 
 def keep_settings(output_dir: Path, settings: dict, write: bool) -> None:
-    """Refuse `settings` that differ from those the folder was made with; record them if new (when `write`)."""
+    """Refuse `settings` that differ from those the folder was made with; record them if new (when `write`).
+    A group earlier versions did not record (`RECORDED_LATER`) is not checked in a folder they made."""
     settings = json.loads(json.dumps(settings))  # as they read back from JSON
     recorded = read_settings(output_dir)
+    if recorded is not None:
+        settings = {k: v for k, v in settings.items() if k in recorded or k not in RECORDED_LATER}
     if recorded is not None and recorded != settings:
-        changed = sorted(k for k in settings.keys() | recorded.keys() if settings.get(k) != recorded.get(k))
+        changed = _differences(settings, recorded)
         raise ConfigError(f"{output_dir} holds images protected with other settings ({', '.join(changed)} differ; see "
                           f"{Path(output_dir) / SETTINGS_NAME}): use a new --output_dir")
     if recorded is None and write:
         write_bytes_atomic(Path(output_dir) / SETTINGS_NAME, json.dumps(settings, indent=2).encode())
+
+
+def _differences(new: dict, old: dict, prefix: str = "") -> list[str]:
+    """The names of the values that differ, to the setting (`attack.eps`, `data.resolution`)."""
+    names = []
+    for key in sorted(new.keys() | old.keys()):
+        if isinstance(new.get(key), dict) and isinstance(old.get(key), dict):
+            names += _differences(new[key], old[key], f"{prefix}{key}.")
+        elif new.get(key) != old.get(key):
+            names.append(prefix + key)
+    return names
