@@ -202,6 +202,40 @@ def test_evaluate_scores_what_edit_recorded_and_refuses_what_it_did_not(face_fol
     assert "other editor" in refused(*edit, "--editor.steps", "5")
 
 
+def test_evaluate_finds_the_clean_photos_where_they_moved_and_checks_each(face_folder, protected_set, tmp_path, capsys):
+    """The clean folder moved, or the edits were copied to another machine: `evaluate` stopped with a traceback and
+    could not be pointed at the photos' new place."""
+    clean, out = tmp_path / "clean", tmp_path / "eval"
+    shutil.copytree(face_folder, clean)
+    assert run_cli("edit", "--config", ROOT / "configs" / "edit-tiny.yaml", "--data.source", clean, "--sets",
+                   f"{{facelock: {protected_set}}}", "--purify", "[]", "--prompt_ids", "[0]", "--output_dir", out) == 0
+    evaluate = ["evaluate", "--config", ROOT / "configs" / "evaluate-tiny.yaml", "--output_dir", out]
+    assert run_cli(*evaluate) == 0
+    before = pd.read_parquet(out / "report" / "per_image.parquet")
+
+    def refused(*args) -> str:
+        capsys.readouterr()  # this call's output only
+        assert run_cli(*args) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and "error: " in err.strip().splitlines()[-1], err
+        return err.strip().splitlines()[-1]
+
+    moved = clean.rename(tmp_path / "moved")
+    err = refused(*evaluate)
+    assert "are not there" in err and "--data.source DIR --data.resolution 64" in err
+    assert run_cli(*evaluate, "--data.source", moved, "--data.resolution", "64") == 0
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "report" / "per_image.parquet"), before)
+
+    other = tmp_path / "other"
+    other.mkdir()
+    astronaut().rotate(5).save(other / "someone.png")  # another person's photo
+    assert "no photo in" in refused(*evaluate, "--data.source", other, "--data.resolution", "64")
+    (other / "someone.png").rename(other / "astronaut.png")  # the name edited, other bytes: not the photo edited
+    assert "no clean source in" in refused(*evaluate, "--data.source", other, "--data.resolution", "64")
+    assert "is not a folder or an image file" in refused("edit", "--config", ROOT / "configs" / "edit-tiny.yaml",
+                                                         "--data.source", tmp_path / "nowhere", "--output_dir", out)
+
+
 def test_fr_is_measured_on_real_faces_and_no_face_counts_as_fdfr():
     from conftest import astronaut
     from facelock_pl.models import FaceScorer, RecognizerSpec

@@ -8,6 +8,7 @@ computed once per image, text features once per prompt.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass
@@ -69,8 +70,11 @@ def run_evaluate(
     _no_feature_layers(recognizers or [])
     record = _edited(out, data, sets, purify, prompt_ids)
     dev = resolve_device(device)
-    resolution = (data or record.data).resolution
-    sources = {u: editor_input(levels, resolution) for u, levels in edited_sources(record, data or record.data).items()}
+    resolution = record.data.resolution
+    sources = {u: editor_input(levels, resolution) for u, levels in edited_sources(record, record.data).items()}
+    if not any(uid in record.source_sha256 for uid in sources) and record.source_sha256:
+        raise ConfigError(f"no photo in {record.data.source} is one whose edits are in {out / 'edits'} (none has the "
+                          f"name and the SHA-256 that {EditRecord.path(out)} recorded): give the folder that was edited")
     uids = sorted(sources)
     chunks = shape_chunks(uids, {u: levels.shape for u, levels in sources.items()}, batch_size)
     all_sets = image_sets(record.sets, record.purify)
@@ -86,7 +90,7 @@ def run_evaluate(
     rows = _score_all(out, prompt_map, text, chunks, all_sets, reference, scorers)
     frame = pd.DataFrame(rows)
     if frame.empty:
-        raise FileNotFoundError(f"no edits found under {out / 'edits'}: run `python -m facelock_pl edit` first")
+        raise ConfigError(f"no edits found under {out / 'edits'}: run `python -m facelock_pl edit` first")
     context = ReportContext(recognizers or [RecognizerSpec()], {n: read_settings(Path(f)) for n, f in record.sets.items()},
                             prompt_map, prompt_free=record.editor["kind"] == "vae-roundtrip", resolution=resolution)
     write_report(frame, out / "report", faces.names, sources, all_sets, samples, context)
@@ -108,9 +112,20 @@ def _edited(out: Path, data: DataSpec | None, sets, purify, prompt_ids) -> EditR
     if record is None:
         raise ConfigError(f"no edits in {out} (no {EditRecord.path(out)}): run `python -m facelock_pl edit` first")
     record = record.select(sets, purify, prompt_ids)
-    if data is not None and (str(Path(data.source).expanduser().resolve()), data.resolution) != (
-            record.data.source, record.data.resolution):
-        raise ConfigError(f"data {data} is not what was edited ({record.data}); leave data out to use it")
+    if data is not None:
+        if data.resolution != record.data.resolution:
+            raise ConfigError(f"data.resolution {data.resolution} is not the one edited ({record.data.resolution}); "
+                              "leave data out to use it")
+        source = str(Path(data.source).expanduser().resolve()) if data.source else record.data.source
+        if source != record.data.source and not record.source_sha256:
+            raise ConfigError(f"data.source {source} is not the folder edited ({record.data.source}), and "
+                              f"{EditRecord.path(out)} records no photo's SHA-256 to check another folder against")
+        record = dataclasses.replace(record, data=dataclasses.replace(data, source=source))
+    if not Path(record.data.source).exists():
+        raise ConfigError(f"the clean photos that were edited, {record.data.source}, are not there (moved, or the edits "
+                          f"were copied to another machine): give their folder with --data.source DIR --data.resolution "
+                          f"{record.data.resolution}; each photo is checked against the SHA-256 that {EditRecord.path(out)} "
+                          "recorded")
     return record
 
 
