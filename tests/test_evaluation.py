@@ -203,8 +203,8 @@ def test_evaluate_scores_what_edit_recorded_and_refuses_what_it_did_not(face_fol
 
 
 def test_evaluate_finds_the_clean_photos_where_they_moved_and_checks_each(face_folder, protected_set, tmp_path, capsys):
-    """The clean folder moved, or the edits were copied to another machine: `evaluate` stopped with a traceback and
-    could not be pointed at the photos' new place."""
+    """The clean folder or a protected set moved, or the edits were copied to another machine: `evaluate` stopped
+    (with a traceback for the photos) and could not be pointed at their new place."""
     clean, out = tmp_path / "clean", tmp_path / "eval"
     shutil.copytree(face_folder, clean)
     assert run_cli("edit", "--config", ROOT / "configs" / "edit-tiny.yaml", "--data.source", clean, "--sets",
@@ -225,13 +225,20 @@ def test_evaluate_finds_the_clean_photos_where_they_moved_and_checks_each(face_f
     assert "are not there" in err and "--data.source DIR --data.resolution 64" in err
     assert run_cli(*evaluate, "--data.source", moved, "--data.resolution", "64") == 0
     pd.testing.assert_frame_equal(pd.read_parquet(out / "report" / "per_image.parquet"), before)
+    # The protected set moved too: named with its new folder, it is read from there.
+    protected = protected_set.rename(tmp_path / "protected-moved")
+    assert "name its new place with --sets '{facelock: DIR}'" in refused(*evaluate, "--data.source", moved, "--data.resolution", "64")
+    assert run_cli(*evaluate, "--data.source", moved, "--data.resolution", "64", "--sets", f"{{facelock: {protected}}}") == 0
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "report" / "per_image.parquet"), before)
+    assert "<td>64 px</td>" in (out / "report" / "index.html").read_text()  # its protection.json read where it is now
 
     other = tmp_path / "other"
     other.mkdir()
     astronaut().rotate(5).save(other / "someone.png")  # another person's photo
-    assert "no photo in" in refused(*evaluate, "--data.source", other, "--data.resolution", "64")
+    elsewhere = ["--data.source", other, "--data.resolution", "64", "--sets", f"{{facelock: {protected}}}"]
+    assert "no photo in" in refused(*evaluate, *elsewhere)
     (other / "someone.png").rename(other / "astronaut.png")  # the name edited, other bytes: not the photo edited
-    assert "no clean source in" in refused(*evaluate, "--data.source", other, "--data.resolution", "64")
+    assert "no clean source in" in refused(*evaluate, *elsewhere)
     assert "is not a folder or an image file" in refused("edit", "--config", ROOT / "configs" / "edit-tiny.yaml",
                                                          "--data.source", tmp_path / "nowhere", "--output_dir", out)
 

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..config_files import ConfigError
 from ..outputs import write_bytes_atomic
 from .sets import DataSpec, expand_sweeps
+
+log = logging.getLogger("facelock_pl")
 
 
 @dataclass
@@ -78,7 +81,17 @@ class EditRecord:
         """The part of the edits that `evaluate` was asked to score (everything when nothing is named); asking for
         anything that was not edited is an error, not a silently smaller report."""
         sets = {n: str(Path(f).expanduser().resolve()) for n, f in expand_sweeps(sets).items()} if sets is not None else self.sets
-        missing = [f"set {n!r}" for n in sets if self.sets.get(n) != sets[n]]
+        # A set named with another folder is the same set moved, where the folder it was edited from is gone.
+        moved = [n for n in sets if self.sets.get(n, sets[n]) != sets[n] and not Path(self.sets[n]).exists()]
+        for name in moved:
+            log.warning("facelock_pl evaluate: set %r is read from %s (it was edited from %s, which is gone)", name,
+                        sets[name], self.sets[name])
+        gone = [n for n in sets if n in self.sets and n not in moved and not Path(sets[n]).exists()]
+        if gone:
+            raise ConfigError(f"protected set {gone[0]!r} was edited from {sets[gone[0]]}, which is not there (moved, or "
+                              f"the edits were copied to another machine): name its new place with --sets "
+                              f"'{{{gone[0]}: DIR}}'")
+        missing = [f"set {n!r}" for n in sets if self.sets.get(n) != sets[n] and n not in moved]
         missing += [f"purification {p!r}" for p in purify or [] if p not in self.purify]
         missing += [f"prompt {i}" for i in prompt_ids or [] if i not in self.prompt_ids]
         if missing:
