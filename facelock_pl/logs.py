@@ -17,3 +17,9 @@ def info(message: str) -> None:
 def warning(message: str) -> None:
     if rank_zero_only.rank == 0:
         log.warning(message)
+
+
+def first_few(names, shown: int = 5) -> str:
+    """`a, b, c, d, e, ...`: the first `shown` of `names`, for a message about many."""
+    names = list(names)
+    return ", ".join(names[:shown]) + (", ..." if len(names) > shown else "")

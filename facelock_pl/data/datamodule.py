@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Literal
 
 import lightning as L
-import pandas as pd
 from torch.utils.data import DataLoader, Dataset
 
 from .. import logs
@@ -172,8 +171,8 @@ class FaceDataModule(L.LightningDataModule):
 
     def _resume_state(self) -> tuple[Dataset, list[str], tuple[set[str], dict[str, str]]]:
         """Rank 0, once: repair the output folder, read its manifest, list the source, and withdraw the rows of
-        protected images whose copy has gone and the copies of sources that changed since. Returns the source's images and uids, and what every rank needs:
-        (the uids done, relative path -> uid of every recorded row)."""
+        protected images whose copy has gone and the copies of sources that changed since. Returns the source's
+        images and uids, and what every rank needs: (the uids done, relative path -> uid of every recorded row)."""
         repair(Path(self.output_dir))
         manifest = read_manifest(Path(self.output_dir))
         known = dict(zip(manifest["source"], manifest["uid"]))
@@ -184,7 +183,7 @@ class FaceDataModule(L.LightningDataModule):
         if len(lost):
             withdraw(Path(self.output_dir), lost, LOST_COPY)
             logs.warning(f"facelock_pl: {len(lost)} protected image(s) missing from {self.output_dir} "
-                         f"({_named(lost)}: deleted or moved away): they are protected again")
+                         f"({logs.first_few(lost['uid'])}: deleted or moved away): they are protected again")
             final = final[~final["uid"].isin(lost["uid"])]
         checked = final[final["source_sha256"].notna()]  # rows of earlier versions have no digest (NaN)
         recorded = dict(zip(checked["uid"], checked["source_sha256"]))
@@ -192,8 +191,8 @@ class FaceDataModule(L.LightningDataModule):
         if len(changed):
             withdraw(Path(self.output_dir), changed, CHANGED_SOURCE)
             logs.warning(f"facelock_pl: {len(changed)} source image(s) changed since they were protected in "
-                         f"{self.output_dir} ({_named(changed)}): their protected copies are removed and they are "
-                         "protected again")
+                         f"{self.output_dir} ({logs.first_few(changed['uid'])}): their protected copies are removed "
+                         "and they are protected again")
         return images, uids, (set(final["uid"]) - set(changed["uid"]), known)
 
     @property
@@ -210,11 +209,6 @@ class FaceDataModule(L.LightningDataModule):
     def teardown(self, stage: str) -> None:
         if self.feed is not None:
             self.feed.close()  # the workers exit now, also when the run was stopped mid-way
-
-
-def _named(rows: pd.DataFrame) -> str:
-    """The first few uids of `rows`, for a log line."""
-    return ", ".join(rows["uid"][:5]) + (", ..." if len(rows) > 5 else "")
 
 
 LOST_COPY = ("the protected copy was missing (deleted or moved away after it was written): a rerun protects the "

@@ -16,6 +16,7 @@ import torch
 
 from ..config_files import ConfigError
 from ..data import ImageItem
+from ..logs import first_few
 from ..outputs import write_bytes_atomic
 from ..pixels import png_bytes
 from .editors import Editor, EditorSpec, edit_seed
@@ -80,7 +81,7 @@ def _forget_changed(out: Path, record: EditRecord, sources: dict[str, ImageItem]
             path.unlink()
     if changed:
         log.warning("facelock_pl edit: %d photo(s) changed since they were edited (%s): their edits are made again",
-                    len(changed), ", ".join(changed[:5]) + (", ..." if len(changed) > 5 else ""))
+                    len(changed), first_few(changed))
     return dataclasses.replace(record, source_sha256={**record.source_sha256,
                                                       **{uid: item.source_sha256 for uid, item in sources.items()}})
 
@@ -151,7 +152,7 @@ def _name_absent(image_sets: list[ImageSet], sources: dict) -> None:
             log.warning("facelock_pl edit: set %r has no protected image of %d photo(s) (%s): left out of it (a photo "
                         "`fit` could not protect is an `error` row of its manifest; rerunning `fit` protects one whose "
                         "protected image was deleted since)", image_set.name, len(absent),
-                        ", ".join(absent[:5]) + (", ..." if len(absent) > 5 else ""))
+                        first_few(absent))
 
 
 def _edit_set(model: Editor, image_set: ImageSet, pid: int, prompt: str, uids: list[str], sources: dict,
