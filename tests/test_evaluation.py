@@ -202,7 +202,8 @@ def test_evaluate_scores_what_edit_recorded_and_refuses_what_it_did_not(face_fol
     assert "other editor" in refused(*edit, "--editor.steps", "5")
 
 
-def test_evaluate_finds_the_clean_photos_where_they_moved_and_checks_each(face_folder, protected_set, tmp_path, capsys):
+def test_evaluate_finds_the_clean_photos_where_they_moved_and_checks_each(face_folder, protected_set, tmp_path, capsys,
+                                                                         caplog):
     """The clean folder or a protected set moved, or the edits were copied to another machine: `evaluate` stopped
     (with a traceback for the photos) and could not be pointed at their new place."""
     clean, out = tmp_path / "clean", tmp_path / "eval"
@@ -231,6 +232,16 @@ def test_evaluate_finds_the_clean_photos_where_they_moved_and_checks_each(face_f
     assert run_cli(*evaluate, "--data.source", moved, "--data.resolution", "64", "--sets", f"{{facelock: {protected}}}") == 0
     pd.testing.assert_frame_equal(pd.read_parquet(out / "report" / "per_image.parquet"), before)
     assert "<td>64 px</td>" in (out / "report" / "index.html").read_text()  # its protection.json read where it is now
+    # `edit` into the same folder takes both new places: the edits made before are kept, the record follows them.
+    made = {path: path.stat().st_mtime_ns for path in (out / "edits").rglob("*.png")}
+    caplog.clear()
+    assert run_cli("edit", "--config", ROOT / "configs" / "edit-tiny.yaml", "--data.source", moved, "--sets",
+                   f"{{facelock: {protected}}}", "--purify", "[]", "--prompt_ids", "[13]", "--output_dir", out) == 0
+    assert "4 edits written" in caplog.text and "set 'facelock' is read from" in caplog.text  # prompt 13's only
+    assert {path: path.stat().st_mtime_ns for path in made} == made
+    record = json.loads((out / "edits" / "edit.json").read_text())
+    assert record["data"]["source"] == str(moved) and record["sets"] == {"facelock": str(protected)}
+    assert run_cli(*evaluate) == 0 and set(pd.read_parquet(out / "report" / "per_image.parquet")["prompt_id"]) == {0, 13}
 
     other = tmp_path / "other"
     other.mkdir()

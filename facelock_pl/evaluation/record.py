@@ -63,14 +63,21 @@ class EditRecord:
         """This record plus the sets, purifications and prompts of a later `edit` into the same folder; the
         edits themselves must have been made alike (same sources, editor and seed), else they would not compare."""
         limits = (self.data.limit, newer.data.limit)
-        data = dataclasses.replace(self.data, limit=None if None in limits else max(limits))
-        for name, mine, theirs in (("sources", (self.data.source, self.data.resolution), (newer.data.source, newer.data.resolution)),
+        # The clean photos moved: the same photos, checked one by one against `source_sha256` (`edit` makes the edits
+        # of a photo whose bytes differ again); without digests to check them by, another folder is refused.
+        source = newer.data.source if self.source_sha256 and _moved(self.data.source, newer.data.source) else self.data.source
+        data = dataclasses.replace(self.data, source=source, limit=None if None in limits else max(limits))
+        for name, mine, theirs in (("sources", (source, self.data.resolution), (newer.data.source, newer.data.resolution)),
                                    ("prompts", self.prompts, newer.prompts), ("editor", self.editor, newer.editor),
                                    ("seed", self.seed, newer.seed)):
             if mine != theirs:
                 raise ConfigError(f"this output folder holds edits made with other {name} ({mine!r}, now {theirs!r}): "
                                  "give a new --output_dir")
-        clash = {n for n in self.sets.keys() & newer.sets.keys() if self.sets[n] != newer.sets[n]}
+        for name in (n for n in self.sets.keys() & newer.sets.keys() if _moved(self.sets[n], newer.sets[n])):
+            log.warning("facelock_pl edit: set %r is read from %s (it was edited from %s, which is gone); its edits "
+                        "made there are kept", name, newer.sets[name], self.sets[name])
+        clash = {n for n in self.sets.keys() & newer.sets.keys()
+                 if self.sets[n] != newer.sets[n] and not _moved(self.sets[n], newer.sets[n])}
         if clash:
             raise ConfigError(f"set(s) {sorted(clash)} were edited from another folder: rename them or give a new --output_dir")
         return dataclasses.replace(self, data=data, sets={**self.sets, **newer.sets},
@@ -81,8 +88,7 @@ class EditRecord:
         """The part of the edits that `evaluate` was asked to score (everything when nothing is named); asking for
         anything that was not edited is an error, not a silently smaller report."""
         sets = {n: str(Path(f).expanduser().resolve()) for n, f in expand_sweeps(sets).items()} if sets is not None else self.sets
-        # A set named with another folder is the same set moved, where the folder it was edited from is gone.
-        moved = [n for n in sets if self.sets.get(n, sets[n]) != sets[n] and not Path(self.sets[n]).exists()]
+        moved = [n for n in sets if n in self.sets and _moved(self.sets[n], sets[n])]
         for name in moved:
             log.warning("facelock_pl evaluate: set %r is read from %s (it was edited from %s, which is gone)", name,
                         sets[name], self.sets[name])
@@ -99,3 +105,9 @@ class EditRecord:
                              f"purify {self.purify}, prompts {self.prompt_ids}); run `edit` with them first")
         return dataclasses.replace(self, sets=sets, purify=self.purify if purify is None else purify,
                                    prompt_ids=self.prompt_ids if prompt_ids is None else prompt_ids)
+
+
+def _moved(recorded: str, named: str) -> bool:
+    """Whether `named` is the recorded folder's new place: another folder, where the recorded one is gone (moved, or
+    the edits copied to another machine)."""
+    return named != recorded and not Path(recorded).exists()
