@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from conftest import ROOT, astronaut, grace_hopper, run_cli
+from facelock_pl.config_files import ConfigError
 from facelock_pl.evaluation import Editor, EditorSpec, metrics, purify
 from facelock_pl.evaluation.report import aggregate
 from facelock_pl.models import LPIPSSpec, load_lpips
@@ -87,10 +88,12 @@ def test_purifications_do_what_they_say():
     assert purify.label("jpeg:75") == "jpeg75" and purify.label("resize:0.5") == "resize0.5"
     assert purify.label("resize:0.5>jpeg:50") == "resize0.5-jpeg50"
     assert torch.equal(purify.apply("resize:0.5>jpeg:50", levels), purify.apply("jpeg:50", resized))
-    with pytest.raises(ValueError, match="unknown purification"):
+    with pytest.raises(ConfigError, match="unknown purification"):
         purify.apply("resize:0.5>sharpen", levels)
-    for bad in ("jpeg:0", "webp:101", "resize:2", "sharpen:1"):
-        with pytest.raises(ValueError):
+    for bad, message in (("jpeg:0", "out of range"), ("webp:101", "out of range"), ("resize:2", "out of range"),
+                         ("blur:-1", "out of range"), ("blur:inf", "out of range"), ("blur:nan", "out of range"),
+                         ("jpeg:abc", "'abc' is not a number"), ("sharpen:1", "unknown purification")):
+        with pytest.raises(ConfigError, match=message):
             purify.parse(bad)
 
 
@@ -272,13 +275,19 @@ def test_fr_is_measured_on_real_faces_and_no_face_counts_as_fdfr():
     assert torch.allclose(fallback_emb[0], scorer.recognizers[0].embed(levels_to_pm1(noise[None]), theta)[0], atol=1e-5)
 
 
-@pytest.mark.parametrize(("sets", "message"), [("{p: NOWHERE}", "protected set 'p': "),
-                                              ("{clean: NOWHERE}", "set name 'clean' is reserved")])
-def test_edit_refuses_a_set_it_cannot_read_in_one_line(face_folder, tmp_path, capsys, sets, message):
-    """Refused before anything is recorded: a mistyped folder must not pin the output's record to that set."""
+@pytest.mark.parametrize(("sets", "purifications", "message"), [
+    ("{p: NOWHERE}", "[]", "protected set 'p': "),
+    ("{clean: NOWHERE}", "[]", "set name 'clean' is reserved"),
+    ("{p: PROTECTED}", "[jpeg:abc]", "purification 'jpeg:abc': 'abc' is not a number"),  # was a traceback
+    ("{p: PROTECTED}", "[blur:inf]", "purification 'blur:inf' is out of range"),  # was a traceback after recording it
+])
+def test_edit_refuses_a_set_it_cannot_read_in_one_line(face_folder, protected_set, tmp_path, capsys, sets, purifications,
+                                                        message):
+    """Refused before anything is recorded: a mistyped folder or purification must not pin the output's record."""
     out = tmp_path / "eval"
+    sets = sets.replace("NOWHERE", str(tmp_path / "nowhere")).replace("PROTECTED", str(protected_set))
     code = run_cli("edit", "--config", ROOT / "configs" / "edit-tiny.yaml", "--data.source", str(face_folder),
-                   "--sets", sets.replace("NOWHERE", str(tmp_path / "nowhere")), "--output_dir", str(out))
+                   "--sets", sets, "--purify", purifications, "--output_dir", str(out))
     err = capsys.readouterr().err
     assert code == 2 and message in err and "Traceback" not in err
     assert not out.exists() or not any(out.rglob("*"))

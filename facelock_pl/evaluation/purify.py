@@ -10,10 +10,13 @@ uint8 [3, H, W] tensors and are deterministic for a given (spec, uid).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from PIL import Image, ImageEnhance, ImageFilter
 
+from ..config_files import ConfigError
 from ..pixels import levels_to_pil, pil_to_levels, reencode
 from ..seeding import uid_seed
 
@@ -23,13 +26,18 @@ DEFAULTS = {"jpeg": 75.0, "webp": 75.0, "avif": 60.0, "heic": 60.0, "blur": 1.5,
 
 
 def parse(spec: str) -> tuple[str, float]:
+    """`jpeg:75` -> ("jpeg", 75.0); a `ConfigError` naming the spec for anything else."""
     kind, _, value = spec.partition(":")
     if kind not in KINDS:
-        raise ValueError(f"unknown purification {spec!r}; use one of jpeg:Q, webp:Q, avif:Q, heic:Q, blur:SIGMA, "
-                         "resize:SCALE, colorjitter[:S]")
-    amount = float(value) if value else DEFAULTS[kind]
-    if (kind in CODECS and not 1 <= amount <= 100) or (kind == "resize" and not 0 < amount <= 1) or amount < 0:
-        raise ValueError(f"purification {spec!r} is out of range")
+        raise ConfigError(f"unknown purification {spec!r}; use one of jpeg:Q, webp:Q, avif:Q, heic:Q, blur:SIGMA, "
+                          "resize:SCALE, colorjitter[:S]")
+    try:
+        amount = float(value) if value else DEFAULTS[kind]
+    except ValueError:
+        raise ConfigError(f"purification {spec!r}: {value!r} is not a number") from None
+    out_of_range = (kind in CODECS and not 1 <= amount <= 100) or (kind == "resize" and not 0 < amount <= 1)
+    if out_of_range or not 0 <= amount < math.inf:
+        raise ConfigError(f"purification {spec!r} is out of range")
     return kind, amount
 
 
