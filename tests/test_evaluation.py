@@ -186,6 +186,7 @@ def test_evaluate_scores_what_edit_recorded_and_refuses_what_it_did_not(face_fol
         return capsys.readouterr().err
 
     assert "run `python -m facelock_pl edit` first" in refused(*evaluate)
+    assert "batch_size must be at least 1 (got 0)" in refused(*evaluate, "--batch_size", "0")
     edit = ["edit", "--config", ROOT / "configs" / "edit-tiny.yaml", "--data.source", face_folder, "--output_dir", out,
             "--prompt_ids", "[0]"]
     assert run_cli(*edit, "--sets", f"{{facelock: {protected_set}}}", "--purify", "[jpeg:75]") == 0
@@ -290,6 +291,24 @@ def test_edit_refuses_a_set_it_cannot_read_in_one_line(face_folder, protected_se
                    "--sets", sets, "--purify", purifications, "--output_dir", str(out))
     err = capsys.readouterr().err
     assert code == 2 and message in err and "Traceback" not in err
+    assert not out.exists() or not any(out.rglob("*"))
+
+
+@pytest.mark.parametrize(("option", "value", "message"), [
+    ("--prompt_ids", "[99]", "prompt ids [99] are not in"),
+    ("--prompts", "nowhere.yaml", "prompt file 'nowhere.yaml' not found"),
+    ("--batch_size", "0", "batch_size must be at least 1"),  # was a traceback after edit.json was written
+    ("--data.resolution", "7", "data.resolution must be 'native', or at least 32 and a multiple of 8"),
+    ("--data.limit", "0", "data.limit must be at least 1"),
+])
+def test_edit_refuses_an_option_it_cannot_use_in_one_line(face_folder, protected_set, tmp_path, capsys, option, value,
+                                                           message):
+    """Each was a traceback (exit 1) or an edit at a size no editor takes; refused before anything is recorded."""
+    out = tmp_path / "eval"
+    code = run_cli("edit", "--config", ROOT / "configs" / "edit-tiny.yaml", "--data.source", face_folder, "--sets",
+                   f"{{facelock: {protected_set}}}", option, value, "--output_dir", out)
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err, err
     assert not out.exists() or not any(out.rglob("*"))
 
 

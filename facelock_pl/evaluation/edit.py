@@ -113,6 +113,8 @@ def run_edit(
         device: `auto`, `cpu`, `cuda`, ...
         output_dir: where `edits/` goes.
     """
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be at least 1 (got {batch_size})")
     out = Path(output_dir)
     prompt_map = load_prompts(prompts, prompt_ids)
     editor = editor or EditorSpec()

@@ -66,6 +66,8 @@ def run_evaluate(
         samples: images shown per sample grid in `index.html`.
         device: `auto`, `cpu`, `cuda`, ...
     """
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be at least 1 (got {batch_size})")
     out = Path(output_dir)
     _no_feature_layers(recognizers or [])
     record = _edited(out, data, sets, purify, prompt_ids)

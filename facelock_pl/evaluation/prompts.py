@@ -7,6 +7,8 @@ from pathlib import Path
 
 import yaml
 
+from ..config_files import ConfigError
+
 DEFAULT_PROMPTS = "facelock25"
 
 
@@ -16,11 +18,11 @@ def load_prompts(location: str = DEFAULT_PROMPTS, ids: list[int] | None = None) 
     if not path.is_file():
         path = Path(str(resources.files("facelock_pl.configs") / "prompts" / f"{location}.yaml"))
     if not path.is_file():
-        raise FileNotFoundError(f"prompt file {location!r} not found (a YAML list of {{id, prompt}})")
+        raise ConfigError(f"prompt file {location!r} not found (a YAML list of {{id, prompt}})")
     prompts = {int(item["id"]): str(item["prompt"]) for item in yaml.safe_load(path.read_text())}
     if ids is not None:
         missing = [i for i in ids if i not in prompts]
         if missing:
-            raise ValueError(f"prompt ids {missing} are not in {path}")
+            raise ConfigError(f"prompt ids {missing} are not in {path}")
         prompts = {i: prompts[i] for i in ids}
     return prompts

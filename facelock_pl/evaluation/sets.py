@@ -15,7 +15,7 @@ import torch
 
 from ..config_files import ConfigError
 from ..data import Decoding, FolderImages
-from ..pixels import editor_input, read_levels
+from ..pixels import NATIVE, editor_input, read_levels
 from . import purify
 
 CLEAN = "clean"
@@ -33,6 +33,12 @@ class DataSpec:
     source: str = ""
     resolution: int | str = 512
     limit: int | None = None
+
+    def __post_init__(self):
+        if self.resolution != NATIVE and (not isinstance(self.resolution, int) or self.resolution < 32 or self.resolution % 8):
+            raise ConfigError(f"data.resolution must be 'native', or at least 32 and a multiple of 8 (got {self.resolution!r})")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"data.limit must be at least 1, or null for every photo (got {self.limit})")
 
 
 @dataclass
