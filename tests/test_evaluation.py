@@ -300,6 +300,9 @@ def test_edit_refuses_a_set_it_cannot_read_in_one_line(face_folder, protected_se
     ("--batch_size", "0", "batch_size must be at least 1"),  # was a traceback after edit.json was written
     ("--data.resolution", "7", "data.resolution must be 'native', or at least 32 and a multiple of 8"),
     ("--data.limit", "0", "data.limit must be at least 1"),
+    ("--device", "gpu0", "device 'gpu0': "),  # torch's own words follow
+    pytest.param("--device", "cuda", "device 'cuda': no CUDA GPU is visible here",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is visible")),
 ])
 def test_edit_refuses_an_option_it_cannot_use_in_one_line(face_folder, protected_set, tmp_path, capsys, option, value,
                                                            message):

@@ -28,7 +28,15 @@ log = logging.getLogger("facelock_pl")
 
 
 def resolve_device(device: str) -> torch.device:
-    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+    """`auto` (a CUDA GPU where one is visible, else the CPU) or a torch device name; a `ConfigError` for a name
+    torch does not know or a CUDA device on a machine without one."""
+    try:
+        resolved = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+    except RuntimeError as error:
+        raise ConfigError(f"device {device!r}: {error}") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r}: no CUDA GPU is visible here; use --device auto or cpu")
+    return resolved
 
 
 def edit_path(output_dir: Path, set_name: str, prompt_id: int, uid: str) -> Path:
@@ -116,6 +124,7 @@ def run_edit(
     if batch_size < 1:
         raise ConfigError(f"batch_size must be at least 1 (got {batch_size})")
     out = Path(output_dir)
+    dev = resolve_device(device)
     prompt_map = load_prompts(prompts, prompt_ids)
     editor = editor or EditorSpec()
     data = dataclasses.replace(data, source=str(Path(data.source).expanduser().resolve()))
@@ -136,7 +145,7 @@ def run_edit(
              len(sources), skipped)
     edited = 0
     if todo:
-        model = Editor(editor, resolve_device(device))
+        model = Editor(editor, dev)
         for image_set, pid, uids in todo:
             edited += _edit_set(model, image_set, pid, prompt_map[pid], uids, sources, data.resolution, seed, batch_size, out)
     log.info("facelock_pl edit: %d edits written to %s/edits", edited, out)
