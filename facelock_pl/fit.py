@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from .cli import EXIT_INTERRUPTED, EXIT_NO_IMAGES, EXIT_OK, EXIT_PARTLY_FAILED, NoImagesError, parse_strictly
 from .config_files import ConfigError
@@ -141,7 +142,10 @@ class FitCLI(LightningCLI):
         # The images-counting progress, unless the user turned bars off or brought their own.
         if trainer.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
             kwargs["callbacks"] = [*callbacks, ImagesProgress()]
-        return super().instantiate_trainer(**kwargs)
+        try:
+            return super().instantiate_trainer(**kwargs)
+        except MisconfigurationException as error:  # a trainer option this machine cannot run (no GPU, devices 0)
+            raise ConfigError(f"trainer: {error}") from None
 
 
 def exit_code(summary: dict | None, images_in_source: int) -> int:

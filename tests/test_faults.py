@@ -135,6 +135,18 @@ def test_a_second_run_into_the_same_output_folder_is_refused_at_once(tmp_path, f
         running.wait()
 
 
+@pytest.mark.parametrize("option, value, message", [
+    ("--trainer.devices", "0", "trainer: `Trainer(devices='0')` value is not a valid input"),
+    pytest.param("--trainer.accelerator", "gpu", "trainer: No supported gpu backend found",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is visible")),
+])
+def test_a_trainer_option_this_machine_cannot_run_is_a_one_line_error(tmp_path, fit_here, option, value, message):
+    """Lightning's own refusal (a GPU asked for on a laptop) was a traceback, exit 1."""
+    faces, out = face_folder(tmp_path / "faces", 1), tmp_path / "out"
+    assert message in one_line_error(fit_here(faces, out, option, value))
+    assert not out.exists()  # the lock taken before is released and its folder removed
+
+
 def test_the_lock_of_a_dead_run_is_taken_over(tmp_path, fit_here):
     faces, out = face_folder(tmp_path / "faces", 1), tmp_path / "out"
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
