@@ -147,6 +147,13 @@ def test_a_trainer_option_this_machine_cannot_run_is_a_one_line_error(tmp_path, 
     assert not out.exists()  # the lock taken before is released and its folder removed
 
 
+def test_a_negative_face_margin_is_refused_before_any_work(tmp_path, fit_here):
+    """It crashed the run at the first photo (PIL: "Coordinate 'right' is less than 'left'")."""
+    faces, out = face_folder(tmp_path / "faces", 1), tmp_path / "out"
+    refused = one_line_error(fit_here(faces, out, "--data.region", "faces", "--data.face_margin", "-1"))
+    assert "data.face_margin is the share of the faces' box added on each side: 0 or more (got -1.0)" in refused
+
+
 def test_the_lock_of_a_dead_run_is_taken_over(tmp_path, fit_here):
     faces, out = face_folder(tmp_path / "faces", 1), tmp_path / "out"
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
