@@ -99,7 +99,8 @@ class FaceDataModule(L.LightningDataModule):
         if region == "faces" and resolution == NATIVE:
             raise ValueError("data.region faces optimises a working-resolution crop: give data.resolution in pixels")
         if not 0 <= face_margin < math.inf:
-            raise ValueError(f"data.face_margin is the share of the faces' box added on each side: 0 or more (got {face_margin})")
+            raise ValueError(f"data.face_margin is the share of the faces' box added on each side: 0 or more "
+                             f"(got {face_margin})")
         self.decoding = Decoding(resolution, max_pixels, oversize, keep_metadata, region, face_margin)
         self.source, self.format, self.split = source, format, split
         self.image_column, self.id_column = image_column, id_column

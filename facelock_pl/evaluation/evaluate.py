@@ -126,8 +126,8 @@ def _edited(out: Path, data: DataSpec | None, sets, purify, prompt_ids) -> EditR
     if not Path(record.data.source).exists():
         raise ConfigError(f"the clean photos that were edited, {record.data.source}, are not there (moved, or the edits "
                           f"were copied to another machine): give their folder with --data.source DIR --data.resolution "
-                          f"{record.data.resolution}; each photo is checked against the SHA-256 that {EditRecord.path(out)} "
-                          "recorded")
+                          f"{record.data.resolution}; each photo is checked against the SHA-256 that "
+                          f"{EditRecord.path(out)} recorded")
     return record
 
 

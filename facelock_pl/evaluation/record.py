@@ -65,7 +65,8 @@ class EditRecord:
         limits = (self.data.limit, newer.data.limit)
         # The clean photos moved: the same photos, checked one by one against `source_sha256` (`edit` makes the edits
         # of a photo whose bytes differ again); without digests to check them by, another folder is refused.
-        source = newer.data.source if self.source_sha256 and _moved(self.data.source, newer.data.source) else self.data.source
+        relocated = self.source_sha256 and _moved(self.data.source, newer.data.source)
+        source = newer.data.source if relocated else self.data.source
         data = dataclasses.replace(self.data, source=source, limit=None if None in limits else max(limits))
         for name, mine, theirs in (("sources", (source, self.data.resolution), (newer.data.source, newer.data.resolution)),
                                    ("prompts", self.prompts, newer.prompts), ("editor", self.editor, newer.editor),

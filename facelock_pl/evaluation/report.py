@@ -285,8 +285,8 @@ def _page(frame, table_md, plots, out, sets, sources, samples, context) -> str:
         "td,th{border:1px solid #ccc;padding:4px 8px;font-size:14px}img{max-width:100%}p.legend{color:#444}</style>"
         f"</head><body><h1>facelock_pl evaluation</h1><p>{len(frame)} scored edits of {frame['uid'].nunique()} images; "
         f"edit: {html.escape(edit)}; sets: {html.escape(', '.join(frame['set'].unique()))}.</p>"
-        "<h2>Protected sets</h2>" + _html_table(["set", "method", "ε", "iterations", "working image", "recognisers in the loss",
-                                                             "autoencoders"],
+        "<h2>Protected sets</h2>" + _html_table(["set", "method", "ε", "iterations", "working image",
+                                                 "recognisers in the loss", "autoencoders"],
                                                 _settings_rows(context)) +
         f"<h2>Results</h2>{_html_table(cells[0], cells[1:])}<p class='legend'>{html.escape(LEGEND)}</p>"
         f"<h2>Plots</h2>{images}<h2>Samples</h2>{grids}{prompts}</body></html>"

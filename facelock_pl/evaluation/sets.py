@@ -35,8 +35,9 @@ class DataSpec:
     limit: int | None = None
 
     def __post_init__(self):
-        if self.resolution != NATIVE and (not isinstance(self.resolution, int) or self.resolution < 32 or self.resolution % 8):
-            raise ConfigError(f"data.resolution must be 'native', or at least 32 and a multiple of 8 (got {self.resolution!r})")
+        size = self.resolution
+        if size != NATIVE and (not isinstance(size, int) or size < 32 or size % 8):
+            raise ConfigError(f"data.resolution must be 'native', or at least 32 and a multiple of 8 (got {size!r})")
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"data.limit must be at least 1, or null for every photo (got {self.limit})")
 
