@@ -53,7 +53,8 @@ def run_evaluate(
     """Score the edits that `edit` wrote into `output_dir` and write `report/`.
 
     What was edited comes from `edit`'s record (`edits/edit.json`); `sets`, `purify` and `prompt_ids` narrow
-    it down (naming anything that was not edited is an error), `data` may set a `limit`.
+    it down (naming anything that was not edited is an error), `data` may set a `limit` or name the clean photos'
+    new place (each photo checked against the SHA-256 `edit` recorded), `sets` a protected set's new place.
 
     Args:
         data, sets, purify, prompt_ids, output_dir: as for `edit`; None: everything `edit` recorded.
