@@ -105,6 +105,14 @@ def resize(image: Image.Image, size: tuple[int, int]) -> torch.Tensor:
 NATIVE = "native"  # a working resolution that is the image's own size
 
 
+def resolution_problem(resolution: int | str) -> str | None:
+    """Why `resolution` cannot be a working resolution (None when it can): `native`, or at least 32 and a multiple of
+    8 (the autoencoders downsample by 8)."""
+    if resolution == NATIVE or (isinstance(resolution, int) and resolution >= 32 and resolution % 8 == 0):
+        return None
+    return f"data.resolution must be 'native', or at least 32 and a multiple of 8 (got {resolution})"
+
+
 def editor_input(levels: torch.Tensor, resolution: int | str) -> torch.Tensor:
     """What an editor working at `resolution` gets from an 8-bit image [3, H, W]: resized, aspect kept
     (`native`: the image as it is)."""

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from .. import logs
 from ..outputs import read_manifest, repair, withdraw
 from ..outputs.manifest import FINAL_STATUSES, without_copies
-from ..pixels import NATIVE
+from ..pixels import NATIVE, resolution_problem
 from ..signals import ignore_stop_signals
 from .feeder import QueueFeed
 from .folder import FolderImages, demo_entries
@@ -246,11 +246,10 @@ def check_options(source: str, format: str, num_shards: int, shard_index: int, r
         problems.append(f"data.format must be one of {', '.join(FORMATS)} (got {format!r})")
     if batch_size != "auto" and (not isinstance(batch_size, int) or batch_size < 1):
         problems.append(f"data.batch_size must be at least 1 or 'auto' (got {batch_size!r})")
-    if resolution == NATIVE:
-        if batch_size != 1:
-            problems.append("data.resolution native works on one image at a time: set data.batch_size 1")
-    elif not isinstance(resolution, int) or resolution < 32 or resolution % 8:
-        problems.append(f"data.resolution must be 'native', or at least 32 and a multiple of 8 (got {resolution})")
+    if resolution == NATIVE and batch_size != 1:
+        problems.append("data.resolution native works on one image at a time: set data.batch_size 1")
+    if problem := resolution_problem(resolution):
+        problems.append(problem)
     if num_shards < 1 or not 0 <= shard_index < num_shards:
         problems.append(f"data.shard_index must be in [0, data.num_shards) (got {shard_index} of {num_shards})")
     if num_workers < 0 or (limit is not None and limit < 0) or max_pixels < 1:

@@ -15,7 +15,7 @@ import torch
 
 from ..config_files import ConfigError
 from ..data import Decoding, FolderImages
-from ..pixels import NATIVE, editor_input, read_levels
+from ..pixels import editor_input, read_levels, resolution_problem
 from . import purify
 
 CLEAN = "clean"
@@ -35,9 +35,8 @@ class DataSpec:
     limit: int | None = None
 
     def __post_init__(self):
-        size = self.resolution
-        if size != NATIVE and (not isinstance(size, int) or size < 32 or size % 8):
-            raise ConfigError(f"data.resolution must be 'native', or at least 32 and a multiple of 8 (got {size!r})")
+        if problem := resolution_problem(self.resolution):
+            raise ConfigError(problem)
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"data.limit must be at least 1, or null for every photo (got {self.limit})")
 
