@@ -226,7 +226,7 @@ class ProtectionModule(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         settings = self.protection_settings()
-        datamodule = self.trainer.datamodule if self.trainer is not None else None
+        datamodule = self.trainer.datamodule  # None when a test feeds a dataloader of its own
         if datamodule is not None:  # the working image decides the protection as much as the attack does
             settings["data"] = datamodule.protection_settings()
         keep_settings(Path(self.output_dir), settings, write=self.global_rank == 0)
