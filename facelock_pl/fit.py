@@ -185,6 +185,8 @@ def _fit(args: list[str]) -> int:
     locks: list[OutputLock] = []
     try:
         cli = FitCLI(args, locks)
+        # Other settings are refused before the data module's resume step lists, skips or withdraws anything.
+        cli.model.check_settings(cli.datamodule, write=False)
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
         return exit_code(cli.model.summary, cli.datamodule.num_images)
     finally:

@@ -475,11 +475,15 @@ def test_a_rerun_at_another_working_resolution_is_refused_never_skipped_as_done(
     faces, out = face_folder(tmp_path / "faces"), tmp_path / "out"
     assert fit_here(faces, out, "--data.resolution", "96").returncode == 0
     assert json.loads((out / "protection.json").read_text())["data"] == {"resolution": 96, "region": "frame"}
+    (out / "images" / "face0.png").unlink()  # a copy gone: the refused rerun must not touch the manifest
     refused = fit_here(faces, out, "--data.resolution", "128")
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
     assert "holds images protected with other settings (data.resolution differ" in refused.stderr.splitlines()[-1]
+    # Refused before the data module's resume step: no listing, nothing withdrawn.
+    assert "skipping" not in refused.stderr and "missing" not in refused.stderr
+    assert read_manifest(out).set_index("uid").loc["face0", "status"] == "ok"
     again = fit_here(faces, out, "--data.resolution", "96")
-    assert again.returncode == 0 and "skipping 2 already protected" in again.stderr
+    assert again.returncode == 0 and "skipping 1 already protected" in again.stderr and "1 to do" in again.stderr
 
     # A folder made before the working image was recorded resumes as it did: its resolution is not known.
     settings = json.loads((out / "protection.json").read_text())

@@ -17,7 +17,7 @@ import lightning as L
 import torch
 
 from .. import logs
-from ..data import ImageItem, ImageQueue
+from ..data import FaceDataModule, ImageItem, ImageQueue
 from ..models import FaceDetector, FaceScorer, LPIPSSpec, RecognizerSpec, VAESpec, load_lpips, load_recognizers, load_vae
 from ..models.landmarks import LandmarkReader
 from ..models.recognizers import RESERVED_FOR_EVALUATION, calibrated
@@ -224,12 +224,16 @@ class ProtectionModule(L.LightningModule):
         # CW's constants only where they act: folders protected with other methods keep resuming across versions.
         return settings | ({"cw": asdict(self.cw)} if attack.method.name == "cw" else {})
 
-    def setup(self, stage: str) -> None:
+    def check_settings(self, datamodule: FaceDataModule | None, write: bool) -> None:
+        """Refuse to protect into a folder made with other settings; record them in a new one (when `write`).
+        `datamodule` is None when a test feeds a dataloader of its own."""
         settings = self.protection_settings()
-        datamodule = self.trainer.datamodule  # None when a test feeds a dataloader of its own
         if datamodule is not None:  # the working image decides the protection as much as the attack does
             settings["data"] = datamodule.protection_settings()
-        keep_settings(Path(self.output_dir), settings, write=self.global_rank == 0)
+        keep_settings(Path(self.output_dir), settings, write=write)
+
+    def setup(self, stage: str) -> None:
+        self.check_settings(self.trainer.datamodule, write=self.global_rank == 0)
 
     def on_fit_start(self) -> None:
         datamodule = self.trainer.datamodule
