@@ -186,7 +186,9 @@ def test_evaluate_scores_what_edit_recorded_and_refuses_what_it_did_not(face_fol
         return capsys.readouterr().err
 
     assert "run `python -m facelock_pl edit` first" in refused(*evaluate)
-    assert "batch_size must be at least 1 (got 0)" in refused(*evaluate, "--batch_size", "0")
+    assert "batch_size must be at least 1 and samples at least 0 (got 0 and 2)" in refused(*evaluate, "--batch_size", "0")
+    assert "(got 8 and -1)" in refused(*evaluate, "--samples", "-1")  # was accepted: every sample but the last shown
+    assert "recognizers is empty" in refused(*evaluate, "--recognizers", "[]")  # was facenet, without a word
     edit = ["edit", "--config", ROOT / "configs" / "edit-tiny.yaml", "--data.source", face_folder, "--output_dir", out,
             "--prompt_ids", "[0]"]
     assert run_cli(*edit, "--sets", f"{{facelock: {protected_set}}}", "--purify", "[jpeg:75]") == 0
@@ -196,6 +198,7 @@ def test_evaluate_scores_what_edit_recorded_and_refuses_what_it_did_not(face_fol
 
     assert "not edited in this output folder: purification 'blur:1.5'" in refused(*evaluate, "--purify", "[blur:1.5]")
     assert "set 'other'" in refused(*evaluate, "--sets", f"{{other: {protected_set}}}")
+    assert "prompt_ids is empty" in refused(*evaluate, "--prompt_ids", "[]")  # was an IndexError in the tokenizer
     assert run_cli(*evaluate, "--purify", "[]") == 0  # a narrower report: no purified set
     frame = pd.read_parquet(out / "report" / "per_image.parquet")
     assert set(frame["set"]) == {"clean", "facelock"} and set(frame["prompt_id"]) == {0}
@@ -296,6 +299,7 @@ def test_edit_refuses_a_set_it_cannot_read_in_one_line(face_folder, protected_se
 
 @pytest.mark.parametrize(("option", "value", "message"), [
     ("--prompt_ids", "[99]", "prompt ids [99] are not in"),
+    ("--prompt_ids", "[]", "prompt_ids is empty"),
     ("--prompts", "nowhere.yaml", "prompt file 'nowhere.yaml' not found"),
     ("--batch_size", "0", "batch_size must be at least 1"),  # was a traceback after edit.json was written
     ("--data.resolution", "7", "data.resolution must be 'native', or at least 32 and a multiple of 8"),

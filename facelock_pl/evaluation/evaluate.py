@@ -67,8 +67,10 @@ def run_evaluate(
         samples: images shown per sample grid in `index.html`.
         device: `auto`, `cpu`, `cuda`, ...
     """
-    if batch_size < 1:
-        raise ConfigError(f"batch_size must be at least 1 (got {batch_size})")
+    if batch_size < 1 or samples < 0:
+        raise ConfigError(f"batch_size must be at least 1 and samples at least 0 (got {batch_size} and {samples})")
+    if recognizers == []:  # the face match is the protection's measure: an evaluation never goes without it
+        raise ConfigError("recognizers is empty: name at least one face recogniser, or leave it out for facenet")
     out = Path(output_dir)
     _no_feature_layers(recognizers or [])
     record = _edited(out, data, sets, purify, prompt_ids)

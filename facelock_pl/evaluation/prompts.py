@@ -20,6 +20,8 @@ def load_prompts(location: str = DEFAULT_PROMPTS, ids: list[int] | None = None) 
     if not path.is_file():
         raise ConfigError(f"prompt file {location!r} not found (a YAML list of {{id, prompt}})")
     prompts = {int(item["id"]): str(item["prompt"]) for item in yaml.safe_load(path.read_text())}
+    if ids is not None and not ids:
+        raise ConfigError("prompt_ids is empty: name at least one prompt id, or leave it out for every prompt")
     if ids is not None:
         missing = [i for i in ids if i not in prompts]
         if missing:

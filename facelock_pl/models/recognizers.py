@@ -252,8 +252,9 @@ def _facenet(spec: RecognizerSpec) -> nn.Module:
             except Exception as error:
                 raise WeightsUnavailableError(
                     f"facenet InceptionResnetV1 ({spec.weights})", [str(cached), FACENET_RELEASE_URL + cached.name],
-                    "Put the released .pt file there, or pass a local state dict with "
-                    "--model.recognizers '[{kind: facenet, weights: /path/to/weights.safetensors}]'.",
+                    "Put the released .pt file there, or give the recogniser a local state dict: "
+                    "{kind: facenet, weights: /path/to/weights.safetensors} in fit's --model.recognizers or "
+                    "evaluate's --recognizers.",
                     error,
                 ) from error
         state = load_state_dict_file(cached)

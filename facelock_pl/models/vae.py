@@ -128,7 +128,7 @@ def load_vae(spec: VAESpec) -> FrozenVAE:
 
     model = load_pretrained(
         load, spec.path, f"the {spec.kind} VAE {spec.path!r}" + (f" (subfolder {spec.subfolder!r})" if spec.subfolder else ""),
-        "Give a local folder with --model.vae.path (a diffusers VAE folder, or for taesd the original "
-        "taesd_encoder/decoder.safetensors files).",
+        "Give a local folder as the VAE's path (fit's --model.vae.path, edit's --editor.vae.path): a diffusers "
+        "VAE folder, or for taesd the original taesd_encoder/decoder.safetensors files.",
     )
     return frozen(FrozenVAE(model.float(), posterior_mean=spec.kind == "kl"))
