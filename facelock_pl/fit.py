@@ -19,6 +19,7 @@ from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
+from . import logs
 from .cli import EXIT_INTERRUPTED, EXIT_NO_IMAGES, EXIT_OK, EXIT_PARTLY_FAILED, NoImagesError, parse_strictly
 from .config_files import ConfigError
 from .data import FaceDataModule
@@ -68,8 +69,10 @@ def _check_source(data: FaceDataModule) -> None:
                 raise ConfigError(f"output_dir {data.output_dir} is the source folder {source} or holds it: a run never "
                                   "reads its own output folder, so nothing would be protected; give an --output_dir "
                                   "outside it (e.g. a folder next to it)")
-            if not image_files(path, [Path(data.output_dir)]):
-                raise NoImagesError(f"no image files ({SUFFIX_NAMES}) in {source}")
+            files, hidden = image_files(path, [Path(data.output_dir)])
+            if not files:
+                left_out = f" (only hidden ones, left out: {logs.first_few(hidden)})" if hidden else ""
+                raise NoImagesError(f"no image files ({SUFFIX_NAMES}) in {source}{left_out}")
         if fmt == "folder" and path.is_file() and path.suffix.lower() in REFUSED_SUFFIXES:
             raise ConfigError(f"data.source {source!r}: {REFUSED_SUFFIXES[path.suffix.lower()]}")
         if fmt == "folder" and path.is_file() and path.suffix.lower() not in IMAGE_SUFFIXES:

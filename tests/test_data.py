@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 
 import numpy as np
 import pytest
@@ -132,6 +133,21 @@ def test_uids_are_stable_and_distinct(tmp_path):
     uids = [u for u, _ in entries]
     assert len(uids) == 4 and len(set(uids)) == 4
     assert [r for _, r in entries] == ["a/b.jpg", "a/b.png", "a__b.jpg", "c.txt.jpg"]
+
+
+def test_hidden_files_are_left_out_and_named(tmp_path, caplog):
+    """A folder copied from a Mac holds a '._x.jpg' companion per photo (not an image): each was an error row and the
+    run's exit code 'partly failed'. Hidden names are left out, as Hugging Face `datasets` leaves them out."""
+    for name in ("x.jpg", "sub/y.png", ".ipynb_checkpoints/x.jpg"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(random_image()).save(tmp_path / name)
+    (tmp_path / "._x.jpg").write_bytes(b"\x00\x05\x16\x07" + bytes(60))  # AppleDouble header
+    with caplog.at_level(logging.INFO, logger="facelock_pl"):
+        entries = list_images(tmp_path)
+    assert [relative for _, relative in entries] == ["sub/y.png", "x.jpg"]
+    assert "2 hidden file(s)" in caplog.text and "(._x.jpg, .ipynb_checkpoints/x.jpg)" in caplog.text
+    # A folder below a hidden one is listed as any other: only names under the source count.
+    assert [relative for _, relative in list_images(tmp_path / ".ipynb_checkpoints")] == ["x.jpg"]
 
 
 def test_folder_dataset_turns_bad_files_into_error_items(tmp_path):

@@ -178,6 +178,9 @@ def test_an_empty_source_and_a_source_where_everything_fails_are_not_successes(t
     (tmp_path / "empty").mkdir()
     empty = cli_here(*tiny(tmp_path / "empty", tmp_path / "out-empty"))
     assert empty.returncode == 4 and "no image files" in empty.stderr and not (tmp_path / "out-empty").exists()
+    (tmp_path / "empty" / "._a.jpg").write_bytes(b"\x00\x05\x16\x07")  # a macOS companion, not a photo
+    hidden = cli_here(*tiny(tmp_path / "empty", tmp_path / "out-empty"))
+    assert hidden.returncode == 4 and "(only hidden ones, left out: ._a.jpg)" in hidden.stderr
     (tmp_path / "broken").mkdir()
     for name in ("a.jpg", "b.png"):
         (tmp_path / "broken" / name).write_bytes(b"not an image")

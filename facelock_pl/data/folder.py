@@ -8,23 +8,27 @@ from pathlib import Path
 
 from torch.utils.data import Dataset
 
+from .. import logs
 from .images import IMAGE_SUFFIXES, REFUSED_SUFFIXES, BadImageError, make_uid, printable_path, unique_uid
 from .items import Decoding, ImageItem
 
 
-def image_files(root: Path, exclude: list[Path] = ()) -> list[str]:
+def image_files(root: Path, exclude: list[Path] = ()) -> tuple[list[str], list[str]]:
     """Relative paths of the image files under `root` (refused photo formats and links whose target is gone included:
     they become `error` rows, never a photo passed over unseen), sorted; nothing below a folder of `exclude` (the
-    run's own output folder, wherever it is)."""
+    run's own output folder, wherever it is). Returns (files, hidden): hidden files, or files in hidden folders (a
+    name starting with '.', as macOS's '._IMG_1.jpg' companions that are not images), are left out as Hugging Face
+    `datasets` leaves them out of an image folder, and returned apart so that the caller can say so."""
     excluded = [Path(e).expanduser().resolve() for e in exclude]
-    files = []
+    files, hidden = [], []
     for path in root.rglob("*"):
         listed = path.suffix.lower() in IMAGE_SUFFIXES or path.suffix.lower() in REFUSED_SUFFIXES
         if listed and (path.is_file() or (path.is_symlink() and not path.exists())):
-            resolved = path.resolve()
+            resolved, relative = path.resolve(), path.relative_to(root)
             if not any(resolved.is_relative_to(e) for e in excluded):
-                files.append(path.relative_to(root).as_posix())
-    return sorted(files)
+                is_hidden = any(part.startswith(".") for part in relative.parts)
+                (hidden if is_hidden else files).append(relative.as_posix())
+    return sorted(files), sorted(hidden)
 
 
 def folder_uids(relative: list[str], known: dict[str, str] | None = None) -> list[str]:
@@ -52,7 +56,10 @@ def folder_uids(relative: list[str], known: dict[str, str] | None = None) -> lis
 
 def list_images(root: Path, exclude: list[Path] = (), known: dict[str, str] | None = None) -> list[tuple[str, str]]:
     """(uid, relative path) of every image file under `root`, sorted; uids are unique (see `folder_uids`)."""
-    relative = image_files(root, exclude)
+    relative, hidden = image_files(root, exclude)
+    if hidden:
+        logs.info(f"facelock_pl: {len(hidden)} hidden file(s) in {root} left out ({logs.first_few(hidden)}): names "
+                  "starting with '.' are not photos of the set (macOS '._' companions, notebook checkpoints)")
     return list(zip(folder_uids(relative, known), relative))
 
 

@@ -55,7 +55,7 @@ class TargetPool(nn.Module):
         folder = Path(folder).expanduser()
         detector = detector or FaceDetector()
         names, embeddings, skipped = [], [[] for _ in recognizers], []
-        for name in image_files(folder):
+        for name in image_files(folder)[0]:
             try:
                 image = load_rgb(folder / name)
             except BadImageError as error:
