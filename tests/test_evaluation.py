@@ -300,6 +300,7 @@ def test_edit_refuses_a_set_it_cannot_read_in_one_line(face_folder, protected_se
 @pytest.mark.parametrize(("option", "value", "message"), [
     ("--prompt_ids", "[99]", "prompt ids [99] are not in"),
     ("--prompt_ids", "[]", "prompt_ids is empty"),
+    ("--data.source", "", "data.source is empty"),  # was every image under the working directory, outputs included
     ("--prompts", "nowhere.yaml", "prompt file 'nowhere.yaml' not found"),
     ("--batch_size", "0", "batch_size must be at least 1"),  # was a traceback after edit.json was written
     ("--data.resolution", "7", "data.resolution must be 'native', or at least 32 and a multiple of 8"),
@@ -317,6 +318,18 @@ def test_edit_refuses_an_option_it_cannot_use_in_one_line(face_folder, protected
     err = capsys.readouterr().err
     assert code == 2 and message in err and "Traceback" not in err, err
     assert not out.exists() or not any(out.rglob("*"))
+
+
+def test_an_editor_that_cannot_load_does_not_pin_the_output_folder(face_folder, protected_set, tmp_path, capsys):
+    """The hub editor without network failed after `edit.json` was written: the folder was then pinned to it, and the
+    offline editor a user turns to next was refused ("edits made with other sources")."""
+    out = tmp_path / "eval"
+    edit = ["edit", "--config", ROOT / "configs" / "edit-tiny.yaml", "--data.source", face_folder, "--sets",
+            f"{{facelock: {protected_set}}}", "--prompt_ids", "[0]", "--output_dir", out]
+    assert run_cli(*edit, "--editor.kind", "instruct-pix2pix", "--editor.path", tmp_path / "nowhere") == 2
+    assert "Cannot load the weights" in capsys.readouterr().err
+    assert not (out / "edits" / "edit.json").exists()
+    assert run_cli(*edit) == 0 and json.loads((out / "edits" / "edit.json").read_text())["editor"]["kind"] == "tiny-random"
 
 
 def test_edit_leaves_out_a_clean_photo_that_is_not_the_one_a_set_protected(face_folder, protected_set, tmp_path, caplog,

@@ -80,10 +80,9 @@ def edited_sources(record: EditRecord, data: DataSpec) -> dict[str, torch.Tensor
     return sources
 
 
-def _forget_changed(out: Path, record: EditRecord, sources: dict[str, ImageItem]) -> EditRecord:
-    """Remove the edits of every photo that changed since they were made (all sets, all prompts), then the record
+def _forget_changed(out: Path, record: EditRecord, sources: dict[str, ImageItem], changed: list[str]) -> EditRecord:
+    """Remove the edits of the photos that `changed` since they were made (all sets, all prompts), then the record
     with each photo's current `source_sha256` (saved after the removal, so a crash in between removes them again)."""
-    changed = [uid for uid, item in sources.items() if record.photo_changed(uid, item.source_sha256)]
     for uid in changed:
         for path in (out / "edits").glob(f"*/*/{uid}.png"):
             path.unlink()
@@ -123,6 +122,9 @@ def run_edit(
     """
     if batch_size < 1:
         raise ConfigError(f"batch_size must be at least 1 (got {batch_size})")
+    if not data.source:
+        raise ConfigError("data.source is empty: give the folder of the clean photos that `fit` protected "
+                          "(--data.source DIR)")
     out = Path(output_dir)
     dev = resolve_device(device)
     prompt_map = load_prompts(prompts, prompt_ids)
@@ -135,19 +137,21 @@ def run_edit(
     items = clean_sources(data, record.sets)  # refused before anything is recorded if no source is what the sets protected
     previous = EditRecord.load(out)
     merged = previous.merged_with(record) if previous else record  # refused before any work if it cannot merge
-    _forget_changed(out, merged, items).save(out)
+    changed = [uid for uid, item in items.items() if merged.photo_changed(uid, item.source_sha256)]
     sources = {uid: item.native for uid, item in items.items()}
     _name_absent(all_sets, sources)
-    todo = [(s, pid, [u for u in sources if not edit_path(out, s.name, pid, u).exists()]) for s in all_sets for pid in prompt_map]
+    todo = [(s, pid, [u for u in sources if u in changed or not edit_path(out, s.name, pid, u).exists()])
+            for s in all_sets for pid in prompt_map]
     todo = [(s, pid, uids) for s, pid, uids in todo if uids]
     skipped = len(all_sets) * len(prompt_map) * len(sources) - sum(len(uids) for *_, uids in todo)
     log.info("facelock_pl edit: %d sets x %d prompts x %d images; %d edits already done", len(all_sets), len(prompt_map),
              len(sources), skipped)
+    # Loaded before anything is recorded: an editor that cannot load (no network, a typo) must not pin the folder.
+    model = Editor(editor, dev) if todo else None
+    _forget_changed(out, merged, items, changed).save(out)
     edited = 0
-    if todo:
-        model = Editor(editor, dev)
-        for image_set, pid, uids in todo:
-            edited += _edit_set(model, image_set, pid, prompt_map[pid], uids, sources, data.resolution, seed, batch_size, out)
+    for image_set, pid, uids in todo:
+        edited += _edit_set(model, image_set, pid, prompt_map[pid], uids, sources, data.resolution, seed, batch_size, out)
     log.info("facelock_pl edit: %d edits written to %s/edits", edited, out)
     return {"edited": edited, "skipped": skipped}
 
