@@ -1,3 +1,5 @@
 """facelock_pl: FaceLock portrait protection against diffusion editing, as a PyTorch Lightning pipeline."""
 
-__version__ = "0.1.0"
+from importlib.metadata import version
+
+__version__ = version("facelock_pl")  # pyproject.toml's, the one place it is written

@@ -12,6 +12,7 @@ import difflib
 import errno
 import logging
 import os
+import platform
 import re
 import sys
 import warnings
@@ -28,7 +29,7 @@ commands:
   evaluate   score the edits and write the report (evaluation, step 2): evaluate --config configs/evaluate.yaml
   assets     fetch the offline weights bundle: assets download --to DIR (then --assets DIR)
 
-`python -m facelock_pl COMMAND --help` lists a command's options.
+`python -m facelock_pl COMMAND --help` lists a command's options; `--version` the versions of it and its libraries.
 
 exit codes:
   0  everything asked for is protected (or already was)
@@ -41,6 +42,7 @@ exit codes:
 
 EXIT_OK, EXIT_CRASH, EXIT_USAGE, EXIT_PARTLY_FAILED, EXIT_NO_IMAGES, EXIT_INTERRUPTED = range(6)
 COMMANDS = ("fit", "edit", "evaluate", "assets")
+VERSIONED = ("torch", "lightning", "triton", "diffusers", "transformers", "datasets", "onnx2torch", "facenet-pytorch")
 
 
 class NoImagesError(RuntimeError):
@@ -113,6 +115,9 @@ def main(args: list[str] | None = None) -> None:
     if not args or args[0] in ("-h", "--help"):
         print(USAGE)
         raise SystemExit(EXIT_OK if args else EXIT_USAGE)
+    if args[0] == "--version":
+        print(version_line())
+        raise SystemExit(EXIT_OK)
     command, rest = args[0], args[1:]
     if command not in COMMANDS:
         close = difflib.get_close_matches(command, COMMANDS, n=1)
@@ -121,6 +126,20 @@ def main(args: list[str] | None = None) -> None:
         raise SystemExit(EXIT_USAGE)
     configure_output(verbose)
     raise SystemExit(_run(command, rest))
+
+
+def version_line() -> str:
+    """`facelock_pl 0.1.0 (python 3.11.7; torch 2.x, ...)`: what a bug report needs, read without importing torch."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    libraries = ", ".join(f"{name} {installed(name)}" for name in VERSIONED)
+    return f"facelock_pl {installed('facelock_pl')} (python {platform.python_version()}; {libraries})"
 
 
 def parse_strictly(parser, args: list[str]):

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import facelock_pl
 from conftest import ROOT, astronaut, grace_hopper
 from facelock_pl.outputs import read_manifest
 
@@ -80,6 +81,7 @@ def test_two_ranks_protect_each_image_once_like_one_process(tmp_path):
     last_run = json.loads((tmp_path / "two" / "summary.json").read_text())["last_run"]
     assert last_run["images"] == 11 and last_run["world_size"] == 2 and len(last_run["images_per_s_per_rank"]) == 2
     assert last_run["images_per_s_total"] > 0 and last_run["interrupted"] is None
+    assert last_run["version"] == facelock_pl.__version__  # which version made the run, for a bug report
 
 
 def read_manifest_part(path: Path):

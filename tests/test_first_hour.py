@@ -153,6 +153,11 @@ def test_help_lists_the_commands_that_run(cli_here):
                             cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert loaded.stdout.splitlines()[-1] == "[]", loaded.stdout  # the help answers at once: no torch loaded
     assert "usage: python -m facelock_pl fit" in cli_here("fit", "--help").stdout
+    # What a bug report needs, as pyproject.toml writes the version (was "unknown command '--version'").
+    stated = re.search(r'^version = "(.+)"$', (ROOT / "pyproject.toml").read_text(), re.M).group(1)
+    versions = cli("--version")
+    assert versions.returncode == 0 and versions.stdout.startswith(f"facelock_pl {stated} (python 3.")
+    assert f"torch {torch.__version__.split('+')[0]}" in versions.stdout and "lightning 2." in versions.stdout
     unknown = cli_here("predict")
     assert unknown.returncode == 2 and "unknown command 'predict'" in unknown.stderr
 

@@ -16,7 +16,7 @@ from typing import Literal
 import lightning as L
 import torch
 
-from .. import logs
+from .. import __version__, logs
 from ..data import FaceDataModule, ImageItem, ImageQueue
 from ..models import FaceDetector, FaceScorer, LPIPSSpec, RecognizerSpec, VAESpec, load_lpips, load_recognizers, load_vae
 from ..models.landmarks import LandmarkReader
@@ -252,7 +252,7 @@ class ProtectionModule(L.LightningModule):
         self.stats.stop()
         gathered = self.trainer.strategy.all_gather(self.stats.as_tensor()) if self.trainer.world_size > 1 else None
         per_rank = gathered.reshape(self.trainer.world_size, -1) if gathered is not None else self.stats.as_tensor()[None]
-        last_run = {**RunStats.summarise(per_rank.cpu()), "interrupted": self.interrupted_by}
+        last_run = {**RunStats.summarise(per_rank.cpu()), "interrupted": self.interrupted_by, "version": __version__}
         if self.trainer.is_global_zero:
             self.summary = write_summary(self.output_dir, last_run)
             logs.info(describe(self.summary, self.output_dir))
