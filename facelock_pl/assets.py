@@ -172,6 +172,8 @@ def _recorded_sums(bundle: Path) -> dict[str, str]:
 
 def check(bundle: Path) -> list[str]:
     """The files of `bundle` that are missing or differ from its SHA256SUMS (empty: all good)."""
+    if not bundle.is_dir():
+        return [f"{bundle} is not a folder (a typo, or the bundle was never downloaded there)"]
     if not (bundle / "SHA256SUMS").is_file():
         return [f"{bundle / 'SHA256SUMS'} is missing"]
     problems = []

@@ -111,6 +111,8 @@ def test_assets_download_writes_checksums_that_check_verifies(tmp_path, cli_here
     # The repair check points to fetches the damaged file again; it used to keep it and record its checksum.
     assets.download(bundle, sources)
     assert (bundle / "fr" / "model.onnx").read_bytes() == b"onnx bytes" and assets.check(bundle) == []
+    assert assets.check(tmp_path / "bundel") == [f"{tmp_path / 'bundel'} is not a folder (a typo, or the bundle was "
+                                                 "never downloaded there)"]  # was "bundel/SHA256SUMS is missing"
 
 
 # 3, 7 ---------------------------------------------------------------------------------------------------------
