@@ -156,6 +156,7 @@ def _evaluation(command: str, args: list[str]) -> int:
     from jsonargparse import ActionConfigFile, ArgumentParser
 
     from .evaluation import run_edit, run_evaluate
+    from .outputs.lock import OutputLock
 
     function = {"edit": run_edit, "evaluate": run_evaluate}[command]
     parser = ArgumentParser(prog=f"python -m facelock_pl {command}", description=function.__doc__.split("\n")[0],
@@ -163,7 +164,10 @@ def _evaluation(command: str, args: list[str]) -> int:
     parser.add_argument("-c", "--config", action=ActionConfigFile, help="a YAML config file (configs/edit*.yaml, evaluate*.yaml)")
     parser.add_function_arguments(function, as_positional=False)
     config = parser.instantiate_classes(parse_strictly(parser, args))
-    function(**{key: value for key, value in vars(config).items() if key != "config"})
+    # One command at a time per folder: two edits would each save their own edit.json (the last one wins and the
+    # other's edits go unrecorded), and an evaluate beside an edit would score half of them.
+    with OutputLock(config.output_dir):
+        function(**{key: value for key, value in vars(config).items() if key != "config"})
     return EXIT_OK
 
 

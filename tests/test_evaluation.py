@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import shutil
+import socket
 
 import numpy as np
 import pandas as pd
@@ -330,6 +332,21 @@ def test_an_editor_that_cannot_load_does_not_pin_the_output_folder(face_folder, 
     assert "Cannot load the weights" in capsys.readouterr().err
     assert not (out / "edits" / "edit.json").exists()
     assert run_cli(*edit) == 0 and json.loads((out / "edits" / "edit.json").read_text())["editor"]["kind"] == "tiny-random"
+
+
+def test_edit_and_evaluate_take_the_output_folder_one_at_a_time(face_folder, protected_set, tmp_path, capsys):
+    """Two edits into one folder each saved their own edit.json (the last won: the other's edits went unrecorded)."""
+    out = tmp_path / "eval"
+    out.mkdir()
+    (out / ".facelock.lock").write_text(json.dumps({"host": socket.gethostname(), "pid": os.getppid()}))  # alive
+    edit = ["edit", "--config", ROOT / "configs" / "edit-tiny.yaml", "--data.source", face_folder, "--sets",
+            f"{{facelock: {protected_set}}}", "--prompt_ids", "[0]", "--output_dir", out]
+    for command in (edit, ["evaluate", "--config", ROOT / "configs" / "evaluate-tiny.yaml", "--output_dir", out]):
+        assert run_cli(*command) == 2
+        assert f"another run is writing into {out} (process {os.getppid()}" in capsys.readouterr().err
+    assert sorted(path.name for path in out.iterdir()) == [".facelock.lock"]  # nothing written, the holder's lock kept
+    (out / ".facelock.lock").unlink()
+    assert run_cli(*edit) == 0 and not (out / ".facelock.lock").exists()  # released when done
 
 
 def test_edit_leaves_out_a_clean_photo_that_is_not_the_one_a_set_protected(face_folder, protected_set, tmp_path, caplog,
