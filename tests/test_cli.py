@@ -36,7 +36,7 @@ def messy_folder(face_folder: Path) -> Path:
     (face_folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated nonsense")
     (face_folder / "readme.txt").write_text("not an image")
     Image.fromarray(random_image((8, 8))).save(face_folder / "tiny.png")
-    Image.fromarray(random_image((64, 64))).save(face_folder / "..%2F..%2Fescape.png")
+    Image.fromarray(random_image((64, 64))).save(face_folder / "up..%2F..%2Fescape.png")
     return face_folder
 
 

@@ -80,7 +80,7 @@ def edited_sources(record: EditRecord, data: DataSpec) -> dict[str, torch.Tensor
     return sources
 
 
-def _forget_changed(out: Path, record: EditRecord, sources: dict[str, ImageItem], changed: list[str]) -> EditRecord:
+def _forget_changed(out: Path, record: EditRecord, sources: dict[str, ImageItem], changed: set[str]) -> EditRecord:
     """Remove the edits of the photos that `changed` since they were made (all sets, all prompts), then the record
     with each photo's current `source_sha256` (saved after the removal, so a crash in between removes them again)."""
     for uid in changed:
@@ -88,7 +88,7 @@ def _forget_changed(out: Path, record: EditRecord, sources: dict[str, ImageItem]
             path.unlink()
     if changed:
         log.warning("facelock_pl edit: %d photo(s) changed since they were edited (%s): their edits are made again",
-                    len(changed), first_few(changed))
+                    len(changed), first_few(sorted(changed)))
     return dataclasses.replace(record, source_sha256={**record.source_sha256,
                                                       **{uid: item.source_sha256 for uid, item in sources.items()}})
 
@@ -137,7 +137,7 @@ def run_edit(
     items = clean_sources(data, record.sets)  # refused before anything is recorded if no source is what the sets protected
     previous = EditRecord.load(out)
     merged = previous.merged_with(record) if previous else record  # refused before any work if it cannot merge
-    changed = [uid for uid, item in items.items() if merged.photo_changed(uid, item.source_sha256)]
+    changed = {uid for uid, item in items.items() if merged.photo_changed(uid, item.source_sha256)}
     sources = {uid: item.native for uid, item in items.items()}
     _name_absent(all_sets, sources)
     todo = [(s, pid, [u for u in sources if u in changed or not edit_path(out, s.name, pid, u).exists()])
