@@ -91,6 +91,9 @@ def explain(error: Exception, parser=None) -> str:
     message = " ".join(str(error).split())
     unknown = re.findall(r"--([\w.]+)", message.split("unrecognized arguments:")[-1]) if "unrecognized" in message else []
     unknown += re.findall(r"Key '([\w.]+)' is not expected", message)
+    # A misspelt key in a config file: "Group 'data' does not accept option 'batchsize'", "Option 'x' is not accepted".
+    unknown += [f"{group}.{option}" for group, option in re.findall(r"Group '([\w.]+)' does not accept option '([\w.]+)'", message)]
+    unknown += re.findall(r"^Option '([\w.]+)' is not accepted", message)
     if parser is not None and unknown:
         close = suggestions(unknown[0], _known_keys(parser))
         if close:

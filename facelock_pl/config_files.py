@@ -82,6 +82,8 @@ def _upgrade_keys(config: dict) -> dict:
 def read_config(path: Path, assets_option: Path | None) -> str:
     """The config file at `path` as YAML text with absolute paths, `${assets}` substituted, keys upgraded."""
     path = Path(path).expanduser()
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a folder: give a YAML file (configs/*.yaml)")
     if not path.is_file():
         raise ConfigError(f"config file {path} not found")
     try:

@@ -173,6 +173,24 @@ def test_misspelt_options_are_one_line_errors_with_a_suggestion(tmp_path, option
     assert "did you mean --model.attack.iterations" in lines[0] and not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize(("command", "config", "suggested"), [
+    ("fit", "model:\n  attack:\n    epsilon: 0.03\n", "--model.attack.eps"),
+    ("fit", "data:\n  batchsize: 3\n", "--data.batch_size"),
+    ("edit", "batchsize: 3\n", "--batch_size"),
+])
+def test_misspelt_keys_in_a_config_file_get_a_suggestion_too(tmp_path, command, config, suggested):
+    (tmp_path / "mine.yaml").write_text(config)
+    result = cli(command, "--config", tmp_path / "mine.yaml", "--data.source", faces(tmp_path / "faces"), "--output_dir",
+                 tmp_path / "out")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and f"did you mean {suggested}" in lines[0], result.stderr
+
+
+def test_a_folder_given_as_the_config_file_is_named_as_one(tmp_path):
+    result = cli("fit", "--config", tmp_path, "--data.source", faces(tmp_path / "faces"))
+    assert result.returncode == 2 and f"config file {tmp_path} is a folder" in result.stderr  # was "not found"
+
+
 # 6 ------------------------------------------------------------------------------------------------------------
 def test_a_source_that_does_not_exist_is_refused_before_models_load(tmp_path, cli_here):
     started = time.time()
