@@ -14,6 +14,7 @@ import logging
 import os
 import platform
 import re
+import signal
 import sys
 import warnings
 
@@ -42,6 +43,13 @@ exit codes:
 
 EXIT_OK, EXIT_CRASH, EXIT_USAGE, EXIT_PARTLY_FAILED, EXIT_NO_IMAGES, EXIT_INTERRUPTED = range(6)
 COMMANDS = ("fit", "edit", "evaluate", "assets")
+# What a Ctrl-C (or, for edit and evaluate, a SIGTERM) leaves; fit's own stop, once it runs, says it in its summary.
+INTERRUPTED = {
+    "fit": "interrupted before the run started; nothing was protected",
+    "edit": "interrupted; the edits written so far are kept: rerun the same command to make the rest",
+    "evaluate": "interrupted; no report was written: rerun the same command",
+    "assets": "interrupted; the files fetched so far are kept: rerun the same command to fetch the rest",
+}
 VERSIONED = ("torch", "lightning", "triton", "diffusers", "transformers", "datasets", "onnx2torch", "facenet-pytorch")
 
 
@@ -169,9 +177,14 @@ def _evaluation(command: str, args: list[str]) -> int:
     config = parser.instantiate_classes(parse_strictly(parser, args))
     # One command at a time per folder: two edits would each save their own edit.json (the last one wins and the
     # other's edits go unrecorded), and an evaluate beside an edit would score half of them.
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)  # as Ctrl-C: the lock is released and the message printed
     with OutputLock(config.output_dir):
         function(**{key: value for key, value in vars(config).items() if key != "config"})
     return EXIT_OK
+
+
+def _stop_on_sigterm(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def _run(command: str, args: list[str]) -> int:
@@ -196,7 +209,7 @@ def _run(command: str, args: list[str]) -> int:
         print(f"facelock_pl {command}: {error}", file=sys.stderr)
         return EXIT_NO_IMAGES
     except KeyboardInterrupt:
-        print(f"facelock_pl {command}: interrupted before the run started; nothing was protected", file=sys.stderr)
+        print(f"facelock_pl {command}: {INTERRUPTED[command]}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except OSError as error:
         if error.errno not in (errno.ENOSPC, errno.EDQUOT):
