@@ -205,9 +205,16 @@ def test_evaluate_scores_what_edit_recorded_and_refuses_what_it_did_not(face_fol
     assert "not edited in this output folder: purification 'blur:1.5'" in refused(*evaluate, "--purify", "[blur:1.5]")
     assert "set 'other'" in refused(*evaluate, "--sets", f"{{other: {protected_set}}}")
     assert "prompt_ids is empty" in refused(*evaluate, "--prompt_ids", "[]")  # was an IndexError in the tokenizer
+    capsys.readouterr()
     assert run_cli(*evaluate, "--purify", "[]") == 0  # a narrower report: no purified set
     frame = pd.read_parquet(out / "report" / "per_image.parquet")
     assert set(frame["set"]) == {"clean", "facelock"} and set(frame["prompt_id"]) == {0}
+    assert "lacks" not in capsys.readouterr().err
+
+    # An edit stopped half-way: the report covers what exists, and says what it lacks (a set could vanish from it).
+    (out / "edits" / "facelock" / "0" / "grace_hopper.png").unlink()
+    assert run_cli(*evaluate, "--purify", "[]") == 0
+    assert "set 'facelock' lacks 1 of its 2 edits" in capsys.readouterr().err
 
     # A later edit may add prompts; one with another editor setting would not compare, so it is refused.
     assert run_cli(*edit[:-2], "--prompt_ids", "[13]", "--sets", f"{{facelock: {protected_set}}}") == 0

@@ -27,7 +27,7 @@ from .metrics import ClipScorer, ClipSpec
 from .prompts import load_prompts
 from .record import EditRecord
 from .report import ReportContext, write_report
-from .sets import CLEAN, DataSpec, image_sets, shape_chunks
+from .sets import CLEAN, DataSpec, ImageSet, image_sets, shape_chunks
 
 log = logging.getLogger("facelock_pl")
 
@@ -84,6 +84,7 @@ def run_evaluate(
     chunks = shape_chunks(uids, {u: levels.shape for u, levels in sources.items()}, batch_size)
     all_sets = image_sets(record.sets, record.purify)
     prompt_map = load_prompts(record.prompts, record.prompt_ids)
+    _name_unedited(out, all_sets, list(prompt_map), uids)
     clip_scorer = ClipScorer(clip, dev) if clip is not None else None
     faces = FaceScorer(recognizers or [RecognizerSpec()], dev)
     lpips_net = load_lpips(lpips).to(dev) if lpips is not None else None
@@ -101,6 +102,19 @@ def run_evaluate(
     write_report(frame, out / "report", faces.names, sources, all_sets, samples, context)
     log.info("facelock_pl evaluate: %d rows; report in %s", len(frame), out / "report")
     return frame
+
+
+def _name_unedited(out: Path, all_sets: list[ImageSet], prompt_ids: list[int], uids: list[str]) -> None:
+    """Warn, per set, of the edits `edit` has not made (stopped half-way, or a set added and not edited yet): the
+    report covers the edits that exist, and a set without any would be missing from it without a word."""
+    for image_set in all_sets:
+        # A photo the set holds no image of (it failed to protect) has no edit to make; `edit` names those.
+        held = [u for u in uids if image_set.folder is None or (image_set.folder / f"{u}.png").exists()]
+        missing = sum(not edit_path(out, image_set.name, pid, u).exists() for pid in prompt_ids for u in held)
+        if missing:
+            log.warning("facelock_pl evaluate: set %r lacks %d of its %d edits (was `edit` stopped?): the report covers "
+                        "the edits that exist; rerun the same `edit` command to make the rest", image_set.name, missing,
+                        len(held) * len(prompt_ids))
 
 
 def _no_feature_layers(recognizers: list[RecognizerSpec]) -> None:
