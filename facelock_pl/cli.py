@@ -143,6 +143,8 @@ def version_line() -> str:
     """`facelock_pl 0.1.0 (python 3.11.7; torch 2.x, ...)`: what a bug report needs, read without importing torch."""
     from importlib.metadata import PackageNotFoundError, version
 
+    from . import __version__
+
     def installed(name: str) -> str:
         try:
             return version(name)
@@ -150,7 +152,7 @@ def version_line() -> str:
             return "not installed"
 
     libraries = ", ".join(f"{name} {installed(name)}" for name in VERSIONED)
-    return f"facelock_pl {installed('facelock_pl')} (python {platform.python_version()}; {libraries})"
+    return f"facelock_pl {__version__} (python {platform.python_version()}; {libraries})"
 
 
 def parse_strictly(parser, args: list[str]):

@@ -162,7 +162,7 @@ def _name_absent(image_sets: list[ImageSet], sources: dict) -> None:
     for image_set in image_sets:
         if image_set.folder is None or image_set.purification:
             continue
-        absent = [uid for uid in sources if not (image_set.folder / f"{uid}.png").exists()]
+        absent = [uid for uid in sources if not image_set.holds(uid)]
         if absent:
             log.warning("facelock_pl edit: set %r has no protected image of %d photo(s) (%s): left out of it (a photo "
                         "`fit` could not protect is an `error` row of its manifest; rerunning `fit` protects one whose "

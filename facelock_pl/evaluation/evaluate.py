@@ -109,7 +109,7 @@ def _name_unedited(out: Path, all_sets: list[ImageSet], prompt_ids: list[int], u
     report covers the edits that exist, and a set without any would be missing from it without a word."""
     for image_set in all_sets:
         # A photo the set holds no image of (it failed to protect) has no edit to make; `edit` names those.
-        held = [u for u in uids if image_set.folder is None or (image_set.folder / f"{u}.png").exists()]
+        held = [u for u in uids if image_set.holds(u)]
         missing = sum(not edit_path(out, image_set.name, pid, u).exists() for pid in prompt_ids for u in held)
         if missing:
             log.warning("facelock_pl evaluate: set %r lacks %d of its %d edits (was `edit` stopped?): the report covers "

@@ -47,16 +47,17 @@ class ImageSet:
     folder: Path | None  # None for the clean set
     purification: str | None = None
 
+    def holds(self, uid: str) -> bool:
+        """Whether the set has an image of `uid`: a protected set has none of a photo it failed to protect (or whose
+        protected image was deleted); the clean set has every photo."""
+        return self.folder is None or (self.folder / f"{uid}.png").exists()
+
     def load(self, uid: str, clean: torch.Tensor, resolution: int | str) -> torch.Tensor | None:
         """The editor's input (uint8 [3, h, w]) of this set's image of `uid` (`clean`: the native source), or None
         when the set has none (e.g. it failed to protect)."""
-        if self.folder is None:
-            levels = clean
-        else:
-            path = self.folder / f"{uid}.png"
-            if not path.exists():
-                return None
-            levels = read_levels(path)
+        if not self.holds(uid):
+            return None
+        levels = clean if self.folder is None else read_levels(self.folder / f"{uid}.png")
         return editor_input(purify.apply(self.purification, levels, uid) if self.purification else levels, resolution)
 
 
