@@ -14,11 +14,11 @@ import logging
 import os
 import platform
 import re
-import signal
 import sys
 import warnings
 
 from .config_files import ConfigError, prepare_args
+from .signals import interrupting
 
 USAGE = """usage: python -m facelock_pl COMMAND [-v] [--config FILE] [--assets DIR] [options]
 
@@ -43,9 +43,9 @@ exit codes:
 
 EXIT_OK, EXIT_CRASH, EXIT_USAGE, EXIT_PARTLY_FAILED, EXIT_NO_IMAGES, EXIT_INTERRUPTED = range(6)
 COMMANDS = ("fit", "edit", "evaluate", "assets")
-# What a Ctrl-C (or, for edit and evaluate, a SIGTERM) leaves; fit's own stop, once it runs, says it in its summary.
+# What a Ctrl-C (or a SIGTERM, SIGUSR1) leaves; fit's own stop, once its steps run, says it in its summary.
 INTERRUPTED = {
-    "fit": "interrupted before the run started; nothing was protected",
+    "fit": "interrupted before its first step; images protected by earlier runs are kept: rerun the same command to go on",
     "edit": "interrupted; the edits written so far are kept: rerun the same command to make the rest",
     "evaluate": "interrupted; no report was written: rerun the same command",
     "assets": "interrupted; the files fetched so far are kept: rerun the same command to fetch the rest",
@@ -179,14 +179,9 @@ def _evaluation(command: str, args: list[str]) -> int:
     config = parser.instantiate_classes(parse_strictly(parser, args))
     # One command at a time per folder: two edits would each save their own edit.json (the last one wins and the
     # other's edits go unrecorded), and an evaluate beside an edit would score half of them.
-    signal.signal(signal.SIGTERM, _stop_on_sigterm)  # as Ctrl-C: the lock is released and the message printed
-    with OutputLock(config.output_dir):
+    with interrupting(), OutputLock(config.output_dir):  # a SIGTERM as Ctrl-C: the lock released, the message printed
         function(**{key: value for key, value in vars(config).items() if key != "config"})
     return EXIT_OK
-
-
-def _stop_on_sigterm(signum, frame) -> None:
-    raise KeyboardInterrupt
 
 
 def _run(command: str, args: list[str]) -> int:
@@ -203,15 +198,16 @@ def _run(command: str, args: list[str]) -> int:
         if command == "assets":
             from .assets import main as assets_main
 
-            return assets_main(args)
+            with interrupting():
+                return assets_main(args)
         return _evaluation(command, args)
     except (ConfigError, WeightsUnavailableError, OutputLockedError) as error:
         message = " ".join(str(error).split())  # one line
     except NoImagesError as error:
         print(f"facelock_pl {command}: {error}", file=sys.stderr)
         return EXIT_NO_IMAGES
-    except KeyboardInterrupt:
-        print(f"facelock_pl {command}: {INTERRUPTED[command]}", file=sys.stderr)
+    except KeyboardInterrupt as stop:
+        print(f"facelock_pl {command}: {str(stop) or INTERRUPTED[command]}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except OSError as error:
         if error.errno not in (errno.ENOSPC, errno.EDQUOT):

@@ -34,6 +34,7 @@ from .models.recognizers import RESERVED_FOR_EVALUATION, RecognizerSpec
 from .objectives import CWSettings, FaceLockObjective, build_method
 from .outputs.lock import OutputLock
 from .progress import ImagesProgress
+from .signals import interrupting
 
 TRAINER_DEFAULTS = {
     "max_epochs": 1,  # one pass over the images; each batch is repeated `iterations` times
@@ -42,6 +43,8 @@ TRAINER_DEFAULTS = {
     "num_sanity_val_steps": 0,
     "log_every_n_steps": 1,
 }
+STOPPED_AT_ONCE = ("stopped at once by a second Ctrl-C: the images finished before it are kept (this run has no "
+                   "summary line): rerun the same command to protect the rest")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # namespace/name, as on the Hugging Face hub
 
 
@@ -187,14 +190,26 @@ def _fit_or_sweep(args: list[str]) -> int:
 def _fit(args: list[str]) -> int:
     locks: list[OutputLock] = []
     try:
-        cli = FitCLI(args, locks)
-        # Other settings are refused before the data module's resume step lists, skips or withdraws anything.
-        cli.model.check_settings(cli.datamodule, write=False)
-        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+        with interrupting():  # until the steps start (the module then takes the stop signals over)
+            cli = FitCLI(args, locks)
+            # Other settings are refused before the data module's resume step lists, skips or withdraws anything.
+            cli.model.check_settings(cli.datamodule, write=False)
+            _train(cli)
         return exit_code(cli.model.summary, cli.datamodule.num_images)
     finally:
         for lock in locks:
             lock.release()
+
+
+def _train(cli: FitCLI) -> None:
+    try:
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    except SystemExit as stop:
+        # Lightning turns a KeyboardInterrupt inside `fit` into exit code 1 without a word: a stop signal before the
+        # first step, or a second Ctrl-C during the steps. It is a stop, not a crash: say which, exit as stops do.
+        if stop.code != 1 or not cli.trainer.interrupted:
+            raise
+        raise KeyboardInterrupt(STOPPED_AT_ONCE if cli.model.stop_requests.received else "") from None
 
 
 def _option(args: list[str], name: str) -> tuple[str | None, list[str]]:

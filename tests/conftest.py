@@ -83,9 +83,9 @@ def run_cli(*args) -> int:
 
 @pytest.fixture
 def cli_here(capfd):
-    """The command line in this process, for whatever does not depend on the process (not signals, ranks, a run that
-    must hold its lock while another starts, the environment libraries read when imported): a subprocess spends ~8 s
-    importing torch and Lightning.
+    """The command line in this process, for whatever does not depend on the process (not signals from outside it,
+    ranks, a run that must hold its lock while another starts, the environment libraries read when imported): a
+    subprocess spends ~8 s importing torch and Lightning.
     `cli_here(*args)` returns a CompletedProcess, as `subprocess.run(..., capture_output=True, text=True)` would.
     The environment variables a run sets are undone afterwards."""
     environment = dict(os.environ)

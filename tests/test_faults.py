@@ -1,10 +1,11 @@
 """Faults and hostile inputs, each through the real command line (issue: never lose or mix up a protected image).
-Numbers refer to the cases of that issue. What depends on the process (signals, a lock's holder, other ranks) runs
-`python -m facelock_pl` in a subprocess; the rest runs the same `main` in this process (`fit_here`), which spares
-each run ~8 s of imports."""
+Numbers refer to the cases of that issue. What depends on the process (signals from outside it, a lock's holder,
+other ranks) runs `python -m facelock_pl` in a subprocess; the rest runs the same `main` in this process (`fit_here`),
+which spares each run ~8 s of imports: a signal the run sends itself at a chosen point (`signalling`) included."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -297,6 +298,76 @@ def test_a_stop_signal_to_the_process_group_with_loader_workers_exits_with_the_i
     time.sleep(1)
     with pytest.raises(ProcessLookupError):
         os.killpg(run.pid, 0)  # no worker left behind
+
+
+@pytest.fixture
+def guarded_signals():
+    """SIGTERM and SIGUSR1 this process sends itself land here if the command left them unhandled, instead of ending
+    the test session; SIGINT raises KeyboardInterrupt, as in a command's process. Yields the list of those that landed."""
+    landed = []
+    handlers = {signal.SIGTERM: lambda signum, frame: landed.append(signum), signal.SIGINT: signal.default_int_handler}
+    handlers[signal.SIGUSR1] = handlers[signal.SIGTERM]
+    previous = {signum: signal.signal(signum, handler) for signum, handler in handlers.items()}
+    yield landed
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)
+
+
+def signalling(function, name: str, when=lambda: True):
+    """`function`, which first sends this process the signal `name` (once `when()` holds)."""
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        if when():
+            os.kill(os.getpid(), signal.Signals[name])
+        return function(*args, **kwargs)
+    return wrapper
+
+
+@pytest.mark.parametrize(("name", "where"), [
+    ("SIGTERM", "models loading"),  # a cluster's time limit while the weights load: the process died, its lock left
+    ("SIGUSR1", "data listed"),  # SLURM's pre-timeout signal: the same
+    ("SIGINT", "inside Lightning's fit, before the first step"),  # Ctrl-C: exit code 1 (a crash) without a word
+])
+def test_a_stop_signal_before_the_first_step_stops_fit_at_once_and_says_so(tmp_path, fit_here, monkeypatch,
+                                                                           guarded_signals, name, where):
+    import facelock_pl.engine.module as module_module
+    from facelock_pl.data import FaceDataModule
+
+    owner, attribute = {"models loading": (module_module, "load_networks"), "data listed": (FaceDataModule, "setup"),
+                        "inside Lightning's fit, before the first step": (module_module.ProtectionModule, "on_fit_start")}[where]
+    monkeypatch.setattr(owner, attribute, signalling(getattr(owner, attribute), name))
+    out = tmp_path / "out"
+    guards = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)}
+    try:
+        stopped = fit_here(face_folder(tmp_path / "faces", 2), out)
+    except KeyboardInterrupt:
+        pytest.fail("the Ctrl-C escaped the command")
+    assert stopped.returncode == 5 and not guarded_signals, stopped.stderr[-2000:]
+    assert "fit: interrupted before its first step" in stopped.stderr and "Traceback" not in stopped.stderr
+    assert not (out / ".facelock.lock").exists() and not (out / "images").exists()
+    assert {signum: signal.getsignal(signum) for signum in guards} == guards  # the handlers from before are back
+
+
+def test_a_second_ctrl_c_during_the_steps_stops_at_once_keeps_what_is_finished_and_says_so(tmp_path, fit_here, monkeypatch,
+                                                                                           guarded_signals):
+    """Lightning turned it into exit code 1 (a crash) without a word."""
+    from facelock_pl.engine.module import ProtectionModule
+
+    faces, out = face_folder(tmp_path / "faces", 3), tmp_path / "out"
+    first_batch_written = lambda: any((out / "manifest").glob("part-*.parquet"))  # noqa: E731
+    step = ProtectionModule.training_step
+    monkeypatch.setattr(ProtectionModule, "training_step",
+                        signalling(signalling(step, "SIGINT", first_batch_written), "SIGINT", first_batch_written))
+    try:
+        stopped = fit_here(faces, out, "--data.batch_size", "2")
+    except KeyboardInterrupt:
+        pytest.fail("the second Ctrl-C escaped the command")
+    assert stopped.returncode == 5 and not guarded_signals, stopped.stderr[-2000:]
+    assert "fit: stopped at once by a second Ctrl-C: the images finished before it are kept" in stopped.stderr
+    assert not (out / ".facelock.lock").exists() and len(list((out / "images").iterdir())) == 2
+    monkeypatch.setattr(ProtectionModule, "training_step", step)
+    rerun = fit_here(faces, out, "--data.batch_size", "2")
+    assert rerun.returncode == 0 and "skipping 2 already protected" in rerun.stderr, rerun.stderr[-2000:]
 
 
 # 5, 8 ---------------------------------------------------------------------------------------------------------
