@@ -8,11 +8,13 @@ valid keys.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import errno
 import logging
 import os
 import platform
+import pydoc
 import re
 import sys
 import warnings
@@ -94,9 +96,23 @@ def _known_keys(parser) -> list[str]:
     return keys
 
 
+# jsonargparse's words for a mistake inside an option that takes a spec or nothing (`editor`, `model.vae`,
+# `model.recognizers`) list every type's failure; the user's mistake is the spec's.
+SPEC_OPTION = re.compile(r"Parser key \"([\w.]+)\":.*? class_path '([\w.]+)': Option '([^']+)' is not accepted")
+SPEC_VALUE = re.compile(r"Parser key \"([\w.]+)\":.*? class_path '[\w.]+': Parser key \"([\w.]+)\": (.+?) - Expected a <class 'NoneType'>")
+CHOICE = re.compile(r"Parser key \"([\w.]+)\": Expected a typing\.Literal\[(.*?)\]\. Got value: (\S+)")
+
+
 def explain(error: Exception, parser=None) -> str:
-    """One line for a user's mistake; with the nearest valid keys for an unknown one."""
-    message = " ".join(str(error).split())
+    """One line for a user's mistake; with the nearest valid keys for an unknown one, the nearest choice for a
+    value that is not one."""
+    message = _spec_mistake(" ".join(str(error).split()))
+    choice = CHOICE.search(message)
+    if choice:
+        key, choices, value = choice.groups()
+        names = re.findall(r"'([^']*)'", choices)
+        close = difflib.get_close_matches(value, names, n=1, cutoff=0.6)
+        return (f"{key}: {value!r} is not one of {', '.join(names)}" + (f"; did you mean {close[0]!r}?" if close else ""))
     unknown = re.findall(r"--([\w.]+)", message.split("unrecognized arguments:")[-1]) if "unrecognized" in message else []
     unknown += re.findall(r"Key '([\w.]+)' is not expected", message)
     # A misspelt key in a config file: "Group 'data' does not accept option 'batchsize'", "Option 'x' is not accepted".
@@ -106,6 +122,25 @@ def explain(error: Exception, parser=None) -> str:
         close = suggestions(unknown[0], _known_keys(parser))
         if close:
             message += "; did you mean " + " or ".join(f"--{c}" for c in close) + "?"
+    return message
+
+
+def _spec_mistake(message: str) -> str:
+    """The mistake inside a spec-or-nothing option, in the words of an option of its own."""
+    option = SPEC_OPTION.search(message)
+    if option:
+        key, class_path, name = option.groups()
+        if ":" in name:  # `{kind:facenet}`: YAML reads one key, "kind:facenet"
+            return f"{key}: {name!r} is read as one key: in YAML a key needs a space after its colon ({name.replace(':', ': ', 1)})"
+        spec = pydoc.locate(class_path)
+        fields = [field.name for field in dataclasses.fields(spec)] if dataclasses.is_dataclass(spec) else []
+        close = difflib.get_close_matches(name, fields, n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]!r}?" if close else f" (its options: {', '.join(fields)})"
+        return f"{key}: {class_path.rsplit('.', 1)[-1]} has no option {name!r}{hint}"
+    value = SPEC_VALUE.search(message)
+    if value:
+        key, inner, problem = value.groups()
+        return f'Parser key "{key}.{inner}": {problem}'
     return message
 
 

@@ -178,16 +178,40 @@ def test_misspelt_options_are_one_line_errors_with_a_suggestion(tmp_path, option
     ("fit", "data:\n  batchsize: 3\n", "--data.batch_size"),
     ("edit", "batchsize: 3\n", "--batch_size"),
 ])
-def test_misspelt_keys_in_a_config_file_get_a_suggestion_too(tmp_path, command, config, suggested):
+def test_misspelt_keys_in_a_config_file_get_a_suggestion_too(tmp_path, command, config, suggested, cli_here):
     (tmp_path / "mine.yaml").write_text(config)
-    result = cli(command, "--config", tmp_path / "mine.yaml", "--data.source", faces(tmp_path / "faces"), "--output_dir",
-                 tmp_path / "out")
+    result = cli_here(command, "--config", tmp_path / "mine.yaml", "--data.source", faces(tmp_path / "faces"),
+                      "--output_dir", tmp_path / "out")
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1 and f"did you mean {suggested}" in lines[0], result.stderr
 
 
-def test_a_folder_given_as_the_config_file_is_named_as_one(tmp_path):
-    result = cli("fit", "--config", tmp_path, "--data.source", faces(tmp_path / "faces"))
+@pytest.mark.parametrize(("command", "option", "value", "message"), [
+    # An option that takes a spec or nothing: jsonargparse listed every type's failure, the mistake buried within.
+    ("edit", "--editor.knd", "tiny-random", "error: editor: EditorSpec has no option 'knd'; did you mean 'kind'?"),
+    ("fit", "--model.recognizers", "[{kind: tiny-random, threshhold: 0.4}]",
+     "error: model.recognizers: RecognizerSpec has no option 'threshhold'; did you mean 'threshold'?"),
+    ("fit", "--model.recognizers", "[{kind:tiny-random}]",
+     "error: model.recognizers: 'kind:tiny-random' is read as one key: in YAML a key needs a space after its colon "
+     "(kind: tiny-random)"),
+    ("edit", "--editor.steps", "many", 'error: Parser key "editor.steps": Expected a <class \'int\'>. Got value: many'),
+    # A value that is not one of the choices, inside a spec or not.
+    ("edit", "--editor.kind", "instruct-pix2pixx", "error: editor.kind: 'instruct-pix2pixx' is not one of instruct-pix2pix, "
+     "img2img, tiny-random, tiny-img2img, vae-roundtrip; did you mean 'instruct-pix2pix'?"),
+    ("fit", "--model.method", "photguard",
+     "error: model.method: 'photguard' is not one of facelock, photoguard, encoder, vae, cw; did you mean 'photoguard'?"),
+])
+def test_a_mistake_inside_a_spec_or_a_choice_is_named_in_one_short_line(tmp_path, command, option, value, message,
+                                                                        cli_here):
+    where = ["--sets", f"{{a: {tmp_path}}}"] if command == "edit" else ["--config", ROOT / "configs" / "tiny.yaml"]
+    result = cli_here(command, *where, "--data.source", faces(tmp_path / "faces"), "--output_dir", tmp_path / "out",
+                      option, value)
+    assert result.returncode == 2 and result.stderr.strip() == f"facelock_pl {command}: {message}"
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_folder_given_as_the_config_file_is_named_as_one(tmp_path, cli_here):
+    result = cli_here("fit", "--config", tmp_path, "--data.source", faces(tmp_path / "faces"))
     assert result.returncode == 2 and f"config file {tmp_path} is a folder" in result.stderr  # was "not found"
 
 
