@@ -206,9 +206,11 @@ def _train(cli: FitCLI) -> None:
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     except SystemExit as stop:
         # Lightning turns a KeyboardInterrupt inside `fit` into exit code 1 without a word: a stop signal before the
-        # first step, or a second Ctrl-C during the steps. It is a stop, not a crash: say which, exit as stops do.
+        # first step, a second Ctrl-C during the steps, or one after the summary. A stop, not a crash: say which.
         if stop.code != 1 or not cli.trainer.interrupted:
             raise
+        if cli.model.summary is not None:
+            return  # the run had ended and said so: its own exit code stands
         raise KeyboardInterrupt(STOPPED_AT_ONCE if cli.model.stop_requests.received else "") from None
 
 

@@ -370,6 +370,22 @@ def test_a_second_ctrl_c_during_the_steps_stops_at_once_keeps_what_is_finished_a
     assert rerun.returncode == 0 and "skipping 2 already protected" in rerun.stderr, rerun.stderr[-2000:]
 
 
+def test_a_stop_signal_after_the_summary_leaves_the_run_as_it_ended(tmp_path, fit_here, monkeypatch, guarded_signals):
+    """Inside Lightning's teardown it became exit code 1; the run had protected everything and said so."""
+    from facelock_pl.engine.module import ProtectionModule
+
+    summarise = ProtectionModule.on_train_end
+
+    def then_sigterm(module):
+        summarise(module)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(ProtectionModule, "on_train_end", then_sigterm)
+    ended = fit_here(face_folder(tmp_path / "faces", 2), tmp_path / "out")
+    assert ended.returncode == 0 and not guarded_signals and "holds 2 image(s): ok 2" in ended.stderr, ended.stderr[-2000:]
+    assert "interrupted" not in ended.stderr and not (tmp_path / "out" / ".facelock.lock").exists()
+
+
 # 5, 8 ---------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(("option", "message"), [
     (["--data.batch_size", "0"], "data.batch_size must be at least 1 or 'auto' (got 0)"),

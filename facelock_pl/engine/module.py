@@ -248,7 +248,6 @@ class ProtectionModule(L.LightningModule):
 
     def on_train_end(self) -> None:
         # Every process gets here after the same number of steps, so the gather cannot hang.
-        self.stop_requests.restore()
         self.stats.stop()
         gathered = self.trainer.strategy.all_gather(self.stats.as_tensor()) if self.trainer.world_size > 1 else None
         per_rank = gathered.reshape(self.trainer.world_size, -1) if gathered is not None else self.stats.as_tensor()[None]
@@ -257,3 +256,4 @@ class ProtectionModule(L.LightningModule):
             self.summary = write_summary(self.output_dir, last_run)
             logs.info(describe(self.summary, self.output_dir))
         self.summary = self.trainer.strategy.broadcast(self.summary, src=0)
+        self.stop_requests.restore()  # only now: a stop signal must not break into the gather or the summary
