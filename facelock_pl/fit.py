@@ -26,7 +26,7 @@ from .data import FaceDataModule
 from .data.datamodule import DEMO_SOURCE
 from .data.folder import image_files
 from .data.hf import detect_format
-from .data.images import IMAGE_SUFFIXES, REFUSED_SUFFIXES, SUFFIX_NAMES
+from .data.images import ARCHIVE_SUFFIXES, IMAGE_SUFFIXES, REFUSED_SUFFIXES, SUFFIX_NAMES, UNPACK
 from .engine import AdaptiveStopping, AttackConfig, ProtectionModule, SpeedConfig
 from .engine.module import check_networks
 from .engine.strategy import close_process_group
@@ -75,7 +75,11 @@ def _check_source(data: FaceDataModule) -> None:
             files, hidden = image_files(path, [Path(data.output_dir)])
             if not files:
                 left_out = f" (only hidden ones, left out: {logs.first_few(hidden)})" if hidden else ""
-                raise NoImagesError(f"no image files ({SUFFIX_NAMES}) in {source}{left_out}")
+                archives = sorted(p.name for p in path.iterdir() if p.suffix.lower() in ARCHIVE_SUFFIXES)
+                archived = f"; it holds archives ({logs.first_few(archives)}): unpack them {UNPACK}" if archives else ""
+                raise NoImagesError(f"no image files ({SUFFIX_NAMES}) in {source}{left_out}{archived}")
+        if fmt == "folder" and path.is_file() and path.suffix.lower() in ARCHIVE_SUFFIXES:
+            raise ConfigError(f"data.source {source!r} is an archive: unpack it {UNPACK}")
         if fmt == "folder" and path.is_file() and path.suffix.lower() in REFUSED_SUFFIXES:
             raise ConfigError(f"data.source {source!r}: {REFUSED_SUFFIXES[path.suffix.lower()]}")
         if fmt == "folder" and path.is_file() and path.suffix.lower() not in IMAGE_SUFFIXES:

@@ -223,6 +223,31 @@ def test_a_source_that_does_not_exist_is_refused_before_models_load(tmp_path, cl
     assert not (tmp_path / "out").exists() and time.time() - started < 60
 
 
+def test_photos_still_in_their_archive_are_named_as_such_by_every_command(tmp_path, cli_here):
+    """A set of portraits is downloaded as a zip: `fit` said "not an image nor a parquet file", and `edit` crashed
+    with a traceback (exit code 1) on any file that is not a photo."""
+    import zipfile
+
+    photos = faces(tmp_path / "faces")
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    with zipfile.ZipFile(downloads / "portraits.zip", "w") as archive:
+        for photo in photos.iterdir():
+            archive.write(photo, photo.name)
+    unpack = "(`unzip FILE -d FOLDER` or `tar -xf FILE -C FOLDER`) and give that folder"
+    archive_source = cli_here(*tiny(downloads / "portraits.zip", tmp_path / "out"))
+    assert archive_source.returncode == 2 and f"is an archive: unpack it {unpack}" in archive_source.stderr
+    folder_source = cli_here(*tiny(downloads, tmp_path / "out"))
+    assert folder_source.returncode == 4 and f"it holds archives (portraits.zip): unpack them {unpack}" in folder_source.stderr
+    for source, reason in ((downloads / "portraits.zip", ": it is an archive, unpack it"), (ROOT / "README.md", "")):
+        edit = cli_here("edit", "--config", ROOT / "configs" / "edit-tiny.yaml", "--data.source", source, "--sets",
+                        f"{{a: {photos}}}", "--output_dir", tmp_path / "eval")
+        assert edit.returncode == 2 and edit.stderr.strip().splitlines() == [
+            f"facelock_pl edit: error: data.source {source} is not a folder or an image file{reason}"
+            + (f" {unpack}" if reason else "")]
+    assert not (tmp_path / "out").exists() and not (tmp_path / "eval").exists()
+
+
 def test_an_empty_source_and_a_source_where_everything_fails_are_not_successes(tmp_path, cli_here):
     (tmp_path / "empty").mkdir()
     empty = cli_here(*tiny(tmp_path / "empty", tmp_path / "out-empty"))

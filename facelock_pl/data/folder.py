@@ -9,7 +9,8 @@ from pathlib import Path
 from torch.utils.data import Dataset
 
 from .. import logs
-from .images import IMAGE_SUFFIXES, REFUSED_SUFFIXES, BadImageError, make_uid, printable_path, unique_uid
+from .images import (ARCHIVE_SUFFIXES, IMAGE_SUFFIXES, REFUSED_SUFFIXES, UNPACK, BadImageError, make_uid, printable_path,
+                     unique_uid)
 from .items import Decoding, ImageItem
 
 
@@ -91,7 +92,8 @@ class FolderImages(Dataset):
             entries = list(zip(folder_uids([self.root.name], known), [self.root.name]))
             self.root = self.root.parent
         if entries is None and not self.root.is_dir():
-            raise FileNotFoundError(f"data.source {self.root} is not a folder or an image file")
+            archive = f": it is an archive, unpack it {UNPACK}" if self.root.suffix.lower() in ARCHIVE_SUFFIXES else ""
+            raise FileNotFoundError(f"data.source {self.root} is not a folder or an image file{archive}")
         self.decoding = decoding
         self.entries = list_images(self.root, exclude, known) if entries is None else entries
 

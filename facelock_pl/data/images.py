@@ -26,6 +26,8 @@ pillow_heif.register_heif_opener()  # HEIC/HEIF, what phones save; AVIF is Pillo
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".heic", ".heif", ".avif")
 SUFFIX_NAMES = ", ".join(suffix[1:] for suffix in IMAGE_SUFFIXES)
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tgz", ".gz", ".bz2", ".xz", ".7z", ".rar")  # how photo sets are downloaded
+UNPACK = "(`unzip FILE -d FOLDER` or `tar -xf FILE -C FOLDER`) and give that folder"
 # Photo files that are listed, so that none is passed over unseen, but refused with an `error` row saying what to do.
 _RAW = ("a camera RAW file is not protected (Pillow would read its embedded preview, not the photo): export the photo "
         "as JPEG, PNG or HEIC and protect that")

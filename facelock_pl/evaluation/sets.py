@@ -109,9 +109,10 @@ def recorded_sources(sets: dict[str, str]) -> tuple[dict[str, str], dict[str, di
 
 def clean_images(data: DataSpec, known: dict[str, str]) -> FolderImages:
     """The clean sources, uids as the protected sets recorded them (`known`: source path -> uid)."""
-    if not Path(data.source).expanduser().exists():
-        raise ConfigError(f"data.source {data.source} is not a folder or an image file")
-    images = FolderImages(data.source, Decoding(data.resolution), known=known)
+    try:
+        images = FolderImages(data.source, Decoding(data.resolution), known=known)
+    except FileNotFoundError as error:  # an archive, a file of another kind, a path that does not exist
+        raise ConfigError(str(error)) from None
     if data.limit is not None:
         images.entries = images.entries[: data.limit]
     return images
