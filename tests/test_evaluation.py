@@ -122,18 +122,25 @@ def protected_set(face_folder, tmp_path):
     return out
 
 
-def test_edit_names_the_photos_a_protected_set_has_no_image_of(face_folder, protected_set, tmp_path, caplog):
-    """A protected image deleted after `fit`: `edit` left the photo out of the set without a word."""
+def test_edit_names_the_photos_a_protected_set_has_no_image_of(face_folder, protected_set, tmp_path, caplog, cli_here):
+    """A protected image deleted after `fit`: `edit` left the photo out of the set without a word. A set that holds
+    none (a wrong folder) was edited as an empty set: only the clean photos, at the full cost of the editor."""
     (protected_set / "images" / "astronaut.png").unlink()
     caplog.set_level("INFO")
     out = tmp_path / "eval"
-    assert run_cli("edit", "--config", ROOT / "configs" / "edit-tiny.yaml", "--data.source", face_folder, "--sets",
-                   f"{{facelock: {protected_set}}}", "--purify", "[jpeg:75]", "--prompt_ids", "[0]", "--output_dir", out) == 0
+    edit = ["edit", "--config", ROOT / "configs" / "edit-tiny.yaml", "--data.source", face_folder, "--sets",
+            f"{{facelock: {protected_set}}}", "--purify", "[jpeg:75]", "--prompt_ids", "[0]"]
+    assert cli_here(*edit, "--output_dir", out).returncode == 0
     assert caplog.text.count("has no protected image") == 1  # once for the set, not again per purification
     assert "set 'facelock' has no protected image of 1 photo(s) (astronaut)" in caplog.text
     edits = sorted(p.relative_to(out / "edits").as_posix() for p in (out / "edits").rglob("*.png"))
     assert edits == ["clean/0/astronaut.png", "clean/0/grace_hopper.png", "facelock+jpeg75/0/grace_hopper.png",
                      "facelock/0/grace_hopper.png"]
+    (protected_set / "images" / "grace_hopper.png").unlink()
+    refused = cli_here(*edit, "--output_dir", tmp_path / "eval-none")
+    assert refused.returncode == 2 and "protected set 'facelock': " in refused.stderr
+    assert "holds no protected image of the 2 photo(s) in data.source (astronaut, grace_hopper)" in refused.stderr
+    assert not (tmp_path / "eval-none").exists()
 
 
 def test_edit_then_evaluate_end_to_end(face_folder, protected_set, tmp_path, caplog):

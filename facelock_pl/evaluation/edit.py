@@ -158,11 +158,16 @@ def run_edit(
 
 def _name_absent(image_sets: list[ImageSet], sources: dict) -> None:
     """Warn, once per protected set, of the photos it holds no image of: they are left out of it, and its rows in a
-    report then count fewer photos than the clean set's."""
+    report then count fewer photos than the clean set's. A set that holds none is refused: a wrong folder, with
+    which only the clean photos would be edited."""
     for image_set in image_sets:
         if image_set.folder is None or image_set.purification:
             continue
         absent = [uid for uid in sources if not image_set.holds(uid)]
+        if len(absent) == len(sources):
+            raise ConfigError(f"protected set {image_set.name!r}: {image_set.folder} holds no protected image of the "
+                              f"{len(sources)} photo(s) in data.source ({first_few(absent)}): give the --output_dir "
+                              "`fit` protected these photos into")
         if absent:
             log.warning("facelock_pl edit: set %r has no protected image of %d photo(s) (%s): left out of it (a photo "
                         "`fit` could not protect is an `error` row of its manifest; rerunning `fit` protects one whose "
