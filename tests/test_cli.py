@@ -124,7 +124,7 @@ def test_missing_weights_stop_before_any_work(face_folder, tmp_path, capsys, mon
                    "--model.recognizers", '[{"kind": "onnx", "weights": "/nowhere/sface.onnx"}]')
     assert code == 2
     err = capsys.readouterr().err
-    assert "Cannot load the weights of ONNX face recogniser /nowhere/sface.onnx" in err
+    assert "Cannot load the weights of ONNX face recogniser (/nowhere/sface.onnx)" in err
     assert "never falls back to random weights" in err
     assert not (out / "images").exists() and not (out / "manifest").exists()
 

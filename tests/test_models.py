@@ -34,6 +34,15 @@ def test_facenet_release_weights_missing_raise(offline):
         load_recognizer(RecognizerSpec(kind="facenet", weights="vggface2"))
 
 
+@pytest.mark.parametrize("kind", ["onnx", "dlib", "human"])
+def test_a_file_kind_without_its_weights_says_they_were_not_given(kind):
+    """`weights` defaults to facenet's release name: left unset for another kind, the error read "Cannot load the
+    weights of dlib ResNet face descriptor (vggface2). Looked in: vggface2"."""
+    with pytest.raises(WeightsUnavailableError, match=r"Looked in: nowhere: `weights` was not given \('vggface2' is "
+                                                      r"facenet's default\)"):
+        load_recognizer(RecognizerSpec(kind=kind))
+
+
 def test_facenet_state_dict_that_does_not_fit_is_refused(tmp_path):
     torch.save({"conv.weight": torch.zeros(1)}, tmp_path / "wrong.pt")
     with pytest.raises(ValueError, match="does not fit"):

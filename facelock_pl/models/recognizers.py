@@ -271,15 +271,21 @@ def _facenet(spec: RecognizerSpec) -> nn.Module:
     return net
 
 
-def _onnx(spec: RecognizerSpec) -> tuple[nn.Module, int]:
-    """The ONNX graph as a torch module, and its input size (its stated height, else the ArcFace crop's 112)."""
+def _weights_file(spec: RecognizerSpec, what: str, hint: str) -> Path:
+    """The file `spec.weights` names. Its default names a facenet release: left unset, it is no file of this kind."""
+    if spec.weights in FACENET_RELEASES:
+        raise WeightsUnavailableError(what, [f"nowhere: `weights` was not given ({spec.weights!r} is facenet's default)"],
+                                      hint)
     path = Path(spec.weights).expanduser()
     if not path.is_file():
-        raise WeightsUnavailableError(
-            f"ONNX face recogniser {spec.weights}", [str(path)],
-            "Give the path of an .onnx face-recognition model in the recogniser's `weights`."
-            if spec.kind == "onnx" else CONVERT_HINT,
-        )
+        raise WeightsUnavailableError(f"{what} ({spec.weights})", [str(path)], hint)
+    return path
+
+
+def _onnx(spec: RecognizerSpec) -> tuple[nn.Module, int]:
+    """The ONNX graph as a torch module, and its input size (its stated height, else the ArcFace crop's 112)."""
+    path = _weights_file(spec, "ONNX face recogniser", "Give the path of an .onnx face-recognition model in the "
+                         "recogniser's `weights`." if spec.kind == "onnx" else CONVERT_HINT)
     import onnx
     from onnx2torch import convert
 
@@ -315,12 +321,7 @@ def _adaface(spec: RecognizerSpec) -> nn.Module:
 
 def _converted(spec: RecognizerSpec, net: nn.Module, what: str) -> nn.Module:
     """`net` with the weights that `python -m facelock_pl assets download` converted from a package registry."""
-    path = Path(spec.weights).expanduser()
-    if not path.is_file():
-        raise WeightsUnavailableError(
-            f"{what} ({spec.weights})", [str(path)],
-            CONVERT_HINT,
-        )
+    path = _weights_file(spec, what, CONVERT_HINT)
     load_strict_except(net, load_state_dict_file(path), (), f"{what} weights {spec.weights}")
     return net
 
