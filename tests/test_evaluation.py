@@ -143,6 +143,23 @@ def test_edit_names_the_photos_a_protected_set_has_no_image_of(face_folder, prot
     assert not (tmp_path / "eval-none").exists()
 
 
+def test_a_set_protected_into_a_dataset_only_is_edited_from_it(face_folder, protected_set, tmp_path, cli_here):
+    """`fit --model.output_format parquet` writes no PNG: `edit` found no protected image in the folder."""
+    as_dataset = tmp_path / "as-dataset"
+    assert cli_here("fit", "--config", ROOT / "configs" / "tiny.yaml", "--data.source", face_folder, "--output_dir",
+                    as_dataset, "--trainer.enable_progress_bar", "false", "--model.output_format", "parquet").returncode == 0
+    assert not (as_dataset / "images").exists()
+    out = tmp_path / "eval"
+    edit = cli_here("edit", "--config", ROOT / "configs" / "edit-tiny.yaml", "--data.source", face_folder, "--sets",
+                    f"{{png: {protected_set}, dataset: {as_dataset}}}", "--purify", "[jpeg:75]", "--prompt_ids", "[0]",
+                    "--output_dir", out)
+    assert edit.returncode == 0 and "no protected image" not in edit.stderr, edit.stderr[-2000:]
+    for uid in ("astronaut", "grace_hopper"):  # the same protection, written two ways: the same edits
+        for name in ("png", "png+jpeg75"):
+            from_png = (out / "edits" / name / "0" / f"{uid}.png").read_bytes()
+            assert (out / "edits" / name.replace("png", "dataset") / "0" / f"{uid}.png").read_bytes() == from_png
+
+
 def test_edit_then_evaluate_end_to_end(face_folder, protected_set, tmp_path, caplog):
     caplog.set_level("INFO")
     out = tmp_path / "eval"

@@ -1,20 +1,23 @@
 """The image sets an evaluation compares: the clean sources and each protected set, optionally purified.
 
 `clean` is the 8-bit source at its native size; a protected set is a `fit` output folder (its
-`images/<uid>.png`) or a plain folder of `<uid>.png`; a purified set `<name>+<purification>` is that set after
+`images/<uid>.png`, or its protected dataset where it wrote no PNG) or a plain folder of `<uid>.png`; a purified set `<name>+<purification>` is that set after
 e.g. a JPEG re-save (applied to the image as posted, at its native size). Every image reaches the editor as the
 editor would take it: resized to the working resolution, aspect kept (`facelock_pl.pixels.editor_input`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import io
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import torch
 
 from ..config_files import ConfigError
 from ..data import Decoding, FolderImages
+from ..outputs.manifest import dataset_parts
 from ..pixels import editor_input, read_levels, resolution_problem
 from . import purify
 
@@ -46,18 +49,27 @@ class ImageSet:
     name: str
     folder: Path | None  # None for the clean set
     purification: str | None = None
+    dataset: dict[str, Path] = field(default_factory=dict)  # uid -> part, where `fit` wrote no PNG (output_format parquet)
 
     def holds(self, uid: str) -> bool:
         """Whether the set has an image of `uid`: a protected set has none of a photo it failed to protect (or whose
         protected image was deleted); the clean set has every photo."""
-        return self.folder is None or (self.folder / f"{uid}.png").exists()
+        return self.folder is None or (self.folder / f"{uid}.png").exists() or uid in self.dataset
+
+    def _protected(self, uid: str) -> torch.Tensor:
+        png = self.folder / f"{uid}.png"
+        if png.exists():
+            return read_levels(png)
+        part = pq.read_table(self.dataset[uid], columns=["uid", "image"])
+        image = part["image"][part["uid"].to_pylist().index(uid)].as_py()
+        return read_levels(io.BytesIO(image["bytes"]))
 
     def load(self, uid: str, clean: torch.Tensor, resolution: int | str) -> torch.Tensor | None:
         """The editor's input (uint8 [3, h, w]) of this set's image of `uid` (`clean`: the native source), or None
         when the set has none (e.g. it failed to protect)."""
         if not self.holds(uid):
             return None
-        levels = clean if self.folder is None else read_levels(self.folder / f"{uid}.png")
+        levels = clean if self.folder is None else self._protected(uid)
         return editor_input(purify.apply(self.purification, levels, uid) if self.purification else levels, resolution)
 
 
@@ -79,12 +91,13 @@ def image_sets(sets: dict[str, str], purifications: list[str]) -> list[ImageSet]
         if name == CLEAN or "+" in name:
             raise ConfigError(f"set name {name!r} is reserved or contains '+'")
         folder = Path(location).expanduser()
+        dataset = dataset_parts(folder) if not (folder / "images").is_dir() else {}  # a run that wrote no PNG
         folder = folder / "images" if (folder / "images").is_dir() else folder
         if not folder.is_dir():
             raise ConfigError(f"protected set {name!r}: {location} is not a folder of <uid>.png images (give `fit`'s "
                               "--output_dir, or its images/ folder)")
-        out.append(ImageSet(name, folder))
-        out += [ImageSet(f"{name}+{purify.label(p)}", folder, p) for p in purifications]
+        out.append(ImageSet(name, folder, dataset=dataset))
+        out += [ImageSet(f"{name}+{purify.label(p)}", folder, p, dataset) for p in purifications]
     return out
 
 

@@ -149,10 +149,14 @@ def without_copies(output_dir: Path, protected: pd.DataFrame) -> pd.DataFrame:
     folder = Path(output_dir) / "images"
     pngs = {path.stem for path in folder.glob("*.png")} if folder.is_dir() else set()
     missing = protected[~protected["uid"].isin(pngs)]
-    in_dataset: set[str] = set()
-    for part in _parts(dataset_dir(output_dir)) if len(missing) else []:
-        in_dataset.update(pq.read_table(part, columns=["uid"])["uid"].to_pylist())  # the uid column only
-    return missing[~missing["uid"].isin(in_dataset)]
+    in_dataset = dataset_parts(output_dir) if len(missing) else {}
+    return missing[~missing["uid"].isin(list(in_dataset))]
+
+
+def dataset_parts(output_dir: Path) -> dict[str, Path]:
+    """uid -> the part of the protected dataset that holds its image (only the uid column is read)."""
+    return {uid: part for part in _parts(dataset_dir(output_dir))
+            for uid in pq.read_table(part, columns=["uid"])["uid"].to_pylist()}
 
 
 def repair(output_dir: Path) -> list[Path]:
