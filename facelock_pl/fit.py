@@ -117,6 +117,10 @@ def check_before_loading(config) -> None:
                        [RecognizerSpec(**vars(spec)) for spec in model.get("judges") or []])
     except (ValueError, TypeError) as error:
         raise ConfigError(str(error)) from None
+    if config.trainer.precision not in (None, 32, "32", "32-true"):
+        raise ConfigError(f"trainer.precision {config.trainer.precision}: the engine runs the networks in mixed precision "
+                          "itself, where it is safe (--model.speed.amp_dtype bfloat16, float16 or null; CUDA only); "
+                          "leave trainer.precision at 32")
     _writable(output_dir)
     _check_source(data)
 
@@ -199,6 +203,9 @@ def _fit(args: list[str]) -> int:
             # Other settings are refused before the data module's resume step lists, skips or withdraws anything.
             cli.model.check_settings(cli.datamodule, write=False)
             _train(cli)
+        if cli.model.summary is None:  # Lightning skipped the steps and the hooks around them
+            raise ConfigError("the trainer ran no step (trainer.max_epochs, max_steps or limit_train_batches 0?): "
+                              "nothing was protected")
         return exit_code(cli.model.summary, cli.datamodule.num_images)
     finally:
         for lock in locks:

@@ -386,6 +386,31 @@ def test_a_stop_signal_after_the_summary_leaves_the_run_as_it_ended(tmp_path, fi
     assert "interrupted" not in ended.stderr and not (tmp_path / "out" / ".facelock.lock").exists()
 
 
+def test_a_trainer_limit_that_ends_the_steps_early_is_a_stop_not_a_success(tmp_path, fit_here):
+    """`--trainer.max_steps` (or max_time) ended the run with images left, and it exited 0 ("everything protected");
+    max_epochs 0 ran no step at all and exited 0 too."""
+    from facelock_pl.engine.module import TRAINER_LIMIT
+
+    faces, out = face_folder(tmp_path / "faces", 3), tmp_path / "out"
+    limited = fit_here(faces, out, "--data.batch_size", "2", "--trainer.max_steps", "12")  # 8 iterations an image
+    assert limited.returncode == 5 and f"INTERRUPTED by {TRAINER_LIMIT}" in limited.stderr, limited.stderr[-2000:]
+    assert json.loads((out / "summary.json").read_text())["last_run"]["interrupted"] == TRAINER_LIMIT
+    assert len(read_manifest(out)) == 2 and "rerun the same command to protect the rest" in limited.stderr
+    rest = fit_here(faces, out, "--data.batch_size", "2")
+    assert rest.returncode == 0 and "skipping 2 already protected" in rest.stderr and "INTERRUPTED" not in rest.stderr
+    nothing = fit_here(faces, tmp_path / "out-none", "--trainer.max_epochs", "0")
+    assert nothing.returncode == 2 and "error: the trainer ran no step" in nothing.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "out-none" / "images").exists()
+
+
+def test_the_trainers_precision_is_refused_before_anything_loads(tmp_path, fit_here):
+    """Lightning's 16-mixed wraps the whole step in autocast (bfloat16 on a CPU): the face detector crashed with a
+    traceback. The engine keeps its own mixed precision to the networks' forward passes (model.speed.amp_dtype)."""
+    result = fit_here(face_folder(tmp_path / "faces", 1), tmp_path / "out", "--trainer.precision", "16-mixed")
+    assert result.returncode == 2 and "leave trainer.precision at 32" in one_line_error(result)
+    assert "--model.speed.amp_dtype" in result.stderr and not (tmp_path / "out").exists()
+
+
 # 5, 8 ---------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(("option", "message"), [
     (["--data.batch_size", "0"], "data.batch_size must be at least 1 or 'auto' (got 0)"),

@@ -34,6 +34,9 @@ from .speed import SpeedConfig
 from .stopping import AdaptiveStopping
 from .summary import RunStats, describe, write_summary
 
+# What the summary names as the stop when Lightning ended the steps with images left (no stop signal).
+TRAINER_LIMIT = "a trainer limit (trainer.max_steps, max_time, limit_train_batches or max_epochs)"
+
 
 def load_networks(vaes: list[VAESpec], recognizers: list[RecognizerSpec], lpips: LPIPSSpec | None,
                   objective: FaceLockObjective) -> Networks:
@@ -151,6 +154,7 @@ class ProtectionModule(L.LightningModule):
         self.stats = RunStats()
         self.stop_requests = StopRequests()
         self.interrupted_by: str | None = None  # the stop signal's name, once any process received one
+        self.work_left = False  # as of the last stop vote: images still to protect on some process
         self.summary: dict | None = None  # summary.json's content, on every process, once the run is over
         self._writer: OutputWriter | None = None
 
@@ -208,6 +212,7 @@ class ProtectionModule(L.LightningModule):
         if self.trainer.world_size > 1:
             vote = self.trainer.strategy.reduce(vote, reduce_op="max")
         busy, signum = bool(vote[0]), int(vote[1])
+        self.work_left = busy
         if signum:
             self.interrupted_by = signal.Signals(signum).name
         if signum or not busy:
@@ -243,11 +248,15 @@ class ProtectionModule(L.LightningModule):
         self.attack.capacity = datamodule.batch_size if datamodule is not None else 1
 
     def on_train_start(self) -> None:
+        datamodule = self.trainer.datamodule
+        self.work_left = datamodule is not None and datamodule.num_images > datamodule.num_skipped
         self.stats.start()
         self.stop_requests.install()  # after Lightning installed its own handlers (see facelock_pl.signals)
 
     def on_train_end(self) -> None:
         # Every process gets here after the same number of steps, so the gather cannot hang.
+        if self.work_left and self.interrupted_by is None:  # Lightning stopped the steps before the images were done
+            self.interrupted_by = TRAINER_LIMIT
         self.stats.stop()
         gathered = self.trainer.strategy.all_gather(self.stats.as_tensor()) if self.trainer.world_size > 1 else None
         per_rank = gathered.reshape(self.trainer.world_size, -1) if gathered is not None else self.stats.as_tensor()[None]
