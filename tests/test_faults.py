@@ -403,12 +403,25 @@ def test_a_trainer_limit_that_ends_the_steps_early_is_a_stop_not_a_success(tmp_p
     assert not (tmp_path / "out-none" / "images").exists()
 
 
-def test_the_trainers_precision_is_refused_before_anything_loads(tmp_path, fit_here):
-    """Lightning's 16-mixed wraps the whole step in autocast (bfloat16 on a CPU): the face detector crashed with a
-    traceback. The engine keeps its own mixed precision to the networks' forward passes (model.speed.amp_dtype)."""
-    result = fit_here(face_folder(tmp_path / "faces", 1), tmp_path / "out", "--trainer.precision", "16-mixed")
-    assert result.returncode == 2 and "leave trainer.precision at 32" in one_line_error(result)
-    assert "--model.speed.amp_dtype" in result.stderr and not (tmp_path / "out").exists()
+@pytest.mark.parametrize(("options", "message"), [
+    # Lightning's 16-mixed wraps the whole step in autocast (bfloat16 on a CPU): the face detector crashed.
+    (["--trainer.precision", "16-mixed"], "(--model.speed.amp_dtype bfloat16, float16 or null; CUDA only); leave "
+                                          "trainer.precision at 32"),
+    # Lightning's DDP refuses a module without gradients: a traceback.
+    (["--trainer.strategy", "ddp_spawn"], "trainer.strategy ddp_spawn: use facelock_ddp"),
+    (["--trainer.strategy", "auto", "--trainer.devices", "2"], "trainer.strategy auto: use facelock_ddp"),
+])
+def test_trainer_options_the_engine_cannot_run_are_refused_before_anything_loads(tmp_path, fit_here, options, message):
+    result = fit_here(face_folder(tmp_path / "faces", 1), tmp_path / "out", "--trainer.accelerator", "cpu", *options)
+    assert message in one_line_error(result) and not (tmp_path / "out").exists()
+
+
+def test_a_trainer_option_for_gradients_is_a_one_line_error(tmp_path, fit_here):
+    """Gradient accumulation and clipping need Lightning's automatic optimisation: a traceback, exit code 1."""
+    result = fit_here(face_folder(tmp_path / "faces", 1), tmp_path / "out", "--trainer.gradient_clip_val", "1.0")
+    last = result.stderr.strip().splitlines()[-1]
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert last.startswith("facelock_pl fit: error: trainer: Automatic gradient clipping is not supported")
 
 
 # 5, 8 ---------------------------------------------------------------------------------------------------------
