@@ -40,7 +40,8 @@ exit codes:
   2  the run could not start: a bad option, path or value, missing weights, an output folder in use
   3  the run finished, but some images could not be protected (their manifest rows say why)
   4  the source holds no image to protect
-  5  stopped by SIGTERM, SIGINT or SIGUSR1 (SLURM's pre-timeout signal): finished images are kept, rerun to resume
+  5  stopped by SIGTERM, SIGINT or SIGUSR1 (SLURM's pre-timeout signal), or by a trainer limit (--trainer.max_time):
+     finished images are kept, rerun to resume
 """
 
 EXIT_OK, EXIT_CRASH, EXIT_USAGE, EXIT_PARTLY_FAILED, EXIT_NO_IMAGES, EXIT_INTERRUPTED = range(6)
