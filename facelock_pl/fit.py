@@ -117,24 +117,26 @@ def check_before_loading(config) -> None:
                        [RecognizerSpec(**vars(spec)) for spec in model.get("judges") or []])
     except (ValueError, TypeError) as error:
         raise ConfigError(str(error)) from None
-    _check_strategy(config.trainer.strategy, config.trainer.devices)
-    if config.trainer.precision not in (None, 32, "32", "32-true"):
-        raise ConfigError(f"trainer.precision {config.trainer.precision}: the engine runs the networks in mixed precision "
-                          "itself, where it is safe (--model.speed.amp_dtype bfloat16, float16 or null; CUDA only); "
-                          "leave trainer.precision at 32")
+    _check_trainer(config.trainer)
     _writable(output_dir)
     _check_source(data)
 
 
-def _check_strategy(strategy, devices) -> None:
-    """Lightning's own parallel strategies wrap the module for gradients it does not have (its networks are frozen):
-    DDP refuses it, a sharded one would shard what each process needs whole. `facelock_ddp` launches the processes
-    without wrapping."""
+def _check_trainer(trainer) -> None:
+    """Trainer options the engine cannot run. Lightning's own parallel strategies wrap the module for gradients it
+    does not have (its networks are frozen): DDP refuses it, a sharded one would shard what each process needs whole;
+    `facelock_ddp` launches the processes without wrapping. Lightning's precision wraps the whole step in autocast,
+    the face detector included (it fails on bfloat16 tensors)."""
+    strategy, devices = trainer.strategy, trainer.devices
     several = str(devices) not in ("1", "auto") and (not isinstance(devices, list) or len(devices) > 1)
     if isinstance(strategy, str) and (strategy.startswith(("ddp", "fsdp", "deepspeed", "xla")) or
                                       (strategy == "auto" and several)):
         raise ConfigError(f"trainer.strategy {strategy}: use facelock_ddp (the configs' value): each process protects "
                           "its own images with the frozen networks whole, and there are no gradients to synchronise")
+    if trainer.precision not in (None, 32, "32", "32-true"):
+        raise ConfigError(f"trainer.precision {trainer.precision}: the engine runs the networks in mixed precision "
+                          "itself, where it is safe (--model.speed.amp_dtype bfloat16, float16 or null; CUDA only); "
+                          "leave trainer.precision at 32")
 
 
 class FitCLI(LightningCLI):
