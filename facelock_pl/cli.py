@@ -100,7 +100,8 @@ def _known_keys(parser) -> list[str]:
 # jsonargparse's words for a mistake inside an option that takes a spec or nothing (`editor`, `model.vae`,
 # `model.recognizers`) list every type's failure; the user's mistake is the spec's.
 SPEC_OPTION = re.compile(r"Parser key \"([\w.]+)\":.*? class_path '([\w.]+)': Option '([^']+)' is not accepted")
-SPEC_VALUE = re.compile(r"Parser key \"([\w.]+)\":.*? class_path '[\w.]+': Parser key \"([\w.]+)\": (.+?) - Expected a <class 'NoneType'>")
+SPEC_VALUE = re.compile(r"Parser key \"([\w.]+)\":.*? class_path '[\w.]+': Parser key \"([\w.]+)\": (.+?) "
+                        r"- Expected a <class 'NoneType'>")
 CHOICE = re.compile(r"Parser key \"([\w.]+)\": Expected a typing\.Literal\[(.*?)\]\. Got value: (\S+)")
 
 
@@ -113,7 +114,7 @@ def explain(error: Exception, parser=None) -> str:
         key, choices, value = choice.groups()
         names = re.findall(r"'([^']*)'", choices)
         close = difflib.get_close_matches(value, names, n=1, cutoff=0.6)
-        return (f"{key}: {value!r} is not one of {', '.join(names)}" + (f"; did you mean {close[0]!r}?" if close else ""))
+        return f"{key}: {value!r} is not one of {', '.join(names)}" + (f"; did you mean {close[0]!r}?" if close else "")
     unknown = re.findall(r"--([\w.]+)", message.split("unrecognized arguments:")[-1]) if "unrecognized" in message else []
     unknown += re.findall(r"Key '([\w.]+)' is not expected", message)
     # A misspelt key in a config file: "Group 'data' does not accept option 'batchsize'", "Option 'x' is not accepted".
@@ -132,7 +133,8 @@ def _spec_mistake(message: str) -> str:
     if option:
         key, class_path, name = option.groups()
         if ":" in name:  # `{kind:facenet}`: YAML reads one key, "kind:facenet"
-            return f"{key}: {name!r} is read as one key: in YAML a key needs a space after its colon ({name.replace(':', ': ', 1)})"
+            spaced = name.replace(":", ": ", 1)
+            return f"{key}: {name!r} is read as one key: in YAML a key needs a space after its colon ({spaced})"
         spec = pydoc.locate(class_path)
         fields = [field.name for field in dataclasses.fields(spec)] if dataclasses.is_dataclass(spec) else []
         close = difflib.get_close_matches(name, fields, n=1, cutoff=0.6)

@@ -1,8 +1,9 @@
 """The image sets an evaluation compares: the clean sources and each protected set, optionally purified.
 
 `clean` is the 8-bit source at its native size; a protected set is a `fit` output folder (its
-`images/<uid>.png`, or its protected dataset where it wrote no PNG) or a plain folder of `<uid>.png`; a purified set `<name>+<purification>` is that set after
-e.g. a JPEG re-save (applied to the image as posted, at its native size). Every image reaches the editor as the
+`images/<uid>.png`, or its protected dataset where it wrote no PNG) or a plain folder of `<uid>.png`; a purified
+set `<name>+<purification>` is that set after e.g. a JPEG re-save (applied to the image as posted, at its native
+size). Every image reaches the editor as the
 editor would take it: resized to the working resolution, aspect kept (`facelock_pl.pixels.editor_input`).
 """
 
@@ -60,8 +61,7 @@ class ImageSet:
         png = self.folder / f"{uid}.png"
         if png.exists():
             return read_levels(png)
-        part = pq.read_table(self.dataset[uid], columns=["uid", "image"])
-        image = part["image"][part["uid"].to_pylist().index(uid)].as_py()
+        [image] = pq.read_table(self.dataset[uid], columns=["image"], filters=[("uid", "==", uid)])["image"].to_pylist()
         return read_levels(io.BytesIO(image["bytes"]))
 
     def load(self, uid: str, clean: torch.Tensor, resolution: int | str) -> torch.Tensor | None:
