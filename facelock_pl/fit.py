@@ -11,7 +11,6 @@ After the run, the exit code says whether everything asked for was protected (se
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 import yaml
@@ -25,7 +24,7 @@ from .config_files import ConfigError
 from .data import FaceDataModule
 from .data.datamodule import DEMO_SOURCE
 from .data.folder import image_files
-from .data.hf import detect_format
+from .data.hf import HUB_ID, detect_format
 from .data.images import ARCHIVE_SUFFIXES, IMAGE_SUFFIXES, REFUSED_SUFFIXES, SUFFIX_NAMES, UNPACK
 from .engine import AdaptiveStopping, AttackConfig, ProtectionModule, SpeedConfig
 from .engine.module import check_networks
@@ -45,7 +44,6 @@ TRAINER_DEFAULTS = {
 }
 STOPPED_AT_ONCE = ("stopped at once by a second Ctrl-C: the images finished before it are kept (this run has no "
                    "summary line): rerun the same command to protect the rest")
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # namespace/name, as on the Hugging Face hub
 
 
 def _is_rank_zero_launch() -> bool:

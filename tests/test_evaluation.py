@@ -12,7 +12,9 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+import datasets
 import numpy as np
 import pandas as pd
 import pytest
@@ -22,6 +24,7 @@ from conftest import ROOT, astronaut, grace_hopper, run_cli
 from facelock_pl.config_files import ConfigError
 from facelock_pl.evaluation import Editor, EditorSpec, metrics, purify
 from facelock_pl.evaluation.report import aggregate
+from facelock_pl.evaluation.sets import DataSpec
 from facelock_pl.models import LPIPSSpec, load_lpips
 from facelock_pl.outputs import read_manifest
 from facelock_pl.pixels import levels_to_pm1
@@ -160,6 +163,46 @@ def test_a_set_protected_into_a_dataset_only_is_edited_from_it(face_folder, prot
             assert (out / "edits" / name.replace("png", "dataset") / "0" / f"{uid}.png").read_bytes() == from_png
 
 
+def test_a_dataset_shard_is_edited_and_evaluated_from_the_dataset_it_was_protected_from(face_folder, tmp_path, cli_here):
+    """`fit` protects datasets (the design card's CelebA-HQ shards), but `edit` and `evaluate` read the clean photos
+    from a folder only ("is not a folder or an image file"); and they edited every photo of the source, not only the
+    ones the protected sets were made from (a shard's, or `--data.limit`'s)."""
+    photos = sorted(face_folder.iterdir())
+    source = tmp_path / "portraits.parquet"
+    datasets.Dataset.from_dict(
+        {"name": [p.stem for p in photos], "image": [{"bytes": p.read_bytes(), "path": None} for p in photos]},
+        features=datasets.Features({"name": datasets.Value("string"), "image": datasets.Image()})).to_parquet(str(source))
+    protected, out = tmp_path / "protected", tmp_path / "eval"
+    assert cli_here("fit", "--config", ROOT / "configs" / "tiny.yaml", "--data.source", source, "--data.id_column", "name",
+                    "--data.num_shards", "2", "--data.shard_index", "1", "--output_dir", protected,
+                    "--trainer.enable_progress_bar", "false").returncode == 0  # shard 1 of 2: the second photo
+    edit = ["edit", "--config", ROOT / "configs" / "edit-tiny.yaml", "--sets", f"{{facelock: {protected}}}",
+            "--purify", "[]", "--prompt_ids", "[0]", "--output_dir", out, "--data.source", source]
+    other_uids = cli_here(*edit)  # without the id column `fit` named the photos by
+    assert other_uids.returncode == 2 and not out.exists()
+    assert (f"no photo in {source} is one the protected sets were made from (they hold grace_hopper; it has "
+            "train-000000, train-000001)") in other_uids.stderr
+    assert cli_here(*edit, "--data.id_column", "name").returncode == 0
+    assert sorted(p.relative_to(out / "edits").as_posix() for p in (out / "edits").rglob("*.png")) == [
+        "clean/0/grace_hopper.png", "facelock/0/grace_hopper.png"]
+    evaluate = ["evaluate", "--config", ROOT / "configs" / "evaluate-tiny.yaml", "--output_dir", out]
+    assert cli_here(*evaluate).returncode == 0
+    frame = pd.read_parquet(out / "report" / "per_image.parquet")
+    assert sorted(zip(frame["set"], frame["uid"])) == [("clean", "grace_hopper"), ("facelock", "grace_hopper")]
+    assert frame.loc[frame["set"] == "facelock", "lpips"].notna().all()
+
+    moved = source.rename(tmp_path / "moved.parquet")  # found where it went, read with the options it was edited with
+    assert "are not there" in cli_here(*evaluate).stderr
+    read_otherwise = cli_here(*evaluate, "--data.source", moved, "--data.resolution", "64")
+    assert read_otherwise.returncode == 2 and "names other photos than the edited" in read_otherwise.stderr
+    assert cli_here(*evaluate, "--data.source", moved, "--data.id_column", "name", "--data.resolution", "64").returncode == 0
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "report" / "per_image.parquet"), frame)
+    # A hub id is recorded as given, never as a path below the working folder, and is never "not there".
+    hub = DataSpec("mattymchen/celeba-hq").absolute()
+    assert hub.source == "mattymchen/celeba-hq" and hub.on_hub and not hub.missing
+    assert DataSpec("faces/celebahq", format="folder").absolute().source == str(Path("faces/celebahq").resolve())
+
+
 def test_edit_then_evaluate_end_to_end(face_folder, protected_set, tmp_path, caplog):
     caplog.set_level("INFO")
     out = tmp_path / "eval"
@@ -267,7 +310,7 @@ def test_evaluate_finds_the_clean_photos_where_they_moved_and_checks_each(face_f
 
     moved = clean.rename(tmp_path / "moved")
     err = refused(*evaluate)
-    assert "are not there" in err and "--data.source DIR --data.resolution 64" in err
+    assert "are not there" in err and "--data.source SOURCE --data.resolution 64" in err
     assert run_cli(*evaluate, "--data.source", moved, "--data.resolution", "64") == 0
     pd.testing.assert_frame_equal(pd.read_parquet(out / "report" / "per_image.parquet"), before)
     # The protected set moved too: named with its new folder, it is read from there.
@@ -294,8 +337,8 @@ def test_evaluate_finds_the_clean_photos_where_they_moved_and_checks_each(face_f
     assert "no photo in" in refused(*evaluate, *elsewhere)
     (other / "someone.png").rename(other / "astronaut.png")  # the name edited, other bytes: not the photo edited
     assert "no clean source in" in refused(*evaluate, *elsewhere)
-    assert "is not a folder or an image file" in refused("edit", "--config", ROOT / "configs" / "edit-tiny.yaml",
-                                                         "--data.source", tmp_path / "nowhere", "--output_dir", out)
+    assert f"data.source {tmp_path / 'nowhere'} does not exist" in refused(
+        "edit", "--config", ROOT / "configs" / "edit-tiny.yaml", "--data.source", tmp_path / "nowhere", "--output_dir", out)
 
 
 def test_fr_is_measured_on_real_faces_and_no_face_counts_as_fdfr():

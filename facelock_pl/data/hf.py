@@ -9,6 +9,7 @@ protected dataset writes itself (`uid`, `image`) travels as `source_<name>`.
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from .images import IMAGE_SUFFIXES, BadImageError, make_uid, unique_uid
 from .items import Decoding, ImageItem
 
 RESERVED_COLUMNS = ("uid", "image")  # the protected dataset's own columns
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # namespace/name, as on the Hugging Face hub
 
 
 def renamed_column(name: str, columns: list[str]) -> str:

@@ -22,7 +22,8 @@ from ..pixels import png_bytes
 from .editors import Editor, EditorSpec, edit_seed
 from .prompts import DEFAULT_PROMPTS, load_prompts
 from .record import EditRecord
-from .sets import DataSpec, ImageSet, clean_images, expand_sweeps, image_sets, recorded_sources, shape_chunks
+from .sets import (DataSpec, ImageSet, clean_images, expand_sweeps, held_uids, image_sets, recorded_sources,
+                   shape_chunks)
 
 log = logging.getLogger("facelock_pl")
 
@@ -43,15 +44,22 @@ def edit_path(output_dir: Path, set_name: str, prompt_id: int, uid: str) -> Path
     return Path(output_dir) / "edits" / set_name / str(prompt_id) / f"{uid}.png"
 
 
-def clean_sources(data: DataSpec, sets: dict[str, str]) -> dict[str, ImageItem]:
-    """uid -> the clean source (`ImageItem`: `native` at its own size, `source_sha256`), for every image that
-    decodes (uids as the protected `sets` have them) and is the photo each set protected under its uid: a source
-    whose bytes differ from a set's recorded `source_sha256` (replaced since, or another folder) is left out, since
-    comparing the set's image with it would measure two photos, not a protection."""
+def clean_sources(data: DataSpec, sets: dict[str, str], output_dir: Path) -> dict[str, ImageItem]:
+    """uid -> the clean source (`ImageItem`: `native` at its own size, `source_sha256`), for every photo the protected
+    `sets` were made from (every photo of the source when no set is named; uids as the sets have them) that decodes
+    and is the photo each set protected under its uid: a source whose bytes differ from a set's recorded
+    `source_sha256` (replaced since, or another folder) is left out, since comparing the set's image with it would
+    measure two photos, not a protection."""
     known, digests = recorded_sources(sets)
-    images = clean_images(data, known)
+    images, uids = clean_images(data, known, output_dir)
+    held = held_uids(sets, set(known.values())) if sets else set(uids)
+    wanted = [i for i, uid in enumerate(uids) if uid in held][: data.limit]
+    if not wanted:
+        raise ConfigError(f"no photo in {data.source} is one the protected sets were made from (they hold "
+                          f"{first_few(sorted(held))}; it has {first_few(uids)}): give the data.source that `fit` "
+                          "protected, with its data.* options (a dataset's split and id_column name its photos)")
     sources, others = {}, []
-    for i in range(len(images)):
+    for i in wanted:
         item = images[i]
         mismatched = sorted(name for name, digest in digests.get(item.uid, {}).items() if digest != item.source_sha256)
         if item.status != "ok":
@@ -68,11 +76,11 @@ def clean_sources(data: DataSpec, sets: dict[str, str]) -> dict[str, ImageItem]:
     return sources
 
 
-def edited_sources(record: EditRecord, data: DataSpec) -> dict[str, torch.Tensor]:
+def edited_sources(record: EditRecord, output_dir: Path) -> dict[str, torch.Tensor]:
     """uid -> the clean source at its native size, for the photos whose edits were made from this very photo (the
     record's `source_sha256`); one replaced since is left out until `edit` makes its edits again."""
     sources = {}
-    for uid, item in clean_sources(data, record.sets).items():
+    for uid, item in clean_sources(record.data, record.sets, output_dir).items():
         if record.photo_changed(uid, item.source_sha256):
             log.warning("facelock_pl: skipping %s: the photo changed after it was edited; rerun `edit`", item.source)
         else:
@@ -123,18 +131,20 @@ def run_edit(
     if batch_size < 1:
         raise ConfigError(f"batch_size must be at least 1 (got {batch_size})")
     if not data.source:
-        raise ConfigError("data.source is empty: give the folder of the clean photos that `fit` protected "
-                          "(--data.source DIR)")
+        raise ConfigError("data.source is empty: give the clean photos that `fit` protected (--data.source FOLDER, or "
+                          "the dataset with the data.* options `fit` had)")
     out = Path(output_dir)
     dev = resolve_device(device)
     prompt_map = load_prompts(prompts, prompt_ids)
     editor = editor or EditorSpec()
-    data = dataclasses.replace(data, source=str(Path(data.source).expanduser().resolve()))
+    data = data.absolute()
+    if data.missing:
+        raise ConfigError(f"data.source {data.source} does not exist: give the folder or dataset that `fit` protected")
     sets = expand_sweeps(sets or {})
     record = EditRecord(data, {n: str(Path(f).expanduser().resolve()) for n, f in sets.items()}, purify or [],
                         prompts, list(prompt_map), editor.record(), seed)
     all_sets = image_sets(record.sets, record.purify)  # a set that cannot be read is refused before anything is recorded
-    items = clean_sources(data, record.sets)  # refused before anything is recorded if no source is what the sets protected
+    items = clean_sources(data, record.sets, out)  # refused before anything is recorded if no source is what the sets protected
     previous = EditRecord.load(out)
     merged = previous.merged_with(record) if previous else record  # refused before any work if it cannot merge
     changed = {uid for uid, item in items.items() if merged.photo_changed(uid, item.source_sha256)}

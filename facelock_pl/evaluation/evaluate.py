@@ -76,7 +76,7 @@ def run_evaluate(
     record = _edited(out, data, sets, purify, prompt_ids)
     dev = resolve_device(device)
     resolution = record.data.resolution
-    sources = {u: editor_input(levels, resolution) for u, levels in edited_sources(record, record.data).items()}
+    sources = {u: editor_input(levels, resolution) for u, levels in edited_sources(record, out).items()}
     if not any(uid in record.source_sha256 for uid in sources) and record.source_sha256:
         raise ConfigError(f"no photo in {record.data.source} is one whose edits are in {out / 'edits'} (none has the "
                           f"name and the SHA-256 that {EditRecord.path(out)} recorded): give the folder that was edited")
@@ -135,15 +135,20 @@ def _edited(out: Path, data: DataSpec | None, sets, purify, prompt_ids) -> EditR
         if data.resolution != record.data.resolution:
             raise ConfigError(f"data.resolution {data.resolution} is not the one edited ({record.data.resolution}); "
                               "leave data out to use it")
-        source = str(Path(data.source).expanduser().resolve()) if data.source else record.data.source
-        if source != record.data.source and not record.source_sha256:
-            raise ConfigError(f"data.source {source} is not the folder edited ({record.data.source}), and "
-                              f"{EditRecord.path(out)} records no photo's SHA-256 to check another folder against")
-        record = dataclasses.replace(record, data=dataclasses.replace(data, source=source))
-    if not Path(record.data.source).exists():
+        # No source named: the one edited, read as it was (the given limit applies).
+        given = data.absolute() if data.source else dataclasses.replace(record.data, limit=data.limit)
+        if given.source != record.data.source and not record.source_sha256:
+            raise ConfigError(f"data.source {given.source} is not the one edited ({record.data.source}), and "
+                              f"{EditRecord.path(out)} records no photo's SHA-256 to check another source against")
+        if not given.read_alike(record.data):
+            raise ConfigError(f"data.source {given.source} read with {given.reading()} names other photos than the "
+                              f"edited {record.data.source} read with {record.data.reading()}: give the data.* options "
+                              "`edit` had")
+        record = dataclasses.replace(record, data=given)
+    if record.data.missing:
         raise ConfigError(f"the clean photos that were edited, {record.data.source}, are not there (moved, or the edits "
-                          f"were copied to another machine): give their folder with --data.source DIR --data.resolution "
-                          f"{record.data.resolution}; each photo is checked against the SHA-256 that "
+                          f"were copied to another machine): give their place with --data.source SOURCE --data.resolution "
+                          f"{record.data.resolution} (and the other data.* options `edit` had); each photo is checked against the SHA-256 that "
                           f"{EditRecord.path(out)} recorded")
     return record
 

@@ -21,7 +21,7 @@ class EditRecord:
     """The edits of one output folder.
 
     Attributes:
-        data: the clean portraits (source as an absolute path) and the working resolution.
+        data: the clean portraits (a local source as an absolute path), how they were read and the working resolution.
         sets: protected set name -> its folder (absolute).
         purify: purifications applied to every protected set before editing.
         prompts, prompt_ids: the prompt file and the ids edited.
@@ -68,7 +68,8 @@ class EditRecord:
         relocated = self.source_sha256 and _moved(self.data.source, newer.data.source)
         source = newer.data.source if relocated else self.data.source
         data = dataclasses.replace(self.data, source=source, limit=None if None in limits else max(limits))
-        for name, mine, theirs in (("sources", (source, self.data.resolution), (newer.data.source, newer.data.resolution)),
+        for name, mine, theirs in (("sources", (source, self.data.resolution, self.data.reading()),
+                                    (newer.data.source, newer.data.resolution, newer.data.reading())),
                                    ("prompts", self.prompts, newer.prompts), ("editor", self.editor, newer.editor),
                                    ("seed", self.seed, newer.seed)):
             if mine != theirs:

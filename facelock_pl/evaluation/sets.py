@@ -9,15 +9,20 @@ editor would take it: resized to the working resolution, aspect kept (`facelock_
 
 from __future__ import annotations
 
+import dataclasses
+import glob
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import pyarrow.parquet as pq
 import torch
+from torch.utils.data import Dataset
 
 from ..config_files import ConfigError
-from ..data import Decoding, FolderImages
+from ..data import FaceDataModule
+from ..data.hf import HUB_ID
 from ..outputs.manifest import dataset_parts
 from ..pixels import editor_input, read_levels, resolution_problem
 from . import purify
@@ -27,22 +32,57 @@ CLEAN = "clean"
 
 @dataclass
 class DataSpec:
-    """Args:
-        source: folder of the clean portraits (the `data.source` that `fit` protected); `edit` records it as an
-            absolute path.
+    """The clean portraits, read as `fit` read them (the same `data.*` options give each photo the uid `fit` gave it).
+
+    Args:
+        source: the `data.source` that `fit` protected: a folder of images, parquet file(s), a `save_to_disk` folder,
+            an imagefolder or a Hugging Face hub id; `edit` records a local one as an absolute path.
         resolution: the editor's working resolution (longest side; `native`: none), as `fit`'s `data.resolution`.
-        limit: evaluate at most this many images (in uid order).
+        limit: evaluate at most this many of the photos the protected sets hold (in the source's order).
+        format: how `source` is read (`auto`: decided from what it is), as `fit`'s `data.format`.
+        split: the dataset's split, as `fit`'s `data.split`.
+        image_column: the dataset's column of images, as `fit`'s `data.image_column`.
+        id_column: the dataset's column `fit` named the photos by (`data.id_column`); None: `<split>-<row index>`.
+        allow_external_paths: let dataset cells name image files outside the dataset's folder, as in `fit`.
     """
 
     source: str = ""
     resolution: int | str = 512
     limit: int | None = None
+    format: Literal["auto", "folder", "imagefolder", "parquet", "disk", "hub"] = "auto"
+    split: str = "train"
+    image_column: str = "image"
+    id_column: str | None = None
+    allow_external_paths: bool = False
 
     def __post_init__(self):
         if problem := resolution_problem(self.resolution):
             raise ConfigError(problem)
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"data.limit must be at least 1, or null for every photo (got {self.limit})")
+
+    @property
+    def on_hub(self) -> bool:
+        """Whether `source` is a Hugging Face hub id (`format: hub`, or `auto` and no local path of that name)."""
+        local = Path(self.source).expanduser().exists() or "*" in self.source
+        return self.format == "hub" or (self.format == "auto" and not local and bool(HUB_ID.match(self.source)))
+
+    def absolute(self) -> "DataSpec":
+        """This spec with a local `source` as an absolute path (so a record of it holds wherever it is read)."""
+        return self if self.on_hub else dataclasses.replace(self, source=str(Path(self.source).expanduser().resolve()))
+
+    @property
+    def missing(self) -> bool:
+        """Whether a local `source` is not there (moved, or the edits copied to another machine)."""
+        return not self.on_hub and not (Path(self.source).exists() or glob.glob(self.source))
+
+    def reading(self) -> dict:
+        """The options that decide which photos `source` holds and their uids (resolution aside)."""
+        return {name: getattr(self, name) for name in ("format", "split", "image_column", "id_column")}
+
+    def read_alike(self, other: "DataSpec") -> bool:
+        """Whether `other` reads its source's photos as this one does: the same uids at the same working size."""
+        return self.reading() == other.reading() and self.resolution == other.resolution
 
 
 @dataclass
@@ -120,15 +160,26 @@ def recorded_sources(sets: dict[str, str]) -> tuple[dict[str, str], dict[str, di
     return known, digests
 
 
-def clean_images(data: DataSpec, known: dict[str, str]) -> FolderImages:
-    """The clean sources, uids as the protected sets recorded them (`known`: source path -> uid)."""
+def held_uids(sets: dict[str, str], recorded: set[str]) -> set[str]:
+    """The photos the protected `sets` were made from: the uids their manifests `recorded` (protected or not) and
+    those of every image they hold."""
+    held = set(recorded)
+    for image_set in image_sets(sets, []):
+        if image_set.folder is not None:
+            held |= {path.stem for path in image_set.folder.glob("*.png")} | set(image_set.dataset)
+    return held
+
+
+def clean_images(data: DataSpec, known: dict[str, str], output_dir: Path) -> tuple[Dataset, list[str]]:
+    """The clean sources and their uids, as `fit` lists them with the same options (`known`: source path -> uid that
+    the protected sets recorded); `output_dir` (the edits) is never part of the source."""
+    module = FaceDataModule(data.source, data.format, data.split, data.image_column, data.id_column,
+                            resolution=data.resolution, batch_size=1, allow_external_paths=data.allow_external_paths,
+                            output_dir=str(output_dir))
     try:
-        images = FolderImages(data.source, Decoding(data.resolution), known=known)
+        return module.images(known)
     except FileNotFoundError as error:  # an archive, a file of another kind, a path that does not exist
         raise ConfigError(str(error)) from None
-    if data.limit is not None:
-        images.entries = images.entries[: data.limit]
-    return images
 
 
 def shape_chunks(uids: list[str], shapes: dict[str, tuple], size: int) -> list[list[str]]:
