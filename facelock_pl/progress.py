@@ -1,9 +1,10 @@
-"""Progress in the user's units: images done and to do, the current image's iteration, elapsed, ETA, images/s.
+"""Progress in the user's units: `fit`'s images (done and to do, the current image's iteration, elapsed, ETA,
+images/s) and `edit`'s edits.
 
-On a terminal, a live rich bar; in a log (not a terminal), a line every 5% of the images. The ETA counts the
+On a terminal, a live rich bar; in a log (not a terminal), a line every 5% of the work. `fit`'s ETA counts the
 PGD steps left — the iterations left of the images in flight plus, for images not started, the mean
 iterations that finished images needed (under adaptive stopping fewer than `iterations`) — divided by the
-slots, times the recent seconds per step.
+slots, times the recent seconds per step; `edit`'s is the mean time per edit so far times the edits left.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import time
 
 from lightning.pytorch.callbacks import ProgressBar
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from . import logs
 
@@ -91,3 +92,45 @@ class ImagesProgress(ProgressBar):
         if self.bar is not None:
             self.bar.stop()
             self.bar = None
+
+
+class CountProgress:
+    """Progress of `total` units of work (e.g. `edit`'s edits), as a context: `advance(n)` after each n done.
+
+    Example:
+        with CountProgress(120, "edits", "facelock_pl edit") as progress:
+            for chunk in chunks:
+                ...
+                progress.advance(len(chunk))
+    """
+
+    def __init__(self, total: int, unit: str, prefix: str):
+        self.total, self.unit, self.prefix = total, unit, prefix
+        self.done = self._logged = 0
+        self._started = 0.0
+        self.bar: Progress | None = None
+
+    def __enter__(self) -> "CountProgress":
+        self._started = time.perf_counter()
+        console = Console(stderr=True)
+        if console.is_terminal and self.total:
+            self.bar = Progress(TextColumn(self.unit), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                                TextColumn("ETA"), TimeRemainingColumn(), console=console)
+            self.task = self.bar.add_task(self.unit, total=self.total)
+            self.bar.start()
+        return self
+
+    def advance(self, count: int) -> None:
+        self.done += count
+        if self.bar is not None:
+            self.bar.update(self.task, completed=self.done)
+        elif self.done >= self._logged + max(1, self.total // 20) or self.done == self.total:
+            self._logged = self.done
+            elapsed = time.perf_counter() - self._started
+            left = (self.total - self.done) * elapsed / self.done if self.done else None
+            logs.info(f"{self.prefix}: {self.unit} {self.done}/{self.total} elapsed {_duration(elapsed)} ETA "
+                      f"{_duration(left)} ({self.done / max(elapsed, 1e-9):.3f} {self.unit}/s)")
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.stop()

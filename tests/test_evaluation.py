@@ -211,6 +211,9 @@ def test_edit_then_evaluate_end_to_end(face_folder, protected_set, tmp_path, cap
     edits = sorted(p.relative_to(out / "edits").as_posix() for p in (out / "edits").rglob("*.png"))
     sets = ["clean", "facelock", "facelock+jpeg75", "facelock+resize0.5"]
     assert edits == sorted(f"{s}/{p}/{u}.png" for s in sets for p in (0, 13) for u in ("astronaut", "grace_hopper"))
+    # Progress (not a terminal: a line each 5% of the work), up to every edit; an editor can take hours.
+    done = [int(n) for n in re.findall(r"facelock_pl edit: edits (\d+)/16 elapsed \d+:\d\d ETA \d+:\d\d", caplog.text)]
+    assert len(done) > 1 and done == sorted(done) and done[-1] == 16
 
     # Resume: nothing to redo; one missing edit is redone.
     caplog.clear()
@@ -222,6 +225,7 @@ def test_edit_then_evaluate_end_to_end(face_folder, protected_set, tmp_path, cap
     assert "1 edits written" in caplog.text
 
     assert run_cli("evaluate", "--config", ROOT / "configs" / "evaluate-tiny.yaml", "--output_dir", out) == 0
+    assert re.findall(r"facelock_pl evaluate: edits (\d+)/16 elapsed", caplog.text)[-1] == "16"
     report = out / "report"
     for name in ("table.md", "per_image.parquet", "by_set.csv", "by_prompt.csv", "overall.csv", "metrics.png", "index.html"):
         assert (report / name).is_file() and (report / name).stat().st_size > 100, name

@@ -19,6 +19,7 @@ from ..data import ImageItem
 from ..logs import first_few
 from ..outputs import write_bytes_atomic
 from ..pixels import png_bytes
+from ..progress import CountProgress
 from .editors import Editor, EditorSpec, edit_seed
 from .prompts import DEFAULT_PROMPTS, load_prompts
 from .record import EditRecord
@@ -160,8 +161,10 @@ def run_edit(
     model = Editor(editor, dev) if todo else None
     _forget_changed(out, merged, items, changed).save(out)
     edited = 0
-    for image_set, pid, uids in todo:
-        edited += _edit_set(model, image_set, pid, prompt_map[pid], uids, sources, data.resolution, seed, batch_size, out)
+    with CountProgress(sum(len(uids) for *_, uids in todo), "edits", "facelock_pl edit") as progress:
+        for image_set, pid, uids in todo:
+            edited += _edit_set(model, image_set, pid, prompt_map[pid], uids, sources, data.resolution, seed, batch_size,
+                                out, progress)
     log.info("facelock_pl edit: %d edits written to %s/edits", edited, out)
     return {"edited": edited, "skipped": skipped}
 
@@ -186,11 +189,13 @@ def _name_absent(image_sets: list[ImageSet], sources: dict) -> None:
 
 
 def _edit_set(model: Editor, image_set: ImageSet, pid: int, prompt: str, uids: list[str], sources: dict,
-              resolution: int | str, seed: int, batch_size: int, out: Path) -> int:
+              resolution: int | str, seed: int, batch_size: int, out: Path, progress: CountProgress) -> int:
     inputs = {u: image_set.load(u, sources[u], resolution) for u in uids}
     inputs = {u: levels for u, levels in inputs.items() if levels is not None}
+    progress.advance(len(uids) - len(inputs))  # photos the set holds no image of: nothing to edit
     for chunk in shape_chunks(list(inputs), {u: levels.shape for u, levels in inputs.items()}, batch_size):
         edits = model(torch.stack([inputs[u] for u in chunk]), prompt, [edit_seed(seed, u, pid) for u in chunk])
         for uid, levels in zip(chunk, edits):
             write_bytes_atomic(edit_path(out, image_set.name, pid, uid), png_bytes(levels))
+        progress.advance(len(chunk))
     return len(inputs)

@@ -21,6 +21,7 @@ from ..config_files import ConfigError
 from ..models import FaceGeometry, FaceScorer, LPIPSSpec, RecognizerSpec, load_lpips
 from ..outputs.settings import read_settings
 from ..pixels import editor_input, levels_to_pm1, read_levels
+from ..progress import CountProgress
 from . import metrics
 from .edit import edit_path, edited_sources, resolve_device
 from .metrics import ClipScorer, ClipSpec
@@ -157,14 +158,17 @@ def _score_all(out: Path, prompt_map: dict, text: list, chunks: list[list[str]],
                scorers: "Scorers") -> list[dict]:
     """One row per (prompt, set, image) whose edit exists; each chunk's clean edits are read once per prompt."""
     rows = []
-    for pid, text_features in zip(prompt_map, text):
-        for chunk in chunks:
-            clean_edits = {u: load_edit(out, CLEAN, pid, u) for u in chunk}
-            for image_set in all_sets:
-                pairs = [(u, load_edit(out, image_set.name, pid, u)) for u in chunk]
-                pairs = [(u, e) for u, e in pairs if e is not None]
-                if pairs:
-                    rows += _score(image_set, pid, pairs, clean_edits, reference, text_features, scorers)
+    total = len(prompt_map) * sum(map(len, chunks)) * len(all_sets)
+    with CountProgress(total, "edits", "facelock_pl evaluate") as progress:
+        for pid, text_features in zip(prompt_map, text):
+            for chunk in chunks:
+                clean_edits = {u: load_edit(out, CLEAN, pid, u) for u in chunk}
+                for image_set in all_sets:
+                    pairs = [(u, load_edit(out, image_set.name, pid, u)) for u in chunk]
+                    pairs = [(u, e) for u, e in pairs if e is not None]
+                    if pairs:
+                        rows += _score(image_set, pid, pairs, clean_edits, reference, text_features, scorers)
+                    progress.advance(len(chunk))
     return rows
 
 
