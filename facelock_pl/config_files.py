@@ -50,8 +50,8 @@ def substitute_assets(value: str, assets: Path | None) -> str:
 def _resolve_path(value: str, folder: Path, assets: Path | None) -> str:
     value = substitute_assets(value, assets)
     path = Path(value).expanduser()
-    if path.is_absolute() or not (value.startswith(("./", "../")) or (folder / path).exists()):
-        return value  # absolute, a hub id, or a name such as `vggface2`
+    if not value or path.is_absolute() or not (value.startswith(("./", "../")) or (folder / path).exists()):
+        return value  # empty (none given), absolute, a hub id, or a name such as `vggface2`
     return str((folder / path).resolve())
 
 

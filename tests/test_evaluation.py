@@ -177,12 +177,13 @@ def test_a_dataset_shard_is_edited_and_evaluated_from_the_dataset_it_was_protect
                     "--data.num_shards", "2", "--data.shard_index", "1", "--output_dir", protected,
                     "--trainer.enable_progress_bar", "false").returncode == 0  # shard 1 of 2: the second photo
     edit = ["edit", "--config", ROOT / "configs" / "edit-tiny.yaml", "--sets", f"{{facelock: {protected}}}",
-            "--purify", "[]", "--prompt_ids", "[0]", "--output_dir", out, "--data.source", source]
-    other_uids = cli_here(*edit)  # without the id column `fit` named the photos by
+            "--purify", "[]", "--prompt_ids", "[0]", "--output_dir", out]
+    other_uids = cli_here(*edit, "--data.source", source)  # without the id column `fit` named the photos by
     assert other_uids.returncode == 2 and not out.exists()
     assert (f"no photo in {source} is one the protected sets were made from (they hold grace_hopper; it has "
             "train-000000, train-000001)") in other_uids.stderr
-    assert cli_here(*edit, "--data.id_column", "name").returncode == 0
+    assert cli_here(*edit).returncode == 0  # no data.source: the dataset and its options, as `fit` recorded them
+    assert json.loads((out / "edits" / "edit.json").read_text())["data"]["id_column"] == "name"
     assert sorted(p.relative_to(out / "edits").as_posix() for p in (out / "edits").rglob("*.png")) == [
         "clean/0/grace_hopper.png", "facelock/0/grace_hopper.png"]
     evaluate = ["evaluate", "--config", ROOT / "configs" / "evaluate-tiny.yaml", "--output_dir", out]
@@ -199,8 +200,35 @@ def test_a_dataset_shard_is_edited_and_evaluated_from_the_dataset_it_was_protect
     pd.testing.assert_frame_equal(pd.read_parquet(out / "report" / "per_image.parquet"), frame)
     # A hub id is recorded as given, never as a path below the working folder, and is never "not there".
     hub = DataSpec("mattymchen/celeba-hq").absolute()
-    assert hub.source == "mattymchen/celeba-hq" and hub.on_hub and not hub.missing
+    assert hub.source == "mattymchen/celeba-hq" and not hub.local and not hub.missing
     assert DataSpec("faces/celebahq", format="folder").absolute().source == str(Path("faces/celebahq").resolve())
+
+
+def test_edit_without_a_source_reads_the_one_the_sets_were_made_from(face_folder, protected_set, tmp_path, cli_here):
+    """`edit` needed `--data.source` repeated (for a dataset, every `data.*` option `fit` had), and the shipped edit
+    configs' `source: ""` was read as the folder of the config file."""
+    edit = ["edit", "--config", ROOT / "configs" / "edit-tiny.yaml", "--purify", "[]", "--prompt_ids", "[0]"]
+    out = tmp_path / "eval"
+    recorded = cli_here(*edit, "--sets", f"{{facelock: {protected_set}}}", "--output_dir", out)
+    assert recorded.returncode == 0, recorded.stderr[-2000:]
+    assert f"the clean photos: {face_folder}, as set 'facelock' recorded (source.json)" in recorded.stderr
+    assert json.loads((out / "edits" / "edit.json").read_text())["data"]["source"] == str(face_folder)
+    assert sorted(p.relative_to(out / "edits").as_posix() for p in (out / "edits").rglob("*.png")) == [
+        "clean/0/astronaut.png", "clean/0/grace_hopper.png", "facelock/0/astronaut.png", "facelock/0/grace_hopper.png"]
+
+    other = shutil.copytree(protected_set, tmp_path / "other")  # as if made from a copy of the photos elsewhere
+    (other / "source.json").write_text(json.dumps({**json.loads((other / "source.json").read_text()),
+                                                   "source": str(tmp_path / "copy")}))
+    both = ["--sets", f"{{facelock: {protected_set}, other: {other}}}", "--output_dir", tmp_path / "eval-both"]
+    mixed = cli_here(*edit, *both)
+    assert mixed.returncode == 2 and "the protected sets were made from different sources or read them otherwise " \
+        f"(facelock: {face_folder}; other: {tmp_path / 'copy'}; see their source.json)" in mixed.stderr
+    assert cli_here(*edit, *both, "--data.source", face_folder).returncode == 0  # named: no question which
+    for folder in (protected_set, other):
+        (folder / "source.json").unlink()  # made by a version that did not record it
+    unrecorded = cli_here(*edit, "--sets", f"{{facelock: {protected_set}}}", "--output_dir", tmp_path / "eval-none")
+    assert unrecorded.returncode == 2 and "data.source is empty: give the clean photos that `fit` protected" in \
+        unrecorded.stderr and "the protected sets record none (no source.json)" in unrecorded.stderr
 
 
 def test_edit_then_evaluate_end_to_end(face_folder, protected_set, tmp_path, caplog):
@@ -384,7 +412,6 @@ def test_edit_refuses_a_set_it_cannot_read_in_one_line(face_folder, protected_se
 @pytest.mark.parametrize(("option", "value", "message"), [
     ("--prompt_ids", "[99]", "prompt ids [99] are not in"),
     ("--prompt_ids", "[]", "prompt_ids is empty"),
-    ("--data.source", "", "data.source is empty"),  # was every image under the working directory, outputs included
     ("--prompts", "nowhere.yaml", "prompt file 'nowhere.yaml' not found"),
     ("--batch_size", "0", "batch_size must be at least 1"),  # was a traceback after edit.json was written
     ("--data.resolution", "7", "data.resolution must be 'native', or at least 32 and a multiple of 8"),

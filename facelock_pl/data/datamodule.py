@@ -26,16 +26,24 @@ from torch.utils.data import DataLoader, Dataset
 from .. import logs
 from ..outputs import read_manifest, repair, withdraw
 from ..outputs.manifest import FINAL_STATUSES, without_copies
+from ..outputs.settings import record_source
 from ..pixels import NATIVE, resolution_problem
 from ..signals import ignore_stop_signals
 from .feeder import QueueFeed
 from .folder import FolderImages, demo_entries
-from .hf import HFImages, contiguous_shard, detect_format, open_dataset, row_uids
+from .hf import HUB_ID, HFImages, contiguous_shard, detect_format, open_dataset, row_uids
 from .images import DEFAULT_MAX_PIXELS, BadImageError
 from .items import Decoding, ImageItem, sha256
 
 DEMO_SOURCE = "demo"  # the portraits that scikit-image and matplotlib ship
 FORMATS = ("auto", "folder", "imagefolder", "parquet", "disk", "hub")
+
+
+def is_local(source: str, format: str = "auto") -> bool:
+    """Whether `source` names local files (a folder, a file, a parquet glob), not a hub dataset nor `demo`."""
+    if source == DEMO_SOURCE or format == "hub":
+        return False
+    return Path(source).expanduser().exists() or "*" in source or format != "auto" or not HUB_ID.match(source)
 
 
 class RankSlice(Dataset):
@@ -121,6 +129,15 @@ class FaceDataModule(L.LightningDataModule):
             region["face_margin"] = self.decoding.face_margin
         return {"resolution": self.resolution, **region}
 
+    def source_record(self) -> dict:
+        """Where the photos are read (a local source as an absolute path) and the options that name them: what
+        OUT/source.json records for `edit`."""
+        local = is_local(self.source, self.format)
+        return {"source": str(Path(self.source).expanduser().resolve()) if local else self.source, "format": self.format,
+                "split": self.split,
+                "image_column": self.image_column, "id_column": self.id_column,
+                "allow_external_paths": self.allow_external_paths}
+
     def images(self, known: dict[str, str] | None = None) -> tuple[Dataset, list[str]]:
         """All images of the source shard (up to `limit`), and their uids; `known`: relative path -> uid recorded
         for a folder source earlier."""
@@ -180,6 +197,7 @@ class FaceDataModule(L.LightningDataModule):
         manifest = read_manifest(Path(self.output_dir))
         known = dict(zip(manifest["source"], manifest["uid"]))
         images, uids = self.images(known)
+        record_source(Path(self.output_dir), self.source_record())
         final = manifest[manifest["status"].isin(FINAL_STATUSES)]
         # Only photos still in the source: a photo removed from it with its protected copy was meant to go.
         lost = without_copies(Path(self.output_dir), final[final["uid"].isin(uids)])

@@ -23,8 +23,8 @@ from ..progress import CountProgress
 from .editors import Editor, EditorSpec, edit_seed
 from .prompts import DEFAULT_PROMPTS, load_prompts
 from .record import EditRecord
-from .sets import (DataSpec, ImageSet, clean_images, expand_sweeps, held_uids, image_sets, recorded_sources,
-                   shape_chunks)
+from .sets import (DataSpec, ImageSet, clean_images, expand_sweeps, held_uids, image_sets, recorded_data,
+                   recorded_sources, shape_chunks)
 
 log = logging.getLogger("facelock_pl")
 
@@ -117,7 +117,7 @@ def run_edit(
     """Edit the clean sources and every protected (and purified) set with every prompt.
 
     Args:
-        data: the clean portraits and the working resolution used by `fit`.
+        data: the clean portraits and the working resolution used by `fit` (no source: the one the sets recorded).
         sets: protected sets, name -> `fit` output folder (or a folder of `<uid>.png`); a budget sweep's folder
             (`fit --sweep_eps`) gives one set per budget, `<name>@eps<ε>`.
         purify: purifications applied to protected images before editing, e.g. `[jpeg:75, resize:0.5]`.
@@ -131,17 +131,14 @@ def run_edit(
     """
     if batch_size < 1:
         raise ConfigError(f"batch_size must be at least 1 (got {batch_size})")
-    if not data.source:
-        raise ConfigError("data.source is empty: give the clean photos that `fit` protected (--data.source FOLDER, or "
-                          "the dataset with the data.* options `fit` had)")
     out = Path(output_dir)
     dev = resolve_device(device)
     prompt_map = load_prompts(prompts, prompt_ids)
     editor = editor or EditorSpec()
-    data = data.absolute()
+    sets = expand_sweeps(sets or {})
+    data = (data if data.source else recorded_data(data, sets)).absolute()
     if data.missing:
         raise ConfigError(f"data.source {data.source} does not exist: give the folder or dataset that `fit` protected")
-    sets = expand_sweeps(sets or {})
     record = EditRecord(data, {n: str(Path(f).expanduser().resolve()) for n, f in sets.items()}, purify or [],
                         prompts, list(prompt_map), editor.record(), seed)
     all_sets = image_sets(record.sets, record.purify)  # a set that cannot be read is refused before anything is recorded

@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 import glob
 import io
+import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -22,12 +24,14 @@ from torch.utils.data import Dataset
 
 from ..config_files import ConfigError
 from ..data import FaceDataModule
-from ..data.hf import HUB_ID
+from ..data.datamodule import is_local
 from ..outputs.manifest import dataset_parts
+from ..outputs.settings import SOURCE_NAME, read_settings
 from ..pixels import editor_input, read_levels, resolution_problem
 from . import purify
 
 CLEAN = "clean"
+log = logging.getLogger("facelock_pl")
 
 
 @dataclass
@@ -36,7 +40,8 @@ class DataSpec:
 
     Args:
         source: the `data.source` that `fit` protected: a folder of images, parquet file(s), a `save_to_disk` folder,
-            an imagefolder or a Hugging Face hub id; `edit` records a local one as an absolute path.
+            an imagefolder or a Hugging Face hub id; `edit` records a local one as an absolute path. Left empty,
+            `edit` reads the one the protected sets recorded (`OUT/source.json`, with its `data.*` options).
         resolution: the editor's working resolution (longest side; `native`: none), as `fit`'s `data.resolution`.
         limit: evaluate at most this many of the photos the protected sets hold (in the source's order).
         format: how `source` is read (`auto`: decided from what it is), as `fit`'s `data.format`.
@@ -62,19 +67,18 @@ class DataSpec:
             raise ConfigError(f"data.limit must be at least 1, or null for every photo (got {self.limit})")
 
     @property
-    def on_hub(self) -> bool:
-        """Whether `source` is a Hugging Face hub id (`format: hub`, or `auto` and no local path of that name)."""
-        local = Path(self.source).expanduser().exists() or "*" in self.source
-        return self.format == "hub" or (self.format == "auto" and not local and bool(HUB_ID.match(self.source)))
+    def local(self) -> bool:
+        """Whether `source` names local files (not a hub dataset nor `demo`)."""
+        return is_local(self.source, self.format)
 
     def absolute(self) -> "DataSpec":
         """This spec with a local `source` as an absolute path (so a record of it holds wherever it is read)."""
-        return self if self.on_hub else dataclasses.replace(self, source=str(Path(self.source).expanduser().resolve()))
+        return dataclasses.replace(self, source=str(Path(self.source).expanduser().resolve())) if self.local else self
 
     @property
     def missing(self) -> bool:
         """Whether a local `source` is not there (moved, or the edits copied to another machine)."""
-        return not self.on_hub and not (Path(self.source).exists() or glob.glob(self.source))
+        return self.local and not (Path(self.source).exists() or glob.glob(self.source))
 
     def reading(self) -> dict:
         """The options that decide which photos `source` holds and their uids (resolution aside)."""
@@ -158,6 +162,29 @@ def recorded_sources(sets: dict[str, str]) -> tuple[dict[str, str], dict[str, di
         for uid, digest in zip(protected["uid"], protected["source_sha256"]):
             digests.setdefault(uid, {})[name] = digest
     return known, digests
+
+
+def recorded_data(data: DataSpec, sets: dict[str, str]) -> DataSpec:
+    """`data` reading the clean photos the protected `sets` were made from, where and as `fit` recorded it
+    (OUT/source.json): for `edit` without a `data.source`."""
+    records = {}
+    for name, location in sets.items():
+        folder = Path(location).expanduser()
+        record = read_settings(folder, SOURCE_NAME) or (read_settings(folder.parent, SOURCE_NAME)
+                                                         if folder.name == "images" else None)
+        if record is not None:
+            records[name] = record
+    if not records:
+        raise ConfigError("data.source is empty: give the clean photos that `fit` protected (--data.source FOLDER, or "
+                          "the dataset with the data.* options `fit` had)" +
+                          (f"; the protected sets record none (no {SOURCE_NAME})" if sets else ""))
+    if len({json.dumps(record, sort_keys=True) for record in records.values()}) > 1:
+        made_from = "; ".join(f"{name}: {record['source']}" for name, record in records.items())
+        raise ConfigError(f"data.source is empty, and the protected sets were made from different sources or read them "
+                          f"otherwise ({made_from}; see their {SOURCE_NAME}): give the clean photos with --data.source")
+    name, record = next(iter(records.items()))
+    log.info("facelock_pl: the clean photos: %s, as set %r recorded (%s)", record["source"], name, SOURCE_NAME)
+    return dataclasses.replace(data, **record)
 
 
 def held_uids(sets: dict[str, str], recorded: set[str]) -> set[str]:

@@ -1,7 +1,10 @@
 """`OUT/protection.json`: the settings a protected set was made with (method, attack, objective, stopping,
 autoencoders, recognisers, the working resolution and region). Written by the first run into an output folder; a later run with other settings
 is refused, so every image of a folder is protected alike. The evaluation report reads it to show how each
-set was made and which recognisers were in its loss."""
+set was made and which recognisers were in its loss.
+
+`OUT/source.json`: where the last run into the folder read its photos, and how (the `data.*` options that name
+them); `edit` reads the clean photos from there when it is given no `data.source`."""
 
 from __future__ import annotations
 
@@ -12,12 +15,17 @@ from ..config_files import ConfigError
 from .atomic import write_bytes_atomic
 
 SETTINGS_NAME = "protection.json"
+SOURCE_NAME = "source.json"
 RECORDED_LATER = ("data",)  # groups that folders made by earlier versions lack
 
 
-def read_settings(output_dir: Path) -> dict | None:
-    path = Path(output_dir) / SETTINGS_NAME
+def read_settings(output_dir: Path, name: str = SETTINGS_NAME) -> dict | None:
+    path = Path(output_dir) / name
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def record_source(output_dir: Path, reading: dict) -> None:
+    write_bytes_atomic(Path(output_dir) / SOURCE_NAME, json.dumps(reading, indent=2).encode())
 
 
 def keep_settings(output_dir: Path, settings: dict, write: bool) -> None:
