@@ -224,6 +224,13 @@ def test_edit_without_a_source_reads_the_one_the_sets_were_made_from(face_folder
     assert mixed.returncode == 2 and "the protected sets were made from different sources or read them otherwise " \
         f"(facelock: {face_folder}; other: {tmp_path / 'copy'}; see their source.json)" in mixed.stderr
     assert cli_here(*edit, *both, "--data.source", face_folder).returncode == 0  # named: no question which
+    part = tmp_path / "part"  # a source that lacks a photo the set was made from: named, not silently left out
+    part.mkdir()
+    shutil.copy(face_folder / "astronaut.png", part)
+    partial = cli_here(*edit, "--sets", f"{{facelock: {protected_set}}}", "--data.source", part, "--output_dir",
+                       tmp_path / "eval-part")
+    assert partial.returncode == 0 and f"1 photo(s) the protected sets were made from are not in {part} " \
+        "(grace_hopper): they are left out" in partial.stderr
     for folder in (protected_set, other):
         (folder / "source.json").unlink()  # made by a version that did not record it
     unrecorded = cli_here(*edit, "--sets", f"{{facelock: {protected_set}}}", "--output_dir", tmp_path / "eval-none")

@@ -59,6 +59,11 @@ def clean_sources(data: DataSpec, sets: dict[str, str], output_dir: Path) -> dic
         raise ConfigError(f"no photo in {data.source} is one the protected sets were made from (they hold "
                           f"{first_few(sorted(held))}; it has {first_few(uids)}): give the data.source that `fit` "
                           "protected, with its data.* options (a dataset's split and id_column name its photos)")
+    elsewhere = sorted(held - set(uids))
+    if elsewhere:
+        log.warning("facelock_pl: %d photo(s) the protected sets were made from are not in %s (%s): they are left out "
+                    "(made from another source? name it with --data.source)", len(elsewhere), data.source,
+                    first_few(elsewhere))
     sources, others = {}, []
     for i in wanted:
         item = images[i]
