@@ -124,13 +124,18 @@ def _check_trainer(trainer) -> None:
     """Trainer options the engine cannot run. Lightning's own parallel strategies wrap the module for gradients it
     does not have (its networks are frozen): DDP refuses it, a sharded one would shard what each process needs whole;
     `facelock_ddp` launches the processes without wrapping. Lightning's precision wraps the whole step in autocast,
-    the face detector included (it fails on bfloat16 tensors)."""
+    the face detector included (it fails on bfloat16 tensors). Lightning's quick checks end the steps before any
+    image is done."""
     strategy, devices = trainer.strategy, trainer.devices
     several = str(devices) not in ("1", "auto") and (not isinstance(devices, list) or len(devices) > 1)
     if isinstance(strategy, str) and (strategy.startswith(("ddp", "fsdp", "deepspeed", "xla")) or
                                       (strategy == "auto" and several)):
         raise ConfigError(f"trainer.strategy {strategy}: use facelock_ddp (the configs' value): each process protects "
                           "its own images with the frozen networks whole, and there are no gradients to synchronise")
+    if trainer.fast_dev_run or trainer.overfit_batches:
+        raise ConfigError("trainer.fast_dev_run and trainer.overfit_batches run a PGD step or a few, which protects no "
+                          "image: for a quick try, protect one photo with few iterations (--data.limit 1 "
+                          "--model.attack.iterations 10)")
     if trainer.precision not in (None, 32, "32", "32-true"):
         raise ConfigError(f"trainer.precision {trainer.precision}: the engine runs the networks in mixed precision "
                           "itself, where it is safe (--model.speed.amp_dtype bfloat16, float16 or null; CUDA only); "

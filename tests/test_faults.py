@@ -410,6 +410,9 @@ def test_a_trainer_limit_that_ends_the_steps_early_is_a_stop_not_a_success(tmp_p
     # Lightning's DDP refuses a module without gradients: a traceback.
     (["--trainer.strategy", "ddp_spawn"], "trainer.strategy ddp_spawn: use facelock_ddp"),
     (["--trainer.strategy", "auto", "--trainer.devices", "2"], "trainer.strategy auto: use facelock_ddp"),
+    # Lightning's quick check: one PGD step, then "interrupted by a trainer limit" with nothing protected.
+    (["--trainer.fast_dev_run", "true"], "protects no image: for a quick try, protect one photo with few iterations"),
+    (["--trainer.overfit_batches", "1"], "trainer.fast_dev_run and trainer.overfit_batches run a PGD step or a few"),
 ])
 def test_trainer_options_the_engine_cannot_run_are_refused_before_anything_loads(tmp_path, fit_here, options, message):
     result = fit_here(face_folder(tmp_path / "faces", 1), tmp_path / "out", "--trainer.accelerator", "cpu", *options)
