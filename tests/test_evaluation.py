@@ -163,7 +163,7 @@ def test_a_set_protected_into_a_dataset_only_is_edited_from_it(face_folder, prot
             assert (out / "edits" / name.replace("png", "dataset") / "0" / f"{uid}.png").read_bytes() == from_png
 
 
-def test_a_dataset_shard_is_edited_and_evaluated_from_the_dataset_it_was_protected_from(face_folder, tmp_path, cli_here):
+def test_a_dataset_shard_is_edited_and_evaluated_from_the_dataset_it_came_from(face_folder, tmp_path, cli_here):
     """`fit` protects datasets (the design card's CelebA-HQ shards), but `edit` and `evaluate` read the clean photos
     from a folder only ("is not a folder or an image file"); and they edited every photo of the source, not only the
     ones the protected sets were made from (a shard's, or `--data.limit`'s)."""
@@ -171,10 +171,11 @@ def test_a_dataset_shard_is_edited_and_evaluated_from_the_dataset_it_was_protect
     source = tmp_path / "portraits.parquet"
     datasets.Dataset.from_dict(
         {"name": [p.stem for p in photos], "image": [{"bytes": p.read_bytes(), "path": None} for p in photos]},
-        features=datasets.Features({"name": datasets.Value("string"), "image": datasets.Image()})).to_parquet(str(source))
+        features=datasets.Features({"name": datasets.Value("string"), "image": datasets.Image()}),
+    ).to_parquet(str(source))
     protected, out = tmp_path / "protected", tmp_path / "eval"
-    assert cli_here("fit", "--config", ROOT / "configs" / "tiny.yaml", "--data.source", source, "--data.id_column", "name",
-                    "--data.num_shards", "2", "--data.shard_index", "1", "--output_dir", protected,
+    assert cli_here("fit", "--config", ROOT / "configs" / "tiny.yaml", "--data.source", source, "--data.id_column",
+                    "name", "--data.num_shards", "2", "--data.shard_index", "1", "--output_dir", protected,
                     "--trainer.enable_progress_bar", "false").returncode == 0  # shard 1 of 2: the second photo
     edit = ["edit", "--config", ROOT / "configs" / "edit-tiny.yaml", "--sets", f"{{facelock: {protected}}}",
             "--purify", "[]", "--prompt_ids", "[0]", "--output_dir", out]
@@ -196,7 +197,8 @@ def test_a_dataset_shard_is_edited_and_evaluated_from_the_dataset_it_was_protect
     assert "are not there" in cli_here(*evaluate).stderr
     read_otherwise = cli_here(*evaluate, "--data.source", moved, "--data.resolution", "64")
     assert read_otherwise.returncode == 2 and "names other photos than the edited" in read_otherwise.stderr
-    assert cli_here(*evaluate, "--data.source", moved, "--data.id_column", "name", "--data.resolution", "64").returncode == 0
+    read_alike = cli_here(*evaluate, "--data.source", moved, "--data.id_column", "name", "--data.resolution", "64")
+    assert read_alike.returncode == 0
     pd.testing.assert_frame_equal(pd.read_parquet(out / "report" / "per_image.parquet"), frame)
     # A hub id is recorded as given, never as a path below the working folder, and is never "not there".
     hub = DataSpec("mattymchen/celeba-hq").absolute()
@@ -376,8 +378,9 @@ def test_evaluate_finds_the_clean_photos_where_they_moved_and_checks_each(face_f
     assert "no photo in" in refused(*evaluate, *elsewhere)
     (other / "someone.png").rename(other / "astronaut.png")  # the name edited, other bytes: not the photo edited
     assert "no clean source in" in refused(*evaluate, *elsewhere)
-    assert f"data.source {tmp_path / 'nowhere'} does not exist" in refused(
-        "edit", "--config", ROOT / "configs" / "edit-tiny.yaml", "--data.source", tmp_path / "nowhere", "--output_dir", out)
+    nowhere = tmp_path / "nowhere"
+    assert f"data.source {nowhere} does not exist" in refused(
+        "edit", "--config", ROOT / "configs" / "edit-tiny.yaml", "--data.source", nowhere, "--output_dir", out)
 
 
 def test_fr_is_measured_on_real_faces_and_no_face_counts_as_fdfr():

@@ -46,6 +46,12 @@ def is_local(source: str, format: str = "auto") -> bool:
     return Path(source).expanduser().exists() or "*" in source or format != "auto" or not HUB_ID.match(source)
 
 
+def absolute_source(source: str, format: str = "auto") -> str:
+    """`source` with a local path made absolute (so a record of it holds wherever it is read); a hub id or `demo` as
+    it is."""
+    return str(Path(source).expanduser().resolve()) if is_local(source, format) else source
+
+
 class RankSlice(Dataset):
     """Items `indices` of `images`: this process's share of the pending images."""
 
@@ -132,9 +138,7 @@ class FaceDataModule(L.LightningDataModule):
     def source_record(self) -> dict:
         """Where the photos are read (a local source as an absolute path) and the options that name them: what
         OUT/source.json records for `edit`."""
-        local = is_local(self.source, self.format)
-        return {"source": str(Path(self.source).expanduser().resolve()) if local else self.source, "format": self.format,
-                "split": self.split,
+        return {"source": absolute_source(self.source, self.format), "format": self.format, "split": self.split,
                 "image_column": self.image_column, "id_column": self.id_column,
                 "allow_external_paths": self.allow_external_paths}
 

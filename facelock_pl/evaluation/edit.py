@@ -147,7 +147,7 @@ def run_edit(
     record = EditRecord(data, {n: str(Path(f).expanduser().resolve()) for n, f in sets.items()}, purify or [],
                         prompts, list(prompt_map), editor.record(), seed)
     all_sets = image_sets(record.sets, record.purify)  # a set that cannot be read is refused before anything is recorded
-    items = clean_sources(data, record.sets, out)  # refused before anything is recorded if no source is what the sets protected
+    items = clean_sources(data, record.sets, out)  # refused before anything is recorded: no photo the sets protected
     previous = EditRecord.load(out)
     merged = previous.merged_with(record) if previous else record  # refused before any work if it cannot merge
     changed = {uid for uid, item in items.items() if merged.photo_changed(uid, item.source_sha256)}
@@ -165,8 +165,8 @@ def run_edit(
     edited = 0
     with CountProgress(sum(len(uids) for *_, uids in todo), "edits", "facelock_pl edit") as progress:
         for image_set, pid, uids in todo:
-            edited += _edit_set(model, image_set, pid, prompt_map[pid], uids, sources, data.resolution, seed, batch_size,
-                                out, progress)
+            edited += _edit_set(model, image_set, pid, prompt_map[pid], uids, sources, data.resolution, seed,
+                                batch_size, out, progress)
     log.info("facelock_pl edit: %d edits written to %s/edits", edited, out)
     return {"edited": edited, "skipped": skipped}
 

@@ -148,9 +148,9 @@ def _edited(out: Path, data: DataSpec | None, sets, purify, prompt_ids) -> EditR
         record = dataclasses.replace(record, data=given)
     if record.data.missing:
         raise ConfigError(f"the clean photos that were edited, {record.data.source}, are not there (moved, or the edits "
-                          f"were copied to another machine): give their place with --data.source SOURCE --data.resolution "
-                          f"{record.data.resolution} (and the other data.* options `edit` had); each photo is checked against the SHA-256 that "
-                          f"{EditRecord.path(out)} recorded")
+                          "were copied to another machine): give their place with --data.source SOURCE "
+                          f"--data.resolution {record.data.resolution} (and the other data.* options `edit` had); each "
+                          f"photo is checked against the SHA-256 that {EditRecord.path(out)} recorded")
     return record
 
 

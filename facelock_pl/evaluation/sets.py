@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 
 from ..config_files import ConfigError
 from ..data import FaceDataModule
-from ..data.datamodule import is_local
+from ..data.datamodule import absolute_source, is_local
 from ..outputs.manifest import dataset_parts
 from ..outputs.settings import SOURCE_NAME, read_settings
 from ..pixels import editor_input, read_levels, resolution_problem
@@ -73,7 +73,7 @@ class DataSpec:
 
     def absolute(self) -> "DataSpec":
         """This spec with a local `source` as an absolute path (so a record of it holds wherever it is read)."""
-        return dataclasses.replace(self, source=str(Path(self.source).expanduser().resolve())) if self.local else self
+        return dataclasses.replace(self, source=absolute_source(self.source, self.format))
 
     @property
     def missing(self) -> bool:
