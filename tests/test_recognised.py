@@ -184,21 +184,76 @@ def test_protect_offline_judges_as_the_evaluation_judges():
     assert not {j["weights"] for j in judges.values()} & {r["weights"] for r in loss.values()}
 
 
-def test_a_photo_of_several_people_says_that_only_the_largest_face_is_protected(tmp_path):
-    """The FR term sees one face (the largest): a group photo's other people keep their identity, and the manifest,
-    the summary and the terminal say so instead of calling the photo protected."""
-    folder = tmp_path / "faces"
-    folder.mkdir()
+def two_people() -> Image.Image:
     pair = Image.new("RGB", (512, 256))
     pair.paste(astronaut().resize((256, 256)), (0, 0))
-    pair.paste(grace_hopper().resize((200, 234)), (284, 22))  # a smaller face: the astronaut's is the largest
-    pair.save(folder / "pair.png")
+    pair.paste(grace_hopper().resize((200, 234)), (284, 22))  # her face is the larger of the two
+    return pair
+
+
+def test_a_photo_of_several_people_says_how_many_of_its_faces_are_protected(tmp_path):
+    """The FR term sees one face (the largest) unless `objective.faces` says more: a group photo's other people keep
+    their identity, and the manifest, the summary and the terminal say so instead of calling the photo protected."""
+    folder = tmp_path / "faces"
+    folder.mkdir()
+    two_people().save(folder / "pair.png")
     astronaut().resize((256, 256)).save(folder / "single.png")
     module = ProtectionModule(**tiny_module_kwargs(iterations=2))
     fit(module, folder, tmp_path / "out", resolution=256)
     rows = read_manifest(tmp_path / "out").set_index("uid")
     assert rows.loc["pair", "faces_in_photo"] == 2 and rows.loc["single", "faces_in_photo"] == 1
+    assert rows.loc["pair", "faces_protected"] == 1 and rows.loc["single", "faces_protected"] == 1
     assert "2 faces in the photo: only the largest is protected against recognition" in rows.loc["pair", "message"]
     assert "faces in the photo" not in rows.loc["single", "message"]
     assert module.summary["folder"]["more_than_one_face"] == 1
-    assert "1 photo(s) show more than one face" in describe(module.summary, tmp_path / "out")
+    assert module.summary["folder"]["more_faces_than_protected"] == 1
+    assert "1 photo(s) show more faces than the FR term protected" in describe(module.summary, tmp_path / "out")
+
+    both = ProtectionModule(**tiny_module_kwargs(iterations=2, faces=2))
+    fit(both, folder, tmp_path / "both", resolution=256)
+    rows = read_manifest(tmp_path / "both").set_index("uid")
+    assert rows.loc["pair", "faces_protected"] == 2 and rows.loc["single", "faces_protected"] == 1
+    assert "faces in the photo" not in rows.loc["pair", "message"]
+    assert both.summary["folder"]["more_faces_than_protected"] == 0
+    assert "more faces than" not in describe(both.summary, tmp_path / "both")
+
+
+def test_faces_n_puts_every_face_of_a_group_photo_in_the_fr_term():
+    """`objective.faces 2`: the FR term is the mean of the two faces' cosines, each face cropped where it is, so the
+    gradient reaches the second person's face (with one face it never did); a photo of one person is protected
+    exactly as with the largest face alone."""
+    import dataclasses
+
+    from facelock_pl.pixels import pil_to_levels
+
+    one = ProtectionModule(**tiny_module_kwargs())
+    two = ProtectionModule(**tiny_module_kwargs(faces=2))
+    levels = pil_to_levels(two_people())[None]
+    clean_one, clean_two = one.attack.clean_features(levels), two.attack.clean_features(levels)
+    assert clean_one.other_found is None and clean_two.other_found.tolist() == [[True]]
+    x = levels_to_pm1(levels).requires_grad_(True)
+    fr_one, fr_two = one.nets.fr_terms(x, clean_one)["fr_cos"], two.nets.fr_terms(x, clean_two)["fr_cos"]
+    second = dataclasses.replace(clean_one, thetas=[t[:, 0] for t in clean_two.other_thetas],
+                                 embeddings=[e[:, 0] for e in clean_two.other_embeddings])
+    assert torch.allclose(fr_two, (fr_one + one.nets.fr_terms(x, second)["fr_cos"]) / 2, atol=1e-6)
+    grad_one, = torch.autograd.grad(fr_one.sum(), x)
+    grad_two, = torch.autograd.grad(fr_two.sum(), x)
+    other_half = (slice(None), slice(None), slice(None), slice(None, 256))  # the astronaut's: the smaller face
+    assert grad_one[other_half].abs().sum() == 0 and grad_two[other_half].abs().sum() > 0
+
+    single = pil_to_levels(astronaut().resize((256, 256)))[None]
+    clean = two.attack.clean_features(single)
+    assert clean.other_found.tolist() == [[False]]
+    image = levels_to_pm1(single)
+    assert torch.equal(two.nets.fr_terms(image, clean)["fr_cos"],
+                       one.nets.fr_terms(image, one.attack.clean_features(single))["fr_cos"])
+
+
+@pytest.mark.parametrize("settings", [dict(realign=True), dict(crop_jitter=0.2)])
+def test_faces_n_refuses_what_it_does_not_build_on(settings):
+    from facelock_pl.objectives import FaceLockObjective
+
+    with pytest.raises(ValueError, match="objective.faces > 1 protects every face with its clean alignment"):
+        FaceLockObjective(faces=3, **settings)
+    with pytest.raises(ValueError, match=r"objective.faces is how many faces .* 1 or more \(got 0\)"):
+        FaceLockObjective(faces=0)

@@ -142,13 +142,17 @@ class PGDAttack:
     @torch.no_grad()
     def clean_features(self, levels: torch.Tensor) -> CleanFeatures:
         """Once per image: face geometry, E(x), FR(x) and LPIPS features of the clean 8-bit images."""
+        count, others = self.nets.faces, None
         if self.detector is not None:
-            geometry = self.detector(levels)
+            geometry = self.detector(levels, count)
+            if count > 1:  # the largest face of each image, then its next ones (rows b·count + k)
+                rows = torch.arange(len(geometry.found), device=levels.device).unflatten(0, (-1, count))
+                geometry, others = geometry.select(rows[:, 0]), geometry.select(rows[:, 1:].flatten())
         else:
             geometry = FaceGeometry.whole_image(levels.shape[0], *levels.shape[-2:]).to(levels.device)
         with self.speed.autocast(levels.device):
             return self.nets.clean_features(self.speed.layout(levels_to_pm1(levels)), geometry, self.method.needs_latent,
-                                            self.method.needs_lpips, self.method.needs_image)
+                                            self.method.needs_lpips, self.method.needs_image, others)
 
     def admit(self, items: list[ImageItem]) -> list[ImageItem]:
         """Give each item a free slot (lowest first); returns the items that could not be read, whose slots stay free."""
@@ -287,6 +291,12 @@ class PGDAttack:
         s.occupied[slots] = False
         return finished
 
+    def _faces_protected(self, slot: int) -> int:
+        """The faces of the slot's photo in the FR term: its largest, where found, and the next ones found."""
+        clean = self.slots.clean
+        others = int(clean.other_found[slot].sum()) if clean.other_found is not None else 0
+        return int(clean.face_found[slot]) + others
+
     def _deliver(self, slot: int) -> ProtectedImage:
         """One finished image at its native size, measured as the editor will see it."""
         s, item = self.slots, self.slots.items[slot]
@@ -301,4 +311,5 @@ class PGDAttack:
             face_found=bool(s.clean.face_found[slot]), terms={name: float(v[slot]) for name, v in s.terms.items()},
             fr_cos_recon=measured.fr_cos_recon, fr_cos_recon_detected=measured.fr_cos_recon_detected,
             recognised_by=measured.recognised_by, faces_in_photo=measured.faces_in_photo,
-            seconds=time.perf_counter() - s.started[slot])
+            seconds=time.perf_counter() - s.started[slot],
+            faces_protected=None if measured.faces_in_photo is None else self._faces_protected(slot))

@@ -16,8 +16,8 @@ reconstruction's face with the clean one:
   recognise at ε 0.03, w600k_mbf still recognises 4 and dlib 8 (benchmarks/robustness.md, "A budget per photo").
   Only where every recogniser of the loss has a threshold (every judge has one);
 - `faces_in_photo`: the faces the detector finds in the clean frame as the editor sees it. The FR term sees the
-  largest one only (as the published FaceLock, made for single portraits): in a photo of several people the
-  others keep their identity, and every number above is about the largest face.
+  largest `objective.faces` of them (1 by default, as the published FaceLock, made for single portraits: in a photo
+  of several people the others keep their identity); every number above is about the largest face.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ class Delivered(NamedTuple):
     fr_cos_recon: float | None = None
     fr_cos_recon_detected: float | None = None  # None also where no face is found in the reconstruction
     recognised_by: str | None = None  # comma-separated labels ("": none); None without thresholds or a detected face
-    faces_in_photo: int | None = None  # faces found in the clean frame as the editor sees it (the loss sees the largest)
+    faces_in_photo: int | None = None  # faces found in the clean frame as the editor sees it
 
 
 class ProtectionMeter:

@@ -45,22 +45,26 @@ def load_networks(vaes: list[VAESpec], recognizers: list[RecognizerSpec], lpips:
     nets = Networks([load_vae(spec) for spec in vaes], load_recognizers(recognizers),
                     load_lpips(lpips) if lpips is not None else None, objective.fr_reduction,
                     vae_weights=[spec.weight for spec in vaes],
-                    landmarks=LandmarkReader() if objective.realign else None, crop_jitter=objective.crop_jitter)
+                    landmarks=LandmarkReader() if objective.realign else None, crop_jitter=objective.crop_jitter,
+                    faces=objective.faces)
     if objective.target_faces is not None:
         nets.targets = TargetPool.from_folder(objective.target_faces, list(nets.recognizers), nets.identity)
     return nets
 
 
 def check_networks(protection: ProtectionMethod, stopping: AdaptiveStopping, recognizers: list[RecognizerSpec],
-                   judges: list[RecognizerSpec]) -> None:
+                   judges: list[RecognizerSpec], faces: int = 1) -> None:
     """Refuse, before any network loads, networks a run cannot work with (`fit` calls it on the config, so the
-    message is one line): a method that needs faces without a recogniser; adaptive stopping without the FR term; a
-    judge without a threshold or an embedding, or of a reserved kind; judges beside a loss whose own recognisers
+    message is one line): a method that needs faces without a recogniser; adaptive stopping without the FR term, or
+    beside an FR term of several `faces`; a judge without a threshold or an embedding, or of a reserved kind; judges beside a loss whose own recognisers
     cannot judge (a verdict from the judges alone would read as the loss's networks' too)."""
     if protection.needs_faces and not recognizers:
         raise ValueError(f"method {protection.name!r} needs at least one face recogniser (or objective.fr_weight: 0)")
     if stopping.enabled and not protection.needs_faces:
         raise ValueError("adaptive stopping (stopping.below) watches the FR term: it needs method facelock")
+    if stopping.enabled and faces > 1:
+        raise ValueError("adaptive stopping (stopping.below) watches the largest face: with objective.faces > 1 it "
+                         "would stop before the others are protected; leave stopping.below unset")
     for spec in judges:
         if spec.kind in RESERVED_FOR_EVALUATION:
             raise ValueError(f"judge {spec.label!r}: the {spec.kind!r} recogniser is reserved to judge transfer in "
@@ -74,13 +78,15 @@ def check_networks(protection: ProtectionMethod, stopping: AdaptiveStopping, rec
 
 
 def _recorded_objective(objective: FaceLockObjective) -> dict:
-    """The objective as protection.json records it: identity targets and the face-MSE term only where set, so that
-    folders protected before these settings existed keep resuming."""
+    """The objective as protection.json records it: identity targets, the face-MSE term and more faces than the largest
+    only where set, so that folders protected before these settings existed keep resuming."""
     recorded = asdict(objective)
     if recorded["target_faces"] is None:
         del recorded["target_faces"], recorded["target_weight"]
     if recorded["face_mse_weight"] == 0:
         del recorded["face_mse_weight"]
+    if recorded["faces"] == 1:
+        del recorded["faces"]
     return recorded
 
 
@@ -140,7 +146,7 @@ class ProtectionModule(L.LightningModule):
         self.automatic_optimization = False
         protection = build_method(method, objective, cw)
         recognizers = [RecognizerSpec()] if recognizers is None else recognizers
-        check_networks(protection, stopping, recognizers, judges or [])
+        check_networks(protection, stopping, recognizers, judges or [], objective.faces)
         vaes = vae if isinstance(vae, list) else [vae or VAESpec()]
         self.nets = load_networks(vaes, recognizers, (lpips or LPIPSSpec()) if protection.needs_lpips else None, objective)
         self.detector = FaceDetector() if recognizers else None

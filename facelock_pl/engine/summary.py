@@ -82,6 +82,9 @@ def folder_summary(output_dir: Path) -> dict:
             "mean_fr_cos_recon_detected": _mean(manifest["fr_cos_recon_detected"]),
             "judged": len(judged), "still_recognised": int((judged != "").sum()),
             "more_than_one_face": int((manifest["faces_in_photo"] > 1).sum()),
+            # rows of earlier versions have no faces_protected: their FR term saw the largest face only
+            "more_faces_than_protected": int((manifest["faces_in_photo"] > manifest["faces_protected"].fillna(1)
+                                              .clip(lower=1)).sum()),
             "mean_psnr_db": _mean(manifest["psnr_db"])}
 
 
@@ -109,9 +112,10 @@ def describe(summary: dict, output_dir: Path) -> str:
         lines.append("  still recognised by a recogniser of the loss or a judge (face detected anew, its calibrated "
                      f"threshold): {folder['still_recognised']} of {folder['judged']} judged image(s); the manifest's "
                      "`recognised_by` names which")
-    if folder["more_than_one_face"]:
-        lines.append(f"  {folder['more_than_one_face']} photo(s) show more than one face: only the largest face of each "
-                     "is protected against recognition, the others keep their identity (the manifest's `faces_in_photo`)")
+    if folder["more_faces_than_protected"]:
+        lines.append(f"  {folder['more_faces_than_protected']} photo(s) show more faces than the FR term protected: the "
+                     "others keep their identity (the manifest's `faces_in_photo` and `faces_protected`; "
+                     "--model.objective.faces N protects the N largest)")
     if run.get("interrupted"):
         lines.append("  finished images are kept: rerun the same command to protect the rest")
     if run["error"]:

@@ -53,7 +53,7 @@ class FaceGeometry:
 
 
 class FaceDetector(nn.Module):
-    """MTCNN boxes and 5-point landmarks of the most prominent (largest) face of each image."""
+    """MTCNN boxes and 5-point landmarks of the largest faces of each image."""
 
     def __init__(self, min_probability: float = 0.9):
         super().__init__()
@@ -64,21 +64,24 @@ class FaceDetector(nn.Module):
         self.requires_grad_(False).eval()
 
     @torch.no_grad()
-    def forward(self, images_uint8: torch.Tensor) -> FaceGeometry:
-        """images_uint8: [B, 3, H, W] uint8 RGB, all of one size."""
+    def forward(self, images_uint8: torch.Tensor, count: int = 1) -> FaceGeometry:
+        """images_uint8: [B, 3, H, W] uint8 RGB, all of one size. The `count` largest faces of each, largest first:
+        row b·count + k is image b's k-th largest box, `found` where its probability reaches `min_probability`."""
         self.mtcnn.device = images_uint8.device  # MTCNN keeps its own device attribute
         n, _, height, width = images_uint8.shape
-        geometry = FaceGeometry.whole_image(n, height, width)
+        geometry = FaceGeometry.whole_image(n * count, height, width)
         if min(height, width) < self.mtcnn.min_face_size:  # no face fits (and MTCNN's image pyramid would be empty)
             return geometry.to(images_uint8.device)
         batch = images_uint8.permute(0, 2, 3, 1).float()
-        boxes, probs, points = self.mtcnn.detect(batch, landmarks=True)
+        boxes, probs, points = self.mtcnn.detect(batch, landmarks=True)  # largest first (select_largest)
         for i in range(n):
-            if boxes[i] is None or probs[i][0] is None or probs[i][0] < self.min_probability:
-                continue
-            geometry.found[i] = True
-            geometry.boxes[i] = torch.as_tensor(np.asarray(boxes[i][0], dtype=np.float32))
-            geometry.landmarks[i] = torch.as_tensor(np.asarray(points[i][0], dtype=np.float32))
+            for k in range(min(count, 0 if boxes[i] is None else len(boxes[i]))):
+                if probs[i][k] is None or probs[i][k] < self.min_probability:
+                    continue
+                row = i * count + k
+                geometry.found[row] = True
+                geometry.boxes[row] = torch.as_tensor(np.asarray(boxes[i][k], dtype=np.float32))
+                geometry.landmarks[row] = torch.as_tensor(np.asarray(points[i][k], dtype=np.float32))
         return geometry.to(images_uint8.device)
 
     @torch.no_grad()

@@ -45,6 +45,9 @@ class FaceLockObjective:
             (`Networks.face_mse`, ascended from the first iteration): a disruption of the face that is not aimed at
             any recogniser, as FaceLock's LPIPS term is (LPIPS's VGG trunk needs a download, so offline recipes run
             without it); 0: off.
+        faces: how many faces of a photo the FR term protects, the largest first: its cosine is the mean over them
+            (1: the largest only, as the published code, made for single portraits; e.g. 8 for photos of several
+            people). The manifest's FR columns stay about the largest face.
     """
 
     fr_weight: float = 1.0
@@ -58,8 +61,15 @@ class FaceLockObjective:
     target_faces: str | None = None
     target_weight: float = 1.0
     face_mse_weight: float = 0.0
+    faces: int = 1
 
     def __post_init__(self) -> None:
+        if self.faces < 1:
+            raise ValueError(f"objective.faces is how many faces of a photo the FR term protects: 1 or more (got "
+                             f"{self.faces})")
+        if self.faces > 1 and (self.realign or self.crop_jitter or self.target_faces is not None):
+            raise ValueError("objective.faces > 1 protects every face with its clean alignment: it runs without "
+                             "objective.realign, crop_jitter and target_faces")
         if not 0 <= self.crop_jitter <= 1:
             raise ValueError(f"objective.crop_jitter must lie in [0, 1] (got {self.crop_jitter})")
         if self.face_mse_weight < 0:

@@ -43,6 +43,10 @@ class CleanFeatures:
     target_embeddings: list[torch.Tensor] | None = None  # identity targets: per recogniser, the target's FR, [B, D]
     alignment_draws: torch.Tensor | None = None  # crop jitter: this iteration's uniforms [B, 4] (set per iteration)
     face_boxes: torch.Tensor | None = None  # the face's box in x, [B, 4] (x1, y1, x2, y2) in pixels (for face_mse)
+    # `objective.faces` > 1: the next largest faces, K of them per image (`other_found` False where it has fewer)
+    other_thetas: list[torch.Tensor] | None = None  # per recogniser: [B, K, 2, 3]
+    other_embeddings: list[torch.Tensor] | None = None  # per recogniser: FR of those faces in x, [B, K, D]
+    other_found: torch.Tensor | None = None  # [B, K] bool
 
     def _map(self, fn) -> "CleanFeatures":
         def each(tensors):
@@ -54,7 +58,9 @@ class CleanFeatures:
         return CleanFeatures(each(self.latents), each(self.thetas), each(self.embeddings), each(self.lpips_features),
                              fn(self.face_found), None if self.image is None else fn(self.image),
                              geometry(self.detected), geometry(self.reading), each(self.target_embeddings),
-                             face_boxes=None if self.face_boxes is None else fn(self.face_boxes))
+                             face_boxes=None if self.face_boxes is None else fn(self.face_boxes),
+                             other_thetas=each(self.other_thetas), other_embeddings=each(self.other_embeddings),
+                             other_found=None if self.other_found is None else fn(self.other_found))
 
     def select(self, index: torch.Tensor) -> "CleanFeatures":
         """The features of samples `index` (a gather: the result does not share memory)."""
@@ -77,6 +83,10 @@ class CleanFeatures:
         put([self.image] if self.image is not None else None, [other.image] if other.image is not None else None)
         put([self.face_boxes] if self.face_boxes is not None else None,
             [other.face_boxes] if other.face_boxes is not None else None)
+        put(self.other_thetas, other.other_thetas)
+        put(self.other_embeddings, other.other_embeddings)
+        put([self.other_found] if self.other_found is not None else None,
+            [other.other_found] if other.other_found is not None else None)
         for mine, theirs in ((self.detected, other.detected), (self.reading, other.reading)):
             if mine is not None:
                 put([mine.found, mine.boxes, mine.landmarks], [theirs.found, theirs.boxes, theirs.landmarks])
@@ -95,6 +105,7 @@ class Networks(nn.Module):
         vae_weights: list[float] | None = None,
         landmarks: LandmarkReader | None = None,
         crop_jitter: float = 0.0,
+        faces: int = 1,
     ):
         super().__init__()
         if not vaes:
@@ -116,6 +127,7 @@ class Networks(nn.Module):
                                  persistent=False)
         self.landmarks = landmarks  # re-align x̂ every iteration (None: the clean image's alignment)
         self.crop_jitter = crop_jitter
+        self.faces = faces  # faces per photo in the FR term, the largest first (`objective.faces`)
         self.targets: TargetPool | None = None  # identity targets (`objective.target_faces`); set by `load_networks`
 
     @staticmethod
@@ -142,8 +154,8 @@ class Networks(nn.Module):
     @property
     def loss_fr_is_reported(self) -> bool:
         """Whether the loss's `fr_cos` is the cosine the manifest reports: not with feature-layer terms in it, nor as
-        `worst_crop` margins."""
-        return not self.feature_terms and self.fr_reduction != "worst_crop"
+        `worst_crop` margins, nor as a mean over several faces."""
+        return not self.feature_terms and self.fr_reduction != "worst_crop" and self.faces == 1
 
     @property
     def device(self) -> torch.device:
@@ -156,10 +168,19 @@ class Networks(nn.Module):
 
     @torch.no_grad()
     def clean_features(self, x: torch.Tensor, geometry: FaceGeometry, need_latent: bool, need_lpips: bool,
-                       need_image: bool = False) -> CleanFeatures:
+                       need_image: bool = False, others: FaceGeometry | None = None) -> CleanFeatures:
+        """`geometry`: the largest face of each image; `others` (`faces` > 1): the next `faces` − 1 of each, image by
+        image."""
         thetas = [r.theta(geometry, tuple(x.shape[-2:])) for r in self.recognizers]
         realign = self.landmarks is not None and bool(self.recognizers)
         embeddings = embed_all(list(self.recognizers), x, thetas)
+        other_thetas = other_embeddings = other_found = None
+        if others is not None:
+            count = self.faces - 1
+            flat = [r.theta(others, tuple(x.shape[-2:])) for r in self.recognizers]
+            other_embeddings = [e.unflatten(0, (-1, count))
+                                for e in embed_all(list(self.recognizers), x.repeat_interleave(count, 0), flat)]
+            other_thetas, other_found = [t.unflatten(0, (-1, count)) for t in flat], others.found.unflatten(0, (-1, count))
         return CleanFeatures(
             latents=[vae.encode(x).float() for vae in self.vaes] if need_latent else None,
             thetas=thetas,
@@ -171,6 +192,7 @@ class Networks(nn.Module):
             reading=self.landmarks(x, geometry.boxes) if realign else None,
             target_embeddings=self.targets.targets(embeddings) if self.targets is not None else None,
             face_boxes=geometry.boxes.float() if need_image else None,
+            other_thetas=other_thetas, other_embeddings=other_embeddings, other_found=other_found,
         )
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -240,11 +262,29 @@ class Networks(nn.Module):
         max`, whose worst case is about the person, not the target)."""
         picked = range(len(self.recognizers))
         embeddings = self._embed(images, self.alignments(images, clean), picked)
-        terms = {"fr_cos": self._reduce(self._cosines(embeddings, clean.embeddings, picked), False)}
+        cosines = self._cosines(embeddings, clean.embeddings, picked)
+        if clean.other_found is not None:
+            cosines = self._mean_over_faces(images, cosines, clean)
+        terms = {"fr_cos": self._reduce(cosines, False)}
         if clean.target_embeddings is not None:
             cosines = self._cosines(embeddings, clean.target_embeddings, picked)
             terms["fr_target_cos"] = self._weighted_mean(cosines, self.fr_weights)
         return terms
+
+    def _mean_over_faces(self, images: torch.Tensor, cosines: torch.Tensor, clean: CleanFeatures) -> torch.Tensor:
+        """[R, B]: each recogniser's cosine averaged over the faces of each photo: the largest (`cosines`) and the
+        others found in x, each cropped where it is in x. Only the ranks (2nd largest, 3rd, ...) that some photo of
+        the batch has are cropped and embedded: a batch of single portraits costs nothing more."""
+        ranks = clean.other_found.any(0).nonzero().flatten()
+        if len(ranks) == 0:
+            return cosines
+        count = len(ranks)
+        thetas = [t[:, ranks].flatten(0, 1) for t in clean.other_thetas]
+        embeddings = embed_all(list(self.recognizers), images.repeat_interleave(count, 0), thetas)
+        others = torch.stack([(e.unflatten(0, (-1, count)) * reference[:, ranks]).sum(-1)
+                              for e, reference in zip(embeddings, clean.other_embeddings)])  # [R, B, count]
+        found = clean.other_found[:, ranks].to(cosines.dtype)
+        return (cosines + (others * found).sum(-1)) / (1 + found.sum(-1))
 
     def _embed(self, images: torch.Tensor, thetas: list[torch.Tensor], picked) -> list[torch.Tensor]:
         """The picked recognisers' embeddings of `images` under their `thetas` (one pass per shared network)."""

@@ -34,9 +34,10 @@ class ProtectedImage:
         fr_cos_recon, fr_cos_recon_detected: protection measured on the saved image (see `engine.measure`).
         recognised_by: the recognisers of the loss that still recognise the face detected anew in the saved image's
             reconstruction, comma-separated ("": none; None: not judged — no threshold on every recogniser, or no face).
-        faces_in_photo: faces found in the clean frame as the editor sees it; the loss protects the largest only
-            (None: not counted — no recogniser).
+        faces_in_photo: faces found in the clean frame as the editor sees it (None: not counted — no recogniser).
         seconds: wall time from admission to the end.
+        faces_protected: the faces in the FR term, the largest first (`objective.faces` of them at most; 0: none
+            found; None: no recogniser).
     """
 
     item: ImageItem
@@ -50,6 +51,7 @@ class ProtectedImage:
     recognised_by: str | None
     faces_in_photo: int | None
     seconds: float
+    faces_protected: int | None = None
 
 
 def _timestamp() -> dict:
@@ -85,7 +87,8 @@ class ManifestRow:
     fr_cos_recon: float | None = None
     fr_cos_recon_detected: float | None = None  # the same, with the face detected anew in the reconstruction
     recognised_by: str | None = None  # the loss's recognisers still matching there ("": none; None: not judged)
-    faces_in_photo: int | None = None  # faces in the photo; every column above is about the largest, the one protected
+    faces_in_photo: int | None = None  # faces in the photo; every column above is about the largest
+    faces_protected: int | None = None  # faces in the FR term, the largest first (objective.faces at most)
     seconds: float = 0.0
     metadata_removed: str = ""  # what the protected copy does not carry of the source's metadata
     extra_json: str = "{}"  # the row's other source columns (labels, attributes), as JSON
@@ -103,8 +106,10 @@ class ManifestRow:
                 terms.pop(name, None)
         notes = [item.message] if item.message else []
         notes += [] if image.face_found else ["no face detected: protected without the face-recognition term"]
-        if (image.faces_in_photo or 0) > 1:
-            notes.append(f"{image.faces_in_photo} faces in the photo: only the largest is protected against recognition")
+        protected = max(1, image.faces_protected or 0)
+        if (image.faces_in_photo or 0) > protected:
+            which = "only the largest is" if protected == 1 else f"only the {protected} largest are"
+            notes.append(f"{image.faces_in_photo} faces in the photo: {which} protected against recognition")
         return cls(
             uid=item.uid, source=item.source, source_sha256=item.source_sha256 or None, method=method,
             width=item.width, height=item.height, working_width=item.region[1], working_height=item.region[0],
@@ -114,6 +119,7 @@ class ManifestRow:
             fr_cos_recon=image.fr_cos_recon if image.face_found else None,
             fr_cos_recon_detected=image.fr_cos_recon_detected if image.face_found else None,
             recognised_by=image.recognised_by if image.face_found else None, faces_in_photo=image.faces_in_photo,
+            faces_protected=image.faces_protected,
             extra_json=jsonable(item.extra), **terms,
         )
 
