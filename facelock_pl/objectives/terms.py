@@ -175,12 +175,17 @@ class Networks(nn.Module):
         realign = self.landmarks is not None and bool(self.recognizers)
         embeddings = embed_all(list(self.recognizers), x, thetas)
         other_thetas = other_embeddings = other_found = None
-        if others is not None:
-            count = self.faces - 1
+        if others is not None:  # embedded where found only: a single portrait costs nothing more
+            count, found = self.faces - 1, others.found.nonzero().flatten()
             flat = [r.theta(others, tuple(x.shape[-2:])) for r in self.recognizers]
-            other_embeddings = [e.unflatten(0, (-1, count))
-                                for e in embed_all(list(self.recognizers), x.repeat_interleave(count, 0), flat)]
-            other_thetas, other_found = [t.unflatten(0, (-1, count)) for t in flat], others.found.unflatten(0, (-1, count))
+            stores = [e.new_zeros(len(others.found), e.shape[1]) for e in embeddings]
+            if len(found):
+                faces = embed_all(list(self.recognizers), x[found // count], [t[found] for t in flat])
+                for store, face in zip(stores, faces):
+                    store[found] = face
+            other_thetas = [t.unflatten(0, (-1, count)) for t in flat]
+            other_embeddings = [store.unflatten(0, (-1, count)) for store in stores]
+            other_found = others.found.unflatten(0, (-1, count))
         return CleanFeatures(
             latents=[vae.encode(x).float() for vae in self.vaes] if need_latent else None,
             thetas=thetas,
@@ -273,18 +278,15 @@ class Networks(nn.Module):
 
     def _mean_over_faces(self, images: torch.Tensor, cosines: torch.Tensor, clean: CleanFeatures) -> torch.Tensor:
         """[R, B]: each recogniser's cosine averaged over the faces of each photo: the largest (`cosines`) and the
-        others found in x, each cropped where it is in x. Only the ranks (2nd largest, 3rd, ...) that some photo of
-        the batch has are cropped and embedded: a batch of single portraits costs nothing more."""
-        ranks = clean.other_found.any(0).nonzero().flatten()
-        if len(ranks) == 0:
+        others found in x, each cropped where it is in x. Only the other faces found are cropped and embedded: a
+        batch of single portraits costs nothing more."""
+        image, rank = clean.other_found.nonzero().unbind(1)  # every other face found: its photo and its rank
+        if len(image) == 0:
             return cosines
-        count = len(ranks)
-        thetas = [t[:, ranks].flatten(0, 1) for t in clean.other_thetas]
-        embeddings = embed_all(list(self.recognizers), images.repeat_interleave(count, 0), thetas)
-        others = torch.stack([(e.unflatten(0, (-1, count)) * reference[:, ranks]).sum(-1)
-                              for e, reference in zip(embeddings, clean.other_embeddings)])  # [R, B, count]
-        found = clean.other_found[:, ranks].to(cosines.dtype)
-        return (cosines + (others * found).sum(-1)) / (1 + found.sum(-1))
+        embeddings = embed_all(list(self.recognizers), images[image], [t[image, rank] for t in clean.other_thetas])
+        others = torch.stack([(e * reference[image, rank]).sum(-1)
+                              for e, reference in zip(embeddings, clean.other_embeddings)])  # [R, faces found]
+        return cosines.index_add(1, image, others.to(cosines.dtype)) / (1 + clean.other_found.sum(1)).to(cosines.dtype)
 
     def _embed(self, images: torch.Tensor, thetas: list[torch.Tensor], picked) -> list[torch.Tensor]:
         """The picked recognisers' embeddings of `images` under their `thetas` (one pass per shared network)."""
