@@ -209,10 +209,11 @@ def test_a_photo_of_several_people_says_how_many_of_its_faces_are_protected(tmp_
     assert module.summary["folder"]["more_faces_than_protected"] == 1
     assert "1 photo(s) show more faces than the FR term protected" in describe(module.summary, tmp_path / "out")
 
+    (folder / "single.png").unlink()  # a single portrait under `faces`: test_faces_n_puts_every_face_...
     both = ProtectionModule(**tiny_module_kwargs(iterations=2, faces=2))
     fit(both, folder, tmp_path / "both", resolution=256)
     rows = read_manifest(tmp_path / "both").set_index("uid")
-    assert rows.loc["pair", "faces_protected"] == 2 and rows.loc["single", "faces_protected"] == 1
+    assert rows.loc["pair", "faces_protected"] == 2
     assert "faces in the photo" not in rows.loc["pair", "message"]
     assert both.summary["folder"]["more_faces_than_protected"] == 0
     assert "more faces than" not in describe(both.summary, tmp_path / "both")
