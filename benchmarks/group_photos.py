@@ -30,26 +30,14 @@ from facelock_pl.config_files import read_config
 from facelock_pl.data.images import load_photo
 from facelock_pl.evaluation.evaluate import load_edit, worst_over_crops
 from facelock_pl.models import FaceScorer, RecognizerSpec
+from facelock_pl.models.faces import face_windows
 from facelock_pl.pixels import editor_input, pil_to_levels
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from offline_runs import ROOT, cli, options, print_table, work_dir, worst_judges, write_json  # noqa: E402
 
 RESOLUTION = 256  # protect-offline.yaml's and edit-offline.yaml's working size
-GROW = 0.5  # a face's window: its box grown by this share of the box's longer side on each side
 SETS = ("clean", "protected", "protected+jpeg75")
-
-
-def face_windows(scorer: FaceScorer, levels: torch.Tensor) -> list[tuple[slice, slice]]:
-    """(rows, columns) of a window around every face found in uint8 [3, H, W], the largest first (the detector's
-    order: the face the loss sees is the first)."""
-    height, width = levels.shape[-2:]
-    windows = []
-    for x1, y1, x2, y2 in scorer.detector.all_boxes(levels[None])[0].tolist():
-        grow = GROW * max(x2 - x1, y2 - y1)
-        windows.append((slice(max(0, int(y1 - grow)), min(height, math.ceil(y2 + grow))),
-                        slice(max(0, int(x1 - grow)), min(width, math.ceil(x2 + grow)))))
-    return windows
 
 
 def score_faces(scorer: FaceScorer, clean: torch.Tensor, edit: torch.Tensor) -> list[dict]:
@@ -57,7 +45,7 @@ def score_faces(scorer: FaceScorer, clean: torch.Tensor, edit: torch.Tensor) -> 
     window and the face detected anew in the same window of the edit, and whether it reaches the threshold (NaN
     cosine and no match where either face is missing)."""
     scores = []
-    for rows, columns in face_windows(scorer, clean):
+    for rows, columns in face_windows(scorer.detector.all_boxes(clean[None])[0], *clean.shape[-2:]):
         source_faces, source_embeddings = scorer.embed(clean[None, :, rows, columns])
         faces, embeddings = scorer.embed(edit[None, :, rows, columns])
         found = bool(source_faces.found[0] and faces.found[0])

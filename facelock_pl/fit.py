@@ -112,7 +112,7 @@ def check_before_loading(config) -> None:
         recognizers = model.get("recognizers")
         check_networks(protection, built[AdaptiveStopping],
                        [RecognizerSpec()] if recognizers is None else [RecognizerSpec(**vars(spec)) for spec in recognizers],
-                       [RecognizerSpec(**vars(spec)) for spec in model.get("judges") or []], built[FaceLockObjective].faces)
+                       [RecognizerSpec(**vars(spec)) for spec in model.get("judges") or []])
     except (ValueError, TypeError) as error:
         raise ConfigError(str(error)) from None
     _check_trainer(config.trainer)

@@ -525,6 +525,7 @@ def test_group_photos_scores_every_face_in_its_own_window_the_largest_first(tmp_
     a face gone from the edit neither matches nor gives a cosine, and the other faces are scored as before."""
     from conftest import astronaut, grace_hopper
     from facelock_pl.models import FaceScorer, RecognizerSpec
+    from facelock_pl.models.faces import face_windows
 
     group_photos = benchmark_module("group_photos")
     photo = Image.new("RGB", (512, 256), (128, 128, 128))
@@ -536,7 +537,7 @@ def test_group_photos_scores_every_face_in_its_own_window_the_largest_first(tmp_
     assert [p.name for p in group_photos.group_photos(scorer, tmp_path)] == ["pair.jpg"]
     clean = group_photos.working(tmp_path / "pair.jpg")
     assert tuple(clean.shape) == (3, 128, 256)  # the longest side at the recipe's 256 px
-    windows = group_photos.face_windows(scorer, clean)
+    windows = face_windows(scorer.detector.all_boxes(clean[None])[0], 128, 256)
     assert len(windows) == 2 and windows[0][1].stop <= 140 and windows[1][1].start >= 116  # left (largest), right
     same = group_photos.score_faces(scorer, clean, clean)
     assert all(face["match:r@worst"] == 1.0 and face["fr:r"] == pytest.approx(1.0, abs=1e-5) for face in same)

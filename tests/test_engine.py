@@ -146,6 +146,23 @@ def test_cosines_detected_realign_on_the_reconstruction_and_mark_no_face(face_fo
     assert meter.cosines_detected(grey, clean).isnan().all()
 
 
+def test_fr_cos_recon_of_a_photo_that_is_not_square_crops_the_face_where_the_objective_did(tmp_path):
+    """The objective aligns each face on the working canvas (the frame padded to a square at its bottom and right);
+    the manifest's `fr_cos_recon` must crop the reconstruction of the frame there too, or a landscape photo's number
+    is of the wrong crop (0.93 instead of 1.00 here, for a photo the editor returns as it is)."""
+    from conftest import astronaut
+    from test_recognised import faithful_editor
+
+    (tmp_path / "faces").mkdir()
+    astronaut().crop((0, 0, 512, 512)).save(tmp_path / "faces" / "square.png")
+    astronaut().crop((0, 0, 512, 300)).save(tmp_path / "faces" / "wide.png")
+    module = faithful_editor(ProtectionModule(**tiny_module_kwargs(iterations=1, eps=0.008)))  # one 8-bit level
+    fit(module, tmp_path / "faces", tmp_path / "out", resolution=128)
+    rows = read_manifest(tmp_path / "out").set_index("uid")
+    assert (rows.loc["wide", "working_width"], rows.loc["wide", "working_height"]) == (128, 72)
+    assert rows["fr_cos_recon"].tolist() == pytest.approx([1.0, 1.0], abs=1e-4)
+
+
 def test_the_vae_attack_descends_the_unclipped_reconstruction_as_published():
     """Clipping D(E(x)) to [-1, 1] would give saturated pixels no gradient; the published attack does not clip."""
     import torch

@@ -378,7 +378,6 @@ def test_a_recogniser_reserved_to_judge_transfer_is_refused_in_the_loss(tmp_path
      "give every recogniser of the loss a calibrated `threshold` too"),
     (["--model.recognizers", "[]"], "method 'facelock' needs at least one face recogniser"),
     (["--model.method", "photoguard", "--model.stopping.below", "0.1"], "adaptive stopping (stopping.below) watches"),
-    (["--model.objective.faces", "3", "--model.stopping.below", "0.1"], "it would stop before the others are protected"),
     (["--model.objective.faces", "3", "--model.objective.realign", "true"], "objective.faces > 1 protects every face"),
     (["--model.attack.eot", "[blurr:1]"], "unknown EOT transformation 'blurr:1'"),
     (["--model.attack.eot", "[jpeg:200]"], "EOT transformation 'jpeg:200' has an invalid range"),

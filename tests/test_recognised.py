@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from conftest import astronaut, grace_hopper, tiny_module_kwargs
-from facelock_pl.engine import ProtectionModule
+from facelock_pl.engine import AdaptiveStopping, ProtectionModule
 from facelock_pl.engine.summary import describe
 from facelock_pl.models import RecognizerSpec
 from facelock_pl.models.recognizers import FaceRecognizer, TinyRandomRecognizerNet
@@ -191,7 +191,7 @@ def two_people() -> Image.Image:
     return pair
 
 
-def test_a_photo_of_several_people_says_how_many_of_its_faces_are_protected(tmp_path):
+def test_a_photo_of_several_people_says_how_many_of_its_faces_are_protected(tmp_path, monkeypatch):
     """The FR term sees one face (the largest) unless `objective.faces` says more: a group photo's other people keep
     their identity, and the manifest, the summary and the terminal say so instead of calling the photo protected."""
     folder = tmp_path / "faces"
@@ -209,11 +209,21 @@ def test_a_photo_of_several_people_says_how_many_of_its_faces_are_protected(tmp_
     assert module.summary["folder"]["more_faces_than_protected"] == 1
     assert "1 photo(s) show more faces than the FR term protected" in describe(module.summary, tmp_path / "out")
 
+    # Both faces in the term, under adaptive stopping: the term is their mean, so one face can be far below the
+    # target while the other is still recognised; each check measures the face that keeps the most identity (an
+    # extra pass even under the quantised forward, whose term is the check's value for a single face).
     (folder / "single.png").unlink()  # a single portrait under `faces`: test_faces_n_puts_every_face_...
-    both = ProtectionModule(**tiny_module_kwargs(iterations=2, faces=2))
+    both = ProtectionModule(**tiny_module_kwargs(
+        iterations=4, faces=2, quantise_forward=True,
+        stopping=AdaptiveStopping(below=2.0, patience=1, min_iterations=2, check_every=2)))  # stops at the first check
+    measured = []
+    worst_face = both.attack.meter.fr_cos_worst_face
+    monkeypatch.setattr(both.attack.meter, "fr_cos_worst_face",
+                        lambda images, clean: measured.append(clean.other_found.tolist()) or worst_face(images, clean))
     fit(both, folder, tmp_path / "both", resolution=256)
     rows = read_manifest(tmp_path / "both").set_index("uid")
-    assert rows.loc["pair", "faces_protected"] == 2
+    assert rows.loc["pair", "faces_protected"] == 2 and rows.loc["pair", "iterations"] == 2
+    assert measured == [[[True]], [[True]]]  # the check, then the delivered file: both with the second face
     assert "faces in the photo" not in rows.loc["pair", "message"]
     assert both.summary["folder"]["more_faces_than_protected"] == 0
     assert "more faces than" not in describe(both.summary, tmp_path / "both")
@@ -234,8 +244,7 @@ def test_faces_n_puts_every_face_of_a_group_photo_in_the_fr_term():
     assert clean_one.other_found is None and clean_two.other_found.tolist() == [[True]]
     x = levels_to_pm1(levels).requires_grad_(True)
     fr_one, fr_two = one.nets.fr_terms(x, clean_one)["fr_cos"], two.nets.fr_terms(x, clean_two)["fr_cos"]
-    second = dataclasses.replace(clean_one, thetas=[t[:, 0] for t in clean_two.other_thetas],
-                                 embeddings=[e[:, 0] for e in clean_two.other_embeddings])
+    second = dataclasses.replace(clean_two.other_face(0), other_found=None)  # the second face as if it were the only
     assert torch.allclose(fr_two, (fr_one + one.nets.fr_terms(x, second)["fr_cos"]) / 2, atol=1e-6)
     grad_one, = torch.autograd.grad(fr_one.sum(), x)
     grad_two, = torch.autograd.grad(fr_two.sum(), x)
@@ -248,6 +257,36 @@ def test_faces_n_puts_every_face_of_a_group_photo_in_the_fr_term():
     image = levels_to_pm1(single)
     assert torch.equal(two.nets.fr_terms(image, clean)["fr_cos"],
                        one.nets.fr_terms(image, one.attack.clean_features(single))["fr_cos"])
+
+
+def test_a_group_photo_is_measured_by_the_face_that_keeps_the_most_identity():
+    """With several faces in the term, the manifest's numbers are of the person recognised most, each face detected
+    anew in a window around it: a photo whose largest face lost its identity while the other person kept theirs reads
+    recognised (measured on the largest face alone it read protected), and protected only when neither is recognised."""
+    from facelock_pl.pixels import pil_to_levels
+
+    judge = [RecognizerSpec(kind="tiny-random", name="r", threshold=0.999)]  # same pixels: 1.0; another face: 0.96
+    group = faithful_editor(ProtectionModule(**tiny_module_kwargs(faces=2, recognizers=judge)))
+    largest = faithful_editor(ProtectionModule(**tiny_module_kwargs(recognizers=judge)))
+    photo = two_people()
+    source = pil_to_levels(photo)[None]
+    hopper_gone = photo.copy()
+    hopper_gone.paste(astronaut().resize((200, 234)), (284, 22))  # the largest face now shows another person
+    both_gone = hopper_gone.copy()
+    both_gone.paste(grace_hopper().resize((256, 256)), (0, 0))
+
+    def measured(module, image, faces):
+        clean = module.attack.clean_features(source)
+        return module.attack.meter.delivered(pil_to_levels(image), (256, 512), clean, source, faces)
+
+    one_kept = measured(group, hopper_gone, 2)
+    assert one_kept.recognised_by == "r" and one_kept.faces_in_photo == 2
+    assert one_kept.fr_cos_recon == pytest.approx(1.0, abs=1e-5)  # the astronaut's face, untouched
+    assert one_kept.fr_cos_recon_detected == pytest.approx(1.0, abs=1e-5)
+    blind = measured(largest, hopper_gone, 1)
+    assert blind.recognised_by == "" and blind.fr_cos_recon_detected < 0.99
+    neither = measured(group, both_gone, 2)
+    assert neither.recognised_by == "" and neither.fr_cos_recon_detected < 0.99 and neither.fr_cos_recon < 0.99
 
 
 @pytest.mark.parametrize("settings", [dict(realign=True), dict(crop_jitter=0.2)])

@@ -266,15 +266,17 @@ class PGDAttack:
     def _fr_cos_of_iterate(self, slots: torch.Tensor, active: torch.Tensor, terms: dict) -> torch.Tensor:
         """`fr_cos_recon` of the current iterates' 8-bit images, as they would be saved. When this iteration's
         forward pass saw exactly those images (quantised forward, no fill, one autoencoder, no EOT) and its FR term
-        is that cosine (no feature-layer term, no margins), the term is the value: no extra pass."""
+        is that cosine (no feature-layer term, no margins, one face), the term is the value: no extra pass. With
+        several faces in the term, the face that keeps the most identity is measured (the term is their mean)."""
         s = self.slots
         if (self.config.quantise_forward and not self.config.fill_budget and self.eot is None
-                and len(self.nets.vaes) == 1 and "fr_cos" in terms and self.nets.loss_fr_is_reported):
+                and len(self.nets.vaes) == 1 and "fr_cos" in terms and self.nets.loss_fr_is_reported
+                and s.clean.other_found is None):
             per_slot = torch.zeros(len(s.occupied), device=s.x.device)
             per_slot[active] = terms["fr_cos"].detach().float()
             return per_slot[slots]
         png = quantise_to_levels(s.x_adv[slots], s.levels[slots], self.config.eps, self.config.fill_budget)
-        return self.meter.fr_cos(self.meter.reconstruct(png), s.clean.select(slots))
+        return self.meter.fr_cos_worst_face(self.meter.reconstruct(png), s.clean.select(slots))
 
     # ---- finished images -----------------------------------------------------------------------------
     @torch.no_grad()
@@ -304,12 +306,16 @@ class PGDAttack:
                       self.config.fill_budget)
         # The editor sees the whole frame: in face-region mode, compare with the clean frame as it sees it.
         source_seen = resize(levels_to_pil(item.native), item.view[::-1])[None].to(png.device)
-        clean = s.clean.select(torch.tensor([slot])) if item.crop is None else self.clean_features(source_seen)
-        measured = self.meter.delivered(png, item.view, clean, source_seen)
+        if item.crop is None:  # the slot's features, aligned on the frame padded to the canvas
+            clean, canvas = s.clean.select(torch.tensor([slot])), tuple(s.levels.shape[-2:])
+        else:
+            clean, canvas = self.clean_features(source_seen), None
+        protected = self._faces_protected(slot)
+        measured = self.meter.delivered(png, item.view, clean, source_seen, protected, canvas)
         return ProtectedImage(
             item=item, levels=png.cpu(), source_levels=item.native, iterations=int(s.iteration[slot]),
             face_found=bool(s.clean.face_found[slot]), terms={name: float(v[slot]) for name, v in s.terms.items()},
             fr_cos_recon=measured.fr_cos_recon, fr_cos_recon_detected=measured.fr_cos_recon_detected,
             recognised_by=measured.recognised_by, faces_in_photo=measured.faces_in_photo,
             seconds=time.perf_counter() - s.started[slot],
-            faces_protected=None if measured.faces_in_photo is None else self._faces_protected(slot))
+            faces_protected=None if measured.faces_in_photo is None else protected)

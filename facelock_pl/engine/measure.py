@@ -17,7 +17,11 @@ reconstruction's face with the clean one:
   Only where every recogniser of the loss has a threshold (every judge has one);
 - `faces_in_photo`: the faces the detector finds in the clean frame as the editor sees it. The FR term sees the
   largest `objective.faces` of them (1 by default, as the published FaceLock, made for single portraits: in a photo
-  of several people the others keep their identity); every number above is about the largest face.
+  of several people the others keep their identity). With one face in the term every number above is about the
+  largest face; with several, about the face that keeps the most identity: `fr_cos_recon` the highest over the term's
+  faces, and the detected numbers from each face detected anew in a window around it (in the clean frame and in the
+  reconstruction, as `benchmarks/group_photos.py` scores a group photo), the highest cosine and every recogniser that
+  recognises any of them — a photo is protected only when none of its people is recognised.
 """
 
 from __future__ import annotations
@@ -27,8 +31,9 @@ from typing import NamedTuple
 import torch
 
 from ..models import FaceDetector, FaceScorer
+from ..models.faces import face_windows
 from ..objectives import CleanFeatures, Networks
-from ..pixels import levels_to_pil, levels_to_pm1, pm1_to_levels, resize
+from ..pixels import levels_to_pil, levels_to_pm1, pad_to, pm1_to_levels, resize
 from .speed import SpeedConfig
 
 
@@ -73,21 +78,63 @@ class ProtectionMeter:
         return cosines.masked_fill(~geometry.found, float("nan"))
 
     @torch.no_grad()
-    def delivered(self, png: torch.Tensor, view: tuple[int, int], clean: CleanFeatures,
-                  source_seen: torch.Tensor) -> Delivered:
+    def delivered(self, png: torch.Tensor, view: tuple[int, int], clean: CleanFeatures, source_seen: torch.Tensor,
+                  faces: int = 1, canvas: tuple[int, int] | None = None) -> Delivered:
         """What the manifest reports of one protected native image [3, H, W] as the editor sees it: resized to the
         working size of the frame (`view`: height, width). `source_seen`: the clean frame at that size ([1, 3, H, W]
-        uint8), which the judges outside the loss compare with."""
+        uint8), which the judges outside the loss compare with. `faces`: the faces of the FR term; with more than one,
+        every number is of the face that keeps the most identity. `canvas`: (height, width) that `clean`'s alignments
+        were computed at, the frame padded at its bottom and right (None: the frame itself); the reconstruction is
+        padded alike for `fr_cos_recon`, whose crops are in the canvas's coordinates."""
         if not self.measures:
             return Delivered()
         seen = resize(levels_to_pil(png), (view[1], view[0])).to(png.device)[None]
         recon = self.reconstruct(seen)
         recon_levels = pm1_to_levels(recon)
+        boxes = self.detector.all_boxes(source_seen)[0]
+        aligned = recon if canvas is None else pad_to(recon[0], *canvas)[None]
+        fr_cos = float(self.fr_cos_worst_face(aligned, clean)[0])
+        if faces > 1 and len(boxes) > 1:
+            return Delivered(fr_cos, *self._worst_face_in_windows(recon_levels, source_seen, boxes[:faces]), len(boxes))
         cosines = self.cosines_detected(recon_levels, clean)
         found = not cosines.isnan().any()
-        return Delivered(float(self.fr_cos(recon, clean)[0]), float(self.nets.fr_cos_of(cosines)[0]) if found else None,
-                         self._verdict(cosines, recon_levels, source_seen) if found else None,
-                         len(self.detector.all_boxes(source_seen)[0]))
+        return Delivered(fr_cos, float(self.nets.fr_cos_of(cosines)[0]) if found else None,
+                         self._verdict(cosines, recon_levels, source_seen) if found else None, len(boxes))
+
+    def fr_cos_worst_face(self, images: torch.Tensor, clean: CleanFeatures) -> torch.Tensor:
+        """[B]: `fr_cos` of the face of the FR term that keeps the most identity (the largest, or with
+        `objective.faces` > 1 any other found), each aligned as the objective aligns it."""
+        worst = self.fr_cos(images, clean)
+        if clean.other_found is not None:
+            for rank in clean.other_found.any(0).nonzero().flatten().tolist():
+                found = clean.other_found[:, rank]
+                worst = torch.where(found, torch.maximum(worst, self.fr_cos(images, clean.other_face(rank))), worst)
+        return worst
+
+    def _worst_face_in_windows(self, recon_levels: torch.Tensor, source_seen: torch.Tensor,
+                               boxes: torch.Tensor) -> tuple[float | None, str | None]:
+        """`fr_cos_recon_detected` and `recognised_by` of a photo of several people: each face (`boxes` of the clean
+        frame) detected anew in a window around it, in the clean frame and in the reconstruction, as an evaluation
+        scores a group photo; the highest cosine, and every recogniser that recognises any face (None: no face was
+        found in both, or no verdict)."""
+        worst, labels, judged = None, [], False
+        for rows, columns in face_windows(boxes, *source_seen.shape[-2:]):
+            source, recon = source_seen[..., rows, columns], recon_levels[..., rows, columns]
+            geometry = self.detector(source)
+            if not geometry.found.all():
+                continue
+            with self.speed.autocast(source.device):
+                reference = self.nets.clean_features(self.speed.layout(levels_to_pm1(source)), geometry, False, False)
+            cosines = self.cosines_detected(recon, reference)
+            if cosines.isnan().any():
+                continue
+            cosine = float(self.nets.fr_cos_of(cosines)[0])
+            worst = cosine if worst is None else max(worst, cosine)
+            verdict = self._verdict(cosines, recon, source)
+            if verdict is not None:
+                judged = True
+                labels += [label for label in verdict.split(",") if label and label not in labels]
+        return worst, ",".join(labels) if judged else None
 
     def _verdict(self, cosines: torch.Tensor, recon_levels: torch.Tensor, source_seen: torch.Tensor) -> str | None:
         """`recognised_by`: the loss's entries, then the judges', that still recognise the face (comma-separated; ""

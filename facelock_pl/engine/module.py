@@ -53,18 +53,15 @@ def load_networks(vaes: list[VAESpec], recognizers: list[RecognizerSpec], lpips:
 
 
 def check_networks(protection: ProtectionMethod, stopping: AdaptiveStopping, recognizers: list[RecognizerSpec],
-                   judges: list[RecognizerSpec], faces: int = 1) -> None:
+                   judges: list[RecognizerSpec]) -> None:
     """Refuse, before any network loads, networks a run cannot work with (`fit` calls it on the config, so the
-    message is one line): a method that needs faces without a recogniser; adaptive stopping without the FR term, or
-    beside an FR term of several `faces`; a judge without a threshold or an embedding, or of a reserved kind; judges beside a loss whose own recognisers
+    message is one line): a method that needs faces without a recogniser; adaptive stopping without the FR term; a
+    judge without a threshold or an embedding, or of a reserved kind; judges beside a loss whose own recognisers
     cannot judge (a verdict from the judges alone would read as the loss's networks' too)."""
     if protection.needs_faces and not recognizers:
         raise ValueError(f"method {protection.name!r} needs at least one face recogniser (or objective.fr_weight: 0)")
     if stopping.enabled and not protection.needs_faces:
         raise ValueError("adaptive stopping (stopping.below) watches the FR term: it needs method facelock")
-    if stopping.enabled and faces > 1:
-        raise ValueError("adaptive stopping (stopping.below) watches the largest face: with objective.faces > 1 it "
-                         "would stop before the others are protected; leave stopping.below unset")
     for spec in judges:
         if spec.kind in RESERVED_FOR_EVALUATION:
             raise ValueError(f"judge {spec.label!r}: the {spec.kind!r} recogniser is reserved to judge transfer in "
@@ -146,7 +143,7 @@ class ProtectionModule(L.LightningModule):
         self.automatic_optimization = False
         protection = build_method(method, objective, cw)
         recognizers = [RecognizerSpec()] if recognizers is None else recognizers
-        check_networks(protection, stopping, recognizers, judges or [], objective.faces)
+        check_networks(protection, stopping, recognizers, judges or [])
         vaes = vae if isinstance(vae, list) else [vae or VAESpec()]
         self.nets = load_networks(vaes, recognizers, (lpips or LPIPSSpec()) if protection.needs_lpips else None, objective)
         self.detector = FaceDetector() if recognizers else None

@@ -7,6 +7,7 @@ iteration only applies `warp` (affine_grid + grid_sample), which is differentiab
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -93,6 +94,22 @@ class FaceDetector(nn.Module):
         boxes, probs = self.mtcnn.detect(images_uint8.permute(0, 2, 3, 1).float(), landmarks=False)
         return [torch.as_tensor(np.asarray([b for b, p in zip(box, prob) if p >= self.min_probability], dtype=np.float32)
                                 .reshape(-1, 4)) if box is not None else torch.zeros(0, 4) for box, prob in zip(boxes, probs)]
+
+
+WINDOW_GROWTH = 0.5  # a face's window: its box grown by this share of the box's longer side on each side
+
+
+def face_windows(boxes: torch.Tensor, height: int, width: int) -> list[tuple[slice, slice]]:
+    """(rows, columns) of a window around each box ([K, 4], x1 y1 x2 y2, pixels) of an image of `height` x `width`:
+    the box grown by half its longer side each way, so that the face is detected anew there as in a whole photo, and
+    no other face of a group photo is (the window of a face in front of a person behind may hold part of theirs, but
+    the detector takes the largest face of the window)."""
+    windows = []
+    for x1, y1, x2, y2 in boxes.tolist():
+        grow = WINDOW_GROWTH * max(x2 - x1, y2 - y1)
+        windows.append((slice(max(0, int(y1 - grow)), min(height, math.ceil(y2 + grow))),
+                        slice(max(0, int(x1 - grow)), min(width, math.ceil(x2 + grow)))))
+    return windows
 
 
 def similarity_transform(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:

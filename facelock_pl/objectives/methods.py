@@ -47,7 +47,7 @@ class FaceLockObjective:
             without it); 0: off.
         faces: how many faces of a photo the FR term protects, the largest first: its cosine is the mean over them
             (1: the largest only, as the published code, made for single portraits; e.g. 8 for photos of several
-            people). The manifest's FR columns stay about the largest face.
+            people). The manifest's FR columns and adaptive stopping read the face that keeps the most identity.
     """
 
     fr_weight: float = 1.0

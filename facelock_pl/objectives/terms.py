@@ -10,6 +10,7 @@ weighted means over them; with several recognisers the FR cosine is their weight
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
@@ -61,6 +62,13 @@ class CleanFeatures:
                              face_boxes=None if self.face_boxes is None else fn(self.face_boxes),
                              other_thetas=each(self.other_thetas), other_embeddings=each(self.other_embeddings),
                              other_found=None if self.other_found is None else fn(self.other_found))
+
+    def other_face(self, rank: int) -> "CleanFeatures":
+        """These features with the `rank`-th other face (`objective.faces` > 1, 0: the second largest) in the place of
+        the largest: its crop and its clean embedding."""
+        return dataclasses.replace(self, thetas=[t[:, rank] for t in self.other_thetas],
+                                   embeddings=[e[:, rank] for e in self.other_embeddings],
+                                   face_found=self.other_found[:, rank])
 
     def select(self, index: torch.Tensor) -> "CleanFeatures":
         """The features of samples `index` (a gather: the result does not share memory)."""

@@ -32,8 +32,9 @@ class ProtectedImage:
         face_found: whether a face was detected (else it was protected without the FR term).
         terms: the last value of each objective term the method computed, by name.
         fr_cos_recon, fr_cos_recon_detected: protection measured on the saved image (see `engine.measure`).
-        recognised_by: the recognisers of the loss that still recognise the face detected anew in the saved image's
-            reconstruction, comma-separated ("": none; None: not judged — no threshold on every recogniser, or no face).
+        recognised_by: the recognisers of the loss (and judges) that still recognise the face detected anew in the
+            saved image's reconstruction — any face of the FR term, with several — comma-separated ("": none; None:
+            not judged — no threshold on every recogniser, or no face).
         faces_in_photo: faces found in the clean frame as the editor sees it (None: not counted — no recogniser).
         seconds: wall time from admission to the end.
         faces_protected: the faces in the FR term, the largest first (`objective.faces` of them at most; 0: none
