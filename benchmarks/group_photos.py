@@ -8,8 +8,9 @@ autoencoder round trip of the clean and the protected photos (`edit` with `confi
 JPEG-75) and scores every face of the clean photo as `evaluate` scores an edit, each in a window around its box (the
 box grown by half its side each way) of the clean photo and of the round trip: the face detected anew there, every
 recogniser of `--evaluate-config`, its calibrated threshold, a network behind several crops judged by its worst.
-Prints a Markdown table (match rate and mean cosine per recogniser, for the largest face and the others); writes JSON
-with every face's scores. `--objective-faces N` protects the N largest faces of each photo (`objective.faces`; 1, the
+Prints a Markdown table (match rate and mean cosine per recogniser, for the largest face and the others) and the
+run's own verdict per photo (the manifest's `recognised_by`) beside the networks that match any of its faces here;
+writes JSON with every face's scores and the manifest's measurement columns. `--objective-faces N` protects the N largest faces of each photo (`objective.faces`; 1, the
 default: the largest only, as the published code).
 
     python benchmarks/group_photos.py --assets ../shared/assets --work-dir W --json W.json [--objective-faces 8]
@@ -31,6 +32,7 @@ from facelock_pl.data.images import load_photo
 from facelock_pl.evaluation.evaluate import load_edit, worst_over_crops
 from facelock_pl.models import FaceScorer, RecognizerSpec
 from facelock_pl.models.faces import face_windows
+from facelock_pl.outputs import read_manifest
 from facelock_pl.pixels import editor_input, pil_to_levels
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -38,6 +40,7 @@ from offline_runs import ROOT, cli, options, print_table, work_dir, worst_judges
 
 RESOLUTION = 256  # protect-offline.yaml's and edit-offline.yaml's working size
 SETS = ("clean", "protected", "protected+jpeg75")
+MANIFEST_COLUMNS = ("faces_in_photo", "faces_protected", "fr_cos_recon", "fr_cos_recon_detected", "recognised_by")
 
 
 def score_faces(scorer: FaceScorer, clean: torch.Tensor, edit: torch.Tensor) -> list[dict]:
@@ -55,6 +58,13 @@ def score_faces(scorer: FaceScorer, clean: torch.Tensor, edit: torch.Tensor) -> 
             row[f"fr:{name}"], row[f"match:{name}"] = cosine, float(found and cosine >= threshold)
         scores.append({**row, **worst_over_crops(row, scorer.names)})
     return scores
+
+
+def verdict(recognised_by) -> str:
+    """A manifest's `recognised_by` cell as the table shows it."""
+    if not isinstance(recognised_by, str):
+        return "not judged"
+    return recognised_by or "none"
 
 
 def group_photos(scorer: FaceScorer, folder: Path) -> list[Path]:
@@ -100,12 +110,21 @@ def main() -> None:
     rows = [[set_name, which, str(len(group)),
              *(f"{100 * group[f'match:{j}'].mean():.0f}% ({group[f'fr:{j}'].mean():.2f})" for j in judges)]
             for (set_name, which), group in frame.groupby(["set", "which"], sort=False)]
+    manifest = read_manifest(work / "protected").set_index("uid")[list(MANIFEST_COLUMNS)]
     write_json(args.json, {"config": str(args.config), "photos": sorted(frame["photo"].unique()),
                            "iterations": args.iterations, "objective_faces": args.objective_faces, "judges": judges,
-                           "per_face": per_face})
+                           "per_face": per_face,
+                           "manifest": json.loads(manifest.to_json(orient="index"))})
     print_table(f"{frame['photo'].nunique()} photos of several people, {RESOLUTION} px, the {args.objective_faces} "
                 "largest face(s) of each in the FR term, TAESD round trip, each face detected anew in its window: match "
                 "rate (mean cosine)", ["round trip of", "face", "faces", *judges], rows)
+    protected = frame[frame["set"] == "protected"]
+    print_table("The manifest's verdict (the run's own measurement) beside the networks that match any face here",
+                ["photo", "faces_protected", "fr_cos_recon_detected", "recognised_by", "networks matching a face here"],
+                [[uid, str(row["faces_protected"]), f"{row['fr_cos_recon_detected']:.2f}", verdict(row["recognised_by"]),
+                  ", ".join(j for j in judges if protected.loc[protected["photo"].str.startswith(f"{uid}."),
+                                                                 f"match:{j}"].any()) or "none"]
+                 for uid, row in manifest.iterrows()])
 
 
 if __name__ == "__main__":
