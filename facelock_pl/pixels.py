@@ -81,11 +81,16 @@ def reencode(levels: torch.Tensor, codec: str, quality: int) -> torch.Tensor:
     return pil_to_levels(Image.open(buffer))
 
 
-def png_bytes(levels: torch.Tensor, icc_profile: bytes | None = None, exif: bytes | None = None) -> bytes:
-    """Lossless PNG of a uint8 [3, H, W] tensor, with the colour profile and EXIF block given (if any)."""
+def png_bytes(levels: torch.Tensor, icc_profile: bytes | None = None, exif: bytes | None = None,
+              alpha: torch.Tensor | None = None) -> bytes:
+    """Lossless PNG of a uint8 [3, H, W] tensor, with the colour profile, EXIF block and alpha channel (uint8 [H, W])
+    given (if any)."""
     buffer = io.BytesIO()
     extra = {k: v for k, v in (("icc_profile", icc_profile), ("exif", exif)) if v}
-    levels_to_pil(levels).save(buffer, format="PNG", **extra)
+    image = levels_to_pil(levels)
+    if alpha is not None:
+        image.putalpha(Image.fromarray(alpha.numpy()))
+    image.save(buffer, format="PNG", **extra)
     return buffer.getvalue()
 
 

@@ -31,7 +31,9 @@ def messy_folder(face_folder: Path) -> Path:
     sub.mkdir()
     rgb.convert("L").save(sub / "gray.png")
     rgb.convert("CMYK").save(face_folder / "cmyk.jpg")
-    rgb.convert("RGBA").save(face_folder / "rgba.png")
+    cutout = rgb.convert("RGBA")
+    cutout.putalpha(Image.fromarray(np.pad(np.full((70, 100), 255, np.uint8), ((10, 10), (10, 10)))))  # a clear border
+    cutout.save(face_folder / "rgba.png")
     Image.fromarray(np.full((70, 70), 40000, dtype=np.uint16)).save(face_folder / "deep16.png")
     (face_folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated nonsense")
     (face_folder / "readme.txt").write_text("not an image")
@@ -78,6 +80,9 @@ def test_tiny_fit_end_to_end_then_resume(messy_folder, tmp_path, caplog):
     png = np.asarray(Image.open(out / "images" / "astronaut.png")).astype(int)
     source = np.asarray(Image.open(messy_folder / "astronaut.png").convert("RGB")).astype(int)
     assert png.shape == source.shape == (512, 512, 3) and 0 < np.abs(png - source).max() <= 3
+    # A cutout keeps its transparency: the protected pixels, flattened onto white as viewers show them, and its alpha.
+    with Image.open(out / "images" / "rgba.png") as cutout, Image.open(messy_folder / "rgba.png") as clean:
+        assert cutout.mode == "RGBA" and np.array_equal(np.asarray(cutout.getchannel("A")), np.asarray(clean.getchannel("A")))
     assert not list(out.rglob(".tmp-*"))
     assert (out / "lightning_logs").is_dir()
 

@@ -34,6 +34,26 @@ def test_rgba_transparency_becomes_white(tmp_path):
     assert np.asarray(load_rgb(tmp_path / "clear.png")).min() == 255
 
 
+def test_transparency_is_kept_for_the_protected_copy_and_an_opaque_alpha_is_dropped(tmp_path):
+    from facelock_pl.data import load_photo
+
+    cutout = Image.fromarray(random_image()).convert("RGBA")
+    alpha = np.full((80, 96), 255, np.uint8)
+    alpha[:, :10] = 0
+    cutout.putalpha(Image.fromarray(alpha))
+    cutout.save(tmp_path / "cutout.png")
+    Image.fromarray(random_image()).convert("RGBA").save(tmp_path / "opaque.png")
+    palette = Image.fromarray(random_image()).convert("P")
+    palette.info["transparency"] = int(np.asarray(palette)[0, 0])
+    palette.save(tmp_path / "palette.png")
+    photo = load_photo(tmp_path / "cutout.png")
+    assert np.array_equal(np.asarray(photo.alpha), alpha) and np.asarray(photo.image)[:, :10].min() == 255
+    assert load_photo(tmp_path / "opaque.png").alpha is None and load_photo(tmp_path / "palette.png").alpha.getextrema()[0] == 0
+    item = ImageItem.from_photo("cutout", "cutout.png", load_photo(tmp_path / "cutout.png", max_pixels=40 * 48,
+                                                                   oversize="downscale"), 64)
+    assert tuple(item.alpha.shape) == tuple(item.native.shape[-2:]) == (40, 48)
+
+
 def test_16_bit_png_is_rescaled_not_clipped(tmp_path):
     levels = np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16)
     Image.fromarray(levels).save(tmp_path / "deep.png")

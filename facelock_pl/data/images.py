@@ -50,6 +50,8 @@ class Photo:
         exif: the EXIF block to write (None: none).
         removed: what was left out, for the manifest (e.g. `gps, serial`).
         downscaled_from: the original (width, height) when the image was larger than allowed and shrunk.
+        alpha: the source's transparency (mode L, the size of `image`) where some pixel is not opaque, written back
+            with the protected copy; None: opaque. `image` is the photo flattened onto white, as viewers show it.
     """
 
     image: Image.Image
@@ -57,6 +59,7 @@ class Photo:
     exif: bytes | None = None
     removed: str = ""
     downscaled_from: tuple[int, int] | None = None
+    alpha: Image.Image | None = None
 
 
 class BadImageError(ValueError):
@@ -106,12 +109,22 @@ def load_photo(source: str | Path | bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
         raise BadImageError(f"corrupt image data ({error})", size) from error
     if image.mode not in ("RGB", "RGBA") and icc is not None:
         icc, removed = None, ", ".join(filter(None, [removed, f"{image.mode} colour profile (converted to sRGB)"]))
-    photo = Photo(rgb, icc, exif, removed)
+    photo = Photo(rgb, icc, exif, removed, alpha=_transparency(upright))
     if width * height > max_pixels:  # oversize == "downscale"
         scale = (max_pixels / (width * height)) ** 0.5
-        photo.image = rgb.resize((max(1, int(rgb.width * scale)), max(1, int(rgb.height * scale))), Image.Resampling.LANCZOS)
+        size = (max(1, int(rgb.width * scale)), max(1, int(rgb.height * scale)))
+        photo.image = rgb.resize(size, Image.Resampling.LANCZOS)
+        photo.alpha = photo.alpha.resize(size, Image.Resampling.LANCZOS) if photo.alpha is not None else None
         photo.downscaled_from = rgb.size
     return photo
+
+
+def _transparency(image: Image.Image) -> Image.Image | None:
+    """The alpha channel (mode L) of an image with some pixel that is not opaque; None for an opaque image."""
+    if image.mode not in ("RGBA", "LA", "PA") and not (image.mode == "P" and "transparency" in image.info):
+        return None
+    alpha = image.convert("RGBA").getchannel("A")
+    return alpha if alpha.getextrema()[0] < 255 else None
 
 
 def _metadata(image: Image.Image, keep_all: bool) -> tuple[bytes | None, bytes | None, str]:

@@ -85,7 +85,8 @@ class OutputWriter:
             return rows
         name = f"part-{self.run_id}-r{self.rank}-{self.sequence:06d}.parquet"
         self.sequence += 1
-        pngs = {image.item.uid: png_bytes(image.levels, image.item.icc_profile, image.item.exif) for image in finished}
+        pngs = {image.item.uid: png_bytes(image.levels, image.item.icc_profile, image.item.exif, image.item.alpha)
+                for image in finished}
         if self.format in ("png", "both"):
             for uid, data in pngs.items():
                 write_bytes_atomic(self.output_dir / "images" / f"{uid}.png", data)
