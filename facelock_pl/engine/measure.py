@@ -97,9 +97,11 @@ class ProtectionMeter:
         if faces > 1 and len(boxes) > 1:
             return Delivered(fr_cos, *self._worst_face_in_windows(recon_levels, source_seen, boxes[:faces]), len(boxes))
         cosines = self.cosines_detected(recon_levels, clean)
-        found = not cosines.isnan().any()
-        return Delivered(fr_cos, float(self.nets.fr_cos_of(cosines)[0]) if found else None,
-                         self._verdict(cosines, recon_levels, source_seen) if found else None, len(boxes))
+        if cosines.isnan().any():
+            return Delivered(fr_cos, None, None, len(boxes))
+        labels = self._verdict(cosines, recon_levels, source_seen)
+        return Delivered(fr_cos, float(self.nets.fr_cos_of(cosines)[0]), None if labels is None else ",".join(labels),
+                         len(boxes))
 
     def fr_cos_worst_face(self, images: torch.Tensor, clean: CleanFeatures) -> torch.Tensor:
         """[B]: `fr_cos` of the face of the FR term that keeps the most identity (the largest, or with
@@ -133,12 +135,12 @@ class ProtectionMeter:
             verdict = self._verdict(cosines, recon, source)
             if verdict is not None:
                 judged = True
-                labels += [label for label in verdict.split(",") if label and label not in labels]
+                labels += [label for label in verdict if label not in labels]
         return worst, ",".join(labels) if judged else None
 
-    def _verdict(self, cosines: torch.Tensor, recon_levels: torch.Tensor, source_seen: torch.Tensor) -> str | None:
-        """`recognised_by`: the loss's entries, then the judges', that still recognise the face (comma-separated; ""
-        for none); None where not every entry has a threshold or a judge finds no face."""
+    def _verdict(self, cosines: torch.Tensor, recon_levels: torch.Tensor, source_seen: torch.Tensor) -> list[str] | None:
+        """`recognised_by`'s labels: the loss's entries, then the judges', that still recognise the face; None where
+        not every entry has a threshold or a judge finds no face."""
         if not self.nets.calibrated:
             return None
         labels = self.nets.recognised_by(cosines)[0]
@@ -147,4 +149,4 @@ class ProtectionMeter:
             if outside is None:
                 return None
             labels += outside
-        return ",".join(labels)
+        return labels
