@@ -84,15 +84,16 @@ class ProtectionMeter:
         working size of the frame (`view`: height, width). `source_seen`: the clean frame at that size ([1, 3, H, W]
         uint8), which the judges outside the loss compare with. `faces`: the faces of the FR term; with more than one,
         every number is of the face that keeps the most identity. `canvas`: (height, width) that `clean`'s alignments
-        were computed at, the frame padded at its bottom and right (None: the frame itself); the reconstruction is
-        padded alike for `fr_cos_recon`, whose crops are in the canvas's coordinates."""
+        were computed at, the frame padded at its bottom and right (None: the frame itself); `fr_cos_recon`, whose
+        crops are in the canvas's coordinates, is of the round trip of the frame padded alike, as the objective saw it."""
         if not self.measures:
             return Delivered()
         seen = resize(levels_to_pil(png), (view[1], view[0])).to(png.device)[None]
         recon = self.reconstruct(seen)
         recon_levels = pm1_to_levels(recon)
         boxes = self.detector.all_boxes(source_seen)[0]
-        aligned = recon if canvas is None else pad_to(recon[0], *canvas)[None]
+        padded = canvas is not None and canvas != tuple(view)
+        aligned = self.reconstruct(pad_to(seen[0], *canvas)[None]) if padded else recon
         fr_cos = float(self.fr_cos_worst_face(aligned, clean)[0])
         if faces > 1 and len(boxes) > 1:
             return Delivered(fr_cos, *self._worst_face_in_windows(recon_levels, source_seen, boxes[:faces]), len(boxes))
