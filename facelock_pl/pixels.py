@@ -68,7 +68,7 @@ def pil_to_levels(image: Image.Image) -> torch.Tensor:
 
 
 def levels_to_pil(levels: torch.Tensor) -> Image.Image:
-    """uint8 [3, H, W] -> RGB PIL image."""
+    """uint8 [3, H, W] -> RGB PIL image ([4, H, W] -> RGBA)."""
     return Image.fromarray(np.ascontiguousarray(levels.permute(1, 2, 0).cpu().numpy()))
 
 
@@ -81,17 +81,23 @@ def reencode(levels: torch.Tensor, codec: str, quality: int) -> torch.Tensor:
     return pil_to_levels(Image.open(buffer))
 
 
-def png_bytes(levels: torch.Tensor, icc_profile: bytes | None = None, exif: bytes | None = None,
-              alpha: torch.Tensor | None = None) -> bytes:
-    """Lossless PNG of a uint8 [3, H, W] tensor, with the colour profile, EXIF block and alpha channel (uint8 [H, W])
+def png_bytes(levels: torch.Tensor, icc_profile: bytes | None = None, exif: bytes | None = None) -> bytes:
+    """Lossless PNG of a uint8 [3, H, W] (RGB) or [4, H, W] (RGBA) tensor, with the colour profile and EXIF block
     given (if any)."""
     buffer = io.BytesIO()
     extra = {k: v for k, v in (("icc_profile", icc_profile), ("exif", exif)) if v}
-    image = levels_to_pil(levels)
-    if alpha is not None:
-        image.putalpha(Image.fromarray(alpha.numpy()))
-    image.save(buffer, format="PNG", **extra)
+    levels_to_pil(levels).save(buffer, format="PNG", **extra)
     return buffer.getvalue()
+
+
+def onto_cutout(levels: torch.Tensor, source_levels: torch.Tensor, cutout: torch.Tensor) -> torch.Tensor:
+    """uint8 [4, H, W]: the perturbation of the protected `levels` from `source_levels` (both [3, H, W], flattened
+    onto white) added to the colours `cutout` ([4, H, W], RGBA) stores, its alpha kept. Composited onto any
+    background it differs from the source by at most the perturbation (the flattened image with its alpha would
+    blend the white in twice at soft edges); an editor that drops the alpha reads the stored colours plus the
+    perturbation, the protected pixels themselves wherever the cutout is opaque."""
+    moved = levels.int() - source_levels.int()
+    return torch.cat([(cutout[:3].int() + moved).clamp(0, 255).to(torch.uint8), cutout[3:]])
 
 
 def working_size(width: int, height: int, resolution: int) -> tuple[int, int]:

@@ -31,8 +31,8 @@ def messy_folder(face_folder: Path) -> Path:
     sub.mkdir()
     rgb.convert("L").save(sub / "gray.png")
     rgb.convert("CMYK").save(face_folder / "cmyk.jpg")
-    cutout = rgb.convert("RGBA")
-    cutout.putalpha(Image.fromarray(np.pad(np.full((70, 100), 255, np.uint8), ((10, 10), (10, 10)))))  # a clear border
+    cutout = rgb.convert("RGBA")  # a clear border, then a soft edge of every opacity, then opaque
+    cutout.putalpha(Image.fromarray(np.pad(np.tile(np.linspace(0, 255, 100).astype(np.uint8), (70, 1)), 10)))
     cutout.save(face_folder / "rgba.png")
     Image.fromarray(np.full((70, 70), 40000, dtype=np.uint16)).save(face_folder / "deep16.png")
     (face_folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated nonsense")
@@ -80,9 +80,14 @@ def test_tiny_fit_end_to_end_then_resume(messy_folder, tmp_path, caplog):
     png = np.asarray(Image.open(out / "images" / "astronaut.png")).astype(int)
     source = np.asarray(Image.open(messy_folder / "astronaut.png").convert("RGB")).astype(int)
     assert png.shape == source.shape == (512, 512, 3) and 0 < np.abs(png - source).max() <= 3
-    # A cutout keeps its transparency: the protected pixels, flattened onto white as viewers show them, and its alpha.
+    # A cutout keeps its alpha, and shown on any background it is the source moved by the perturbation only (no
+    # white blended in twice at its soft edge).
     with Image.open(out / "images" / "rgba.png") as cutout, Image.open(messy_folder / "rgba.png") as clean:
         assert cutout.mode == "RGBA" and np.array_equal(np.asarray(cutout.getchannel("A")), np.asarray(clean.getchannel("A")))
+        for background in (0, 255):
+            shown = [np.asarray(Image.alpha_composite(Image.new("RGBA", clean.size, (background,) * 3 + (255,)), image))
+                     .astype(int) for image in (cutout, clean)]
+            assert 0 < np.abs(shown[0] - shown[1]).max() <= 3
     assert not list(out.rglob(".tmp-*"))
     assert (out / "lightning_logs").is_dir()
 

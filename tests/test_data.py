@@ -47,11 +47,12 @@ def test_transparency_is_kept_for_the_protected_copy_and_an_opaque_alpha_is_drop
     palette.info["transparency"] = int(np.asarray(palette)[0, 0])
     palette.save(tmp_path / "palette.png")
     photo = load_photo(tmp_path / "cutout.png")
-    assert np.array_equal(np.asarray(photo.alpha), alpha) and np.asarray(photo.image)[:, :10].min() == 255
-    assert load_photo(tmp_path / "opaque.png").alpha is None and load_photo(tmp_path / "palette.png").alpha.getextrema()[0] == 0
+    assert np.array_equal(np.asarray(photo.cutout), np.asarray(cutout)) and np.asarray(photo.image)[:, :10].min() == 255
+    assert load_photo(tmp_path / "opaque.png").cutout is None
+    assert load_photo(tmp_path / "palette.png").cutout.getchannel("A").getextrema()[0] == 0
     item = ImageItem.from_photo("cutout", "cutout.png", load_photo(tmp_path / "cutout.png", max_pixels=40 * 48,
                                                                    oversize="downscale"), 64)
-    assert tuple(item.alpha.shape) == tuple(item.native.shape[-2:]) == (40, 48)
+    assert tuple(item.cutout.shape) == (4, *item.native.shape[-2:]) == (4, 40, 48)
 
 
 def test_16_bit_png_is_rescaled_not_clipped(tmp_path):

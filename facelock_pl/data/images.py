@@ -50,8 +50,9 @@ class Photo:
         exif: the EXIF block to write (None: none).
         removed: what was left out, for the manifest (e.g. `gps, serial`).
         downscaled_from: the original (width, height) when the image was larger than allowed and shrunk.
-        alpha: the source's transparency (mode L, the size of `image`) where some pixel is not opaque, written back
-            with the protected copy; None: opaque. `image` is the photo flattened onto white, as viewers show it.
+        cutout: the upright source as RGBA, its colours as stored (not flattened), where some pixel is not opaque
+            (the size of `image`): the protected copy is these colours plus the perturbation, with this alpha; None:
+            opaque. `image` is the photo flattened onto white, as viewers show it, and what is protected.
     """
 
     image: Image.Image
@@ -59,7 +60,7 @@ class Photo:
     exif: bytes | None = None
     removed: str = ""
     downscaled_from: tuple[int, int] | None = None
-    alpha: Image.Image | None = None
+    cutout: Image.Image | None = None
 
 
 class BadImageError(ValueError):
@@ -109,22 +110,22 @@ def load_photo(source: str | Path | bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
         raise BadImageError(f"corrupt image data ({error})", size) from error
     if image.mode not in ("RGB", "RGBA") and icc is not None:
         icc, removed = None, ", ".join(filter(None, [removed, f"{image.mode} colour profile (converted to sRGB)"]))
-    photo = Photo(rgb, icc, exif, removed, alpha=_transparency(upright))
+    photo = Photo(rgb, icc, exif, removed, cutout=_cutout(upright))
     if width * height > max_pixels:  # oversize == "downscale"
         scale = (max_pixels / (width * height)) ** 0.5
         size = (max(1, int(rgb.width * scale)), max(1, int(rgb.height * scale)))
         photo.image = rgb.resize(size, Image.Resampling.LANCZOS)
-        photo.alpha = photo.alpha.resize(size, Image.Resampling.LANCZOS) if photo.alpha is not None else None
+        photo.cutout = photo.cutout.resize(size, Image.Resampling.LANCZOS) if photo.cutout is not None else None
         photo.downscaled_from = rgb.size
     return photo
 
 
-def _transparency(image: Image.Image) -> Image.Image | None:
-    """The alpha channel (mode L) of an image with some pixel that is not opaque; None for an opaque image."""
+def _cutout(image: Image.Image) -> Image.Image | None:
+    """An image with some pixel that is not opaque, as RGBA; None for an opaque image."""
     if image.mode not in ("RGBA", "LA", "PA") and not (image.mode == "P" and "transparency" in image.info):
         return None
-    alpha = image.convert("RGBA").getchannel("A")
-    return alpha if alpha.getextrema()[0] < 255 else None
+    cutout = image.convert("RGBA")
+    return cutout if cutout.getchannel("A").getextrema()[0] < 255 else None
 
 
 def _metadata(image: Image.Image, keep_all: bool) -> tuple[bytes | None, bytes | None, str]:

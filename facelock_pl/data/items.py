@@ -35,7 +35,7 @@ class ImageItem:
             again instead of being taken as done.
         extra: the source row's other columns (datasets only), carried to the outputs.
         icc_profile, exif, metadata_removed: what the protected copy carries and what was left out.
-        alpha: uint8 [H, W], the source's transparency, written back with the protected copy (None: opaque).
+        cutout: uint8 [4, H, W], a source with transparency as stored (`Photo.cutout`; None: opaque).
     """
 
     uid: str
@@ -54,7 +54,7 @@ class ImageItem:
     crop: tuple[int, int, int, int] | None = None
     view: tuple[int, int] = (0, 0)
     source_sha256: str = ""
-    alpha: torch.Tensor | None = None
+    cutout: torch.Tensor | None = None
 
     @classmethod
     def failed(cls, uid: str, source: str, message: str, width: int = 0, height: int = 0,
@@ -80,9 +80,9 @@ class ImageItem:
         if photo.downscaled_from:
             notes.append(f"larger than max_pixels: protected at {width}x{height}, downscaled from "
                          f"{photo.downscaled_from[0]}x{photo.downscaled_from[1]}")
-        alpha = torch.from_numpy(np.array(photo.alpha)) if photo.alpha is not None else None
+        cutout = None if photo.cutout is None else torch.from_numpy(np.array(photo.cutout)).permute(2, 0, 1).contiguous()
         return cls(uid, source, canvas, width, height, "ok", "; ".join(notes), extra or {}, native, (h, w),
-                   photo.icc_profile, photo.exif, photo.removed, crop, view, alpha=alpha)
+                   photo.icc_profile, photo.exif, photo.removed, crop, view, cutout=cutout)
 
 
 @dataclass(frozen=True)

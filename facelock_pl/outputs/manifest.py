@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 import torch
 
 from .. import logs
-from ..pixels import png_bytes
+from ..pixels import onto_cutout, png_bytes
 from .atomic import TMP_PREFIX, write_bytes_atomic
 from .records import SCHEMA, ManifestRow, ProtectedImage
 
@@ -85,8 +85,9 @@ class OutputWriter:
             return rows
         name = f"part-{self.run_id}-r{self.rank}-{self.sequence:06d}.parquet"
         self.sequence += 1
-        pngs = {image.item.uid: png_bytes(image.levels, image.item.icc_profile, image.item.exif, image.item.alpha)
-                for image in finished}
+        pngs = {image.item.uid: png_bytes(image.levels if image.item.cutout is None else
+                                          onto_cutout(image.levels, image.source_levels, image.item.cutout),
+                                          image.item.icc_profile, image.item.exif) for image in finished}
         if self.format in ("png", "both"):
             for uid, data in pngs.items():
                 write_bytes_atomic(self.output_dir / "images" / f"{uid}.png", data)
