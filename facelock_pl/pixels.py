@@ -139,6 +139,17 @@ def pad_to(levels: torch.Tensor, height: int, width: int) -> torch.Tensor:
 
 
 def read_levels(path: str | Path) -> torch.Tensor:
-    """uint8 [3, H, W] of an image file (as RGB); for files this project wrote (PNG edits, protected images)."""
+    """uint8 [3, H, W] of an image file (as RGB, a cutout flattened onto white as the photos it was made from are);
+    for files this project wrote (PNG edits, protected images)."""
     with Image.open(path) as image:
-        return pil_to_levels(image)
+        return pil_to_levels(flatten_onto_white(image))
+
+
+def flatten_onto_white(image: Image.Image) -> Image.Image:
+    """An image with transparency as most viewers show it, its transparent pixels white (RGB); others as they are."""
+    if image.mode == "P":
+        image = image.convert("RGBA")
+    if image.mode not in ("RGBA", "LA", "PA"):
+        return image
+    background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+    return Image.alpha_composite(background, image.convert("RGBA")).convert("RGB")

@@ -17,6 +17,7 @@ from PIL import Image
 from conftest import ROOT, random_image, run_cli
 from facelock_pl.objectives import TERM_NAMES
 from facelock_pl.outputs import SCHEMA, read_manifest
+from facelock_pl.pixels import read_levels
 
 MANIFEST_COLUMNS = ["uid", "source", "source_sha256", "status", "message", "method", "width", "height", "working_width", "working_height",
                     "iterations", "linf_255", "psnr_db", *[f"term_{t}" for t in TERM_NAMES], "fr_cos_recon", "fr_cos_recon_detected",
@@ -88,6 +89,8 @@ def test_tiny_fit_end_to_end_then_resume(messy_folder, tmp_path, caplog):
             shown = [np.asarray(Image.alpha_composite(Image.new("RGBA", clean.size, (background,) * 3 + (255,)), image))
                      .astype(int) for image in (cutout, clean)]
             assert 0 < np.abs(shown[0] - shown[1]).max() <= 3
+    # ... and `edit`/`evaluate` read it as they read the photo it was made from: flattened onto white.
+    assert 0 < (read_levels(out / "images" / "rgba.png").int() - read_levels(messy_folder / "rgba.png").int()).abs().max() <= 3
     assert not list(out.rglob(".tmp-*"))
     assert (out / "lightning_logs").is_dir()
 

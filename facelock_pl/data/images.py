@@ -22,6 +22,8 @@ import numpy as np
 import pillow_heif
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ..pixels import flatten_onto_white
+
 pillow_heif.register_heif_opener()  # HEIC/HEIF, what phones save; AVIF is Pillow's own
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".heic", ".heif", ".avif")
@@ -158,13 +160,7 @@ def _to_rgb(image: Image.Image, icc_profile: bytes | None = None) -> Image.Image
         levels = np.asarray(image, dtype=np.float64)
         peak = 65535.0 if levels.max() > 255 else 255.0
         return Image.fromarray(np.clip(levels / peak * 255.0 + 0.5, 0, 255).astype(np.uint8)).convert("RGB")
-    if image.mode == "P":
-        image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA"):
-        # Transparent pixels become white, as most viewers show them.
-        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, image.convert("RGBA")).convert("RGB")
-    return image.convert("RGB")  # L, CMYK, YCbCr, RGB...
+    return flatten_onto_white(image).convert("RGB")  # L, CMYK, YCbCr, RGB...
 
 
 def printable_path(relative: str) -> str:
