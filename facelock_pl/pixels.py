@@ -145,11 +145,14 @@ def read_levels(path: str | Path) -> torch.Tensor:
         return pil_to_levels(flatten_onto_white(image))
 
 
+def may_be_transparent(image: Image.Image) -> bool:
+    """Whether the image's mode can hold transparency: an alpha channel, or a palette with a transparent entry."""
+    return image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
+
+
 def flatten_onto_white(image: Image.Image) -> Image.Image:
     """An image with transparency as most viewers show it, its transparent pixels white (RGB); others as they are."""
-    if image.mode == "P":
-        image = image.convert("RGBA")
-    if image.mode not in ("RGBA", "LA", "PA"):
+    if not may_be_transparent(image):
         return image
     background = Image.new("RGBA", image.size, (255, 255, 255, 255))
     return Image.alpha_composite(background, image.convert("RGBA")).convert("RGB")

@@ -22,7 +22,7 @@ import numpy as np
 import pillow_heif
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..pixels import flatten_onto_white
+from ..pixels import flatten_onto_white, may_be_transparent
 
 pillow_heif.register_heif_opener()  # HEIC/HEIF, what phones save; AVIF is Pillow's own
 
@@ -124,7 +124,7 @@ def load_photo(source: str | Path | bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
 
 def _cutout(image: Image.Image) -> Image.Image | None:
     """An image with some pixel that is not opaque, as RGBA; None for an opaque image."""
-    if image.mode not in ("RGBA", "LA", "PA") and not (image.mode == "P" and "transparency" in image.info):
+    if not may_be_transparent(image):
         return None
     cutout = image.convert("RGBA")
     return cutout if cutout.getchannel("A").getextrema()[0] < 255 else None

@@ -270,8 +270,7 @@ class PGDAttack:
         several faces in the term, the face that keeps the most identity is measured (the term is their mean)."""
         s = self.slots
         if (self.config.quantise_forward and not self.config.fill_budget and self.eot is None
-                and len(self.nets.vaes) == 1 and "fr_cos" in terms and self.nets.loss_fr_is_reported
-                and s.clean.other_found is None):
+                and len(self.nets.vaes) == 1 and "fr_cos" in terms and self.nets.loss_fr_is_reported):
             per_slot = torch.zeros(len(s.occupied), device=s.x.device)
             per_slot[active] = terms["fr_cos"].detach().float()
             return per_slot[slots]
