@@ -68,8 +68,9 @@ def pil_to_levels(image: Image.Image) -> torch.Tensor:
 
 
 def levels_to_pil(levels: torch.Tensor) -> Image.Image:
-    """uint8 [3, H, W] -> RGB PIL image ([4, H, W] -> RGBA)."""
-    return Image.fromarray(np.ascontiguousarray(levels.permute(1, 2, 0).cpu().numpy()))
+    """uint8 [3, H, W] -> RGB PIL image ([4, H, W] -> RGBA, [2, H, W] -> LA, [1, H, W] -> L)."""
+    array = np.ascontiguousarray(levels.permute(1, 2, 0).cpu().numpy())
+    return Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
 
 
 def reencode(levels: torch.Tensor, codec: str, quality: int) -> torch.Tensor:
@@ -82,8 +83,8 @@ def reencode(levels: torch.Tensor, codec: str, quality: int) -> torch.Tensor:
 
 
 def png_bytes(levels: torch.Tensor, icc_profile: bytes | None = None, exif: bytes | None = None) -> bytes:
-    """Lossless PNG of a uint8 [3, H, W] (RGB) or [4, H, W] (RGBA) tensor, with the colour profile and EXIF block
-    given (if any)."""
+    """Lossless PNG of a uint8 [C, H, W] tensor (C = 3: RGB, 4: RGBA, 1: L, 2: LA), with the colour profile and EXIF
+    block given (if any)."""
     buffer = io.BytesIO()
     extra = {k: v for k, v in (("icc_profile", icc_profile), ("exif", exif)) if v}
     levels_to_pil(levels).save(buffer, format="PNG", **extra)

@@ -102,6 +102,29 @@ def test_undecodable_files_raise_a_clear_error(tmp_path, content, reason):
         load_rgb(tmp_path / "bad.png")
 
 
+def test_an_empty_file_says_so():
+    with pytest.raises(BadImageError, match=r"empty file \(0 bytes\)"):
+        load_rgb(b"")
+
+
+def test_a_photo_without_colour_is_marked_grey_whatever_its_mode_when_asked(tmp_path):
+    from facelock_pl.data import load_photo
+
+    colour = Image.fromarray(random_image())
+    grey_rgb = colour.convert("L").convert("RGB")
+    soft = grey_rgb.convert("RGBA")
+    soft.putalpha(128)
+    hidden = colour.convert("RGBA")  # grey where it shows, colour stored under alpha 0
+    hidden.putalpha(0)
+    hidden.paste(grey_rgb.crop((0, 0, 96, 40)), (0, 0))
+    cases = {"l.png": (colour.convert("L"), True), "rgb.png": (grey_rgb, True), "la.png": (soft, True),
+             "colour.png": (colour, False), "hidden.png": (hidden, False), "deep.tiff": (colour.convert("I"), True)}
+    for name, (image, grey) in cases.items():
+        image.save(tmp_path / name)
+        assert load_photo(tmp_path / name, keep_grey=True).grey is grey, name
+        assert load_photo(tmp_path / name).grey is False, name  # a colour perturbation by default
+
+
 def test_truncated_jpeg_is_an_error(tmp_path):
     buffer = io.BytesIO()
     Image.fromarray(random_image((200, 200))).save(buffer, format="JPEG")

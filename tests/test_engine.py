@@ -8,18 +8,24 @@ from dataclasses import asdict
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import pandas as pd
 import pytest
+import torch
+from PIL import Image
 
 from conftest import tiny_module_kwargs
 from facelock_pl.data import FaceDataModule
 from facelock_pl.engine import ProtectionModule
 from facelock_pl.outputs import read_manifest
+from facelock_pl.outputs.manifest import OutputWriter
+from facelock_pl.outputs.settings import read_settings
+from facelock_pl.pixels import read_levels
 
 
-def fit(module: ProtectionModule, source: Path, out: Path, batch_size: int = 2, resolution: int = 64) -> L.Trainer:
+def fit(module: ProtectionModule, source: Path, out: Path, batch_size: int = 2, resolution: int = 64, **data) -> L.Trainer:
     module.output_dir = out  # what the CLI's --output_dir link sets
-    data = FaceDataModule(source=str(source), resolution=resolution, batch_size=batch_size, output_dir=str(out))
+    data = FaceDataModule(source=str(source), resolution=resolution, batch_size=batch_size, output_dir=str(out), **data)
     logger = L.pytorch.loggers.CSVLogger(out, name="logs")
     trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=1, logger=logger, log_every_n_steps=1,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
@@ -248,3 +254,24 @@ def test_a_feature_layer_is_recorded_where_set_so_older_folders_keep_resuming(tm
     keep_settings(tmp_path, featured, write=True)
     with pytest.raises(ConfigError, match="recognizers differ"):
         keep_settings(tmp_path, plain, write=True)
+
+
+def test_a_photo_without_colour_keeps_a_grey_perturbation_beside_a_colour_one(face_folder, tmp_path, monkeypatch):
+    Image.open(face_folder / "grace_hopper.jpg").convert("L").save(face_folder / "grace_hopper.png")
+    (face_folder / "grace_hopper.jpg").unlink()
+    delivered, write = {}, OutputWriter.write
+
+    def keep(self, finished, failed=()):
+        delivered.update({image.item.uid: image.levels for image in finished})
+        return write(self, finished, failed)
+
+    monkeypatch.setattr(OutputWriter, "write", keep)
+    # One batch of both, the perturbation resized from the 64-px canvas to each photo's own size, at the full budget.
+    fit(ProtectionModule(**tiny_module_kwargs(iterations=4, fill_budget=True)), face_folder, tmp_path / "out", keep_grey=True)
+    moved = {uid: delivered[uid].int() - read_levels(face_folder / f"{uid}.png").int()
+             for uid in ("grace_hopper", "astronaut")}
+    assert moved["grace_hopper"].abs().max() == 3 and (moved["grace_hopper"] == moved["grace_hopper"][:1]).all()
+    assert moved["astronaut"].abs().max() == 3 and (moved["astronaut"] != moved["astronaut"][:1]).any()
+    with Image.open(tmp_path / "out" / "images" / "grace_hopper.png") as png:
+        assert png.mode == "L" and torch.equal(torch.from_numpy(np.array(png)), delivered["grace_hopper"][0])
+    assert read_settings(tmp_path / "out")["data"]["keep_grey"] is True  # a rerun without it is refused

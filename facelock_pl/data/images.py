@@ -4,6 +4,9 @@ Whatever the file (grayscale, RGBA, CMYK, palette, 16-bit, EXIF-rotated), `load_
 RGB image at its native size, with the metadata the protected copy may carry, or raises `BadImageError` with a
 reason a person can act on.
 
+A photo without colour (a greyscale file, or an RGB one whose channels are equal) is protected with a colour
+perturbation like any other: a grey one, which `keep_grey` asks for, protects far less (README, "Output").
+
 Privacy by default: the protected copy keeps the colour profile of an RGB source (so colours do not shift) and
 its EXIF block without the location (GPS) and the serial numbers of camera and lens (and the maker note, which
 can hold them); `keep_metadata` keeps all of it. The orientation tag is reset, since the pixels are upright.
@@ -20,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pillow_heif
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageChops, ImageOps, UnidentifiedImageError
 
 from ..pixels import flatten_onto_white, may_be_transparent
 
@@ -55,6 +58,8 @@ class Photo:
         cutout: the upright source as RGBA, its colours as stored (not flattened), where some pixel is not opaque
             (the size of `image`): the protected copy is these colours plus the perturbation, with this alpha; None:
             opaque. `image` is the photo flattened onto white, as viewers show it, and what is protected.
+        grey: the photo has no colour (the three channels of `image`, and of `cutout`, are equal everywhere) and is
+            to keep none: its perturbation is grey too, its protected copy a greyscale PNG (`keep_grey`).
     """
 
     image: Image.Image
@@ -63,6 +68,7 @@ class Photo:
     removed: str = ""
     downscaled_from: tuple[int, int] | None = None
     cutout: Image.Image | None = None
+    grey: bool = False
 
 
 class BadImageError(ValueError):
@@ -80,14 +86,17 @@ def load_rgb(source: str | Path | bytes, max_pixels: int = DEFAULT_MAX_PIXELS, m
 
 
 def load_photo(source: str | Path | bytes, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = 32,
-               keep_metadata: bool = False, oversize: str = "error") -> Photo:
+               keep_metadata: bool = False, oversize: str = "error", keep_grey: bool = False) -> Photo:
     """Decode a path or encoded bytes. Animated images (GIF, WebP, APNG with several frames) are refused:
     protecting one frame would silently drop the others. An image over `max_pixels` is refused
-    (`oversize="error"`) or shrunk to fit (`"downscale"`; PIL's own decompression-bomb limit still holds)."""
+    (`oversize="error"`) or shrunk to fit (`"downscale"`; PIL's own decompression-bomb limit still holds).
+    `keep_grey`: a photo without colour is marked `grey` (see `Photo`)."""
+    if source == b"":
+        raise BadImageError("empty file (0 bytes)")
     try:
         image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
     except UnidentifiedImageError as error:
-        raise BadImageError(f"not a decodable image ({error})") from error
+        raise BadImageError("not a decodable image (no image format recognises its bytes)") from error
     except Image.DecompressionBombError as error:  # PIL's own guard, at twice its MAX_IMAGE_PIXELS
         raise BadImageError(f"image too large to decode safely: {error} (decompression-bomb guard)") from error
     except OSError as error:
@@ -111,8 +120,10 @@ def load_photo(source: str | Path | bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
     except (OSError, ValueError, Image.DecompressionBombError) as error:
         raise BadImageError(f"corrupt image data ({error})", size) from error
     if image.mode not in ("RGB", "RGBA") and icc is not None:
-        icc, removed = None, ", ".join(filter(None, [removed, f"{image.mode} colour profile (converted to sRGB)"]))
-    photo = Photo(rgb, icc, exif, removed, cutout=_cutout(upright))
+        icc, removed = None, ", ".join(filter(None, [removed, f"colour profile of the {image.mode} image (converted to sRGB)"]))
+    cutout = _cutout(upright)
+    grey = keep_grey and _is_grey(rgb) and (cutout is None or _is_grey(cutout.convert("RGB")))
+    photo = Photo(rgb, icc, exif, removed, cutout=cutout, grey=grey)
     if width * height > max_pixels:  # oversize == "downscale"
         scale = (max_pixels / (width * height)) ** 0.5
         size = (max(1, int(rgb.width * scale)), max(1, int(rgb.height * scale)))
@@ -120,6 +131,12 @@ def load_photo(source: str | Path | bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
         photo.cutout = photo.cutout.resize(size, Image.Resampling.LANCZOS) if photo.cutout is not None else None
         photo.downscaled_from = rgb.size
     return photo
+
+
+def _is_grey(image: Image.Image) -> bool:
+    """Whether the three channels of an RGB image are equal everywhere."""
+    red, green, blue = image.split()
+    return ImageChops.difference(red, green).getbbox() is None and ImageChops.difference(green, blue).getbbox() is None
 
 
 def _cutout(image: Image.Image) -> Image.Image | None:

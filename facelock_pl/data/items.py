@@ -36,6 +36,7 @@ class ImageItem:
         extra: the source row's other columns (datasets only), carried to the outputs.
         icc_profile, exif, metadata_removed: what the protected copy carries and what was left out.
         cutout: uint8 [4, H, W], a source with transparency as stored (`Photo.cutout`; None: opaque).
+        grey: a photo without colour (`Photo.grey`): its perturbation is grey, its protected copy a greyscale PNG.
     """
 
     uid: str
@@ -55,6 +56,7 @@ class ImageItem:
     view: tuple[int, int] = (0, 0)
     source_sha256: str = ""
     cutout: torch.Tensor | None = None
+    grey: bool = False
 
     @classmethod
     def failed(cls, uid: str, source: str, message: str, width: int = 0, height: int = 0,
@@ -82,14 +84,15 @@ class ImageItem:
                          f"{photo.downscaled_from[0]}x{photo.downscaled_from[1]}")
         cutout = None if photo.cutout is None else torch.from_numpy(np.array(photo.cutout)).permute(2, 0, 1).contiguous()
         return cls(uid, source, canvas, width, height, "ok", "; ".join(notes), extra or {}, native, (h, w),
-                   photo.icc_profile, photo.exif, photo.removed, crop, view, cutout=cutout)
+                   photo.icc_profile, photo.exif, photo.removed, crop, view, cutout=cutout, grey=photo.grey)
 
 
 @dataclass(frozen=True)
 class Decoding:
     """How inputs become items: working resolution (pixels or `native`), the pixel limit and what happens above
     it (`error` or `downscale`), whether the protected copy keeps all metadata, and whether the whole frame or the
-    region around the faces is optimised (`region: faces`, with `face_margin` of the faces' box on each side)."""
+    region around the faces is optimised (`region: faces`, with `face_margin` of the faces' box on each side), and
+    whether a photo without colour keeps none (`keep_grey`)."""
 
     resolution: int | str = 512
     max_pixels: int = DEFAULT_MAX_PIXELS
@@ -97,13 +100,15 @@ class Decoding:
     keep_metadata: bool = False
     region: Literal["frame", "faces"] = "frame"
     face_margin: float = 0.5
+    keep_grey: bool = False
 
     def item(self, uid: str, source: str, data: bytes, extra: dict | None = None) -> ImageItem:
         """The item of a source's encoded bytes; an `error` item (with the size, where known) if they cannot be
         decoded."""
         digest = sha256(data)
         try:
-            photo = load_photo(data, self.max_pixels, keep_metadata=self.keep_metadata, oversize=self.oversize)
+            photo = load_photo(data, self.max_pixels, keep_metadata=self.keep_metadata, oversize=self.oversize,
+                               keep_grey=self.keep_grey)
         except BadImageError as error:
             return ImageItem.failed(uid, source, str(error), *error.size, extra=extra, source_sha256=digest)
         crop = faces_crop(photo.image, self.face_margin) if self.region == "faces" else None

@@ -6,7 +6,8 @@ fixed number of slots that each hold one image at its own iteration (continuous 
     done = attack.finish()        # images that reached their iterations (or stopped early), as saved
 
 The iteration itself, top to bottom: the method's objective on the iterate (as the PNG will store it, under
-random purifications if asked), its input gradient, the transfer aids on that gradient, the adaptive
+random purifications if asked), its input gradient (summed over the channels for a photo without colour), the
+transfer aids on that gradient, the adaptive
 stopping check, and the fused projected sign update (`SignPGD` → `facelock_pl.kernels.pgd_step_`).
 """
 
@@ -25,7 +26,7 @@ from ..objectives.transforms import RandomPurification, Transform, crop_draws
 from ..outputs.records import ProtectedImage
 from ..pixels import budget_levels, levels_to_pil, levels_to_pm1, quantise_to_levels, resize, straight_through_levels
 from .delivery import deliver
-from .gradients import momentum_update_, smooth_gradient
+from .gradients import grey_where, momentum_update_, smooth_gradient
 from .measure import ProtectionMeter
 from .optimizer import SignPGD
 from .schedule import random_start, step_sizes
@@ -97,6 +98,7 @@ class SlotState:
         self.streak = torch.zeros(slots, dtype=torch.long, device=device)  # stopping checks in a row below target
         self.velocity = torch.zeros(shape, device=device)  # gradient momentum
         self.occupied = torch.zeros(slots, dtype=torch.bool, device=device)
+        self.grey = torch.zeros(slots, dtype=torch.bool, device=device)  # a photo without colour: a grey perturbation
         self.clean = clean.slots(slots)
         self.items: list[ImageItem | None] = [None] * slots
         self.started = [0.0] * slots
@@ -173,10 +175,12 @@ class PGDAttack:
         s.clean.assign_(index, clean)
         s.levels[index], s.x[index] = levels, x
         s.valid[index] = torch.stack([self._region_mask(item.region, levels.shape[-2:]) for item in items]).to(levels.device)
-        if self.adam is not None:
+        s.grey[index] = grey = torch.tensor([item.grey for item in items], device=levels.device)
+        if self.adam is not None:  # starts at mid-grey
             self.adam.start(s.x_adv, index)
         else:
             start = random_start(x, [item.uid for item in items], self.config.seed, self.config.eps)
+            start = torch.where(grey.view(-1, 1, 1, 1), start[:, :1].expand_as(start), start)  # x's channels are equal
             s.x_adv[index] = torch.where(s.valid[index] > 0, start, x)  # no perturbation on the canvas border
         s.iteration[index], s.streak[index], s.occupied[index], s.velocity[index] = 0, 0, True, 0
         for store in s.terms.values():
@@ -212,7 +216,8 @@ class PGDAttack:
             with self.speed.autocast(x_in.device):
                 objective, terms = self._objective(x_seen, active)
             grad = torch.zeros_like(s.x_adv)
-            grad[active] = self._shape_gradient(torch.autograd.grad(objective.sum(), x_in)[0].float(), active) * s.valid[active]
+            grad_in = grey_where(torch.autograd.grad(objective.sum(), x_in)[0].float(), s.grey[active])
+            grad[active] = self._shape_gradient(grad_in, active) * s.valid[active]
         s.record_terms(active, terms)
         stepping = s.occupied & ~self._stops_now(active, terms)  # a stopping image keeps the iterate it was measured at
         if self.adam is None:  # the fused projected sign update

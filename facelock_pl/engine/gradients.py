@@ -1,4 +1,4 @@
-"""Transfer aids applied to the input gradient before the sign step.
+"""What the input gradient goes through before the sign step: the grey constraint, then the transfer aids.
 
 - Gaussian smoothing, the translation-invariant attack (TI; Dong et al., "Evading Defenses to
   Transferable Adversarial Examples by Translation-Invariant Attacks", CVPR 2019): the sign of a smoothed
@@ -25,3 +25,9 @@ def momentum_update_(velocity: torch.Tensor, grad: torch.Tensor, decay: float) -
     """In place: velocity ← decay · velocity + grad / mean|grad| (per sample); returns velocity."""
     scale = grad.abs().flatten(1).mean(1).clamp_min(1e-20).view(-1, *[1] * (grad.dim() - 1))
     return velocity.mul_(decay).add_(grad / scale)
+
+
+def grey_where(grad: torch.Tensor, grey: torch.Tensor) -> torch.Tensor:
+    """`grad` ([B, C, H, W]) with the rows where `grey` ([B] bool) is set replaced by their channel sum, broadcast: a
+    photo without colour keeps a grey perturbation (δ_r = δ_g = δ_b), whose steepest ascent is along that sum."""
+    return torch.where(grey.view(-1, 1, 1, 1), grad.sum(1, keepdim=True).expand_as(grad), grad)

@@ -85,15 +85,21 @@ class OutputWriter:
             return rows
         name = f"part-{self.run_id}-r{self.rank}-{self.sequence:06d}.parquet"
         self.sequence += 1
-        pngs = {image.item.uid: png_bytes(image.levels if image.item.cutout is None else
-                                          onto_cutout(image.levels, image.source_levels, image.item.cutout),
-                                          image.item.icc_profile, image.item.exif) for image in finished}
+        pngs = {image.item.uid: png_bytes(_stored(image), image.item.icc_profile, image.item.exif) for image in finished}
         if self.format in ("png", "both"):
             for uid, data in pngs.items():
                 write_bytes_atomic(self.output_dir / "images" / f"{uid}.png", data)
         if self.format in ("parquet", "both") and pngs:
             write_bytes_atomic(dataset_dir(self.output_dir) / name, _dataset_part(pngs, {i.item.uid: i.item.extra for i in finished}))
         return _commit(self.output_dir, name, rows, self.rank)
+
+
+def _stored(image: ProtectedImage) -> torch.Tensor:
+    """The protected pixels as the PNG stores them: RGB, RGBA for a cutout, greyscale (L or LA) for a photo without
+    colour unless it keeps an RGB colour profile, which only an RGB PNG can carry."""
+    item = image.item
+    levels = image.levels if item.cutout is None else onto_cutout(image.levels, image.source_levels, item.cutout)
+    return torch.cat([levels[:1], levels[3:]]) if item.grey and item.icc_profile is None else levels
 
 
 def _commit(output_dir: Path, name: str, rows: list[ManifestRow], rank: int = 0) -> list[ManifestRow]:
