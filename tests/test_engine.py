@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import tiny_module_kwargs
+from conftest import astronaut, tiny_module_kwargs
 from facelock_pl.data import FaceDataModule
 from facelock_pl.engine import ProtectionModule
 from facelock_pl.outputs import read_manifest
@@ -275,3 +275,22 @@ def test_a_photo_without_colour_keeps_a_grey_perturbation_beside_a_colour_one(fa
     with Image.open(tmp_path / "out" / "images" / "grace_hopper.png") as png:
         assert png.mode == "L" and torch.equal(torch.from_numpy(np.array(png)), delivered["grace_hopper"][0])
     assert read_settings(tmp_path / "out")["data"]["keep_grey"] is True  # a rerun without it is refused
+
+
+def test_a_sideways_photo_is_protected_turned_upright_exactly_as_the_upright_one(tmp_path):
+    folders = {name: tmp_path / name for name in ("upright", "sideways")}
+    photo = astronaut().resize((128, 128), Image.Resampling.LANCZOS)  # at the working size: no resampling anywhere
+    for name, image in (("upright", photo), ("sideways", photo.rotate(90))):  # lying on its left
+        folders[name].mkdir()
+        image.save(folders[name] / "astronaut.png")
+    kwargs = tiny_module_kwargs(iterations=4)
+    fit(ProtectionModule(**kwargs), folders["upright"], tmp_path / "upright-out", resolution=128)
+    fit(ProtectionModule(**kwargs), folders["sideways"], tmp_path / "turned-out", resolution=128)
+    upright, turned = read_manifest(tmp_path / "upright-out").iloc[0], read_manifest(tmp_path / "turned-out").iloc[0]
+    assert turned["status"] == "ok" and "turned 90° clockwise" in turned["message"] and upright["message"] == ""
+    # Turned back upright, the protected photo is the upright photo's protected copy: the same canvas, start and steps.
+    png = {name: read_levels(tmp_path / f"{name}-out" / "images" / "astronaut.png") for name in ("upright", "turned")}
+    assert torch.equal(torch.rot90(png["turned"], -1, (1, 2)), png["upright"])
+    columns = ["fr_cos_recon", "fr_cos_recon_detected", "faces_in_photo", "psnr_db"]  # measured turned upright too
+    assert upright["faces_in_photo"] == 1 and np.allclose(upright[columns].astype(float), turned[columns].astype(float),
+                                                          atol=1e-6, equal_nan=True)

@@ -1,7 +1,8 @@
 """`PGDAttack`: projected sign-gradient ascent of a method's objective, one iteration per call, over a
 fixed number of slots that each hold one image at its own iteration (continuous batching).
 
-    attack.admit(items)           # new images into free slots: detection, random start, clean features
+    attack.admit(items)           # new images into free slots: detection (a sideways photo turned upright), random
+                                  # start, clean features
     terms = attack.step(optim)    # one PGD iteration of every occupied slot
     done = attack.finish()        # images that reached their iterations (or stopped early), as saved
 
@@ -24,7 +25,8 @@ from ..models import FaceDetector, FaceGeometry, FaceScorer
 from ..objectives import CleanFeatures, Networks, ProtectionMethod
 from ..objectives.transforms import RandomPurification, Transform, crop_draws
 from ..outputs.records import ProtectedImage
-from ..pixels import budget_levels, levels_to_pil, levels_to_pm1, quantise_to_levels, resize, straight_through_levels
+from ..pixels import (budget_levels, levels_to_pil, levels_to_pm1, pad_to, quantise_to_levels, resize,
+                      straight_through_levels)
 from .delivery import deliver
 from .gradients import grey_where, momentum_update_, smooth_gradient
 from .measure import ProtectionMeter
@@ -85,6 +87,32 @@ class AttackConfig:
             Transform.parse(spec)  # an unknown purification or a range it cannot take: refused with the settings
 
 
+QUARTER_TURNS = (1, 3, 2)  # counter-clockwise: a photo lying on its right side, on its left, upside down
+TURNED_NOTE = {turn: f"the face is upright once the photo is turned {how} (no EXIF orientation says so): protected and "
+                     "measured turned so" for turn, how in ((1, "90° counter-clockwise"), (3, "90° clockwise"), (2, "upside down"))}
+
+
+def turned_region(region: tuple[int, int], turn: int) -> tuple[int, int]:
+    """(height, width) of a region after `turn` quarter turns."""
+    return region[::-1] if turn % 2 else region
+
+
+def turn_canvas(canvas: torch.Tensor, region: tuple[int, int], turn: int) -> torch.Tensor:
+    """The square canvas ([3, R, R]) of a photo in its top-left `region`, with the photo turned by `turn` quarter
+    turns (counter-clockwise) and padded again at its bottom and right, as the data pipeline pads."""
+    h, w = region
+    return pad_to(torch.rot90(canvas[:, :h, :w], turn, (1, 2)), *canvas.shape[-2:])
+
+
+def untwist(canvas: torch.Tensor, region: tuple[int, int], turn: int) -> torch.Tensor:
+    """The photo's `region` (height, width, as it stands) of a canvas that holds it turned by `turn` quarter turns,
+    turned back: [3, h, w] (the canvas itself where `turn` is 0)."""
+    if turn == 0:
+        return canvas
+    h, w = turned_region(region, turn)
+    return torch.rot90(canvas[:, :h, :w], -turn, (1, 2))
+
+
 class SlotState:
     """The images in flight, one per slot. Plain attributes, never buffers (checkpoints must not hold them)."""
 
@@ -101,6 +129,7 @@ class SlotState:
         self.grey = torch.zeros(slots, dtype=torch.bool, device=device)  # a photo without colour: a grey perturbation
         self.clean = clean.slots(slots)
         self.items: list[ImageItem | None] = [None] * slots
+        self.turns = [0] * slots  # quarter turns (counter-clockwise) the slot's canvas holds its photo turned by
         self.started = [0.0] * slots
         self.terms: dict[str, torch.Tensor] = {}  # the last value of each term, per slot (NaN: not computed)
 
@@ -142,11 +171,12 @@ class PGDAttack:
         return self.slots is not None and bool(self.slots.occupied.any())
 
     @torch.no_grad()
-    def clean_features(self, levels: torch.Tensor) -> CleanFeatures:
-        """Once per image: face geometry, E(x), FR(x) and LPIPS features of the clean 8-bit images."""
+    def clean_features(self, levels: torch.Tensor, geometry: FaceGeometry | None = None) -> CleanFeatures:
+        """Once per image: face geometry (`geometry`: the detector's, when it has run), E(x), FR(x) and LPIPS features
+        of the clean 8-bit images."""
         count, others = self.nets.faces, None
         if self.detector is not None:
-            geometry = self.detector(levels, count)
+            geometry = self.detector(levels, count) if geometry is None else geometry
             if count > 1:  # the largest face of each image, then its next ones (rows b·count + k)
                 rows = torch.arange(len(geometry.found), device=levels.device).unflatten(0, (-1, count))
                 geometry, others = geometry.select(rows[:, 0]), geometry.select(rows[:, 1:].flatten())
@@ -166,7 +196,10 @@ class PGDAttack:
 
     def _start(self, slots: list[int], items: list[ImageItem]) -> None:
         levels = torch.stack([item.image for item in items]).to(self.nets.device)
-        clean = self.clean_features(levels)
+        turns, geometry = [0] * len(items), None
+        if self.detector is not None:
+            levels, turns, geometry = self._upright(levels, items)
+        clean = self.clean_features(levels, geometry)
         if self.slots is None or self.slots.levels.shape[1:] != levels.shape[1:]:
             if self.busy:  # canvases of one size per batch; `data.resolution: native` runs one image per step
                 raise ValueError(f"a {tuple(levels.shape[-2:])} canvas cannot join a batch of {tuple(self.slots.levels.shape[-2:])}")
@@ -174,7 +207,8 @@ class PGDAttack:
         s, index, x = self.slots, torch.tensor(slots, device=levels.device), levels_to_pm1(levels)
         s.clean.assign_(index, clean)
         s.levels[index], s.x[index] = levels, x
-        s.valid[index] = torch.stack([self._region_mask(item.region, levels.shape[-2:]) for item in items]).to(levels.device)
+        regions = [turned_region(item.region, turn) for item, turn in zip(items, turns)]
+        s.valid[index] = torch.stack([self._region_mask(region, levels.shape[-2:]) for region in regions]).to(levels.device)
         s.grey[index] = grey = torch.tensor([item.grey for item in items], device=levels.device)
         if self.adam is not None:  # starts at mid-grey
             self.adam.start(s.x_adv, index)
@@ -186,8 +220,31 @@ class PGDAttack:
         for store in s.terms.values():
             store[index] = float("nan")
         now = time.perf_counter()
-        for slot, item in zip(slots, items):
-            s.items[slot], s.started[slot] = item, now
+        for slot, item, turn in zip(slots, items, turns):
+            s.items[slot], s.started[slot], s.turns[slot] = item, now, turn
+
+    def _upright(self, levels: torch.Tensor, items: list[ImageItem]) -> tuple[torch.Tensor, list[int], FaceGeometry]:
+        """The canvases with each photo in which no face is found as it stands, but one is once turned by a quarter
+        turn or two (a sideways or upside-down photo without an EXIF orientation), turned that way; the quarter
+        turns (counter-clockwise; 0: as it stands) and the detector's geometry of the canvases returned. Only for a
+        square canvas of the whole frame: a photo turned by a quarter turn must fit the batch's canvas."""
+        count = self.nets.faces
+        geometry = self.detector(levels, count)
+        found = geometry.found.view(len(items), count)[:, 0].tolist()
+        turns = [0] * len(items)
+        for b, item in enumerate(items):
+            if found[b] or item.crop is not None or levels.shape[-2] != levels.shape[-1]:
+                continue
+            for turn in QUARTER_TURNS:
+                turned = turn_canvas(levels[b], item.region, turn)
+                candidate = self.detector(turned[None], count)
+                if bool(candidate.found[0]):
+                    levels[b], turns[b] = turned, turn
+                    geometry.found[b * count:(b + 1) * count] = candidate.found
+                    geometry.boxes[b * count:(b + 1) * count] = candidate.boxes
+                    geometry.landmarks[b * count:(b + 1) * count] = candidate.landmarks
+                    break
+        return levels, turns, geometry
 
     @staticmethod
     def _region_mask(region: tuple[int, int], canvas: tuple[int, int]) -> torch.Tensor:
@@ -305,17 +362,22 @@ class PGDAttack:
 
     def _deliver(self, slot: int) -> ProtectedImage:
         """One finished image at its native size, measured as the editor will see it."""
-        s, item = self.slots, self.slots.items[slot]
-        png = deliver(s.x_adv[slot], s.x[slot], item.region, item.native, self.config.eps, item.crop,
-                      self.config.fill_budget)
-        # The editor sees the whole frame: in face-region mode, compare with the clean frame as it sees it.
+        s, item, turn = self.slots, self.slots.items[slot], self.slots.turns[slot]
+        x_adv, x = (untwist(canvas, item.region, turn) for canvas in (s.x_adv[slot], s.x[slot]))
+        png = deliver(x_adv, x, item.region, item.native, self.config.eps, item.crop, self.config.fill_budget)
+        # The editor sees the whole frame: in face-region mode, compare with the clean frame as it sees it. A photo
+        # protected turned upright is measured turned so, as the person's face is seen.
         source_seen = resize(levels_to_pil(item.native), item.view[::-1])[None].to(png.device)
+        measured_png, view = torch.rot90(png, turn, (1, 2)), turned_region(item.view, turn)
+        source_seen = torch.rot90(source_seen, turn, (2, 3))
+        if turn:
+            item.message = "; ".join(filter(None, [item.message, TURNED_NOTE[turn]]))
         if item.crop is None:  # the slot's features, aligned on the frame padded to the canvas
             clean, canvas = s.clean.select(torch.tensor([slot])), tuple(s.levels.shape[-2:])
         else:
             clean, canvas = self.clean_features(source_seen), None
         protected = self._faces_protected(slot)
-        measured = self.meter.delivered(png, item.view, clean, source_seen, protected, canvas)
+        measured = self.meter.delivered(measured_png, view, clean, source_seen, protected, canvas)
         return ProtectedImage(
             item=item, levels=png.cpu(), source_levels=item.native, iterations=int(s.iteration[slot]),
             face_found=bool(s.clean.face_found[slot]), terms={name: float(v[slot]) for name, v in s.terms.items()},
