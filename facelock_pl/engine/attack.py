@@ -8,8 +8,8 @@ fixed number of slots that each hold one image at its own iteration (continuous 
 
 The iteration itself, top to bottom: the method's objective on the iterate (as the PNG will store it, under
 random purifications if asked), its input gradient (summed over the channels for a photo without colour), the
-transfer aids on that gradient, the adaptive
-stopping check, and the fused projected sign update (`SignPGD` → `facelock_pl.kernels.pgd_step_`).
+transfer aids on that gradient, the adaptive stopping check, and the fused projected sign update (`SignPGD` →
+`facelock_pl.kernels.pgd_step_`).
 """
 
 from __future__ import annotations
@@ -25,12 +25,12 @@ from ..models import FaceDetector, FaceGeometry, FaceScorer
 from ..objectives import CleanFeatures, Networks, ProtectionMethod
 from ..objectives.transforms import RandomPurification, Transform, crop_draws
 from ..outputs.records import ProtectedImage
-from ..pixels import (budget_levels, levels_to_pil, levels_to_pm1, pad_to, quantise_to_levels, resize,
-                      straight_through_levels)
+from ..pixels import budget_levels, levels_to_pil, levels_to_pm1, quantise_to_levels, resize, straight_through_levels
 from .delivery import deliver
 from .gradients import grey_where, momentum_update_, smooth_gradient
 from .measure import ProtectionMeter
 from .optimizer import SignPGD
+from .orientation import TURNED_NOTE, turn_upright, turned_region, untwist
 from .schedule import random_start, step_sizes
 from .speed import SpeedConfig
 from .stopping import AdaptiveStopping
@@ -85,32 +85,6 @@ class AttackConfig:
             raise ValueError(f"need grad_smoothing >= 0 and 0 <= momentum < 1 (got {self.grad_smoothing}, {self.momentum})")
         for spec in self.eot or []:
             Transform.parse(spec)  # an unknown purification or a range it cannot take: refused with the settings
-
-
-QUARTER_TURNS = (1, 3, 2)  # counter-clockwise: a photo lying on its right side, on its left, upside down
-TURNED_NOTE = {turn: f"the face is upright once the photo is turned {how} (no EXIF orientation says so): protected and "
-                     "measured turned so" for turn, how in ((1, "90° counter-clockwise"), (3, "90° clockwise"), (2, "upside down"))}
-
-
-def turned_region(region: tuple[int, int], turn: int) -> tuple[int, int]:
-    """(height, width) of a region after `turn` quarter turns."""
-    return region[::-1] if turn % 2 else region
-
-
-def turn_canvas(canvas: torch.Tensor, region: tuple[int, int], turn: int) -> torch.Tensor:
-    """The square canvas ([3, R, R]) of a photo in its top-left `region`, with the photo turned by `turn` quarter
-    turns (counter-clockwise) and padded again at its bottom and right, as the data pipeline pads."""
-    h, w = region
-    return pad_to(torch.rot90(canvas[:, :h, :w], turn, (1, 2)), *canvas.shape[-2:])
-
-
-def untwist(canvas: torch.Tensor, region: tuple[int, int], turn: int) -> torch.Tensor:
-    """The photo's `region` (height, width, as it stands) of a canvas that holds it turned by `turn` quarter turns,
-    turned back: [3, h, w] (the canvas itself where `turn` is 0)."""
-    if turn == 0:
-        return canvas
-    h, w = turned_region(region, turn)
-    return torch.rot90(canvas[:, :h, :w], -turn, (1, 2))
 
 
 class SlotState:
@@ -198,7 +172,7 @@ class PGDAttack:
         levels = torch.stack([item.image for item in items]).to(self.nets.device)
         turns, geometry = [0] * len(items), None
         if self.detector is not None:
-            levels, turns, geometry = self._upright(levels, items)
+            levels, turns, geometry = turn_upright(self.detector, levels, items, self.nets.faces)
         clean = self.clean_features(levels, geometry)
         if self.slots is None or self.slots.levels.shape[1:] != levels.shape[1:]:
             if self.busy:  # canvases of one size per batch; `data.resolution: native` runs one image per step
@@ -222,29 +196,6 @@ class PGDAttack:
         now = time.perf_counter()
         for slot, item, turn in zip(slots, items, turns):
             s.items[slot], s.started[slot], s.turns[slot] = item, now, turn
-
-    def _upright(self, levels: torch.Tensor, items: list[ImageItem]) -> tuple[torch.Tensor, list[int], FaceGeometry]:
-        """The canvases with each photo in which no face is found as it stands, but one is once turned by a quarter
-        turn or two (a sideways or upside-down photo without an EXIF orientation), turned that way; the quarter
-        turns (counter-clockwise; 0: as it stands) and the detector's geometry of the canvases returned. Only for a
-        square canvas of the whole frame: a photo turned by a quarter turn must fit the batch's canvas."""
-        count = self.nets.faces
-        geometry = self.detector(levels, count)
-        found = geometry.found.view(len(items), count)[:, 0].tolist()
-        turns = [0] * len(items)
-        for b, item in enumerate(items):
-            if found[b] or item.crop is not None or levels.shape[-2] != levels.shape[-1]:
-                continue
-            for turn in QUARTER_TURNS:
-                turned = turn_canvas(levels[b], item.region, turn)
-                candidate = self.detector(turned[None], count)
-                if bool(candidate.found[0]):
-                    levels[b], turns[b] = turned, turn
-                    geometry.found[b * count:(b + 1) * count] = candidate.found
-                    geometry.boxes[b * count:(b + 1) * count] = candidate.boxes
-                    geometry.landmarks[b * count:(b + 1) * count] = candidate.landmarks
-                    break
-        return levels, turns, geometry
 
     @staticmethod
     def _region_mask(region: tuple[int, int], canvas: tuple[int, int]) -> torch.Tensor:

@@ -1,0 +1,62 @@
+"""A photo lying sideways or upside down with no EXIF orientation to say so (a scan, a photo whose metadata an app
+stripped) is protected turned upright: where no face is found in its canvas as it stands but one is once the photo
+is turned by a quarter turn or two, the optimisation sees it turned so, and the perturbation is turned back onto
+the photo as it stands at delivery. Turns are counter-clockwise, as `torch.rot90` turns dims (H, W).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..data.items import ImageItem
+from ..models import FaceDetector, FaceGeometry
+from ..pixels import pad_to
+
+QUARTER_TURNS = (1, 3, 2)  # counter-clockwise: a photo lying on its right side, on its left, upside down
+TURNED_NOTE = {turn: f"the face is upright once the photo is turned {how} (no EXIF orientation says so): protected and "
+                     "measured turned so" for turn, how in ((1, "90° counter-clockwise"), (3, "90° clockwise"), (2, "upside down"))}
+
+
+def turned_region(region: tuple[int, int], turn: int) -> tuple[int, int]:
+    """(height, width) of a region after `turn` quarter turns."""
+    return region[::-1] if turn % 2 else region
+
+
+def turn_canvas(canvas: torch.Tensor, region: tuple[int, int], turn: int) -> torch.Tensor:
+    """The square canvas ([3, R, R]) of a photo in its top-left `region`, with the photo turned by `turn` quarter
+    turns (counter-clockwise) and padded again at its bottom and right, as the data pipeline pads."""
+    h, w = region
+    return pad_to(torch.rot90(canvas[:, :h, :w], turn, (1, 2)), *canvas.shape[-2:])
+
+
+def untwist(canvas: torch.Tensor, region: tuple[int, int], turn: int) -> torch.Tensor:
+    """The photo's `region` (height, width, as it stands) of a canvas that holds it turned by `turn` quarter turns,
+    turned back: [3, h, w] (the canvas itself where `turn` is 0)."""
+    if turn == 0:
+        return canvas
+    h, w = turned_region(region, turn)
+    return torch.rot90(canvas[:, :h, :w], -turn, (1, 2))
+
+
+def turn_upright(detector: FaceDetector, levels: torch.Tensor, items: list[ImageItem],
+                 count: int) -> tuple[torch.Tensor, list[int], FaceGeometry]:
+    """The canvases ([B, 3, R, R] uint8) with each photo in which no face is found as it stands, but one is once turned
+    (the first of `QUARTER_TURNS` that shows one), turned that way; the quarter turns (0: as it stands) and the
+    detector's geometry of the canvases returned (`count` faces per image). Only for a square canvas of the whole
+    frame: a photo turned by a quarter turn must fit the batch's canvas."""
+    geometry = detector(levels, count)
+    found = geometry.found.view(len(items), count)[:, 0].tolist()
+    turns = [0] * len(items)
+    for b, item in enumerate(items):
+        if found[b] or item.crop is not None or levels.shape[-2] != levels.shape[-1]:
+            continue
+        for turn in QUARTER_TURNS:
+            turned = turn_canvas(levels[b], item.region, turn)
+            candidate = detector(turned[None], count)
+            if bool(candidate.found[0]):
+                levels[b], turns[b] = turned, turn
+                geometry.found[b * count:(b + 1) * count] = candidate.found
+                geometry.boxes[b * count:(b + 1) * count] = candidate.boxes
+                geometry.landmarks[b * count:(b + 1) * count] = candidate.landmarks
+                break
+    return levels, turns, geometry
