@@ -27,7 +27,7 @@ from facelock_pl.evaluation.report import aggregate
 from facelock_pl.evaluation.sets import DataSpec
 from facelock_pl.models import LPIPSSpec, load_lpips
 from facelock_pl.outputs import read_manifest
-from facelock_pl.pixels import levels_to_pm1
+from facelock_pl.pixels import levels_to_pil, levels_to_pm1
 
 
 def constant(value: int, size: int = 16, batch: int = 1) -> torch.Tensor:
@@ -94,6 +94,11 @@ def test_purifications_do_what_they_say():
     assert resized.shape == levels.shape and (resized != levels).any()
     jitter = purify.apply("colorjitter", levels, uid="a")
     assert torch.equal(purify.apply("colorjitter", levels, uid="a"), jitter)
+    grey = purify.apply("grey", levels)
+    luma = torch.from_numpy(np.asarray(levels_to_pil(levels).convert("L")).copy())
+    assert (grey == luma).all() and not (levels == luma).all()  # every channel the luma a viewer shows
+    assert ((purify.apply("grey:0.5", levels).float() - levels.float()).abs().mean()
+            < (grey.float() - levels.float()).abs().mean())
     assert purify.label("jpeg:75") == "jpeg75" and purify.label("resize:0.5") == "resize0.5"
     assert purify.label("resize:0.5>jpeg:50") == "resize0.5-jpeg50"
     assert torch.equal(purify.apply("resize:0.5>jpeg:50", levels), purify.apply("jpeg:50", resized))
@@ -101,6 +106,7 @@ def test_purifications_do_what_they_say():
         purify.apply("resize:0.5>sharpen", levels)
     for bad, message in (("jpeg:0", "out of range"), ("webp:101", "out of range"), ("resize:2", "out of range"),
                          ("blur:-1", "out of range"), ("blur:inf", "out of range"), ("blur:nan", "out of range"),
+                         ("grey:1.5", "out of range"),
                          ("jpeg:abc", "'abc' is not a number"), ("sharpen:1", "unknown purification")):
         with pytest.raises(ConfigError, match=message):
             purify.parse(bad)
