@@ -15,6 +15,7 @@ import yaml
 from PIL import Image
 
 from conftest import ROOT, random_image, run_cli
+from facelock_pl.data import load_rgb
 from facelock_pl.objectives import TERM_NAMES
 from facelock_pl.outputs import SCHEMA, read_manifest
 from facelock_pl.pixels import read_levels
@@ -89,6 +90,11 @@ def test_tiny_fit_end_to_end_then_resume(messy_folder, tmp_path, caplog):
             shown = [np.asarray(Image.alpha_composite(Image.new("RGBA", clean.size, (background,) * 3 + (255,)), image))
                      .astype(int) for image in (cutout, clean)]
             assert 0 < np.abs(shown[0] - shown[1]).max() <= 3
+    # A photo without colour stays grey (data.keep_grey): a greyscale PNG, the source moved by the perturbation.
+    for uid, name in ((next(u for u in status if u.startswith("sub_dir__gray")), "sub dir/gray.png"), ("deep16", "deep16.png")):
+        with Image.open(out / "images" / f"{uid}.png") as grey:
+            moved = np.asarray(grey).astype(int) - np.asarray(load_rgb(messy_folder / name))[..., 0].astype(int)
+            assert grey.mode == "L" and 0 < np.abs(moved).max() <= 3, uid
     # ... and `edit`/`evaluate` read it as they read the photo it was made from: flattened onto white.
     assert 0 < (read_levels(out / "images" / "rgba.png").int() - read_levels(messy_folder / "rgba.png").int()).abs().max() <= 3
     assert not list(out.rglob(".tmp-*"))

@@ -122,7 +122,7 @@ def test_a_photo_without_colour_is_marked_grey_whatever_its_mode_when_asked(tmp_
     for name, (image, grey) in cases.items():
         image.save(tmp_path / name)
         assert load_photo(tmp_path / name, keep_grey=True).grey is grey, name
-        assert load_photo(tmp_path / name).grey is False, name  # a colour perturbation by default
+        assert load_photo(tmp_path / name).grey is False, name  # only when asked
 
 
 def test_truncated_jpeg_is_an_error(tmp_path):

@@ -252,7 +252,7 @@ def test_a_feature_layer_is_recorded_where_set_so_older_folders_keep_resuming(tm
     assert "feature_layer" not in plain["recognizers"][0]  # as folders made before the setting recorded it
     assert featured["recognizers"][0] == plain["recognizers"][0] and featured["recognizers"][1]["feature_layer"] == "3"
     keep_settings(tmp_path, featured, write=True)
-    with pytest.raises(ConfigError, match="recognizers differ"):
+    with pytest.raises(ConfigError, match="recognizers differs;"):
         keep_settings(tmp_path, plain, write=True)
 
 
@@ -267,14 +267,14 @@ def test_a_photo_without_colour_keeps_a_grey_perturbation_beside_a_colour_one(fa
 
     monkeypatch.setattr(OutputWriter, "write", keep)
     # One batch of both, the perturbation resized from the 64-px canvas to each photo's own size, at the full budget.
-    fit(ProtectionModule(**tiny_module_kwargs(iterations=4, fill_budget=True)), face_folder, tmp_path / "out", keep_grey=True)
+    fit(ProtectionModule(**tiny_module_kwargs(iterations=4, fill_budget=True)), face_folder, tmp_path / "out")
     moved = {uid: delivered[uid].int() - read_levels(face_folder / f"{uid}.png").int()
              for uid in ("grace_hopper", "astronaut")}
     assert moved["grace_hopper"].abs().max() == 3 and (moved["grace_hopper"] == moved["grace_hopper"][:1]).all()
     assert moved["astronaut"].abs().max() == 3 and (moved["astronaut"] != moved["astronaut"][:1]).any()
     with Image.open(tmp_path / "out" / "images" / "grace_hopper.png") as png:
         assert png.mode == "L" and torch.equal(torch.from_numpy(np.array(png)), delivered["grace_hopper"][0])
-    assert read_settings(tmp_path / "out")["data"]["keep_grey"] is True  # a rerun without it is refused
+    assert read_settings(tmp_path / "out")["data"]["keep_grey"] is True  # data.keep_grey, the default
 
 
 def test_a_sideways_photo_is_protected_turned_upright_exactly_as_the_upright_one(tmp_path):

@@ -602,16 +602,26 @@ def test_a_rerun_at_another_working_resolution_is_refused_never_skipped_as_done(
     one): the working image decides the protection as the attack's settings do, and is recorded with them."""
     faces, out = face_folder(tmp_path / "faces"), tmp_path / "out"
     assert fit_here(faces, out, "--data.resolution", "96").returncode == 0
-    assert json.loads((out / "protection.json").read_text())["data"] == {"resolution": 96, "region": "frame"}
+    assert json.loads((out / "protection.json").read_text())["data"] == {"resolution": 96, "region": "frame", "keep_grey": True}
     (out / "images" / "face0.png").unlink()  # a copy gone: the refused rerun must not touch the manifest
     refused = fit_here(faces, out, "--data.resolution", "128")
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
-    assert "holds images protected with other settings (data.resolution differ" in refused.stderr.splitlines()[-1]
+    assert "holds images protected with other settings (data.resolution differs: 96 in the folder, 128 now; see" in refused.stderr.splitlines()[-1]
     # Refused before the data module's resume step: no listing, nothing withdrawn.
     assert "skipping" not in refused.stderr and "missing" not in refused.stderr
     assert read_manifest(out).set_index("uid").loc["face0", "status"] == "ok"
     again = fit_here(faces, out, "--data.resolution", "96")
     assert again.returncode == 0 and "skipping 1 already protected" in again.stderr and "1 to do" in again.stderr
+
+    # A folder made before `keep_grey` was recorded was made with a colour perturbation on every photo: its record
+    # reads so, and the folder goes on with the setting it was made with.
+    settings = json.loads((out / "protection.json").read_text())
+    del settings["data"]["keep_grey"]
+    (out / "protection.json").write_text(json.dumps(settings))
+    (out / "images" / "face0.png").unlink()
+    refused = fit_here(faces, out, "--data.resolution", "96")
+    assert refused.returncode == 2 and "(data.keep_grey differs: false in the folder, true now; see" in refused.stderr.splitlines()[-1]
+    assert fit_here(faces, out, "--data.resolution", "96", "--data.keep_grey", "false").returncode == 0
 
     # A folder made before the working image was recorded resumes as it did: its resolution is not known.
     settings = json.loads((out / "protection.json").read_text())

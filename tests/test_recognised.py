@@ -105,7 +105,7 @@ def test_a_threshold_changes_the_recorded_settings_only_where_the_loss_reads_it(
     worst = settings((0.3, 0.4), fr_reduction="worst_crop")
     assert [r["threshold"] for r in worst["recognizers"]] == [0.3, 0.4]
     keep_settings(tmp_path / "worst", worst, write=True)
-    with pytest.raises(ConfigError, match="recognizers differ"):
+    with pytest.raises(ConfigError, match="recognizers differs;"):
         keep_settings(tmp_path / "worst", settings((0.3, 0.5), fr_reduction="worst_crop"), write=True)
 
 

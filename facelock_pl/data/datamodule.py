@@ -95,8 +95,9 @@ class FaceDataModule(L.LightningDataModule):
             camera/lens serial numbers are removed (the manifest's `metadata_removed` says what). An RGB source's
             colour profile is always kept.
         keep_grey: a photo without colour (greyscale, or RGB with equal channels) gets a grey perturbation and is
-            written as a greyscale PNG, instead of a colour perturbation in an RGB PNG. Off by default: on three
-            tuning faces a grey perturbation left the identity far more readable (README, "Output").
+            written as a greyscale PNG; False: a colour perturbation in an RGB PNG, which protects more until
+            someone removes its colour (a black-and-white photo desaturated looks the same) and far less after
+            (README, "Native size").
         region: `frame` optimises the whole frame; `faces` (for small faces in large photos) optimises a square crop
             around the detected faces, grown by `face_margin` of their box on each side, at the working
             resolution, and changes only that part of the photo (an image without a detected face: the frame).
@@ -109,7 +110,7 @@ class FaceDataModule(L.LightningDataModule):
                  shard_index: int = 0, resolution: int | Literal["native"] = 512, batch_size: int | Literal["auto"] = 8,
                  num_workers: int = 0, limit: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
                  oversize: Literal["error", "downscale"] = "error", keep_metadata: bool = False,
-                 region: Literal["frame", "faces"] = "frame", face_margin: float = 0.5, keep_grey: bool = False,
+                 region: Literal["frame", "faces"] = "frame", face_margin: float = 0.5, keep_grey: bool = True,
                  allow_external_paths: bool = False, output_dir: str = "outputs"):
         super().__init__()
         check_options(source, format, num_shards, shard_index, resolution, batch_size, num_workers, limit, max_pixels)
@@ -132,12 +133,11 @@ class FaceDataModule(L.LightningDataModule):
 
     def protection_settings(self) -> dict:
         """What of the data decides the protected images, recorded in OUT/protection.json: the working resolution,
-        the region optimised (its margin where the faces' region is) and `keep_grey` where set (a folder made
-        without it, by this version or an earlier one, records nothing)."""
+        the region optimised (its margin where the faces' region is) and whether a photo without colour keeps none."""
         region = {"region": self.decoding.region}
         if self.decoding.region == "faces":
             region["face_margin"] = self.decoding.face_margin
-        return {"resolution": self.resolution, **region, **({"keep_grey": True} if self.decoding.keep_grey else {})}
+        return {"resolution": self.resolution, **region, "keep_grey": self.decoding.keep_grey}
 
     def source_record(self) -> dict:
         """Where the photos are read (a local source as an absolute path) and the options that name them: what

@@ -4,8 +4,9 @@ Whatever the file (grayscale, RGBA, CMYK, palette, 16-bit, EXIF-rotated), `load_
 RGB image at its native size, with the metadata the protected copy may carry, or raises `BadImageError` with a
 reason a person can act on.
 
-A photo without colour (a greyscale file, or an RGB one whose channels are equal) is protected with a colour
-perturbation like any other: a grey one, which `keep_grey` asks for, protects far less (README, "Output").
+A photo without colour (a greyscale file, or an RGB one whose channels are equal) is marked `grey` when
+`keep_grey` asks: its perturbation is grey too (a colour one would protect more, until someone removes the colour,
+which leaves a black-and-white photo as it looks; README, "Native size").
 
 Privacy by default: the protected copy keeps the colour profile of an RGB source (so colours do not shift) and
 its EXIF block without the location (GPS) and the serial numbers of camera and lens (and the maker note, which

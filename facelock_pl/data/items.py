@@ -100,7 +100,7 @@ class Decoding:
     keep_metadata: bool = False
     region: Literal["frame", "faces"] = "frame"
     face_margin: float = 0.5
-    keep_grey: bool = False
+    keep_grey: bool = True
 
     def item(self, uid: str, source: str, data: bytes, extra: dict | None = None) -> ImageItem:
         """The item of a source's encoded bytes; an `error` item (with the size, where known) if they cannot be
