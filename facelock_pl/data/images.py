@@ -123,7 +123,8 @@ def load_photo(source: str | Path | bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
     if image.mode not in ("RGB", "RGBA") and icc is not None:
         icc, removed = None, ", ".join(filter(None, [removed, f"colour profile of the {image.mode} image (converted to sRGB)"]))
     cutout = _cutout(upright)
-    grey = keep_grey and _is_grey(rgb) and (cutout is None or _is_grey(cutout.convert("RGB")))
+    # A grey cutout flattened onto white is grey too, so its stored colours decide.
+    grey = keep_grey and _is_grey(rgb if cutout is None else cutout.convert("RGB"))
     photo = Photo(rgb, icc, exif, removed, cutout=cutout, grey=grey)
     if width * height > max_pixels:  # oversize == "downscale"
         scale = (max_pixels / (width * height)) ** 0.5

@@ -101,6 +101,7 @@ class SlotState:
         self.velocity = torch.zeros(shape, device=device)  # gradient momentum
         self.occupied = torch.zeros(slots, dtype=torch.bool, device=device)
         self.grey = torch.zeros(slots, dtype=torch.bool, device=device)  # a photo without colour: a grey perturbation
+        self.any_grey = False  # some slot has held one: only then is the gradient summed over the channels
         self.clean = clean.slots(slots)
         self.items: list[ImageItem | None] = [None] * slots
         self.turns = [0] * slots  # quarter turns (counter-clockwise) the slot's canvas holds its photo turned by
@@ -184,6 +185,7 @@ class PGDAttack:
         regions = [turned_region(item.region, turn) for item, turn in zip(items, turns)]
         s.valid[index] = torch.stack([self._region_mask(region, levels.shape[-2:]) for region in regions]).to(levels.device)
         s.grey[index] = grey = torch.tensor([item.grey for item in items], device=levels.device)
+        s.any_grey = s.any_grey or any(item.grey for item in items)
         if self.adam is not None:  # starts at mid-grey
             self.adam.start(s.x_adv, index)
         else:
@@ -224,7 +226,8 @@ class PGDAttack:
             with self.speed.autocast(x_in.device):
                 objective, terms = self._objective(x_seen, active)
             grad = torch.zeros_like(s.x_adv)
-            grad_in = grey_where(torch.autograd.grad(objective.sum(), x_in)[0].float(), s.grey[active])
+            grad_in = torch.autograd.grad(objective.sum(), x_in)[0].float()
+            grad_in = grey_where(grad_in, s.grey[active]) if s.any_grey else grad_in
             grad[active] = self._shape_gradient(grad_in, active) * s.valid[active]
         s.record_terms(active, terms)
         stepping = s.occupied & ~self._stops_now(active, terms)  # a stopping image keeps the iterate it was measured at
