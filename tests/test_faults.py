@@ -110,6 +110,27 @@ def test_an_output_folder_inside_the_source_is_never_protected_again(tmp_path, d
     assert len(datasets.load_dataset("parquet", data_dir=str(out / "dataset"), split="train")) == 2
 
 
+def test_the_folder_listing_keeps_links_and_hidden_files_apart_and_never_enters_the_output_folder(tmp_path):
+    from facelock_pl.data.folder import image_files
+
+    faces, out, elsewhere = tmp_path / "faces", tmp_path / "faces" / "out", tmp_path / "elsewhere"
+    for folder in (faces / "sub", faces / ".cache", out / "images", elsewhere):
+        folder.mkdir(parents=True)
+    for path in (faces / "a.jpg", faces / "sub" / "b.PNG", faces / "._a.jpg", faces / ".cache" / "c.jpg",
+                 faces / "notes.txt", faces / "scan.pdf", out / "images" / "a.png", elsewhere / "d.jpg"):
+        path.write_bytes(b"x")
+    (faces / "linked.jpg").symlink_to(elsewhere / "d.jpg")  # a link to a photo elsewhere: listed
+    (faces / "gone.jpg").symlink_to(tmp_path / "unmounted.jpg")  # its target is gone: listed, an error row later
+    (faces / "into-out.png").symlink_to(out / "images" / "a.png")  # into the output folder: never a source
+    (faces / "folder-link").symlink_to(elsewhere)  # a link to a folder: not followed
+    os.mkfifo(faces / "pipe.jpg")  # not a file
+    files, hidden = image_files(faces, [out])
+    assert files == ["a.jpg", "gone.jpg", "linked.jpg", "sub/b.PNG"]
+    assert hidden == ["._a.jpg", ".cache/c.jpg"]
+    assert image_files(faces / "folder-link") == (["d.jpg"], [])  # the source itself may be a link
+    assert "out/images/a.png" in image_files(faces)[0]  # excluded only where it is the run's output folder
+
+
 @pytest.mark.parametrize("where", ["the source", "its parent"])
 def test_an_output_folder_that_is_or_holds_the_source_is_refused_in_one_line(tmp_path, fit_here, where):
     faces = face_folder(tmp_path / "faces")

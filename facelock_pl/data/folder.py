@@ -19,17 +19,38 @@ def image_files(root: Path, exclude: list[Path] = ()) -> tuple[list[str], list[s
     they become `error` rows, never a photo passed over unseen), sorted; nothing below a folder of `exclude` (the
     run's own output folder, wherever it is). Returns (files, hidden): hidden files, or files in hidden folders (a
     name starting with '.', as macOS's '._IMG_1.jpg' companions that are not images), are left out as Hugging Face
-    `datasets` leaves them out of an image folder, and returned apart so that the caller can say so."""
+    `datasets` leaves them out of an image folder, and returned apart so that the caller can say so. Links to
+    folders are not followed."""
     excluded = [Path(e).expanduser().resolve() for e in exclude]
     files, hidden = [], []
-    for path in root.rglob("*"):
-        listed = path.suffix.lower() in IMAGE_SUFFIXES or path.suffix.lower() in REFUSED_SUFFIXES
-        if listed and (path.is_file() or (path.is_symlink() and not path.exists())):
-            resolved, relative = path.resolve(), path.relative_to(root)
-            if not any(resolved.is_relative_to(e) for e in excluded):
-                is_hidden = any(part.startswith(".") for part in relative.parts)
-                (hidden if is_hidden else files).append(relative.as_posix())
+    folders = [(Path(root), ())]
+    while folders:
+        folder, parts = folders.pop()
+        # A folder is resolved once, its files never: a listing of 30,000 photos stays a directory read.
+        if any(folder.resolve().is_relative_to(e) for e in excluded):
+            continue
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    folders.append((Path(entry.path), (*parts, entry.name)))
+                elif _is_image_entry(entry, excluded):
+                    relative = (*parts, entry.name)
+                    is_hidden = any(part.startswith(".") for part in relative)
+                    (hidden if is_hidden else files).append("/".join(relative))
     return sorted(files), sorted(hidden)
+
+
+def _is_image_entry(entry: os.DirEntry, excluded: list[Path]) -> bool:
+    """A file (or a link to one outside `excluded`, or a link whose target is gone) with an image or refused suffix."""
+    suffix = os.path.splitext(entry.name)[1].lower()
+    if suffix not in IMAGE_SUFFIXES and suffix not in REFUSED_SUFFIXES:
+        return False
+    if not entry.is_symlink():
+        return entry.is_file(follow_symlinks=False)
+    target = Path(entry.path).resolve()
+    if not target.exists():
+        return True
+    return target.is_file() and not any(target.is_relative_to(e) for e in excluded)
 
 
 def folder_uids(relative: list[str], known: dict[str, str] | None = None) -> list[str]:
