@@ -64,6 +64,14 @@ def test_16_bit_png_is_rescaled_not_clipped(tmp_path):
     assert abs(out[32, 32, 0] - levels[32, 32] / 257) <= 1  # mid-grey stays mid-grey
 
 
+@pytest.mark.parametrize("scale", [1.0, 255.0, 65535.0], ids=["floats in [0, 1]", "floats on 0-255", "floats on 0-65535"])
+def test_a_float_grey_tiff_is_rescaled_by_the_scale_its_values_use(tmp_path, scale):
+    levels = np.linspace(0, 255, 64 * 64).reshape(64, 64).round()
+    Image.fromarray((levels / 255 * scale).astype(np.float32), "F").save(tmp_path / "float.tif")
+    out = np.asarray(load_rgb(tmp_path / "float.tif")).astype(int)
+    assert np.abs(out[..., 0] - levels).max() <= 1 and (out[..., 0] == out[..., 2]).all()  # never black, never clipped
+
+
 def test_exif_rotation_is_applied(tmp_path):
     image = Image.fromarray(random_image((40, 100)))  # landscape pixels
     exif = Image.Exif()

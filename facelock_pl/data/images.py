@@ -168,16 +168,21 @@ def _metadata(image: Image.Image, keep_all: bool) -> tuple[bytes | None, bytes |
     return image.info.get("icc_profile"), exif.tobytes() if len(exif) else None, ", ".join(dict.fromkeys(removed))
 
 
+_GREY_PEAKS = (255.0, 65535.0, 4294967295.0)  # full white of 8-, 16- and 32-bit grey
+
+
 def _to_rgb(image: Image.Image, icc_profile: bytes | None = None) -> Image.Image:
     if image.mode == "CMYK" and icc_profile:
         from PIL import ImageCms  # colour-managed: the CMYK profile to sRGB
 
         source = ImageCms.ImageCmsProfile(io.BytesIO(icc_profile))
         return ImageCms.profileToProfile(image, source, ImageCms.createProfile("sRGB"), outputMode="RGB")
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16-bit grayscale: PIL's convert("RGB") would clip at 255; rescale to 8 bits instead.
-        levels = np.asarray(image, dtype=np.float64)
-        peak = 65535.0 if levels.max() > 255 else 255.0
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        # Grey deeper than 8 bits (16- or 32-bit integers, 32-bit floats): PIL's convert("RGB") would clip at 255, and
+        # round a float photo in [0, 1] to black. Rescaled to 8 bits from the scale its values use instead.
+        levels = np.nan_to_num(np.asarray(image, dtype=np.float64))
+        top = levels.max(initial=0.0)
+        peak = 1.0 if image.mode == "F" and top <= 1.0 else next((p for p in _GREY_PEAKS if top <= p), _GREY_PEAKS[-1])
         return Image.fromarray(np.clip(levels / peak * 255.0 + 0.5, 0, 255).astype(np.uint8)).convert("RGB")
     return flatten_onto_white(image).convert("RGB")  # L, CMYK, YCbCr, RGB...
 
