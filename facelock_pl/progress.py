@@ -1,7 +1,8 @@
 """Progress in the user's units: `fit`'s images (done and to do, the current image's iteration, elapsed, ETA,
 images/s) and `edit`'s edits.
 
-On a terminal, a live rich bar; in a log (not a terminal), a line every 5% of the work. `fit`'s ETA counts the
+On a terminal, a live rich bar; in a log (not a terminal), a line every 5% of the work and at least one a minute
+while work goes on (`LogCadence`), so a slow image never reads as a hang. `fit`'s ETA counts the
 PGD steps left — the iterations left of the images in flight plus, for images not started, the mean
 iterations that finished images needed (under adaptive stopping fewer than `iterations`) — divided by the
 slots, times the recent seconds per step; `edit`'s is the mean time per edit so far times the edits left.
@@ -26,6 +27,26 @@ def _duration(seconds: float | None) -> str:
     return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"
 
 
+HEARTBEAT_S = 60.0
+
+
+class LogCadence:
+    """When a progress line is due in a log: every 5% of the work, its end, and after a minute without a line (a tenth
+    of the time so far once a run is past ten minutes: an eight-hour run logs a few dozen such lines, not 480)."""
+
+    def __init__(self, total: int, started: float):
+        self.total, self.started = total, started
+        self.logged, self.last_line = 0, started
+
+    def due(self, done: int, now: float) -> bool:
+        finished = done >= self.total and done > self.logged
+        quiet = now - self.last_line >= max(HEARTBEAT_S, (now - self.started) / 10)
+        if finished or quiet or done >= self.logged + max(1, self.total // 20):
+            self.logged, self.last_line = done, now
+            return True
+        return False
+
+
 class ImagesProgress(ProgressBar):
     """Shown by global rank 0 for its own share of the images."""
 
@@ -37,7 +58,7 @@ class ImagesProgress(ProgressBar):
         self.step_seconds: float | None = None  # exponential moving average
         self._last: float | None = None
         self._started = 0.0
-        self._logged = 0
+        self.cadence: LogCadence | None = None
 
     def disable(self) -> None:
         self._enabled = False
@@ -50,6 +71,7 @@ class ImagesProgress(ProgressBar):
             return
         self.total = trainer.datamodule.num_pending if trainer.datamodule is not None else 0
         self._started = self._last = time.perf_counter()
+        self.cadence = LogCadence(self.total, self._started)
         console = Console(stderr=True)
         if console.is_terminal:
             self.bar = Progress(TextColumn("images"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
@@ -67,8 +89,7 @@ class ImagesProgress(ProgressBar):
         done, status = pl_module.images_done, self.status(pl_module)
         if self.bar is not None:
             self.bar.update(self.task, completed=done, status=status)
-        elif self.total and done >= self._logged + max(1, self.total // 20):
-            self._logged = done
+        elif self.total and self.cadence.due(done, now):
             logs.info(f"facelock_pl: images {done}/{self.total} {status} elapsed {_duration(now - self._started)}")
 
     def status(self, pl_module) -> str:
@@ -106,12 +127,14 @@ class CountProgress:
 
     def __init__(self, total: int, unit: str, prefix: str):
         self.total, self.unit, self.prefix = total, unit, prefix
-        self.done = self._logged = 0
+        self.done = 0
         self._started = 0.0
+        self.cadence: LogCadence | None = None
         self.bar: Progress | None = None
 
     def __enter__(self) -> "CountProgress":
         self._started = time.perf_counter()
+        self.cadence = LogCadence(self.total, self._started)
         console = Console(stderr=True)
         if console.is_terminal and self.total:
             self.bar = Progress(TextColumn(self.unit), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -124,8 +147,7 @@ class CountProgress:
         self.done += count
         if self.bar is not None:
             self.bar.update(self.task, completed=self.done)
-        elif self.done >= self._logged + max(1, self.total // 20) or self.done == self.total:
-            self._logged = self.done
+        elif self.cadence.due(self.done, time.perf_counter()):
             elapsed = time.perf_counter() - self._started
             left = (self.total - self.done) * elapsed / self.done if self.done else None
             logs.info(f"{self.prefix}: {self.unit} {self.done}/{self.total} elapsed {_duration(elapsed)} ETA "

@@ -4,7 +4,7 @@ from types import SimpleNamespace
 
 import torch
 
-from facelock_pl.progress import ImagesProgress, _duration
+from facelock_pl.progress import ImagesProgress, LogCadence, _duration
 
 
 def fake_module(done: int, in_flight: list[int], capacity: int = 1, finished_mean: float = 100.0):
@@ -49,3 +49,32 @@ def test_before_the_first_step_the_eta_is_unknown_and_no_rate_is_claimed():
 
 def test_durations_read_as_clock_time():
     assert _duration(59) == "0:59" and _duration(3600 + 61) == "1:01:01" and _duration(None) == "?"
+
+
+def test_a_log_gets_a_line_every_5_percent_and_after_a_minute_without_one():
+    cadence = LogCadence(total=100, started=0.0)
+    assert [cadence.due(done, now) for done, now in [(1, 1.0), (4, 10.0), (5, 20.0)]] == [False, False, True]
+    assert not cadence.due(5, 79.0) and cadence.due(5, 80.0)  # a slow image: a line a minute after the last
+    assert not cadence.due(6, 100.0) and cadence.due(10, 101.0)
+    # Past ten minutes the quiet spell allowed grows with the run: a tenth of the time so far.
+    assert cadence.due(10, 2800.0) and not cadence.due(10, 3000.0)  # 200 s quiet: under a tenth of 3000 s
+    assert not cadence.due(10, 3110.0) and cadence.due(10, 3120.0)  # 320 s quiet: over a tenth of 3120 s
+
+
+def test_the_last_unit_gets_its_line_once():
+    cadence = LogCadence(total=30, started=0.0)  # every image is 5% or more: a line each
+    assert [cadence.due(done, 1.0) for done in (1, 1, 2)] == [True, False, True]
+    assert cadence.due(30, 2.0) and not cadence.due(30, 3.0)  # idle steps after the end add nothing
+
+
+def test_a_fit_in_a_log_says_which_iteration_a_slow_image_is_at(monkeypatch, caplog):
+    clock = [0.0]
+    monkeypatch.setattr("facelock_pl.progress.time.perf_counter", lambda: clock[0])
+    bar = ImagesProgress()
+    trainer = SimpleNamespace(is_global_zero=True, datamodule=SimpleNamespace(num_pending=1))
+    with caplog.at_level("INFO", logger="facelock_pl"):
+        bar.on_train_start(trainer, None)
+        for clock[0], iteration in [(30.0, 20), (61.0, 41)]:
+            bar.on_train_batch_end(trainer, fake_module(done=0, in_flight=[iteration]), None, None, 0)
+    [line] = [r.getMessage() for r in caplog.records]
+    assert line.startswith("facelock_pl: images 0/1 iteration 41/100 ") and line.endswith("elapsed 1:01")
