@@ -173,8 +173,13 @@ def main(args: list[str] | None = None) -> None:
         hint = f"; did you mean {close[0]!r}?" if close else ""
         print(f"facelock_pl: unknown command {command!r} (commands: {', '.join(COMMANDS)}){hint}", file=sys.stderr)
         raise SystemExit(EXIT_USAGE)
-    configure_output(verbose)
-    raise SystemExit(_run(command, rest))
+    try:
+        configure_output(verbose)  # imports Lightning: seconds in which a Ctrl-C is as likely as later
+        code = _run(command, rest)
+    except KeyboardInterrupt as stop:
+        print(f"facelock_pl {command}: {str(stop) or INTERRUPTED[command]}", file=sys.stderr)
+        code = EXIT_INTERRUPTED
+    raise SystemExit(code)
 
 
 def version_line() -> str:
@@ -244,9 +249,6 @@ def _run(command: str, args: list[str]) -> int:
     except NoImagesError as error:
         print(f"facelock_pl {command}: {error}", file=sys.stderr)
         return EXIT_NO_IMAGES
-    except KeyboardInterrupt as stop:
-        print(f"facelock_pl {command}: {str(stop) or INTERRUPTED[command]}", file=sys.stderr)
-        return EXIT_INTERRUPTED
     except OSError as error:
         if error.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise

@@ -391,6 +391,24 @@ def test_a_second_ctrl_c_during_the_steps_stops_at_once_keeps_what_is_finished_a
     assert rerun.returncode == 0 and "skipping 2 already protected" in rerun.stderr, rerun.stderr[-2000:]
 
 
+@pytest.mark.parametrize("command", ["fit", "evaluate"])
+def test_a_ctrl_c_while_the_libraries_load_is_one_line_and_the_interrupted_code(tmp_path, cli_here, monkeypatch, command):
+    """The first seconds of every command import torch and Lightning; a Ctrl-C there printed a 40-line traceback
+    and exited 130."""
+    import facelock_pl.cli
+
+    def interrupted(verbose: bool) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(facelock_pl.cli, "configure_output", interrupted)
+    try:
+        stopped = cli_here(command, "--output_dir", tmp_path / "out")
+    except KeyboardInterrupt:
+        pytest.fail("the Ctrl-C escaped the command")  # (and would end the test session)
+    assert stopped.returncode == 5 and stopped.stderr == f"facelock_pl {command}: {facelock_pl.cli.INTERRUPTED[command]}\n"
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_stop_signal_after_the_summary_leaves_the_run_as_it_ended(tmp_path, fit_here, monkeypatch, guarded_signals):
     """Inside Lightning's teardown it became exit code 1; the run had protected everything and said so."""
     from facelock_pl.engine.module import ProtectionModule
