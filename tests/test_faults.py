@@ -131,6 +131,23 @@ def test_the_folder_listing_keeps_links_and_hidden_files_apart_and_never_enters_
     assert "out/images/a.png" in image_files(faces)[0]  # excluded only where it is the run's output folder
 
 
+def test_a_folder_of_the_source_that_cannot_be_read_is_refused_at_the_start(tmp_path, fit_here, monkeypatch):
+    """pathlib's listing passed over an unreadable folder without a word: its photos went unprotected."""
+    faces = face_folder(tmp_path / "faces")
+    (faces / "locked").mkdir()
+    scandir = os.scandir
+
+    def refusing(path):
+        if Path(path).name == "locked":  # as chmod 000 would, for a user who is not root
+            raise PermissionError(13, "Permission denied", str(path))
+        return scandir(path)
+
+    monkeypatch.setattr("facelock_pl.data.folder.os.scandir", refusing)
+    message = one_line_error(fit_here(faces, tmp_path / "out"))
+    assert f"cannot read the folder {faces / 'locked'} in data.source (Permission denied)" in message
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("where", ["the source", "its parent"])
 def test_an_output_folder_that_is_or_holds_the_source_is_refused_in_one_line(tmp_path, fit_here, where):
     faces = face_folder(tmp_path / "faces")

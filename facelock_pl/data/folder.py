@@ -9,6 +9,7 @@ from pathlib import Path
 from torch.utils.data import Dataset
 
 from .. import logs
+from ..config_files import ConfigError
 from .images import (ARCHIVE_SUFFIXES, IMAGE_SUFFIXES, REFUSED_SUFFIXES, UNPACK, BadImageError, make_uid, printable_path,
                      unique_uid)
 from .items import Decoding, ImageItem
@@ -29,14 +30,18 @@ def image_files(root: Path, exclude: list[Path] = ()) -> tuple[list[str], list[s
         # A folder is resolved once, its files never: a listing of 30,000 photos stays a directory read.
         if any(folder.resolve().is_relative_to(e) for e in excluded):
             continue
-        with os.scandir(folder) as entries:
-            for entry in entries:
-                if entry.is_dir(follow_symlinks=False):
-                    folders.append((Path(entry.path), (*parts, entry.name)))
-                elif _is_image_entry(entry, excluded):
-                    relative = (*parts, entry.name)
-                    is_hidden = any(part.startswith(".") for part in relative)
-                    (hidden if is_hidden else files).append("/".join(relative))
+        try:
+            entries = list(os.scandir(folder))
+        except OSError as error:  # refused at the start: its photos would go unprotected without a word
+            raise ConfigError(f"cannot read the folder {folder} in data.source ({error.strerror}): give read access "
+                              "to it, or move it out of the source") from None
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                folders.append((Path(entry.path), (*parts, entry.name)))
+            elif _is_image_entry(entry, excluded):
+                relative = (*parts, entry.name)
+                is_hidden = any(part.startswith(".") for part in relative)
+                (hidden if is_hidden else files).append("/".join(relative))
     return sorted(files), sorted(hidden)
 
 
