@@ -213,3 +213,19 @@ def test_face_region_mode_changes_only_the_region_around_the_face(tmp_path):
     assert 300 < top and bottom < 600 and 450 < left and right < 800  # around the face at (560..660, 380..500)
     row = read_manifest(tmp_path / "out").iloc[0]
     assert row.status == "ok" and (row.width, row.height) == (800, 600)
+
+
+@pytest.mark.parametrize("fill", [False, True])
+def test_delivery_in_strips_of_rows_gives_the_pixels_of_one_pass(monkeypatch, fill):
+    """A 48-megapixel photo's delivery runs in strips (3.8 GB of float32 temporaries in one pass); the strips, ragged
+    last one included, must not change a pixel."""
+    native = torch.from_numpy(random_image((101, 37), seed=3)).permute(2, 0, 1).contiguous()
+    x = torch.rand(3, 32, 32) * 2 - 1
+    x_adv = (x + 0.05 * torch.randn(3, 32, 32)).clamp(-1, 1)
+    one_pass = deliver(x_adv, x, (32, 12), native, 0.03, fill=fill)
+    monkeypatch.setattr("facelock_pl.engine.delivery.STRIP_PIXELS", 37 * 8)  # 8 rows a strip: 12 strips and 5 rows
+    strips = deliver(x_adv, x, (32, 12), native, 0.03, fill=fill)
+    assert torch.equal(strips, one_pass)
+    delta = torch.nn.functional.interpolate((x_adv - x)[None, :, :32, :12], size=(101, 37), mode="bicubic",
+                                            align_corners=False, antialias=True)[0]
+    assert torch.equal(one_pass, quantise_to_levels(levels_to_pm1(native) + delta, native, 0.03, fill))
