@@ -223,9 +223,21 @@ def test_delivery_in_strips_of_rows_gives_the_pixels_of_one_pass(monkeypatch, fi
     x = torch.rand(3, 32, 32) * 2 - 1
     x_adv = (x + 0.05 * torch.randn(3, 32, 32)).clamp(-1, 1)
     one_pass = deliver(x_adv, x, (32, 12), native, 0.03, fill=fill)
-    monkeypatch.setattr("facelock_pl.engine.delivery.STRIP_PIXELS", 37 * 8)  # 8 rows a strip: 12 strips and 5 rows
+    monkeypatch.setattr("facelock_pl.pixels.STRIP_PIXELS", 37 * 8)  # 8 rows a strip: 12 strips and 5 rows
     strips = deliver(x_adv, x, (32, 12), native, 0.03, fill=fill)
     assert torch.equal(strips, one_pass)
     delta = torch.nn.functional.interpolate((x_adv - x)[None, :, :32, :12], size=(101, 37), mode="bicubic",
                                             align_corners=False, antialias=True)[0]
     assert torch.equal(one_pass, quantise_to_levels(levels_to_pm1(native) + delta, native, 0.03, fill))
+
+
+def test_the_distortion_is_measured_in_strips_exactly(monkeypatch):
+    from facelock_pl.pixels import distortion
+
+    source = torch.from_numpy(random_image((101, 37), seed=4)).permute(2, 0, 1).contiguous()
+    moved = (source.int() + torch.randint(-3, 4, source.shape)).clamp(0, 255).to(torch.uint8)
+    monkeypatch.setattr("facelock_pl.pixels.STRIP_PIXELS", 37 * 8)
+    linf, psnr = distortion(moved, source)
+    mse = ((moved.double() - source.double()) ** 2).mean().item()
+    assert linf == 3 and psnr == pytest.approx(10 * np.log10(255.0**2 / mse), abs=1e-9)
+    assert distortion(source, source) == (0, float("inf"))

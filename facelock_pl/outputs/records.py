@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import typing
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -15,6 +14,8 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import torch
+
+from ..pixels import distortion
 
 if TYPE_CHECKING:  # the outputs only read an item's attributes; data imports outputs
     from ..data.items import ImageItem
@@ -99,8 +100,7 @@ class ManifestRow:
     @classmethod
     def protected(cls, image: ProtectedImage, method: str) -> "ManifestRow":
         item = image.item
-        diff = image.levels.float() - image.source_levels.float()
-        mse = diff.pow(2).mean().item()
+        linf_255, psnr_db = distortion(image.levels, image.source_levels)
         terms = {f"term_{name}": value for name, value in image.terms.items() if value == value}  # NaN: not computed
         if not image.face_found:
             for name in ("term_fr_cos", "term_fr_target_cos"):  # computed for the batch, not part of this image's objective
@@ -116,7 +116,7 @@ class ManifestRow:
             width=item.width, height=item.height, working_width=item.region[1], working_height=item.region[0],
             iterations=image.iterations, seconds=image.seconds, status="ok" if image.face_found else "no_face",
             message="; ".join(notes), metadata_removed=item.metadata_removed,
-            linf_255=diff.abs().max().item(), psnr_db=10 * math.log10(255.0**2 / mse) if mse > 0 else float("inf"),
+            linf_255=float(linf_255), psnr_db=psnr_db,
             fr_cos_recon=image.fr_cos_recon if image.face_found else None,
             fr_cos_recon_detected=image.fr_cos_recon_detected if image.face_found else None,
             recognised_by=image.recognised_by if image.face_found else None, faces_in_photo=image.faces_in_photo,
