@@ -86,11 +86,13 @@ class ImagesProgress(ProgressBar):
         step = now - self._last
         self.step_seconds = step if self.step_seconds is None else 0.9 * self.step_seconds + 0.1 * step
         self._last = now
-        done, status = pl_module.images_done, self.status(pl_module)
+        done = pl_module.images_done
+        # The status reads the slots (on the GPU: a copy to the host): in a log, only for a line that is due.
         if self.bar is not None:
-            self.bar.update(self.task, completed=done, status=status)
+            self.bar.update(self.task, completed=done, status=self.status(pl_module))
         elif self.total and self.cadence.due(done, now):
-            logs.info(f"facelock_pl: images {done}/{self.total} {status} elapsed {_duration(now - self._started)}")
+            logs.info(f"facelock_pl: images {done}/{self.total} {self.status(pl_module)} elapsed "
+                      f"{_duration(now - self._started)}")
 
     def status(self, pl_module) -> str:
         attack, done = pl_module.attack, pl_module.images_done
@@ -147,8 +149,8 @@ class CountProgress:
         self.done += count
         if self.bar is not None:
             self.bar.update(self.task, completed=self.done)
-        elif self.cadence.due(self.done, time.perf_counter()):
-            elapsed = time.perf_counter() - self._started
+        elif self.cadence.due(self.done, now := time.perf_counter()):
+            elapsed = now - self._started
             left = (self.total - self.done) * elapsed / self.done if self.done else None
             logs.info(f"{self.prefix}: {self.unit} {self.done}/{self.total} elapsed {_duration(elapsed)} ETA "
                       f"{_duration(left)} ({self.done / max(elapsed, 1e-9):.3f} {self.unit}/s)")
