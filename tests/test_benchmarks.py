@@ -16,6 +16,7 @@ import torch
 import yaml
 from PIL import Image
 
+from facelock_pl.data.datamodule import FaceDataModule
 from facelock_pl.models.recognizers import RecognizerSpec, load_recognizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -545,3 +546,26 @@ def test_group_photos_scores_every_face_in_its_own_window_the_largest_first(tmp_
     erased[:, :, :128] = 128  # the largest face gone from the edit
     scores = group_photos.score_faces(scorer, clean, erased)
     assert scores[0]["match:r@worst"] == 0.0 and math.isnan(scores[0]["fr:r@worst"]) and scores[1]["match:r"] == 1.0
+
+
+def test_a_resume_reads_only_the_photos_whose_size_or_time_changed(tmp_path):
+    """The resume benchmark's two folders: with each file's size and time recorded, a rerun with nothing to do reads
+    the manifest and none of the photos; without them (rows of earlier versions), every photo."""
+    resume = benchmark_module("resume")
+    faces = tmp_path / "faces"
+    faces.mkdir()
+    Image.effect_noise((256, 256), 64).convert("RGB").save(faces / "noise.jpg", quality=95)
+    photos = tmp_path / "photos"
+    resume.make_photos(photos, faces, 6)
+    photo_bytes = sum(path.stat().st_size for path in photos.iterdir())
+    assert len({path.read_bytes() for path in photos.iterdir()}) == 6  # each its own bytes
+    for variant in resume.VARIANTS:
+        resume.make_output(tmp_path / variant, photos, with_stat=variant == "size+time")
+    read = {variant: resume.time_resume(photos, tmp_path / variant, 6)["mb_read"] * 1e6 for variant in resume.VARIANTS}
+    assert read["digest-only"] - read["size+time"] >= photo_bytes * 0.99
+    assert read["size+time"] < photo_bytes / 2
+
+    (photos / "000003.jpg").write_bytes(b"another photo")  # replaced: its size and time differ, so it is read
+    data = FaceDataModule(source=str(photos), resolution=256, batch_size=1, output_dir=str(tmp_path / "size+time"))
+    data.setup("fit")
+    assert (data.num_skipped, data.num_pending) == (5, 1)

@@ -22,7 +22,8 @@ from facelock_pl.pixels import read_levels
 
 MANIFEST_COLUMNS = ["uid", "source", "source_sha256", "status", "message", "method", "width", "height", "working_width", "working_height",
                     "iterations", "linf_255", "psnr_db", *[f"term_{t}" for t in TERM_NAMES], "fr_cos_recon", "fr_cos_recon_detected",
-                    "recognised_by", "faces_in_photo", "faces_protected", "seconds", "metadata_removed", "extra_json", "finished_at", "rank"]
+                    "recognised_by", "faces_in_photo", "faces_protected", "seconds", "source_size_bytes", "source_mtime_ns",
+                    "metadata_removed", "extra_json", "finished_at", "rank"]
 
 
 @pytest.fixture

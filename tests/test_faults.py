@@ -19,6 +19,7 @@ from pathlib import Path
 
 import datasets
 import numpy as np
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -597,6 +598,7 @@ def test_a_source_replaced_under_the_same_name_is_protected_again_never_taken_as
     first = read_manifest(out).set_index("uid")
     assert first.loc["me", "source_sha256"] == hashlib.sha256((faces / "me.png").read_bytes()).hexdigest()
     kept_at = (out / "images" / "keep.png").stat().st_mtime_ns
+    keep_source = (faces / "keep.png").stat()
 
     for name, angle in (("me", 20), ("you", 30)):
         grace_hopper().rotate(angle).resize((96, 96)).save(faces / f"{name}.png")
@@ -604,6 +606,10 @@ def test_a_source_replaced_under_the_same_name_is_protected_again_never_taken_as
     withdraw(out, first.reset_index()[lambda rows: rows.uid == "me"], CHANGED_SOURCE)
     state = read_manifest(out).set_index("uid")
     assert state.loc["me", "status"] == "error" and "source changed" in state.loc["me", "message"]
+    # The file's size and time as read, exact (a 64-bit time in ns) also beside the withdrawn row's empty ones.
+    assert pd.isna(state.loc["me", "source_mtime_ns"])
+    assert (state.loc["keep", "source_size_bytes"], state.loc["keep", "source_mtime_ns"]) == (keep_source.st_size,
+                                                                                             keep_source.st_mtime_ns)
     assert not (out / "images" / "me.png").exists()
     assert "me" not in datasets.load_dataset("parquet", data_dir=str(out / "dataset"), split="train")["uid"]
 
@@ -624,6 +630,7 @@ def test_a_source_replaced_under_the_same_name_is_protected_again_never_taken_as
     row = dataset[dataset["uid"].index("you")]
     assert np.array_equal(np.asarray(row["image"]), np.asarray(Image.open(out / "images" / "you.png")))
 
+    os.utime(faces / "keep.png")  # touched: its time differs, so it is read again, and its bytes are the same
     again = fit_here(faces, out, "--model.output_format", "both")
     assert again.returncode == 0 and "skipping 3 already protected" in again.stderr and "changed" not in again.stderr
 
@@ -717,17 +724,27 @@ def test_a_folder_protected_by_an_earlier_version_resumes_without_protecting_any
 
 def test_only_a_readable_source_with_other_bytes_counts_as_changed():
     class Sources:
-        files = [b"same", b"other", None, b"anything"]
+        files = [b"same", b"other", None, b"anything", b"same", b"replaced"]
+        stats = [None, (5, 1), None, None, (4, 2), (8, 1)]  # (size, time in ns) now
+        reads = []
+
+        def stat(self, index: int) -> tuple[int, int] | None:
+            return self.stats[index]
 
         def read(self, index: int) -> bytes:
+            self.reads.append(index)
             if self.files[index] is None:
                 raise BadImageError("cannot read the image file: Permission denied")
             return self.files[index]
 
-    recorded = {"a": sha256(b"same"), "b": sha256(b"before"), "c": sha256(b"before")}
-    # a: unchanged; b: changed; c: unreadable now (its copy stays); d: not recorded (an earlier version's row).
-    assert changed_sources(Sources(), ["a", "b", "c", "d"], recorded) == ["b"]
-    assert changed_sources(Sources(), ["a", "b", "c", "d"], {}) == []  # nothing protected yet
+    recorded = {"a": (sha256(b"same"), None), "b": (sha256(b"before"), (5, 2)), "c": (sha256(b"before"), None),
+                "e": (sha256(b"same"), (4, 1)), "f": (sha256(b"before"), (8, 1))}
+    # a: unchanged (no size and time recorded: read); b: changed; c: unreadable now (its copy stays); d: not recorded
+    # (an earlier version's row); e: touched, the same bytes; f: size and time as recorded, so not read, whatever
+    # its bytes (the trade `make` and `rsync` make: a file rewritten with both kept is not seen).
+    assert changed_sources(Sources(), ["a", "b", "c", "d", "e", "f"], recorded) == ["b"]
+    assert Sources.reads == [0, 1, 2, 4]
+    assert changed_sources(Sources(), ["a", "b", "c", "d", "e", "f"], {}) == []  # nothing protected yet
 
 
 def test_generated_names_for_repeated_ids_never_collide_with_real_ids(tmp_path, fit_here):

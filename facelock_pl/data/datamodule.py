@@ -5,8 +5,9 @@
   The run's own output folder is never part of the source, wherever it is.
 - Resume: images with a final row (`ok` or `no_face`) in the output manifest are skipped, and every file
   keeps the uid it was given (adding files never renames earlier ones) — unless its bytes changed since (the
-  manifest's `source_sha256`): then its protected copy is withdrawn and it is protected again. Rank 0 reads
-  the manifest and checks the sources once and broadcasts what it found, so all ranks shard the same pending list.
+  manifest's `source_sha256`; a file is read again only when its size or modification time differ from those
+  recorded): then its protected copy is withdrawn and it is protected again. Rank 0 reads the manifest and checks
+  the sources once and broadcasts what it found, so all ranks shard the same pending list.
 - Ranks: each rank takes a contiguous, disjoint slice of the pending list — no image twice, none
   skipped (Lightning's `DistributedSampler` would pad with duplicates instead).
 - Batches: the engine's `batch_size` slots are continuously refilled from an `ImageQueue` (`QueueFeed`): one
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Literal
 
 import lightning as L
+import pandas as pd
 from torch.utils.data import DataLoader, Dataset
 
 from .. import logs
@@ -215,7 +217,9 @@ class FaceDataModule(L.LightningDataModule):
                          f"({logs.first_few(lost['uid'])}: deleted or moved away): they are protected again")
             final = final[~final["uid"].isin(lost["uid"])]
         checked = final[final["source_sha256"].notna()]  # rows of earlier versions have no digest (NaN)
-        recorded = dict(zip(checked["uid"], checked["source_sha256"]))
+        stats = [None if pd.isna(size) else (int(size), int(mtime_ns))
+                 for size, mtime_ns in zip(checked["source_size_bytes"], checked["source_mtime_ns"])]
+        recorded = dict(zip(checked["uid"], zip(checked["source_sha256"], stats)))
         changed = final[final["uid"].isin(changed_sources(images, uids, recorded))]
         if len(changed):
             withdraw(Path(self.output_dir), changed, CHANGED_SOURCE)
@@ -246,16 +250,23 @@ CHANGED_SOURCE = ("the source changed after it was protected (its bytes no longe
                   "the protected copy was removed; a rerun protects the new source")
 
 
-def changed_sources(images: FolderImages | HFImages, uids: list[str], recorded: dict[str, str]) -> list[str]:
-    """The uids of `recorded` (uid -> the SHA-256 its protected copy was made from) whose source bytes now differ:
-    a photo replaced under the same name, or another source run into the same output folder. Sources that cannot be
-    read now are left as they are."""
+def changed_sources(images: FolderImages | HFImages, uids: list[str],
+                    recorded: dict[str, tuple[str, tuple[int, int] | None]]) -> list[str]:
+    """The uids of `recorded` (uid -> the SHA-256 its protected copy was made from, and the file's (size in bytes,
+    modification time in ns) then, if known) whose source bytes now differ: a photo replaced under the same name, or
+    another source run into the same output folder. A file whose size and time are those recorded is taken as
+    unchanged without being read (as `make`, `rsync` and `git` decide: a resume of a large folder on a network file
+    system does not read it all); the others are read and hashed. Sources that cannot be read now are left as they
+    are."""
     changed = []
     for index, uid in enumerate(uids):
         if uid not in recorded:
             continue
+        digest, stat = recorded[uid]
+        if stat is not None and images.stat(index) == stat:
+            continue
         try:
-            if sha256(images.read(index)) != recorded[uid]:
+            if sha256(images.read(index)) != digest:
                 changed.append(uid)
         except BadImageError:
             continue

@@ -137,14 +137,26 @@ class FolderImages(Dataset):
                                     "drive not mounted?)") from error
             raise BadImageError(f"cannot read the image file: {error.strerror or error}") from error
 
+    def stat(self, index: int) -> tuple[int, int] | None:
+        """(size in bytes, modification time in ns) of image `index`'s file (of a link's target); None if it cannot
+        be read."""
+        try:
+            status = (self.root / self.entries[index][1]).stat()
+        except OSError:
+            return None
+        return status.st_size, status.st_mtime_ns
+
     def __getitem__(self, index: int) -> ImageItem:
         uid, relative = self.entries[index]
         source = printable_path(relative)  # the path the manifest records (a name that is not UTF-8, escaped)
         refused = REFUSED_SUFFIXES.get(Path(relative).suffix.lower())
         if refused:
             return ImageItem.failed(uid, source, refused)
+        stat = self.stat(index)  # before the read: a file replaced in between is read again by the next rerun
         try:
             data = self.read(index)
         except BadImageError as error:
             return ImageItem.failed(uid, source, str(error))
-        return self.decoding.item(uid, source, data)
+        item = self.decoding.item(uid, source, data)
+        item.source_stat = stat
+        return item

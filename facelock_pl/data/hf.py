@@ -183,6 +183,10 @@ class HFImages(Dataset):
         """The encoded bytes of row `index`'s image; `BadImageError` if there are none to read."""
         return self._encoded(self.dataset[index][self.image_column])
 
+    def stat(self, index: int) -> None:
+        """None: a dataset row's bytes are always read to see whether they changed."""
+        return None
+
     def __getitem__(self, index: int) -> ImageItem:
         row = self.dataset[index]
         uid = self.uids[index]

@@ -33,6 +33,9 @@ class ImageItem:
         source_sha256: the SHA-256 of the source's bytes (file or dataset cell) as read; "" when none could be read.
             A rerun compares it with the source's bytes then, so a photo replaced under the same name is protected
             again instead of being taken as done.
+        source_stat: (size in bytes, modification time in ns) of the source file, taken just before it was read
+            (folder sources; None for dataset cells): a rerun that finds the file with both unchanged takes its
+            bytes as unchanged without reading them.
         extra: the source row's other columns (datasets only), carried to the outputs.
         icc_profile, exif, metadata_removed: what the protected copy carries and what was left out.
         cutout: uint8 [4, H, W], a source with transparency as stored (`Photo.cutout`; None: opaque).
@@ -55,6 +58,7 @@ class ImageItem:
     crop: tuple[int, int, int, int] | None = None
     view: tuple[int, int] = (0, 0)
     source_sha256: str = ""
+    source_stat: tuple[int, int] | None = None
     cutout: torch.Tensor | None = None
     grey: bool = False
 

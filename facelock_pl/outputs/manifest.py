@@ -209,16 +209,22 @@ def _read_part(path: Path) -> pa.Table | None:
             seconds = table[field.name].to_numpy(zero_copy_only=False)  # unix seconds, before timestamps
             columns[field.name] = pa.array((seconds * 1e6).astype("int64"), pa.timestamp("us", tz="UTC"))
         else:
-            columns[field.name] = table[field.name].cast(field.type)
+            column = table[field.name]
+            columns[field.name] = column if column.type == field.type else column.cast(field.type)
     return pa.table(columns, schema=SCHEMA)
+
+
+# 64-bit integers (a file's time in ns) as pandas' nullable Int64: with a missing value, plain pandas would make the
+# column float64 and round the times.
+_EXACT_INTEGERS = {pa.int64(): pd.Int64Dtype()}.get
 
 
 def read_manifest(output_dir: Path) -> pd.DataFrame:
     """All rows, newest per uid, sorted by uid; an empty frame with the schema's columns if none."""
     tables = [t for t in (_read_part(p) for p in _parts(manifest_dir(output_dir))) if t is not None]
     if not tables:
-        return SCHEMA.empty_table().to_pandas()
-    frame = pa.concat_tables(tables).to_pandas()
+        return SCHEMA.empty_table().to_pandas(types_mapper=_EXACT_INTEGERS)
+    frame = pa.concat_tables(tables).to_pandas(types_mapper=_EXACT_INTEGERS)
     frame = frame.sort_values(["uid", "finished_at"]).drop_duplicates("uid", keep="last")
     return frame.reset_index(drop=True)
 

@@ -60,6 +60,10 @@ def _timestamp() -> dict:
     return {"arrow": pa.timestamp("us", tz="UTC")}
 
 
+def _int64() -> dict:
+    return {"arrow": pa.int64()}
+
+
 @dataclass
 class ManifestRow:
     """One row of `OUT/manifest/*.parquet` per input image (columns: README, Output)."""
@@ -92,6 +96,8 @@ class ManifestRow:
     faces_in_photo: int | None = None  # faces in the photo; every column above is about the largest
     faces_protected: int | None = None  # faces in the FR term, the largest first (objective.faces at most)
     seconds: float = 0.0
+    source_size_bytes: int | None = field(default=None, metadata=_int64())  # the file as read (folder sources):
+    source_mtime_ns: int | None = field(default=None, metadata=_int64())  # a rerun reads only files where either differs
     metadata_removed: str = ""  # what the protected copy does not carry of the source's metadata
     extra_json: str = "{}"  # the row's other source columns (labels, attributes), as JSON
     finished_at: datetime | None = field(default=None, metadata=_timestamp())  # UTC; the newest row of a uid wins
@@ -112,10 +118,10 @@ class ManifestRow:
             which = "only the largest is" if protected == 1 else f"only the {protected} largest are"
             notes.append(f"{image.faces_in_photo} faces in the photo: {which} protected against recognition")
         return cls(
-            uid=item.uid, source=item.source, source_sha256=item.source_sha256 or None, method=method,
-            width=item.width, height=item.height, working_width=item.region[1], working_height=item.region[0],
-            iterations=image.iterations, seconds=image.seconds, status="ok" if image.face_found else "no_face",
-            message="; ".join(notes), metadata_removed=item.metadata_removed,
+            **_source_columns(item), method=method, width=item.width, height=item.height,
+            working_width=item.region[1], working_height=item.region[0], iterations=image.iterations,
+            seconds=image.seconds, status="ok" if image.face_found else "no_face", message="; ".join(notes),
+            metadata_removed=item.metadata_removed,
             linf_255=float(linf_255), psnr_db=psnr_db,
             fr_cos_recon=image.fr_cos_recon if image.face_found else None,
             fr_cos_recon_detected=image.fr_cos_recon_detected if image.face_found else None,
@@ -126,9 +132,15 @@ class ManifestRow:
 
     @classmethod
     def failed(cls, item: ImageItem, method: str) -> "ManifestRow":
-        return cls(uid=item.uid, source=item.source, source_sha256=item.source_sha256 or None, status="error",
-                   message=item.message, method=method, width=item.width, height=item.height, working_width=0,
-                   working_height=0, iterations=0, extra_json=jsonable(item.extra))
+        return cls(**_source_columns(item), status="error", message=item.message, method=method, width=item.width,
+                   height=item.height, working_width=0, working_height=0, iterations=0, extra_json=jsonable(item.extra))
+
+
+def _source_columns(item: ImageItem) -> dict:
+    """What a row records of the source read: its uid, path, digest and (folder sources) the file's size and time."""
+    size, mtime_ns = item.source_stat or (None, None)
+    return dict(uid=item.uid, source=item.source, source_sha256=item.source_sha256 or None, source_size_bytes=size,
+                source_mtime_ns=mtime_ns)
 
 
 def jsonable(extra: dict) -> str:
