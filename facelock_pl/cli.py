@@ -230,7 +230,7 @@ def _evaluation(command: str, args: list[str]) -> int:
 def _run(command: str, args: list[str]) -> int:
     # Imported here, not at the top: `--help` and a misspelt command answer at once, without loading torch.
     from .models import WeightsUnavailableError
-    from .outputs.lock import OutputLockedError
+    from .outputs.lock import OutputFolderGoneError, OutputLockedError
 
     try:
         args = prepare_args(args)
@@ -249,6 +249,9 @@ def _run(command: str, args: list[str]) -> int:
     except NoImagesError as error:
         print(f"facelock_pl {command}: {error}", file=sys.stderr)
         return EXIT_NO_IMAGES
+    except OutputFolderGoneError as error:
+        print(f"facelock_pl {command}: {error}", file=sys.stderr)
+        return EXIT_CRASH
     except OSError as error:
         if error.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise

@@ -31,7 +31,7 @@ from .engine.module import check_networks
 from .engine.strategy import close_process_group
 from .models.recognizers import RESERVED_FOR_EVALUATION, RecognizerSpec
 from .objectives import CWSettings, FaceLockObjective, build_method
-from .outputs.lock import OutputLock
+from .outputs.lock import OutputFolderGoneError, OutputLock
 from .progress import ImagesProgress
 from .signals import interrupting
 
@@ -242,6 +242,13 @@ def _train(cli: FitCLI) -> None:
         if cli.model.summary is not None:
             return  # the run had ended and said so: its own exit code stands
         raise KeyboardInterrupt(STOPPED_AT_ONCE if cli.model.stop_requests.received else "") from None
+    except FileNotFoundError:
+        # A writer other than the run's own (the logger) found the output folder gone or replaced (the run's own
+        # writer stops itself), also while Lightning tore the run down after the writer's stop.
+        writer = cli.model.writer
+        if not Path(cli.config.output_dir).is_dir() or (writer is not None and writer.folder_gone()):
+            raise OutputFolderGoneError(cli.config.output_dir) from None
+        raise
 
 
 def _option(args: list[str], name: str) -> tuple[str | None, list[str]]:

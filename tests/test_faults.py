@@ -273,6 +273,37 @@ def test_a_full_disk_stops_the_run_in_one_line_and_a_rerun_goes_on(tmp_path, fit
     assert rerun.returncode == 0 and "skipping 4 already protected" in rerun.stderr and "2 to do" in rerun.stderr
 
 
+@pytest.mark.parametrize("then", ["deleted", "replaced"])
+def test_an_output_folder_deleted_or_replaced_mid_run_stops_it_never_made_anew(tmp_path, fit_here, monkeypatch, then):
+    """The folder deleted under a running fit (by hand, or a cleanup script), or deleted and made again by another run:
+    the run went on writing into a folder it made anew, without its lock and settings (a second run could start
+    beside it), or died in a traceback from the logger."""
+    import shutil
+
+    from facelock_pl.outputs import OutputWriter
+
+    faces, out = portraits(tmp_path / "faces", 4), tmp_path / "out"
+    real_write, batches = OutputWriter.write, []
+
+    def write(self, finished, failed=()):
+        if finished or failed:
+            batches.append(len(finished) + len(failed))
+            if len(batches) == 2:
+                shutil.rmtree(out)
+                if then == "replaced":
+                    (out / "images").mkdir(parents=True)
+        return real_write(self, finished, failed)
+
+    monkeypatch.setattr(OutputWriter, "write", write)
+    stopped = fit_here(faces, out, "--data.batch_size", "1", "--data.resolution", "64")
+    assert stopped.returncode == 1 and "Traceback" not in stopped.stderr, stopped.stderr[-3000:]
+    last = stopped.stderr.strip().splitlines()[-1]
+    assert f"fit: stopped: the output folder {out} was deleted, moved away or replaced while this run wrote" in last
+    assert "(its lock file .facelock.lock is gone or another run's)" in last
+    assert batches == [1, 1]  # stopped at the first write after it
+    assert sorted(p.name for p in out.rglob("*")) == (["images"] if then == "replaced" else [])
+
+
 def test_a_write_that_fails_leaves_the_old_file_and_no_temporary_one(tmp_path):
     from facelock_pl.outputs.atomic import write_bytes_atomic
 

@@ -159,7 +159,7 @@ class ProtectionModule(L.LightningModule):
         self.interrupted_by: str | None = None  # the stop signal's name, once any process received one
         self.work_left = False  # as of the last stop vote: images still to protect on some process
         self.summary: dict | None = None  # summary.json's content, on every process, once the run is over
-        self._writer: OutputWriter | None = None
+        self.writer: OutputWriter | None = None  # made at setup, when the output folder is there
 
     # The frozen networks stay in eval mode: Lightning calls .train() when fitting starts.
     def train(self, mode: bool = True) -> "ProtectionModule":
@@ -167,13 +167,6 @@ class ProtectionModule(L.LightningModule):
 
     def configure_optimizers(self) -> SignPGD:
         return SignPGD(lo=-1.0, hi=1.0)
-
-    @property
-    def writer(self) -> OutputWriter:
-        if self._writer is None:
-            self._writer = OutputWriter(self.output_dir, self.global_rank, self.hparams.output_format,
-                                        self.attack.method.name)
-        return self._writer
 
     # ---- one PGD iteration ----------------------------------------------------------------------------
     def training_step(self, queue: ImageQueue, batch_idx: int) -> None:
@@ -242,6 +235,8 @@ class ProtectionModule(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         self.check_settings(self.trainer.datamodule, write=self.global_rank == 0)
+        self.writer = OutputWriter(self.output_dir, self.global_rank, self.hparams.output_format,
+                                   self.attack.method.name)
 
     def on_fit_start(self) -> None:
         datamodule = self.trainer.datamodule

@@ -24,6 +24,25 @@ class OutputLockedError(RuntimeError):
     """Another run is writing into the same output folder."""
 
 
+class OutputFolderGoneError(RuntimeError):
+    """The output folder was deleted, moved away or replaced while a run wrote into it."""
+
+    def __init__(self, output_dir: str | Path):
+        super().__init__(
+            f"stopped: the output folder {output_dir} was deleted, moved away or replaced while this run wrote into "
+            f"it (its lock file {LOCK_NAME} is gone or another run's); nothing more was written (a new folder would "
+            "hold neither the run's lock nor its settings). Rerun the same command to protect into it anew, or with "
+            "--output_dir where you moved it, to go on there")
+
+
+def lock_record(output_dir: str | Path) -> bytes | None:
+    """The lock file of `output_dir` as it stands (None: there is none): every rank of a run reads its rank 0's."""
+    try:
+        return (Path(output_dir) / LOCK_NAME).read_bytes()
+    except FileNotFoundError:
+        return None
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
