@@ -246,7 +246,7 @@ def _train(cli: FitCLI) -> None:
         # A writer other than the run's own (the logger) found the output folder gone or replaced (the run's own
         # writer stops itself), also while Lightning tore the run down after the writer's stop.
         writer = cli.model.writer
-        if not Path(cli.config.output_dir).is_dir() or (writer is not None and writer.folder_gone()):
+        if not Path(cli.config.output_dir).is_dir() or (writer is not None and writer.folder.gone()):
             raise OutputFolderGoneError(cli.config.output_dir) from None
         raise
 

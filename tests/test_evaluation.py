@@ -169,6 +169,29 @@ def test_a_set_protected_into_a_dataset_only_is_edited_from_it(face_folder, prot
             assert (out / "edits" / name.replace("png", "dataset") / "0" / f"{uid}.png").read_bytes() == from_png
 
 
+def test_an_edit_whose_folder_is_deleted_stops_never_making_it_anew(face_folder, protected_set, tmp_path, cli_here,
+                                                                    monkeypatch):
+    """`edit` went on into a folder it made anew, without its lock and record, and said every edit was written."""
+    import shutil
+
+    import facelock_pl.evaluation.edit as edit_module
+
+    out, real_write, written = tmp_path / "eval", edit_module.write_bytes_atomic, []
+
+    def write_then_delete(path, data):
+        real_write(path, data)
+        written.append(path)
+        if len(written) == 1:
+            shutil.rmtree(out)
+
+    monkeypatch.setattr(edit_module, "write_bytes_atomic", write_then_delete)
+    edit = cli_here("edit", "--config", ROOT / "configs" / "edit-tiny.yaml", "--data.source", face_folder, "--sets",
+                    f"{{facelock: {protected_set}}}", "--batch_size", "1", "--output_dir", out)
+    assert edit.returncode == 1 and "Traceback" not in edit.stderr, edit.stderr[-2000:]
+    assert f"edit: stopped: the output folder {out} was deleted" in edit.stderr.strip().splitlines()[-1]
+    assert len(written) == 1 and not out.exists()
+
+
 def test_a_dataset_shard_is_edited_and_evaluated_from_the_dataset_it_came_from(face_folder, tmp_path, cli_here):
     """`fit` protects datasets (the design card's CelebA-HQ shards), but `edit` and `evaluate` read the clean photos
     from a folder only ("is not a folder or an image file"); and they edited every photo of the source, not only the

@@ -298,7 +298,7 @@ def test_an_output_folder_deleted_or_replaced_mid_run_stops_it_never_made_anew(t
     stopped = fit_here(faces, out, "--data.batch_size", "1", "--data.resolution", "64")
     assert stopped.returncode == 1 and "Traceback" not in stopped.stderr, stopped.stderr[-3000:]
     last = stopped.stderr.strip().splitlines()[-1]
-    assert f"fit: stopped: the output folder {out} was deleted, moved away or replaced while this run wrote" in last
+    assert f"fit: stopped: the output folder {out} was deleted, moved away or replaced while this command" in last
     assert "(its lock file .facelock.lock is gone or another run's)" in last
     assert batches == [1, 1]  # stopped at the first write after it
     assert sorted(p.name for p in out.rglob("*")) == (["images"] if then == "replaced" else [])

@@ -18,6 +18,7 @@ from ..config_files import ConfigError
 from ..data import ImageItem
 from ..logs import first_few
 from ..outputs import write_bytes_atomic
+from ..outputs.lock import FolderGuard
 from ..pixels import png_bytes
 from ..progress import CountProgress
 from .editors import Editor, EditorSpec, edit_seed
@@ -162,11 +163,12 @@ def run_edit(
     # Loaded before anything is recorded: an editor that cannot load (no network, a typo) must not pin the folder.
     model = Editor(editor, dev) if todo else None
     _forget_changed(out, merged, items, changed).save(out)
+    folder = FolderGuard(out)  # the edits go only into the folder as it is now (its lock: the command's)
     edited = 0
     with CountProgress(sum(len(uids) for *_, uids in todo), "edits", "facelock_pl edit") as progress:
         for image_set, pid, uids in todo:
             edited += _edit_set(model, image_set, pid, prompt_map[pid], uids, sources, data.resolution, seed,
-                                batch_size, out, progress)
+                                batch_size, folder, progress)
     log.info("facelock_pl edit: %d edits written to %s/edits", edited, out)
     return {"edited": edited, "skipped": skipped}
 
@@ -191,13 +193,14 @@ def _name_absent(image_sets: list[ImageSet], sources: dict) -> None:
 
 
 def _edit_set(model: Editor, image_set: ImageSet, pid: int, prompt: str, uids: list[str], sources: dict,
-              resolution: int | str, seed: int, batch_size: int, out: Path, progress: CountProgress) -> int:
+              resolution: int | str, seed: int, batch_size: int, folder: FolderGuard, progress: CountProgress) -> int:
     inputs = {u: image_set.load(u, sources[u], resolution) for u in uids}
     inputs = {u: levels for u, levels in inputs.items() if levels is not None}
     progress.advance(len(uids) - len(inputs))  # photos the set holds no image of: nothing to edit
     for chunk in shape_chunks(list(inputs), {u: levels.shape for u, levels in inputs.items()}, batch_size):
         edits = model(torch.stack([inputs[u] for u in chunk]), prompt, [edit_seed(seed, u, pid) for u in chunk])
+        folder.check()
         for uid, levels in zip(chunk, edits):
-            write_bytes_atomic(edit_path(out, image_set.name, pid, uid), png_bytes(levels))
+            write_bytes_atomic(edit_path(folder.output_dir, image_set.name, pid, uid), png_bytes(levels))
         progress.advance(len(chunk))
     return len(inputs)

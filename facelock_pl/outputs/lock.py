@@ -29,18 +29,35 @@ class OutputFolderGoneError(RuntimeError):
 
     def __init__(self, output_dir: str | Path):
         super().__init__(
-            f"stopped: the output folder {output_dir} was deleted, moved away or replaced while this run wrote into "
-            f"it (its lock file {LOCK_NAME} is gone or another run's); nothing more was written (a new folder would "
-            "hold neither the run's lock nor its settings). Rerun the same command to protect into it anew, or with "
-            "--output_dir where you moved it, to go on there")
+            f"stopped: the output folder {output_dir} was deleted, moved away or replaced while this command wrote "
+            f"into it (its lock file {LOCK_NAME} is gone or another run's); nothing more was written (a folder made "
+            "anew would hold neither the command's lock nor its settings). Rerun the same command to start anew "
+            "there, or with --output_dir where you moved the folder, to go on there")
 
 
-def lock_record(output_dir: str | Path) -> bytes | None:
-    """The lock file of `output_dir` as it stands (None: there is none): every rank of a run reads its rank 0's."""
+def _lock_record(output_dir: Path) -> bytes | None:
     try:
-        return (Path(output_dir) / LOCK_NAME).read_bytes()
+        return (output_dir / LOCK_NAME).read_bytes()
     except FileNotFoundError:
         return None
+
+
+class FolderGuard:
+    """The output folder as a command found it, told by its lock file (every rank reads the one its rank 0 holds):
+    `check()` raises `OutputFolderGoneError` once the folder was deleted, moved away or replaced since — before a
+    write that would make it anew, without the lock and the settings. (Not by inode: a folder made anew can have
+    the old one's number.) Without a lock to go by (a writer used on its own), it never raises."""
+
+    def __init__(self, output_dir: str | Path):
+        self.output_dir = Path(output_dir)
+        self.lock = _lock_record(self.output_dir)
+
+    def gone(self) -> bool:
+        return self.lock is not None and _lock_record(self.output_dir) != self.lock
+
+    def check(self) -> None:
+        if self.gone():
+            raise OutputFolderGoneError(self.output_dir)
 
 
 def _alive(pid: int) -> bool:

@@ -28,7 +28,7 @@ import torch
 from .. import logs
 from ..pixels import onto_cutout, png_bytes
 from .atomic import TMP_PREFIX, write_bytes_atomic
-from .lock import OutputFolderGoneError, lock_record
+from .lock import FolderGuard
 from .records import SCHEMA, ManifestRow, ProtectedImage
 
 if TYPE_CHECKING:  # the outputs only read an item's attributes; data imports outputs
@@ -70,12 +70,7 @@ class OutputWriter:
         self.method = method
         self.run_id = f"{time.time_ns():x}-{os.getpid()}"
         self.sequence = 0
-        self.lock = lock_record(self.output_dir)  # the run's lock in the folder as the writer found it (None: none)
-
-    def folder_gone(self) -> bool:
-        """Whether the output folder was deleted, moved away or replaced since the writer was made: the run's lock
-        in it is gone or another's. (A folder made anew can have the old one's inode number: that says nothing.)"""
-        return self.lock is not None and lock_record(self.output_dir) != self.lock
+        self.folder = FolderGuard(self.output_dir)  # the folder as the writer found it
 
     def write(self, finished: list[ProtectedImage], failed: list[ImageItem] = ()) -> list[ManifestRow]:
         """Write the protected images, then the manifest part that commits them; returns the rows written. An image
@@ -90,8 +85,7 @@ class OutputWriter:
         rows += [ManifestRow.failed(item, self.method) for item in failed]
         if not rows:
             return rows
-        if self.folder_gone():  # not made anew by the writes below: it would hold neither the lock nor the settings
-            raise OutputFolderGoneError(self.output_dir)
+        self.folder.check()  # a folder deleted or replaced since is not made anew by the writes below
         name = f"part-{self.run_id}-r{self.rank}-{self.sequence:06d}.parquet"
         self.sequence += 1
         pngs = {image.item.uid: png_bytes(_stored(image), image.item.icc_profile, image.item.exif) for image in finished}
