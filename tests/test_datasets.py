@@ -114,6 +114,7 @@ def test_save_to_disk_imagefolder_shards_and_limit(tmp_path):
     dm = make_module(tmp_path / "disk", split="validation")
     assert dm.num_pending == 6 and dm.dataset[0].uid == "validation-000000"
     assert dm.dataset[0].extra == {"id": "astro", "label": 1}
+    assert dm.dataset[0].source_stat is None  # a cell with its bytes: a rerun reads them
     with pytest.raises(ValueError, match="split 'train' not in"):
         make_module(tmp_path / "disk", split="train")
 
@@ -128,6 +129,9 @@ def test_save_to_disk_imagefolder_shards_and_limit(tmp_path):
     dm = make_module(folder, format="imagefolder")
     items = [dm.dataset[i] for i in range(dm.num_pending)]
     assert [item.status for item in items] == ["ok"] * 3 and items[0].image.shape == (3, 32, 32)
+    # An imagefolder's cells name files: their size and time are recorded, as a folder source's are.
+    files = {(p.stat().st_size, p.stat().st_mtime_ns) for p in folder.glob("*.png")}
+    assert {item.source_stat for item in items} == files
 
 
 def test_unreachable_hub_dataset_is_a_clear_error(monkeypatch):

@@ -12,7 +12,7 @@ from .. import logs
 from ..config_files import ConfigError
 from .images import (ARCHIVE_SUFFIXES, IMAGE_SUFFIXES, REFUSED_SUFFIXES, UNPACK, BadImageError, make_uid, printable_path,
                      unique_uid)
-from .items import Decoding, ImageItem
+from .items import Decoding, ImageItem, file_stat
 
 
 def image_files(root: Path, exclude: list[Path] = ()) -> tuple[list[str], list[str]]:
@@ -138,13 +138,8 @@ class FolderImages(Dataset):
             raise BadImageError(f"cannot read the image file: {error.strerror or error}") from error
 
     def stat(self, index: int) -> tuple[int, int] | None:
-        """(size in bytes, modification time in ns) of image `index`'s file (of a link's target); None if it cannot
-        be read."""
-        try:
-            status = (self.root / self.entries[index][1]).stat()
-        except OSError:
-            return None
-        return status.st_size, status.st_mtime_ns
+        """(size in bytes, modification time in ns) of image `index`'s file (`file_stat`)."""
+        return file_stat(self.root / self.entries[index][1])
 
     def __getitem__(self, index: int) -> ImageItem:
         uid, relative = self.entries[index]

@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 from ..config_files import ConfigError
 from ..models.weights import hub_offline
 from .images import IMAGE_SUFFIXES, BadImageError, make_uid, unique_uid
-from .items import Decoding, ImageItem
+from .items import Decoding, ImageItem, file_stat
 
 RESERVED_COLUMNS = ("uid", "image")  # the protected dataset's own columns
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # namespace/name, as on the Hugging Face hub
@@ -152,48 +152,64 @@ class HFImages(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def _read_path(self, name: str) -> bytes:
-        path = Path(name).expanduser()
+    def _path(self, value) -> tuple[str, Path] | None:
+        """(the name as the cell gives it, the file) for a cell that names a file — read relative to the dataset's
+        folder and only below it, unless `allow_external_paths` (`BadImageError`); None for a cell with its bytes."""
+        if isinstance(value, dict) and not value.get("bytes"):
+            value = value.get("path")
+        if not isinstance(value, str) or not value:
+            return None
+        path = Path(value).expanduser()
         if not path.is_absolute() and self.base_dir is not None:
             path = self.base_dir / path
         inside = self.base_dir is not None and path.resolve().is_relative_to(self.base_dir)
         if not inside and not self.allow_external_paths:
-            raise BadImageError(f"the image cell names a file outside the dataset's folder ({name}); pass "
+            raise BadImageError(f"the image cell names a file outside the dataset's folder ({value}); pass "
                                 "--data.allow_external_paths true to read it")
-        try:
-            return path.read_bytes()
-        except OSError as error:
-            raise BadImageError(f"cannot read the image file {name}: {error.strerror or error}") from error
+        return value, path
 
     def _encoded(self, value) -> bytes:
+        if named := self._path(value):
+            name, path = named
+            try:
+                return path.read_bytes()
+            except OSError as error:
+                raise BadImageError(f"cannot read the image file {name}: {error.strerror or error}") from error
         if isinstance(value, dict):
             if value.get("bytes"):
                 return bytes(value["bytes"])
-            if value.get("path"):
-                return self._read_path(value["path"])
-        elif isinstance(value, str):
-            return self._read_path(value)
         elif isinstance(value, (bytes, bytearray, memoryview)):
             return bytes(value)
         elif value is not None:
             raise BadImageError(f"the image cell holds a {type(value).__name__}, not an image")
         raise BadImageError("image is null")
 
+    def _stat(self, value) -> tuple[int, int] | None:
+        try:
+            named = self._path(value)
+        except BadImageError:
+            return None
+        return file_stat(named[1]) if named else None
+
     def read(self, index: int) -> bytes:
         """The encoded bytes of row `index`'s image; `BadImageError` if there are none to read."""
         return self._encoded(self.dataset[index][self.image_column])
 
-    def stat(self, index: int) -> None:
-        """None: a dataset row's bytes are always read to see whether they changed."""
-        return None
+    def stat(self, index: int) -> tuple[int, int] | None:
+        """(size in bytes, modification time in ns) of the file row `index`'s cell names (an `imagefolder`'s rows);
+        None for a cell that holds its bytes: those are always read to see whether they changed."""
+        return self._stat(self.dataset[index][self.image_column])
 
     def __getitem__(self, index: int) -> ImageItem:
         row = self.dataset[index]
         uid = self.uids[index]
         extra = {self.columns[k]: v for k, v in row.items() if k != self.image_column}
         source = f"{self.source}#{uid}"
+        stat = self._stat(row[self.image_column])  # before the read, as for a folder's files
         try:
             data = self._encoded(row[self.image_column])
         except BadImageError as error:
             return ImageItem.failed(uid, source, str(error), extra=extra)
-        return self.decoding.item(uid, source, data, extra)
+        item = self.decoding.item(uid, source, data, extra)
+        item.source_stat = stat
+        return item

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -34,8 +35,8 @@ class ImageItem:
             A rerun compares it with the source's bytes then, so a photo replaced under the same name is protected
             again instead of being taken as done.
         source_stat: (size in bytes, modification time in ns) of the source file, taken just before it was read
-            (folder sources; None for dataset cells): a rerun that finds the file with both unchanged takes its
-            bytes as unchanged without reading them.
+            (a folder's files, a dataset's path cells; None for a cell with its bytes): a rerun that finds the file
+            with both unchanged takes its bytes as unchanged without reading them.
         extra: the source row's other columns (datasets only), carried to the outputs.
         icc_profile, exif, metadata_removed: what the protected copy carries and what was left out.
         cutout: uint8 [4, H, W], a source with transparency as stored (`Photo.cutout`; None: opaque).
@@ -126,6 +127,16 @@ class Decoding:
 def sha256(data: bytes) -> str:
     """The hex SHA-256 of a source's bytes: what the manifest records and a rerun compares."""
     return hashlib.sha256(data).hexdigest()
+
+
+def file_stat(path: Path) -> tuple[int, int] | None:
+    """(size in bytes, modification time in ns) of a source file (of a link's target): what the manifest records
+    and a rerun compares before reading it again; None if it cannot be read."""
+    try:
+        status = path.stat()
+    except OSError:
+        return None
+    return status.st_size, status.st_mtime_ns
 
 
 _DETECTOR = None  # one face detector per loader process, loaded on first use
