@@ -96,8 +96,9 @@ class ManifestRow:
     faces_in_photo: int | None = None  # faces in the photo; every column above is about the largest
     faces_protected: int | None = None  # faces in the FR term, the largest first (objective.faces at most)
     seconds: float = 0.0
-    source_size_bytes: int | None = field(default=None, metadata=_int64())  # the file as read (files, not cells):
-    source_mtime_ns: int | None = field(default=None, metadata=_int64())  # a rerun reads only files where either differs
+    # The source file as read (None for a dataset cell with its bytes): a rerun reads again only where either differs.
+    source_size_bytes: int | None = field(default=None, metadata=_int64())
+    source_mtime_ns: int | None = field(default=None, metadata=_int64())
     metadata_removed: str = ""  # what the protected copy does not carry of the source's metadata
     extra_json: str = "{}"  # the row's other source columns (labels, attributes), as JSON
     finished_at: datetime | None = field(default=None, metadata=_timestamp())  # UTC; the newest row of a uid wins
@@ -137,7 +138,8 @@ class ManifestRow:
 
 
 def _source_columns(item: ImageItem) -> dict:
-    """What a row records of the source read: its uid, path, digest and (a file, not a cell with its bytes) its size and time."""
+    """What a row records of the source read: its uid, path and digest, and a file's size and time (None for a
+    dataset cell that holds its bytes)."""
     size, mtime_ns = item.source_stat or (None, None)
     return dict(uid=item.uid, source=item.source, source_sha256=item.source_sha256 or None, source_size_bytes=size,
                 source_mtime_ns=mtime_ns)
