@@ -38,6 +38,8 @@ FaceLock = SFace + TAESD, no EOT, the published loop at `--iterations`; the conf
                (down-scale, then JPEG) instead of the config's purifications: REAL_CODEC_EOT;
   webp         the config's purifications and the real WebP codec (BPDA gradient) at quality 60-90 beside them
                (WEBP_EOT): the re-save that undoes most of the recipe (robustness.md, "Today's re-saves");
+  ssa          the config's purifications, each followed by SSA's spectrum simulation (SSA_EOT; Long et al., ECCV
+               2022: noise, then random DCT factors in 1 ± 0.5), one draw per iteration: a transfer aid;
   realign      x̂ re-aligned from its own landmarks every iteration (objective.realign);
   jitter       expectation over the crop (objective.crop_jitter 0.2);
   target       identity targets (objective.target_faces): the FR term also pulls each reconstruction towards the
@@ -93,7 +95,7 @@ from offline_runs import ROOT, cli, options, print_table, work_dir, worst_judges
 RENAMED_KEYS = {f"--{old}": f"--{new}" for old, new in _RENAMED.items()}  # `fr_start:0` -> --model.objective.fr_start
 
 PARTS = ("recognizers", "rotated", "w600k", "vggface2", "efficientnet", "mobilefacenet", "vaes", "ensemble", "eot", "realjpeg",
-         "webp", "realign", "jitter", "target", "crops", "allcrops", "morecrops", "features", "late_features", "quantised",
+         "webp", "ssa", "realign", "jitter", "target", "crops", "allcrops", "morecrops", "features", "late_features", "quantised",
          "early_fr", "smoothing", "momentum", "robust_facenet", "add_robust_facenet", "robust_sface", "worst_crop",
          "fill")
 # The crop conventions besides each network's own, as evaluate-crops.yaml (box40's margin: 0.4/1.4 of the input size).
@@ -121,7 +123,9 @@ FEATURE_LAYERS = {
 # held out: the last <= 16 of 40), so a target is never a face being tuned on or judged.
 TARGET_POOL = slice(16, 24)
 REAL_CODEC_EOT = ["jpeg_real:50-90", "resize:0.25-1.0", "resize:0.25-0.75>jpeg_real:50-90", "blur:0-1.0", "shift:3"]
-WEBP_EOT = ["jpeg:50-90", "resize:0.5-1.0", "blur:0-1.0", "shift:3", "webp_real:60-90"]  # facelock-robust.yaml's + WebP
+ROBUST_EOT = ["jpeg:50-90", "resize:0.5-1.0", "blur:0-1.0", "shift:3"]  # facelock-robust.yaml's and the recipe's
+WEBP_EOT = [*ROBUST_EOT, "webp_real:60-90"]
+SSA_EOT = [f"{spec}>spectrum:0.5" for spec in ROBUST_EOT]
 DEFAULT_PURIFICATIONS = ["jpeg:75", "jpeg:50", "resize:0.5"]
 
 
@@ -227,10 +231,11 @@ def fit_args(assets: Path, parts: list[str], targets: Path | None = None,
            "early_fr": ["--model.objective.fr_start", "0.35"],
            "smoothing": ["--model.attack.grad_smoothing", "0"], "momentum": ["--model.attack.momentum", "0"]}
     for part, switch_off in off.items():
-        if part not in parts and not (part == "eot" and {"realjpeg", "webp"} & set(parts)):
+        if part not in parts and not (part == "eot" and {"realjpeg", "webp", "ssa"} & set(parts)):
             args += switch_off
     on = {"realjpeg": ["--model.attack.eot", json.dumps(REAL_CODEC_EOT)],
-          "webp": ["--model.attack.eot", json.dumps(WEBP_EOT)], "realign": ["--model.objective.realign", "true"],
+          "webp": ["--model.attack.eot", json.dumps(WEBP_EOT)], "ssa": ["--model.attack.eot", json.dumps(SSA_EOT)],
+          "realign": ["--model.objective.realign", "true"],
           "jitter": ["--model.objective.crop_jitter", "0.2"], "target": ["--model.objective.target_faces", str(targets)],
           "worst_crop": ["--model.objective.fr_reduction", "worst_crop"], "fill": ["--model.attack.fill_budget", "true"]}
     for part, switch_on in on.items():

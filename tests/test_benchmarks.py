@@ -124,6 +124,8 @@ def test_robustness_variants_switch_parts_and_pass_settings():
     webp = json.loads(settings("eot+webp")["--model.attack.eot"][0])  # the config's EOT, and the WebP codec beside it
     robust_eot = yaml.safe_load((robustness.ROOT / "configs/facelock-robust.yaml").read_text())["model"]["attack"]["eot"]
     assert webp == robust_eot + ["webp_real:60-90"]
+    ssa = json.loads(settings("eot+ssa")["--model.attack.eot"][0])  # each of the config's, then the spectrum
+    assert ssa == [f"{spec}>spectrum:0.5" for spec in robust_eot]
     assert real["--model.objective.realign"] == ["true"] and real["--model.objective.crop_jitter"] == ["0.2"]
     assert "--model.objective.realign" not in both
     assert settings("recognizers+fill")["--model.attack.fill_budget"] == ["true"] and "--model.attack.fill_budget" not in both

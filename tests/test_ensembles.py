@@ -146,6 +146,11 @@ def test_robust_protection_is_reproducible_and_batch_invariant_up_to_rounding(fa
 def test_bad_eot_spec_is_refused():
     with pytest.raises(ValueError, match="unknown EOT"):
         ProtectionModule(**tiny_module_kwargs(eot=["sharpen:1"]))
+    with pytest.raises(ValueError, match="unknown EOT transformation 'sharpen:1'"):  # a bad part of a chain
+        ProtectionModule(**tiny_module_kwargs(eot=["resize:0.5>sharpen:1"]))
+    # A chain (a down-scaled re-upload) is a purification too: it was refused as "could not convert string to float".
+    chained = ProtectionModule(**tiny_module_kwargs(eot=["resize:0.25-0.75>jpeg_real:50-90"]))
+    assert [t.kind for t in chained.attack.eot.chains[0]] == ["resize", "jpeg_real"]
 
 
 def test_entries_sharing_a_network_run_it_once_on_their_crops_stacked(batch):

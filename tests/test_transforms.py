@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from conftest import astronaut
-from facelock_pl.objectives.transforms import RandomPurification, Transform
+from facelock_pl.objectives.transforms import RandomPurification, Transform, dct_matrix
 from facelock_pl.pixels import pm1_to_levels, reencode
 from facelock_pl.seeding import uid_generator
 
@@ -25,13 +25,30 @@ def fixed(value: float, batch: int = 1) -> torch.Tensor:
     return torch.full((batch, 3), value)
 
 
-@pytest.mark.parametrize("spec", ["jpeg:60-90", "jpeg_real:50-90", "webp_real:50-90", "resize:0.5-0.9", "blur:0.5-1.5", "shift:3", "colorjitter:0.2"])
+@pytest.mark.parametrize("spec", ["jpeg:60-90", "jpeg_real:50-90", "webp_real:50-90", "resize:0.5-0.9", "blur:0.5-1.5", "shift:3",
+                                  "colorjitter:0.2", "spectrum:0.5"])
 def test_each_transformation_is_differentiable(face, spec):
     x = face.clone().requires_grad_(True)
     out = Transform.parse(spec).apply(x, fixed(0.7))
     assert out.shape == x.shape and out.min() >= -1.001 and out.max() <= 1.001
     (out * torch.randn_like(out)).sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0 and torch.isfinite(x.grad).all()
+
+
+def test_the_spectrum_simulation_is_noise_then_random_dct_factors_seeded_by_its_draw(face):
+    for n in (7, 64):  # the DCT is orthonormal: its inverse is its transpose
+        assert torch.allclose(dct_matrix(n) @ dct_matrix(n).T, torch.eye(n, dtype=torch.float64), atol=1e-12)
+    inside = face.clamp(-0.8, 0.8)  # away from the clamp to [-1, 1], which would hide the noise's statistics
+    noise_only = Transform.parse("spectrum:0").apply(inside, fixed(0.3)) - inside
+    assert noise_only.std().item() == pytest.approx(2 * 16 / 255, rel=0.05)  # σ 16/255 on the [0, 1] scale
+    assert noise_only.mean().abs() < 0.01
+    spectrum = Transform.parse("spectrum:0.5")
+    once, again, other = (spectrum.apply(inside, fixed(v)) for v in (0.3, 0.3, 0.6))
+    assert torch.equal(once, again) and not torch.allclose(once, other)
+    assert (once - inside).std() > 1.5 * noise_only.std()  # the factors move the image beyond the noise
+    # Each channel's mean (its DC coefficient times a factor in 1 ± 0.5) stays within half of it.
+    ratio = (once + 1).mean(dim=(-2, -1)) / (inside + 1).mean(dim=(-2, -1))
+    assert ((ratio > 0.45) & (ratio < 1.55)).all()
 
 
 def test_differentiable_jpeg_matches_a_real_jpeg(face):

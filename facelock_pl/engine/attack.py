@@ -23,7 +23,7 @@ import torch
 from ..data.items import ImageItem
 from ..models import FaceDetector, FaceGeometry, FaceScorer
 from ..objectives import CleanFeatures, Networks, ProtectionMethod
-from ..objectives.transforms import RandomPurification, Transform, crop_draws
+from ..objectives.transforms import RandomPurification, crop_draws, parse_chain
 from ..outputs.records import ProtectedImage
 from ..pixels import budget_levels, levels_to_pil, levels_to_pm1, quantise_to_levels, resize, straight_through_levels
 from .delivery import deliver
@@ -84,7 +84,7 @@ class AttackConfig:
         if self.grad_smoothing < 0 or not 0 <= self.momentum < 1:
             raise ValueError(f"need grad_smoothing >= 0 and 0 <= momentum < 1 (got {self.grad_smoothing}, {self.momentum})")
         for spec in self.eot or []:
-            Transform.parse(spec)  # an unknown purification or a range it cannot take: refused with the settings
+            parse_chain(spec)  # an unknown purification or a range it cannot take: refused with the settings
 
 
 class SlotState:

@@ -8,7 +8,10 @@ forward pass; kornia's differentiable JPEG at the same quality gives the gradien
 `webp_real:Q_LO-Q_HI` (the same with the real WebP codec, libwebp through PIL: the re-save that undoes most, README),
 `resize:S_LO-S_HI` (down-scale by a random factor, antialiased, then back up), `blur:S_LO-S_HI`
 (Gaussian blur, random sigma in pixels), `shift:PIXELS` (random translation up to that many pixels,
-border replicated), `colorjitter:STRENGTH` (brightness/contrast/saturation factors in 1 ± STRENGTH).
+border replicated), `colorjitter:STRENGTH` (brightness/contrast/saturation factors in 1 ± STRENGTH),
+`spectrum:RHO` (the spectrum simulation of SSA, Long et al., "Frequency Domain Model Augmentation for Adversarial
+Attack", ECCV 2022: Gaussian noise of σ 16/255, then every DCT coefficient of each channel scaled by its own
+random factor in 1 ± RHO; a transfer aid, one draw per iteration here where the paper averages 20).
 A chain `A>B` applies A, then B (e.g. `resize:0.25-0.75>jpeg_real:50-90`: a down-scaled re-upload).
 Each draw picks one transformation (or chain) per image uniformly from the list; parameters come from a generator
 seeded by (seed, uid, iteration, draw), so a run is reproducible whatever the batch. Images are in
@@ -17,6 +20,7 @@ seeded by (seed, uid, iteration, draw), so a run is reproducible whatever the ba
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -26,7 +30,8 @@ from ..pixels import levels_to_pm1, pm1_to_levels, reencode
 from ..seeding import uid_generator
 
 DEFAULT_RANGES = {"jpeg": (50.0, 95.0), "jpeg_real": (50.0, 95.0), "webp_real": (50.0, 95.0), "resize": (0.5, 1.0),
-                  "blur": (0.0, 1.5), "shift": (0.0, 4.0), "colorjitter": (0.0, 0.1)}
+                  "blur": (0.0, 1.5), "shift": (0.0, 4.0), "colorjitter": (0.0, 0.1), "spectrum": (0.5, 0.5)}
+SPECTRUM_NOISE_255 = 16.0  # SSA's σ on the 0-255 scale
 REAL_CODECS = {"jpeg_real": "JPEG", "webp_real": "WEBP"}  # the codec in the forward pass, JPEG's gradient (BPDA)
 QUALITY_KINDS = {"jpeg", *REAL_CODECS}
 
@@ -41,15 +46,16 @@ class Transform:
     def parse(cls, spec: str) -> "Transform":
         kind, _, value = spec.partition(":")
         if kind not in DEFAULT_RANGES:
-            raise ValueError(f"unknown EOT transformation {spec!r}; use jpeg, jpeg_real, webp_real, resize, blur, shift or "
-                             "colorjitter")
+            raise ValueError(f"unknown EOT transformation {spec!r}; use jpeg, jpeg_real, webp_real, resize, blur, shift, "
+                             "colorjitter or spectrum")
         low, high = DEFAULT_RANGES[kind]
         if value:
             parts = [float(v) for v in value.split("-")]
             low, high = (parts[0], parts[0]) if len(parts) == 1 else parts
             if kind in ("shift", "colorjitter") and len(parts) == 1:
                 low, high = 0.0, parts[0]
-        if low > high or low < 0 or (kind in QUALITY_KINDS and not 1 <= low <= high <= 100) or (kind == "resize" and high > 1):
+        if low > high or low < 0 or (kind in QUALITY_KINDS and not 1 <= low <= high <= 100) or (
+                kind in ("resize", "spectrum") and high > 1):
             raise ValueError(f"EOT transformation {spec!r} has an invalid range")
         return cls(kind, low, high)
 
@@ -77,6 +83,8 @@ class Transform:
 
             sigma = amount.clamp_min(1e-3)[:, None].expand(-1, 2).to(x)
             return gaussian_blur2d(x, kernel_size=2 * int(3 * self.high + 0.5) + 1, sigma=sigma, border_type="reflect")
+        if self.kind == "spectrum":
+            return _spectrum_simulation(x, amount, u[:, 1])
         if self.kind == "shift":
             from kornia.geometry.transform import translate
 
@@ -93,6 +101,36 @@ class Transform:
         return image.clamp(0, 1) * 2 - 1
 
 
+@functools.lru_cache(maxsize=8)
+def dct_matrix(n: int) -> torch.Tensor:
+    """The orthonormal DCT-II as an [n, n] matrix (float64, CPU): `C @ v` transforms, `C.T @ V` inverts."""
+    k, i = torch.arange(n, dtype=torch.float64)[:, None], torch.arange(n, dtype=torch.float64)[None]
+    matrix = torch.cos(torch.pi * (2 * i + 1) * k / (2 * n)) * (2 / n) ** 0.5
+    matrix[0] /= 2**0.5
+    return matrix
+
+
+def _spectrum_simulation(x: torch.Tensor, rho: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
+    """SSA's transformation of x [B, 3, H, W] in [-1, 1], on the [0, 1] scale as published: noise, then each
+    channel's 2-D DCT coefficients scaled by factors in 1 ± rho, then back. `seeds` [B] in [0, 1) seed each image's
+    noise and factors, so a draw depends on the image and iteration alone."""
+    height, width = x.shape[-2:]
+    rows, cols = dct_matrix(height).to(x), dct_matrix(width).to(x)
+    out = []
+    for image, r, seed in zip(x, rho.tolist(), seeds.tolist()):
+        generator = torch.Generator().manual_seed(int(seed * 2**31))
+        noise = torch.randn(image.shape, generator=generator) * (SPECTRUM_NOISE_255 / 255)
+        factors = 1 + (torch.rand(image.shape, generator=generator) * 2 - 1) * r
+        spectrum = rows @ ((image + 1) / 2 + noise.to(x)) @ cols.T
+        out.append((rows.T @ (spectrum * factors.to(x)) @ cols).clamp(0, 1) * 2 - 1)  # an image again, as EOT's others
+    return torch.stack(out)
+
+
+def parse_chain(spec: str) -> list[Transform]:
+    """The transformations of an EOT spec, applied in turn (`A>B`: A, then B); `ValueError` for one it cannot take."""
+    return [Transform.parse(part) for part in spec.split(">")]
+
+
 def _differentiable_jpeg(x: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
     from kornia.enhance import jpeg_codec_differentiable
 
@@ -106,7 +144,7 @@ class RandomPurification:
     def __init__(self, specs: list[str]):
         if not specs:
             raise ValueError("EOT needs at least one transformation")
-        self.chains = [[Transform.parse(part) for part in spec.split(">")] for spec in specs]
+        self.chains = [parse_chain(spec) for spec in specs]
         self.width = 1 + 3 * max(len(chain) for chain in self.chains)
 
     def draws(self, seed: int, uids: list[str], iterations: torch.Tensor, draw: int) -> torch.Tensor:
