@@ -152,6 +152,4 @@ class FolderImages(Dataset):
             data = self.read(index)
         except BadImageError as error:
             return ImageItem.failed(uid, source, str(error))
-        item = self.decoding.item(uid, source, data)
-        item.source_stat = stat
-        return item
+        return self.decoding.item(uid, source, data, stat=stat)

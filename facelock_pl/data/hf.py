@@ -210,6 +210,4 @@ class HFImages(Dataset):
             data = self._encoded(row[self.image_column])
         except BadImageError as error:
             return ImageItem.failed(uid, source, str(error), extra=extra)
-        item = self.decoding.item(uid, source, data, extra)
-        item.source_stat = stat
-        return item
+        return self.decoding.item(uid, source, data, extra, stat)

@@ -65,8 +65,10 @@ class ImageItem:
 
     @classmethod
     def failed(cls, uid: str, source: str, message: str, width: int = 0, height: int = 0,
-               extra: dict | None = None, source_sha256: str = "") -> "ImageItem":
-        return cls(uid, source, None, width, height, "error", message, extra or {}, source_sha256=source_sha256)
+               extra: dict | None = None, source_sha256: str = "", source_stat: tuple[int, int] | None = None
+               ) -> "ImageItem":
+        return cls(uid, source, None, width, height, "error", message, extra or {}, source_sha256=source_sha256,
+                   source_stat=source_stat)
 
     @classmethod
     def from_photo(cls, uid: str, source: str, photo: Photo, resolution: int | str, extra: dict | None = None,
@@ -107,18 +109,21 @@ class Decoding:
     face_margin: float = 0.5
     keep_grey: bool = True
 
-    def item(self, uid: str, source: str, data: bytes, extra: dict | None = None) -> ImageItem:
-        """The item of a source's encoded bytes; an `error` item (with the size, where known) if they cannot be
+    def item(self, uid: str, source: str, data: bytes, extra: dict | None = None,
+             stat: tuple[int, int] | None = None) -> ImageItem:
+        """The item of a source's encoded bytes, and of its file's `stat` taken before they were read (`file_stat`;
+        None for a dataset cell with its bytes); an `error` item (with the size, where known) if they cannot be
         decoded."""
         digest = sha256(data)
         try:
             photo = load_photo(data, self.max_pixels, keep_metadata=self.keep_metadata, oversize=self.oversize,
                                keep_grey=self.keep_grey)
         except BadImageError as error:
-            return ImageItem.failed(uid, source, str(error), *error.size, extra=extra, source_sha256=digest)
+            return ImageItem.failed(uid, source, str(error), *error.size, extra=extra, source_sha256=digest,
+                                    source_stat=stat)
         crop = faces_crop(photo.image, self.face_margin) if self.region == "faces" else None
         item = ImageItem.from_photo(uid, source, photo, self.resolution, extra, crop)
-        item.source_sha256 = digest
+        item.source_sha256, item.source_stat = digest, stat
         if self.region == "faces" and crop is None:
             item.message = "; ".join(filter(None, [item.message, "no face found: the whole frame is protected"]))
         return item
