@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -113,12 +111,10 @@ def test_tiny_fit_end_to_end_then_resume(messy_folder, tmp_path, caplog):
     assert len(again) == 9 and len(sorted((out / "manifest").glob("*.parquet"))) == len(parts_before) + 1
 
 
-def test_python_dash_m_and_print_config(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "facelock_pl", "fit", "--config", "configs/tiny.yaml", "--model.eps", "0.02",
-         "--data.batch_size", "3", "--output_dir", str(tmp_path), "--print_config"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )
+def test_print_config_shows_the_command_lines_values(tmp_path, cli_here):
+    """(`python -m facelock_pl` itself runs in test_first_hour's subprocesses.)"""
+    result = cli_here("fit", "--config", ROOT / "configs" / "tiny.yaml", "--model.eps", "0.02", "--data.batch_size", "3",
+                      "--output_dir", tmp_path, "--print_config")
     assert result.returncode == 0, result.stderr
     assert "eps: 0.02" in result.stdout and "batch_size: 3" in result.stdout
     assert "kind: tiny-random-kl" in result.stdout and f"output_dir: {tmp_path}" in result.stdout

@@ -497,14 +497,16 @@ def test_edit_and_evaluate_take_the_output_folder_one_at_a_time(face_folder, pro
     assert run_cli(*edit) == 0 and not (out / ".facelock.lock").exists()  # released when done
 
 
-def test_a_stopped_edit_keeps_its_edits_releases_its_folder_and_says_so(face_folder, protected_set, tmp_path):
+def test_a_stopped_edit_keeps_its_edits_releases_its_folder_and_says_so(face_folder, protected_set, tmp_path,
+                                                                       cli_here):
     """Ctrl-C said "interrupted before the run started; nothing was protected" (fit's words) with edits written; a
     SIGTERM (a cluster's time limit) left the folder's lock behind. SIGTERM now stops an edit as Ctrl-C does."""
     out = tmp_path / "eval"
-    edit = [sys.executable, "-m", "facelock_pl", "edit", "--config", str(ROOT / "configs" / "edit-tiny.yaml"),
-            "--data.source", str(face_folder), "--sets", f"{{facelock: {protected_set}}}", "--purify", "[]",
-            "--prompt_ids", "[0, 1]", "--editor.steps", "20", "--output_dir", str(out)]
-    run = subprocess.Popen(edit, cwd=ROOT, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    edit = ["edit", "--config", str(ROOT / "configs" / "edit-tiny.yaml"), "--data.source", str(face_folder), "--sets",
+            f"{{facelock: {protected_set}}}", "--purify", "[]", "--prompt_ids", "[0, 1]", "--editor.steps", "20",
+            "--output_dir", str(out)]
+    run = subprocess.Popen([sys.executable, "-m", "facelock_pl", *edit], cwd=ROOT, stderr=subprocess.PIPE, text=True,
+                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     while run.poll() is None and not any(out.rglob("*.png")):
         time.sleep(0.2)
     run.send_signal(signal.SIGTERM)
@@ -512,7 +514,7 @@ def test_a_stopped_edit_keeps_its_edits_releases_its_folder_and_says_so(face_fol
     made = len(list(out.rglob("*.png")))
     assert run.returncode == 5 and "interrupted; the edits written so far are kept" in stderr, stderr[-2000:]
     assert 0 < made < 2 * 2 * 2 and not (out / ".facelock.lock").exists()  # sets (clean, facelock) x prompts x photos
-    again = subprocess.run(edit, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    again = cli_here(*edit)  # the rerun needs no process of its own
     assert again.returncode == 0 and f"{made} edits already done" in again.stderr
     assert len(list(out.rglob("*.png"))) == 2 * 2 * 2
 

@@ -325,7 +325,7 @@ def wait_for_parts(out: Path, process: subprocess.Popen, count: int) -> None:
 @pytest.mark.slow
 def test_sigterm_to_a_two_rank_process_group_stops_every_rank_and_loses_nothing(tmp_path):
     source, out = portraits(tmp_path / "faces", 8), tmp_path / "out"
-    args = ["--data.resolution", "96", "--data.batch_size", "1", "--model.attack.iterations", "30", "--model.output_format",
+    args = ["--data.resolution", "96", "--data.batch_size", "1", "--model.attack.iterations", "20", "--model.output_format",
             "both", "--trainer.devices", "2", "--trainer.accelerator", "cpu"]
     run = fit(source, out, *args, popen=True, start_new_session=True)
     wait_for_parts(out, run, 2)
@@ -354,7 +354,7 @@ def test_a_stop_signal_to_the_process_group_with_loader_workers_exits_with_the_i
     """SLURM (time limit, scancel, `--signal=USR1@120`), `timeout` and Ctrl+C signal every process of the job or group,
     the loader's workers too: the run must still stop after the step, not die of a killed worker or hang on one."""
     source, out = portraits(tmp_path / "faces", 6), tmp_path / "out"
-    run = fit(source, out, "--data.batch_size", "1", "--model.attack.iterations", "40", "--data.resolution", "96",
+    run = fit(source, out, "--data.batch_size", "1", "--model.attack.iterations", "20", "--data.resolution", "96",
               "--data.num_workers", "2", popen=True, start_new_session=True)
     try:
         wait_for_parts(out, run, 1)
