@@ -36,7 +36,8 @@ commands:
 
 exit codes:
   0  everything asked for is protected (or already was)
-  1  an unexpected error (a bug or a broken environment; the traceback is printed)
+  1  an unexpected error (a bug or a broken environment; the traceback is printed); in one line: a full disk, the
+     output folder gone mid-run, another rank of the run stopped first (what was written is kept)
   2  the run could not start: a bad option, path or value, missing weights, an output folder in use
   3  the run finished, but some images could not be protected (their manifest rows say why)
   4  the source holds no image to protect
@@ -58,6 +59,10 @@ VERSIONED = ("torch", "lightning", "triton", "diffusers", "transformers", "datas
 
 class NoImagesError(RuntimeError):
     """The source holds no image to protect."""
+
+
+class PeerStoppedError(RuntimeError):
+    """A collective of this process failed because another process of the run had stopped (`fit` on several)."""
 
 
 class _Handler(logging.StreamHandler):
@@ -249,7 +254,7 @@ def _run(command: str, args: list[str]) -> int:
     except NoImagesError as error:
         print(f"facelock_pl {command}: {error}", file=sys.stderr)
         return EXIT_NO_IMAGES
-    except OutputFolderGoneError as error:
+    except (OutputFolderGoneError, PeerStoppedError) as error:  # not a bug here: no traceback
         print(f"facelock_pl {command}: {error}", file=sys.stderr)
         return EXIT_CRASH
     except OSError as error:

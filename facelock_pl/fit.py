@@ -19,7 +19,8 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from . import logs
-from .cli import EXIT_INTERRUPTED, EXIT_NO_IMAGES, EXIT_OK, EXIT_PARTLY_FAILED, NoImagesError, parse_strictly
+from .cli import (EXIT_INTERRUPTED, EXIT_NO_IMAGES, EXIT_OK, EXIT_PARTLY_FAILED, NoImagesError, PeerStoppedError,
+                  parse_strictly)
 from .config_files import ConfigError
 from .data import FaceDataModule
 from .data.datamodule import DEMO_SOURCE
@@ -28,7 +29,7 @@ from .data.hf import HUB_ID, detect_format
 from .data.images import ARCHIVE_SUFFIXES, IMAGE_SUFFIXES, REFUSED_SUFFIXES, SUFFIX_NAMES, UNPACK
 from .engine import AdaptiveStopping, AttackConfig, ProtectionModule, SpeedConfig
 from .engine.module import check_networks
-from .engine.strategy import close_process_group
+from .engine.strategy import close_process_group, peer_stopped
 from .models.recognizers import RESERVED_FOR_EVALUATION, RecognizerSpec
 from .objectives import CWSettings, FaceLockObjective, build_method
 from .outputs.lock import OutputFolderGoneError, OutputLock
@@ -249,6 +250,15 @@ def _train(cli: FitCLI) -> None:
         if not Path(cli.config.output_dir).is_dir() or (writer is not None and writer.folder.gone()):
             raise OutputFolderGoneError(cli.config.output_dir) from None
         raise
+    except RuntimeError as error:
+        trainer = cli.trainer
+        if not peer_stopped(error, trainer.world_size):
+            raise
+        cause = " ".join(f"{type(error).__name__}: {error}".split())
+        raise PeerStoppedError(
+            f"process {trainer.global_rank} of {trainer.world_size} stopped: another process of this run stopped first "
+            f"(its own message says why); what was written is kept, and rerunning the same command goes on from there "
+            f"(here: {cause[:200]})") from None
 
 
 def _option(args: list[str], name: str) -> tuple[str | None, list[str]]:

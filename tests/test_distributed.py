@@ -120,3 +120,64 @@ def test_sigkill_mid_run_then_rerun_loses_and_repeats_nothing(tmp_path):
     for path in (out / "images").glob("*.png"):
         Image.open(path).load()
     assert not list(out.rglob(".tmp-*"))
+
+
+def _join_then_leave(store_file: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", store=dist.FileStore(store_file, 2), rank=1, world_size=2)
+    os._exit(0)  # gone without a word, as a process that stopped on its own error
+
+
+def test_a_collective_left_by_a_stopped_process_ends_in_one_line_not_a_traceback(tmp_path, monkeypatch, capfd):
+    """A process that stops on an error it reports (its output folder gone, a full disk) left the others' next
+    collective to fail, and their tracebacks ("Connection closed by peer") buried the line that says why."""
+    import multiprocessing
+    from types import SimpleNamespace
+
+    import torch.distributed as dist
+
+    from facelock_pl import fit
+    from facelock_pl.engine.strategy import peer_stopped
+
+    if dist.is_initialized():  # left by an in-process fit of another test that stopped before closing it
+        dist.destroy_process_group()
+    peer = multiprocessing.get_context("fork").Process(target=_join_then_leave, args=(str(tmp_path / "store"),))
+    peer.start()
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 2), rank=0, world_size=2)
+    try:
+        peer.join(timeout=60)
+        with pytest.raises(RuntimeError) as failed:
+            dist.barrier()
+    finally:
+        dist.destroy_process_group()
+    error = failed.value
+    assert peer_stopped(error, world_size=2) and not peer_stopped(error, world_size=1)
+    assert not peer_stopped(_raised(RuntimeError("a bug of ours")), world_size=2)  # raised outside torch.distributed
+
+    def fails(error):
+        def fit_(*args, **kwargs):
+            raise error
+        return SimpleNamespace(trainer=SimpleNamespace(fit=fit_, world_size=2, global_rank=1), model=None, datamodule=None)
+
+    with pytest.raises(fit.PeerStoppedError, match="process 1 of 2 stopped: another process of this run stopped first"):
+        fit._train(fails(error))
+    with pytest.raises(RuntimeError, match="a bug of ours"):  # anything else keeps its traceback
+        fit._train(fails(RuntimeError("a bug of ours")))
+
+    def stopped(args):
+        fit._train(fails(error))
+
+    monkeypatch.setattr(fit, "run_fit", stopped)
+    capfd.readouterr()
+    assert run_cli("fit", "--config", ROOT / "configs" / "tiny.yaml") == 1
+    [line] = capfd.readouterr().err.splitlines()
+    assert line.startswith("facelock_pl fit: process 1 of 2 stopped: another process of this run stopped first (its own "
+                           "message says why); what was written is kept") and "(here: RuntimeError: " in line
+
+
+def _raised(error: Exception) -> Exception:
+    try:
+        raise error
+    except Exception as caught:
+        return caught

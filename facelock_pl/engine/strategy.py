@@ -12,6 +12,9 @@ DDP's.
 
 from __future__ import annotations
 
+import os
+import traceback
+
 import torch.distributed as dist
 from lightning.pytorch.strategies import DDPStrategy, StrategyRegistry
 
@@ -26,6 +29,19 @@ class ProtectionDDPStrategy(DDPStrategy):
     def configure_ddp(self) -> None:
         # Leave the LightningModule unwrapped: nothing to synchronise, no reducer, no DDP hooks.
         pass
+
+
+def peer_stopped(error: BaseException, world_size: int) -> bool:
+    """Whether `error` is a collective that failed in a run of several processes. A process that stops on an error
+    it reports (its output folder gone, a full disk) or crashes leaves the others in the next collective (the stop
+    vote, the summary's gather), which fails with gloo's "Connection closed by peer" (a RuntimeError) or NCCL's
+    `DistBackendError`: their tracebacks would bury the message that says why the run stopped."""
+    if world_size < 2:
+        return False
+    if isinstance(error, dist.DistError):
+        return True
+    inside = f"torch{os.sep}distributed{os.sep}"
+    return any(inside in frame.filename for frame in traceback.extract_tb(error.__traceback__))
 
 
 def close_process_group() -> None:
