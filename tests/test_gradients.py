@@ -74,3 +74,81 @@ def test_invalid_transfer_aids_are_refused():
         ProtectionModule(**tiny_module_kwargs(momentum=1.0))
     with pytest.raises(ValueError, match="grad_smoothing"):
         ProtectionModule(**tiny_module_kwargs(grad_smoothing=-1.0))
+
+
+def two_networks(**overrides) -> dict:
+    """Two networks in the loss, the first behind two crops (`weights` only tells the loaders' copies apart)."""
+    from facelock_pl.models import RecognizerSpec
+
+    recognizers = [RecognizerSpec(kind="tiny-random", name="a"), RecognizerSpec(kind="tiny-random", name="a@m4", margin=4),
+                   RecognizerSpec(kind="tiny-random", name="b", weights="another copy")]
+    return tiny_module_kwargs(recognizers=recognizers, **overrides)
+
+
+def test_the_common_weakness_attack_steps_back_then_along_each_network_in_turn(face_folder, tmp_path):
+    from facelock_pl.data import Decoding, FolderImages
+    from facelock_pl.engine.attack import CWA_INNER_STEP_EPS
+    from facelock_pl.engine.optimizer import SignPGD
+    from facelock_pl.engine.schedule import step_sizes
+
+    module = ProtectionModule(**two_networks(iterations=4, common_weakness=True, fr_start=0.0, eps=0.1))
+    attack = module.attack
+    assert attack.network_entries == [[0, 1], [2]]  # a network with every crop it stands behind
+    attack.admit([FolderImages(face_folder, Decoding(64))[0]])
+    s, active, eps = attack.slots, torch.tensor([0]), 0.1
+    attack.step(SignPGD())  # one iteration in: the momentum kept across iterations is not zero
+    x_adv, momentum = s.x_adv.clone(), s.inner_velocity.clone()
+    assert momentum.abs().sum() > 0
+
+    def project(z):
+        return torch.minimum(torch.maximum(z, s.x - eps), s.x + eps).clamp(-1, 1)
+
+    seen = []
+    objective = attack.method.objective
+    attack.method.objective = lambda nets, *args: seen.append([r.spec.name for r in nets.recognizers]) or objective(nets, *args)
+    step = step_sizes(0.01, s.iteration, 4).view(-1, 1, 1, 1)
+    ensemble, _ = attack._input_gradient(x_adv, active)
+    back = project(x_adv - step / 3 * ensemble.sign())  # a third of the step back, against the ensemble
+    inner = back
+    for network in (0, 1):  # then one step along each network in turn, on its L2-normalised gradient
+        grad, _ = attack._input_gradient(inner, active, network)
+        momentum = momentum + grad / grad.norm()
+        inner = project(inner + CWA_INNER_STEP_EPS * eps * grad.numel() ** 0.5 * momentum)
+    assert seen == [["a", "a@m4", "b"], ["a", "a@m4"], ["b"]]
+    seen.clear()
+    attack.step(SignPGD())
+    assert seen == [["a", "a@m4", "b"], ["a", "a@m4"], ["b"]]  # 1 + networks passes per iteration
+    assert torch.allclose(s.x_adv, project(back + step * (inner - back).sign()), atol=1e-6)  # the sign step, from back
+    assert torch.allclose(s.inner_velocity, momentum, atol=1e-5)
+    assert not torch.allclose(s.x_adv, project(x_adv + step * ensemble.sign()), atol=1e-3)  # not plain PGD's step
+
+
+def test_the_common_weakness_attack_is_per_image_and_recorded(face_folder, tmp_path):
+    import json
+
+    from facelock_pl.config_files import ConfigError
+    from facelock_pl.outputs.settings import keep_settings
+
+    kwargs = two_networks(iterations=4, common_weakness=True, fr_start=0.0)
+    fit(ProtectionModule(**kwargs), face_folder, tmp_path / "b1", batch_size=1)
+    fit(ProtectionModule(**kwargs), face_folder, tmp_path / "b2", batch_size=2)
+    fit(ProtectionModule(**two_networks(iterations=4, fr_start=0.0)), face_folder, tmp_path / "pgd", batch_size=2)
+    one, two, pgd = (read_manifest(tmp_path / name) for name in ("b1", "b2", "pgd"))
+    assert (one["linf_255"] <= 3).all() and (one.status == "ok").all()
+    assert np.allclose(one["term_fr_cos"], two["term_fr_cos"], atol=1e-4)  # each slot's momentum starts with its image
+    assert not np.allclose(one["term_fr_cos"], pgd["term_fr_cos"], atol=1e-3)
+    recorded = json.loads((tmp_path / "b1" / "protection.json").read_text())
+    assert recorded["attack"]["common_weakness"] is True
+    # A folder protected before the setting existed recorded none: it was plain PGD, and resumes as such.
+    plain = json.loads((tmp_path / "pgd" / "protection.json").read_text())
+    earlier = json.loads(json.dumps(plain))
+    del earlier["attack"]["common_weakness"]
+    (tmp_path / "pgd" / "protection.json").write_text(json.dumps(earlier))
+    keep_settings(tmp_path / "pgd", plain, write=False)
+    with pytest.raises(ConfigError, match="attack.common_weakness differs: false in the folder, true now"):
+        keep_settings(tmp_path / "pgd", recorded, write=False)
+
+
+def test_the_common_weakness_attack_needs_an_ensemble():
+    with pytest.raises(ValueError, match="two recognisers' networks or more"):
+        ProtectionModule(**tiny_module_kwargs(common_weakness=True))  # one network
