@@ -9,8 +9,7 @@ fixed number of slots that each hold one image at its own iteration (continuous 
 The iteration itself, top to bottom: the method's objective on the iterate (as the PNG will store it, under
 random purifications if asked), its input gradient (summed over the channels for a photo without colour), the
 transfer aids on that gradient, the adaptive stopping check, and the fused projected sign update (`SignPGD` →
-`facelock_pl.kernels.pgd_step_`). Under the common weakness attack (`common_weakness`) a step back and one step per
-network of the loss come between the gradient and the sign update.
+`facelock_pl.kernels.pgd_step_`).
 """
 
 from __future__ import annotations
@@ -24,7 +23,6 @@ import torch
 from ..data.items import ImageItem
 from ..models import FaceDetector, FaceGeometry, FaceScorer
 from ..objectives import CleanFeatures, Networks, ProtectionMethod
-from ..models.recognizers import group_by_network
 from ..objectives.transforms import RandomPurification, crop_draws, parse_chain
 from ..outputs.records import ProtectedImage
 from ..pixels import budget_levels, levels_to_pil, levels_to_pm1, quantise_to_levels, resize, straight_through_levels
@@ -37,10 +35,6 @@ from .schedule import random_start, step_sizes
 from .speed import SpeedConfig
 from .stopping import AdaptiveStopping
 from .tanh_adam import TanhAdam
-
-# The common weakness attack's inner step, per pixel (root mean square) in budgets: the paper's 250 on unit-norm
-# gradients of 224×224 images at ε 16/255 is 250 / √(3·224²) ≈ 0.64 per pixel in [0, 1], about 10 ε.
-CWA_INNER_STEP_EPS = 10.0
 
 
 @dataclass(frozen=True)
@@ -67,14 +61,6 @@ class AttackConfig:
             ball's corner (a sign-PGD iterate leaves ~40% of its pixels inside; PSNR ≈ 40 → 38.9 dB at ε 0.03).
             The optimisation is unchanged: on the tuning faces an objective that saw the filled image gained
             nothing, the fill after it did (benchmarks/robustness.md, "Filling the budget").
-        common_weakness: the common weakness attack (CWA; Chen et al., "Rethinking Model Ensemble in Transfer-based
-            Adversarial Attacks", ICLR 2024), made for an ensemble whose perturbation must fool networks outside it:
-            each iteration steps back against the ensemble's gradient by a third of the step (towards a flat
-            maximum, as SAM), then steps along each network of the loss in turn (all its crops; `CWA_INNER_STEP_EPS`
-            per pixel on its L2-normalised gradient, with a momentum each image keeps across iterations: what every
-            network's gradient agrees on), and the sign step from the point stepped back to follows where those
-            steps went (through `grad_smoothing` and `momentum`, the paper's outer momentum). 1 + (networks in the
-            loss) passes per iteration; needs two networks or more.
     """
 
     eps: float = 0.03
@@ -87,7 +73,6 @@ class AttackConfig:
     grad_smoothing: float = 0.0
     momentum: float = 0.0
     fill_budget: bool = False
-    common_weakness: bool = False
 
     def __post_init__(self) -> None:
         if not 0 < self.eps <= 2 or self.step_size <= 0 or self.iterations < 1 or self.eot_samples < 1:
@@ -114,7 +99,6 @@ class SlotState:
         self.iteration = torch.zeros(slots, dtype=torch.long, device=device)
         self.streak = torch.zeros(slots, dtype=torch.long, device=device)  # stopping checks in a row below target
         self.velocity = torch.zeros(shape, device=device)  # gradient momentum
-        self.inner_velocity = torch.zeros(shape, device=device)  # the common weakness attack's steps per network
         self.occupied = torch.zeros(slots, dtype=torch.bool, device=device)
         self.grey = torch.zeros(slots, dtype=torch.bool, device=device)  # a photo without colour: a grey perturbation
         self.any_grey = False  # some slot has held one: only then is the gradient summed over the channels
@@ -150,12 +134,6 @@ class PGDAttack:
         self.eot = RandomPurification(config.eot) if config.eot else None
         self.meter = ProtectionMeter(nets, detector, speed, judges)
         self.adam = TanhAdam(method.lr) if method.update == "tanh-adam" else None  # CW-L2 only
-        # The common weakness attack: the recogniser entries of each network of the loss, and the loss with it alone.
-        self.network_entries = group_by_network(list(nets.recognizers)) if config.common_weakness else []
-        self.network_alone = [nets.only(entries) for entries in self.network_entries]
-        if config.common_weakness and (len(self.network_entries) < 2 or self.adam is not None):
-            raise ValueError("attack.common_weakness steps along each network of an ensemble in turn: it needs two "
-                             "recognisers' networks or more in the loss and a sign-PGD method (not cw)")
         self.slots: SlotState | None = None
 
     # ---- images in and out -------------------------------------------------------------------------
@@ -215,7 +193,6 @@ class PGDAttack:
             start = torch.where(grey.view(-1, 1, 1, 1), start[:, :1].expand_as(start), start)  # x's channels are equal
             s.x_adv[index] = torch.where(s.valid[index] > 0, start, x)  # no perturbation on the canvas border
         s.iteration[index], s.streak[index], s.occupied[index], s.velocity[index] = 0, 0, True, 0
-        s.inner_velocity[index] = 0
         for store in s.terms.values():
             store[index] = float("nan")
         now = time.perf_counter()
@@ -243,78 +220,42 @@ class PGDAttack:
         """One iteration of every occupied slot; returns each term's per-image values (for logging)."""
         s, cfg = self.slots, self.config
         active = s.occupied.nonzero().flatten()
-        step_size = step_sizes(cfg.step_size, s.iteration, cfg.iterations)
-        grad_in, terms = self._input_gradient(s.x_adv[active], active)
-        if cfg.common_weakness:
-            stepped_back, grad_in = self._common_weakness(grad_in, active, step_size[active])
-        grad = torch.zeros_like(s.x_adv)
-        grad[active] = self._shape_gradient(grad_in, active) * s.valid[active]
+        x_in = self.speed.layout(s.x_adv[active]).requires_grad_(True)
+        with torch.enable_grad():
+            x_seen = straight_through_levels(x_in, s.levels[active], cfg.eps) if cfg.quantise_forward else x_in
+            with self.speed.autocast(x_in.device):
+                objective, terms = self._objective(x_seen, active)
+            grad = torch.zeros_like(s.x_adv)
+            grad_in = torch.autograd.grad(objective.sum(), x_in)[0].float()
+            grad_in = grey_where(grad_in, s.grey[active]) if s.any_grey else grad_in
+            grad[active] = self._shape_gradient(grad_in, active) * s.valid[active]
         s.record_terms(active, terms)
         stepping = s.occupied & ~self._stops_now(active, terms)  # a stopping image keeps the iterate it was measured at
-        if cfg.common_weakness:  # the sign step goes from the point stepped back to
-            s.x_adv[active] = torch.where(stepping[active].view(-1, 1, 1, 1), stepped_back, s.x_adv[active])
         if self.adam is None:  # the fused projected sign update
-            optimizer.step(x_adv=s.x_adv, grad=grad, x=s.x, eps=cfg.eps, active=stepping, step_size=step_size)
+            optimizer.step(x_adv=s.x_adv, grad=grad, x=s.x, eps=cfg.eps, active=stepping,
+                           step_size=step_sizes(cfg.step_size, s.iteration, cfg.iterations))
         else:  # CW-L2: Adam in tanh space; the optimizer only counts the iteration (global_step)
             self.adam.step(s.x_adv, grad, stepping)
             optimizer.step()
         s.iteration[stepping] += 1
         return terms
 
-    def _input_gradient(self, x_adv: torch.Tensor, active: torch.Tensor,
-                        network: int | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The objective's gradient ([A, C, H, W] float32) at the iterates `x_adv` of the slots `active`, seen as the
-        PNG will store them, summed over the channels for a photo without colour; and the terms. `network`: the
-        objective with that network of the loss alone (`network_entries`)."""
-        s, cfg = self.slots, self.config
-        x_in = self.speed.layout(x_adv).requires_grad_(True)
-        with torch.enable_grad():
-            x_seen = straight_through_levels(x_in, s.levels[active], cfg.eps) if cfg.quantise_forward else x_in
-            with self.speed.autocast(x_in.device):
-                objective, terms = self._objective(x_seen, active, network)
-            grad = torch.autograd.grad(objective.sum(), x_in)[0].float()
-        return (grey_where(grad, s.grey[active]) if s.any_grey else grad), terms
-
-    def _common_weakness(self, grad: torch.Tensor, active: torch.Tensor,
-                         step_size: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """CWA (`AttackConfig.common_weakness`): from the ensemble's gradient `grad` at the iterates of `active`, the
-        point stepped back to and the direction of the sign step from it ([A, C, H, W] each)."""
-        s, eps = self.slots, self.config.eps
-        x, valid = s.x[active], s.valid[active]
-
-        def project(z: torch.Tensor) -> torch.Tensor:
-            return torch.minimum(torch.maximum(z, x - eps), x + eps).clamp(-1, 1)
-
-        stepped_back = project(s.x_adv[active] - (step_size / 3).view(-1, 1, 1, 1) * grad.sign() * valid)
-        inner, momentum = stepped_back, s.inner_velocity[active]
-        inner_step = CWA_INNER_STEP_EPS * eps * grad[0].numel() ** 0.5  # a unit-norm step is 1/√n per pixel
-        for network in range(len(self.network_entries)):
-            grad, _ = self._input_gradient(inner, active, network)
-            momentum = momentum + grad / grad.flatten(1).norm(dim=1).clamp_min(1e-20).view(-1, 1, 1, 1)
-            inner = project(inner + inner_step * momentum * valid)
-        s.inner_velocity[active] = momentum
-        return stepped_back, inner - stepped_back
-
-    def _objective(self, x: torch.Tensor, active: torch.Tensor,
-                   network: int | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The method's objective ([B]) and terms (`network`: with that network of the loss alone); under EOT or crop
-        jitter, their mean over `eot_samples` random purifications and crops."""
+    def _objective(self, x: torch.Tensor, active: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The method's objective ([B]) and terms; under EOT or crop jitter, their mean over `eot_samples` random
+        purifications and crops."""
         s, cfg = self.slots, self.config
         progress = s.iteration[active].float() / cfg.iterations
         # All slots busy (the usual case): the stored features as they are, no per-iteration gather.
         clean = s.clean if len(active) == len(s.occupied) else s.clean.select(active)
-        nets = self.nets
-        if network is not None:
-            nets, clean = self.network_alone[network], clean.of_recognizers(self.network_entries[network])
-        if self.eot is None and not nets.crop_jitter:
-            return self.method.objective(nets, x, clean, progress)
+        if self.eot is None and not self.nets.crop_jitter:
+            return self.method.objective(self.nets, x, clean, progress)
         uids, iterations = [s.items[slot].uid for slot in active.tolist()], s.iteration[active]
         draws = []
         for d in range(cfg.eot_samples):
             seen = self.eot(x, self.eot.draws(cfg.seed, uids, iterations, d)) if self.eot is not None else x
-            if nets.crop_jitter:
+            if self.nets.crop_jitter:
                 clean = dataclasses.replace(clean, alignment_draws=crop_draws(cfg.seed, uids, iterations, d))
-            draws.append(self.method.objective(nets, seen, clean, progress))
+            draws.append(self.method.objective(self.nets, seen, clean, progress))
         objective = sum(o for o, _ in draws) / len(draws)
         return objective, {name: sum(t[name] for _, t in draws) / len(draws) for name in draws[0][1]}
 

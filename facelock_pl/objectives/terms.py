@@ -70,15 +70,6 @@ class CleanFeatures:
                                    embeddings=[e[:, rank] for e in self.other_embeddings],
                                    face_found=self.other_found[:, rank])
 
-    def of_recognizers(self, entries: list[int]) -> "CleanFeatures":
-        """These features for the recognisers `entries` alone, in that order (`Networks.only`)."""
-        def pick(tensors):
-            return None if tensors is None else [tensors[i] for i in entries]
-
-        return dataclasses.replace(self, thetas=pick(self.thetas), embeddings=pick(self.embeddings),
-                                   target_embeddings=pick(self.target_embeddings), other_thetas=pick(self.other_thetas),
-                                   other_embeddings=pick(self.other_embeddings))
-
     def select(self, index: torch.Tensor) -> "CleanFeatures":
         """The features of samples `index` (a gather: the result does not share memory)."""
         return self._map(lambda t: t[index])
@@ -146,14 +137,6 @@ class Networks(nn.Module):
         self.crop_jitter = crop_jitter
         self.faces = faces  # faces per photo in the FR term, the largest first (`objective.faces`)
         self.targets: TargetPool | None = None  # identity targets (`objective.target_faces`); set by `load_networks`
-
-    def only(self, entries: list[int]) -> "Networks":
-        """These networks with the recognisers `entries` alone in the FR term (the modules shared, not copied); their
-        features are `CleanFeatures.of_recognizers(entries)`."""
-        view = Networks(list(self.vaes), [self.recognizers[i] for i in entries], self.lpips, self.fr_reduction,
-                        self.vae_weights, self.landmarks, self.crop_jitter, self.faces)
-        view.targets = self.targets
-        return view
 
     @staticmethod
     def _normalised(weights: list[float]) -> list[float]:
