@@ -277,15 +277,17 @@ def test_a_photo_without_colour_keeps_a_grey_perturbation_beside_a_colour_one(fa
     assert read_settings(tmp_path / "out")["data"]["keep_grey"] is True  # data.keep_grey, the default
 
 
-def test_a_sideways_photo_is_protected_turned_upright_exactly_as_the_upright_one(tmp_path):
+@pytest.mark.parametrize(("size", "resolution"), [((128, 128), 128), ((104, 128), "native")])
+def test_a_sideways_photo_is_protected_turned_upright_exactly_as_the_upright_one(tmp_path, size, resolution):
+    """At the working size, and at a photo's own size that is not square (its canvas turns with it)."""
     folders = {name: tmp_path / name for name in ("upright", "sideways")}
-    photo = astronaut().resize((128, 128), Image.Resampling.LANCZOS)  # at the working size: no resampling anywhere
-    for name, image in (("upright", photo), ("sideways", photo.rotate(90))):  # lying on its left
+    photo = astronaut().resize(size, Image.Resampling.LANCZOS)  # at the working size: no resampling anywhere
+    for name, image in (("upright", photo), ("sideways", photo.rotate(90, expand=True))):  # lying on its left
         folders[name].mkdir()
         image.save(folders[name] / "astronaut.png")
     kwargs = tiny_module_kwargs(iterations=4)
-    fit(ProtectionModule(**kwargs), folders["upright"], tmp_path / "upright-out", resolution=128)
-    fit(ProtectionModule(**kwargs), folders["sideways"], tmp_path / "turned-out", resolution=128)
+    fit(ProtectionModule(**kwargs), folders["upright"], tmp_path / "upright-out", resolution=resolution, batch_size=1)
+    fit(ProtectionModule(**kwargs), folders["sideways"], tmp_path / "turned-out", resolution=resolution, batch_size=1)
     upright, turned = read_manifest(tmp_path / "upright-out").iloc[0], read_manifest(tmp_path / "turned-out").iloc[0]
     assert turned["status"] == "ok" and "turned 90° clockwise" in turned["message"] and upright["message"] == ""
     # Turned back upright, the protected photo is the upright photo's protected copy: the same canvas, start and steps.

@@ -23,10 +23,11 @@ def turned_region(region: tuple[int, int], turn: int) -> tuple[int, int]:
 
 
 def turn_canvas(canvas: torch.Tensor, region: tuple[int, int], turn: int) -> torch.Tensor:
-    """The square canvas ([3, R, R]) of a photo in its top-left `region`, with the photo turned by `turn` quarter
-    turns (counter-clockwise) and padded again at its bottom and right, as the data pipeline pads."""
+    """The canvas ([3, H, W]) of a photo in its top-left `region`, with the photo turned by `turn` quarter turns
+    (counter-clockwise) and padded again at its bottom and right, as the data pipeline pads: a square canvas stays as
+    it is, a photo's own canvas (`data.resolution: native`) turns with it."""
     h, w = region
-    return pad_to(torch.rot90(canvas[:, :h, :w], turn, (1, 2)), *canvas.shape[-2:])
+    return pad_to(torch.rot90(canvas[:, :h, :w], turn, (1, 2)), *turned_region(tuple(canvas.shape[-2:]), turn))
 
 
 def untwist(canvas: torch.Tensor, region: tuple[int, int], turn: int) -> torch.Tensor:
@@ -40,20 +41,22 @@ def untwist(canvas: torch.Tensor, region: tuple[int, int], turn: int) -> torch.T
 
 def turn_upright(detector: FaceDetector, levels: torch.Tensor, items: list[ImageItem],
                  count: int) -> tuple[torch.Tensor, list[int], FaceGeometry]:
-    """The canvases ([B, 3, R, R] uint8) with each photo in which no face is found as it stands, but one is once turned
+    """The canvases ([B, 3, H, W] uint8) with each photo in which no face is found as it stands, but one is once turned
     (the first of `QUARTER_TURNS` that shows one), turned that way; the quarter turns (0: as it stands) and the
-    detector's geometry of the canvases returned (`count` faces per image). Only for a square canvas of the whole
-    frame: a photo turned by a quarter turn must fit the batch's canvas."""
+    detector's geometry of the canvases returned (`count` faces per image). Only for a canvas of the whole frame that a
+    turned photo still fits: a square one, or a photo's own (one per batch, `data.resolution: native`), which turns
+    with it."""
     geometry = detector(levels, count)
     found = geometry.found.view(len(items), count)[:, 0].tolist()
     turns = [0] * len(items)
     for b, item in enumerate(items):
-        if found[b] or item.crop is not None or levels.shape[-2] != levels.shape[-1]:
+        if found[b] or item.crop is not None or (levels.shape[-2] != levels.shape[-1] and len(items) > 1):
             continue
         for turn in QUARTER_TURNS:
             turned = turn_canvas(levels[b], item.region, turn)
             candidate = detector(turned[None], count)
             if bool(candidate.found[0]):
+                levels = levels if turned.shape == levels.shape[1:] else turned[None].clone()  # a native canvas turned
                 levels[b], turns[b] = turned, turn
                 geometry.found[b * count:(b + 1) * count] = candidate.found
                 geometry.boxes[b * count:(b + 1) * count] = candidate.boxes
