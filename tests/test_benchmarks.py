@@ -570,3 +570,22 @@ def test_a_resume_reads_only_the_photos_whose_size_or_time_changed(tmp_path):
     data = FaceDataModule(source=str(photos), resolution=256, batch_size=1, output_dir=str(tmp_path / "size+time"))
     data.setup("fit")
     assert (data.num_skipped, data.num_pending) == (5, 1)
+
+
+def test_the_orientation_benchmark_scores_each_rule_against_the_right_turn():
+    """Grace Hopper at 96 px: lying on its left, the first turn tried (counter-clockwise) shows her upside down at
+    0.986; upside down, she is found as she stands at 0.986. The most probable turn is right in every position."""
+    from conftest import grace_hopper
+    from facelock_pl.models import FaceDetector
+    from facelock_pl.pixels import pil_to_levels
+
+    orientation = benchmark_module("orientation")
+    photo = pil_to_levels(grace_hopper().crop((0, 0, 512, 512)).resize((96, 96), Image.Resampling.LANCZOS))
+    rows = {row["position"]: row for row in orientation.positions(FaceDetector(), photo, "grace_hopper")}
+    assert {position: row["right_turn"] for position, row in rows.items()} == {
+        "upright": 0, "on its left side": 3, "on its right side": 1, "upside down": 2}
+    assert all(row["most_probable"] == "right" for row in rows.values())
+    assert {position: row["first_found"] for position, row in rows.items()} == {
+        "upright": "right", "on its left side": "wrong", "on its right side": "right", "upside down": "none"}
+    left = rows["on its left side"]["probabilities"]
+    assert left[3] > left[1] >= 0.9 and left[0] < 0.9  # both turns show a face; the right one is the more probable

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import astronaut, tiny_module_kwargs
+from conftest import astronaut, grace_hopper, tiny_module_kwargs
 from facelock_pl.data import FaceDataModule
 from facelock_pl.engine import ProtectionModule
 from facelock_pl.outputs import read_manifest
@@ -277,22 +277,29 @@ def test_a_photo_without_colour_keeps_a_grey_perturbation_beside_a_colour_one(fa
     assert read_settings(tmp_path / "out")["data"]["keep_grey"] is True  # data.keep_grey, the default
 
 
-@pytest.mark.parametrize(("size", "resolution"), [((128, 128), 128), ((104, 128), "native")])
-def test_a_sideways_photo_is_protected_turned_upright_exactly_as_the_upright_one(tmp_path, size, resolution):
-    """At the working size, and at a photo's own size that is not square (its canvas turns with it)."""
+@pytest.mark.parametrize(("portrait", "size", "resolution", "lying"), [
+    (astronaut, (128, 128), 128, 1), (astronaut, (104, 128), "native", 1), (grace_hopper, (96, 96), 96, 1),
+    (grace_hopper, (96, 96), 96, 2)])
+def test_a_sideways_photo_is_protected_turned_upright_exactly_as_the_upright_one(tmp_path, portrait, size, resolution,
+                                                                                  lying):
+    """A photo lying on its left (`lying` quarter turns from upright, counter-clockwise) or upside down: at the working
+    size, at a photo's own size that is not square (its canvas turns with it), and where a face is found turned the
+    wrong way too (Grace Hopper at 96 px: on its left and turned counter-clockwise, upside down then, a face of
+    probability 0.986 where the right turn's is 1.0; upside down, a face of 0.986 as it stands)."""
     folders = {name: tmp_path / name for name in ("upright", "sideways")}
-    photo = astronaut().resize(size, Image.Resampling.LANCZOS)  # at the working size: no resampling anywhere
-    for name, image in (("upright", photo), ("sideways", photo.rotate(90, expand=True))):  # lying on its left
+    photo = portrait().crop((0, 0, 512, 512)).resize(size, Image.Resampling.LANCZOS)  # no resampling anywhere after
+    for name, image in (("upright", photo), ("sideways", photo.rotate(90 * lying, expand=True))):
         folders[name].mkdir()
         image.save(folders[name] / "astronaut.png")
     kwargs = tiny_module_kwargs(iterations=4)
     fit(ProtectionModule(**kwargs), folders["upright"], tmp_path / "upright-out", resolution=resolution, batch_size=1)
     fit(ProtectionModule(**kwargs), folders["sideways"], tmp_path / "turned-out", resolution=resolution, batch_size=1)
     upright, turned = read_manifest(tmp_path / "upright-out").iloc[0], read_manifest(tmp_path / "turned-out").iloc[0]
-    assert turned["status"] == "ok" and "turned 90° clockwise" in turned["message"] and upright["message"] == ""
+    note = {1: "turned 90° clockwise", 2: "turned upside down"}[lying]
+    assert turned["status"] == "ok" and note in turned["message"] and upright["message"] == ""
     # Turned back upright, the protected photo is the upright photo's protected copy: the same canvas, start and steps.
     png = {name: read_levels(tmp_path / f"{name}-out" / "images" / "astronaut.png") for name in ("upright", "turned")}
-    assert torch.equal(torch.rot90(png["turned"], -1, (1, 2)), png["upright"])
+    assert torch.equal(torch.rot90(png["turned"], -lying, (1, 2)), png["upright"])
     columns = ["fr_cos_recon", "fr_cos_recon_detected", "faces_in_photo", "psnr_db"]  # measured turned upright too
     assert upright["faces_in_photo"] == 1 and np.allclose(upright[columns].astype(float), turned[columns].astype(float),
                                                           atol=1e-6, equal_nan=True)

@@ -9,7 +9,8 @@ import torch
 from conftest import astronaut
 from facelock_pl.models import (FaceDetector, LPIPSSpec, RecognizerSpec, VAESpec, WeightsUnavailableError, load_lpips,
                                 load_recognizer, load_vae)
-from facelock_pl.models.faces import ARCFACE_TEMPLATE_112, sampling_theta, similarity_transform, warp
+from facelock_pl.models.faces import (ARCFACE_TEMPLATE_112, TURNS, boxes_turned_back, sampling_theta,
+                                     similarity_transform, warp)
 
 
 @pytest.fixture
@@ -73,6 +74,15 @@ def test_no_face_gives_whole_image_geometry():
     geometry = FaceDetector()(noise)
     assert geometry.found.tolist() == [False]
     assert geometry.boxes[0].tolist() == [0, 0, 96, 96] and torch.isfinite(geometry.landmarks).all()
+
+
+@pytest.mark.parametrize("turn", TURNS)
+def test_a_box_found_in_a_turned_image_is_turned_back_onto_the_image_as_it_stands(turn):
+    image = torch.zeros(1, 30, 50)
+    image[:, 4:10, 7:22] = 1  # rows 4..9, columns 7..21: the box (7, 4, 22, 10)
+    rows, columns = torch.rot90(image, turn, (1, 2))[0].nonzero().T
+    found = torch.tensor([[columns.min(), rows.min(), columns.max() + 1, rows.max() + 1]], dtype=torch.float32)
+    assert boxes_turned_back(found, (30, 50), turn).tolist() == [[7.0, 4.0, 22.0, 10.0]]
 
 
 def test_similarity_alignment_recovers_a_known_warp():

@@ -215,6 +215,23 @@ def test_face_region_mode_changes_only_the_region_around_the_face(tmp_path):
     assert row.status == "ok" and (row.width, row.height) == (800, 600)
 
 
+def test_face_region_mode_turns_a_sideways_crowd_photo_upright(tmp_path):
+    """The face's crop is found with the photo turned (its face is too small to be found in the frame at the working
+    size, turned or not: without the crop it was a `no_face` row) and optimised turned upright."""
+    faces = tmp_path / "faces"
+    faces.mkdir()
+    photo = Image.fromarray(random_image((600, 800), seed=3) // 4 + 96)
+    photo.paste(astronaut().crop((150, 30, 300, 210)).resize((100, 120)), (560, 380))
+    photo.rotate(-90, expand=True).save(faces / "crowd.png")  # lying on its right side: 600 wide, 800 high
+    protect(faces, tmp_path / "out", resolution=64, region="faces", face_margin=0.5)
+    changed = np.argwhere(np.abs(levels(tmp_path / "out" / "images" / "crowd.png") - levels(faces / "crowd.png")).max(-1) > 0)
+    (top, left), (bottom, right) = changed.min(0), changed.max(0)
+    assert 450 < top and bottom < 800 and 0 <= left and right < 300  # around the face at (560..660, 100..220) turned
+    row = read_manifest(tmp_path / "out").iloc[0]
+    assert row.status == "ok" and (row.width, row.height) == (600, 800)
+    assert "turned 90° counter-clockwise" in row.message
+
+
 @pytest.mark.parametrize("fill", [False, True])
 def test_delivery_in_strips_of_rows_gives_the_pixels_of_one_pass(monkeypatch, fill):
     """A 48-megapixel photo's delivery runs in strips (3.8 GB of float32 temporaries in one pass); the strips, ragged

@@ -150,7 +150,8 @@ _DETECTOR = None  # one face detector per loader process, loaded on first use
 def faces_crop(image, margin: float, search_side: int = 640) -> tuple[int, int, int, int] | None:
     """The square (top, left, side, side), in the image's pixels, around every face found (their joint box grown by
     `margin` of its size on each side, kept inside the image); None when no face is found (the whole frame is
-    then protected). Faces are searched on a copy whose longest side is `search_side`."""
+    then protected). Faces are searched on a copy whose longest side is `search_side`, as it stands or, where none is
+    found so, turned by a quarter turn or two (a photo lying sideways: the engine turns the crop upright)."""
     global _DETECTOR
     if _DETECTOR is None:
         from ..models import FaceDetector
@@ -158,7 +159,7 @@ def faces_crop(image, margin: float, search_side: int = 640) -> tuple[int, int, 
         _DETECTOR = FaceDetector()
     scale = min(1.0, search_side / max(image.size))
     small = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale)))) if scale < 1 else image
-    boxes = _DETECTOR.all_boxes(pil_to_levels(small)[None])[0] / scale
+    boxes = _DETECTOR.all_boxes_any_turn(pil_to_levels(small)) / scale
     if len(boxes) == 0:
         return None
     x1, y1 = boxes[:, 0].min().item(), boxes[:, 1].min().item()

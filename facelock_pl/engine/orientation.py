@@ -1,7 +1,7 @@
 """A photo lying sideways or upside down with no EXIF orientation to say so (a scan, a photo whose metadata an app
-stripped) is protected turned upright: where no face is found in its canvas as it stands but one is once the photo
-is turned by a quarter turn or two, the optimisation sees it turned so, and the perturbation is turned back onto
-the photo as it stands at delivery. Turns are counter-clockwise, as `torch.rot90` turns dims (H, W).
+stripped) is protected turned upright: where the detector finds a face more probable once the photo is turned by a
+quarter turn or two, the optimisation sees it turned so, and the perturbation is turned back onto the photo as it
+stands at delivery. Turns are counter-clockwise, as `torch.rot90` turns dims (H, W).
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import torch
 
 from ..data.items import ImageItem
 from ..models import FaceDetector, FaceGeometry
+from ..models.faces import TURNS
 from ..pixels import pad_to
 
-QUARTER_TURNS = (1, 3, 2)  # counter-clockwise: a photo lying on its right side, on its left, upside down
 TURNED_NOTE = {turn: f"the face is upright once the photo is turned {how} (no EXIF orientation says so): protected and "
                      "measured turned so" for turn, how in ((1, "90° counter-clockwise"), (3, "90° clockwise"), (2, "upside down"))}
 
@@ -41,25 +41,18 @@ def untwist(canvas: torch.Tensor, region: tuple[int, int], turn: int) -> torch.T
 
 def turn_upright(detector: FaceDetector, levels: torch.Tensor, items: list[ImageItem],
                  count: int) -> tuple[torch.Tensor, list[int], FaceGeometry]:
-    """The canvases ([B, 3, H, W] uint8) with each photo in which no face is found as it stands, but one is once turned
-    (the first of `QUARTER_TURNS` that shows one), turned that way; the quarter turns (0: as it stands) and the
-    detector's geometry of the canvases returned (`count` faces per image). Only for a canvas of the whole frame that a
-    turned photo still fits: a square one, or a photo's own (one per batch, `data.resolution: native`), which turns
-    with it."""
-    geometry = detector(levels, count)
-    found = geometry.found.view(len(items), count)[:, 0].tolist()
+    """The canvases ([B, 3, H, W] uint8) with each photo turned its `FaceDetector.upright_turn`; the quarter turns
+    (0: as it stands) and the detector's geometry of the canvases returned (`count` faces per image). A photo is
+    turned only in a canvas that it still fits turned: a square one (the frame's or, with `data.region: faces`, the
+    crop's), or a photo's own (one per batch, `data.resolution: native`), which turns with it."""
     turns = [0] * len(items)
     for b, item in enumerate(items):
-        if found[b] or item.crop is not None or (levels.shape[-2] != levels.shape[-1] and len(items) > 1):
+        if levels.shape[-2] != levels.shape[-1] and len(items) > 1:
             continue
-        for turn in QUARTER_TURNS:
-            turned = turn_canvas(levels[b], item.region, turn)
-            candidate = detector(turned[None], count)
-            if bool(candidate.found[0]):
-                levels = levels if turned.shape == levels.shape[1:] else turned[None].clone()  # a native canvas turned
-                levels[b], turns[b] = turned, turn
-                geometry.found[b * count:(b + 1) * count] = candidate.found
-                geometry.boxes[b * count:(b + 1) * count] = candidate.boxes
-                geometry.landmarks[b * count:(b + 1) * count] = candidate.landmarks
-                break
-    return levels, turns, geometry
+        turned = {turn: turn_canvas(levels[b], item.region, turn) for turn in TURNS}
+        turn = turns[b] = detector.upright_turn(turned)
+        if turn and turned[turn].shape != levels.shape[1:]:  # a photo's own canvas (one per batch) turns with it
+            levels = turned[turn][None].clone()
+        elif turn:
+            levels[b] = turned[turn]
+    return levels, turns, detector(levels, count)
