@@ -589,3 +589,14 @@ def test_the_orientation_benchmark_scores_each_rule_against_the_right_turn():
         "upright": "right", "on its left side": "wrong", "on its right side": "right", "upside down": "none"}
     left = rows["on its left side"]["probabilities"]
     assert left[3] > left[1] >= 0.9 and left[0] < 0.9  # both turns show a face; the right one is the more probable
+
+
+def test_the_face_region_benchmark_tells_a_crop_that_holds_the_face_from_one_that_misses_it():
+    face_region = benchmark_module("face_region")
+    photo = face_region.frame_with_face(Image.new("RGB", (30, 30), (255, 0, 0)), 50)
+    assert photo.size == (1600, 1200) and photo.getpixel((900, 500)) == photo.getpixel((949, 549)) == (255, 0, 0)
+    assert photo.getpixel((899, 500)) != (255, 0, 0) and photo.getpixel((950, 549)) != (255, 0, 0)
+    assert face_region.outcome((480, 880, 90, 90), 50) == "holds the face"
+    assert face_region.outcome((480, 880, 60, 60), 50) == "misses it"  # ends at 940: the face's right edge is at 950
+    assert face_region.outcome((0, 0, 300, 300), 50) == "misses it"
+    assert face_region.outcome(None, 50) == "no crop"

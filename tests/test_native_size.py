@@ -14,6 +14,7 @@ from PIL import Image, ImageCms
 
 from conftest import astronaut, grace_hopper, random_image, tiny_module_kwargs
 from facelock_pl.data import FaceDataModule
+from facelock_pl.data.items import faces_crop
 from facelock_pl.engine import ProtectionModule
 from facelock_pl.engine.delivery import deliver
 from facelock_pl.outputs import read_manifest
@@ -213,6 +214,17 @@ def test_face_region_mode_changes_only_the_region_around_the_face(tmp_path):
     assert 300 < top and bottom < 600 and 450 < left and right < 800  # around the face at (560..660, 380..500)
     row = read_manifest(tmp_path / "out").iloc[0]
     assert row.status == "ok" and (row.width, row.height) == (800, 600)
+
+
+@pytest.mark.parametrize("grey", [False, True])
+def test_the_face_region_of_a_small_face_in_a_large_photo_is_found(grey):
+    """A face 50 px wide in a 1600x1200 photo: 20 px on a search copy of 640 px, where MTCNN misses it."""
+    photo = Image.fromarray(random_image((1200, 1600), seed=3) // 4 + 96)
+    photo.paste(astronaut().crop((150, 30, 300, 210)).resize((50, 60)), (900, 500))  # the face at x 900..950, y 500..560
+    photo = photo.convert("L").convert("RGB") if grey else photo
+    top, left, side, _ = faces_crop(photo, 0.5)
+    assert top <= 500 and left <= 900 and top + side >= 560 and left + side >= 950 and side < 120
+    assert faces_crop(photo, 0.5, search_side=640) is None
 
 
 def test_face_region_mode_turns_a_sideways_crowd_photo_upright(tmp_path):

@@ -69,6 +69,11 @@ def boxes_turned_back(boxes: torch.Tensor, size: tuple[int, int], turn: int) -> 
     return torch.stack(corners, -1)
 
 
+def peak(probabilities: torch.Tensor) -> float:
+    """The highest of the faces' probabilities ([K]); 0 where there is no face."""
+    return float(probabilities.max()) if len(probabilities) else 0.0
+
+
 class FaceDetector(nn.Module):
     """MTCNN boxes and 5-point landmarks of the largest faces of each image."""
 
@@ -102,49 +107,53 @@ class FaceDetector(nn.Module):
         return geometry.to(images_uint8.device)
 
     @torch.no_grad()
-    def all_boxes(self, images_uint8: torch.Tensor) -> list[torch.Tensor]:
-        """Every face's box ([K, 4], x1 y1 x2 y2, pixels) per image, at `min_probability` or above."""
-        self.mtcnn.device = images_uint8.device
-        if min(images_uint8.shape[-2:]) < self.mtcnn.min_face_size:
-            return [torch.zeros(0, 4) for _ in images_uint8]
-        boxes, probs = self.mtcnn.detect(images_uint8.permute(0, 2, 3, 1).float(), landmarks=False)
-        return [torch.as_tensor(np.asarray([b for b, p in zip(box, prob) if p >= self.min_probability], dtype=np.float32)
-                                .reshape(-1, 4)) if box is not None else torch.zeros(0, 4) for box, prob in zip(boxes, probs)]
-
-    @torch.no_grad()
-    def probabilities(self, images_uint8: list[torch.Tensor]) -> list[float]:
-        """The probability of the most probable face in each image ([3, H, W] uint8; 0 where none is found); images
-        of one size are detected in one batch."""
-        result, sizes = [0.0] * len(images_uint8), {}
+    def detect_each(self, images_uint8: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Every face MTCNN finds in each image ([3, H, W] uint8), whatever its probability: boxes ([K, 4], x1 y1 x2
+        y2, pixels) and probabilities ([K]). Images of one size are detected in one batch."""
+        result = [(torch.zeros(0, 4), torch.zeros(0))] * len(images_uint8)
+        sizes: dict[tuple[int, ...], list[int]] = {}
         for i, image in enumerate(images_uint8):
             sizes.setdefault(tuple(image.shape), []).append(i)
         for size, index in sizes.items():
-            if min(size[-2:]) < self.mtcnn.min_face_size:
+            if min(size[-2:]) < self.mtcnn.min_face_size:  # no face fits (and MTCNN's image pyramid would be empty)
                 continue
             batch = torch.stack([images_uint8[i] for i in index])
             self.mtcnn.device = batch.device
-            _, probs = self.mtcnn.detect(batch.permute(0, 2, 3, 1).float(), landmarks=False)
-            for i, prob in zip(index, probs):
-                result[i] = 0.0 if prob is None else max((float(p) for p in prob if p is not None), default=0.0)
+            boxes, probs = self.mtcnn.detect(batch.permute(0, 2, 3, 1).float(), landmarks=False)
+            for i, box, prob in zip(index, boxes, probs):
+                if box is not None:
+                    result[i] = (torch.as_tensor(np.asarray(box, dtype=np.float32)).reshape(-1, 4),
+                                 torch.as_tensor(np.asarray(prob, dtype=np.float32)).reshape(-1))
         return result
+
+    def all_boxes(self, images_uint8: torch.Tensor) -> list[torch.Tensor]:
+        """Every face's box ([K, 4], x1 y1 x2 y2, pixels) per image of [B, 3, H, W], at `min_probability` or above."""
+        return [boxes[probs >= self.min_probability] for boxes, probs in self.detect_each(list(images_uint8))]
+
+    def probabilities(self, images_uint8: list[torch.Tensor]) -> list[float]:
+        """The probability of the most probable face in each image ([3, H, W] uint8; 0 where none is found)."""
+        return [peak(probs) for _, probs in self.detect_each(images_uint8)]
 
     def upright_turn(self, turned: dict[int, torch.Tensor]) -> int:
         """Which way up a photo is: of the photo turned by each of `TURNS` (`turned`: turn -> [3, H, W] uint8), the
         turn whose most probable face is the most probable; 0 (as it stands) where that ties or no turn shows a face
         at `min_probability`. MTCNN finds faces in photos turned the wrong way too, sometimes as they stand: of the
         bundle's 104 faces in each of their four positions, "as it stands where a face is found there, else the first
-        turn that shows one" turned 55 of 416 the wrong way at 256 px (67 at 512 px); the most probable turn, none
-        (`benchmarks/orientation.py`)."""
-        probabilities = dict(zip(turned, self.probabilities(list(turned.values()))))
-        best = max(probabilities, key=probabilities.get)  # the first of equals
+        turn that shows one" left 89 of 312 photos lying down on their side or upside down at 256 px (108 at 512 px);
+        the most probable turn, none (`benchmarks/orientation.py`)."""
+        return self._most_probable(dict(zip(turned, self.probabilities(list(turned.values())))))
+
+    def _most_probable(self, probabilities: dict[int, float]) -> int:
+        best = max(probabilities, key=probabilities.get)  # the first of equals: as it stands
         return best if probabilities[best] >= self.min_probability else 0
 
     def all_boxes_any_turn(self, image_uint8: torch.Tensor) -> torch.Tensor:
         """Every face's box ([K, 4], x1 y1 x2 y2, in the pixels of `image_uint8` [3, H, W] as it stands) found with
         the image turned its `upright_turn`, turned back."""
-        turned = {turn: torch.rot90(image_uint8, turn, (1, 2)) for turn in TURNS}
-        turn = self.upright_turn(turned)
-        return boxes_turned_back(self.all_boxes(turned[turn][None])[0], tuple(image_uint8.shape[-2:]), turn)
+        faces = dict(zip(TURNS, self.detect_each([torch.rot90(image_uint8, turn, (1, 2)) for turn in TURNS])))
+        turn = self._most_probable({turn: peak(probs) for turn, (_, probs) in faces.items()})
+        boxes, probs = faces[turn]
+        return boxes_turned_back(boxes[probs >= self.min_probability], tuple(image_uint8.shape[-2:]), turn)
 
 
 WINDOW_GROWTH = 0.5  # a face's window: its box grown by this share of the box's longer side on each side
