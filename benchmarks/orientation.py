@@ -1,14 +1,14 @@
 """Photos lying sideways or upside down: does the engine turn them the right way up?
 
 The engine detects faces in each photo as it stands and turned by each quarter turn, and optimises it turned the way
-`FaceDetector.upright_turn` picks: the turn whose face is the most probable. MTCNN also finds faces in photos turned
+`FaceDetector.upright_turns` picks: the turn whose face is the most probable. MTCNN also finds faces in photos turned
 the wrong way (sometimes as they stand), so the rule until this benchmark — as it stands where a face is found
 there, else the first quarter turn that shows one — could optimise a face lying on its side or upside down. This
 benchmark puts every face of the bundle (`faces/celebahq` and `faces/pairs`, each at `--side` pixels, upright in the
 bundle) upright, on its left side, on its right and upside down, and counts the turns each rule picks: right,
 wrong, none (left as it stands although it does not stand upright). It records every turn's probability, and what
 finding the way up costs per photo: the seconds of one detection (what the engine ran on a photo with a face found as
-it stands) against those of `upright_turn` (every turn), timed in turn on each upright face.
+it stands) against those of `upright_turns` (every turn), timed in turn on each upright face.
 
     python benchmarks/orientation.py --assets ../shared/assets [--side 256] [--json benchmarks/results/orientation-256.json]
 """
@@ -48,7 +48,7 @@ def positions(detector: FaceDetector, photo: torch.Tensor, name: str) -> list[di
         turned = {turn: torch.rot90(photo, position + turn, (1, 2)) for turn in TURNS}
         probabilities = dict(zip(TURNS, detector.probabilities(list(turned.values()))))
         right = (4 - position) % 4
-        picks = {"most_probable": detector.upright_turn(turned),
+        picks = {"most_probable": detector.upright_turns([turned])[0],
                  "first_found": first_found(probabilities, detector.min_probability)}
         rows.append({"face": name, "position": label, "right_turn": right, "probabilities": probabilities,
                      **{rule: "right" if pick == right else "none" if pick == 0 else "wrong" for rule, pick in picks.items()}})
@@ -77,7 +77,7 @@ def main() -> None:
         rows += positions(detector, photo, path.name)
         turned = {turn: torch.rot90(photo, turn, (1, 2)) for turn in TURNS}
         one_detection.append(seconds(lambda: detector(photo[None])))
-        every_turn.append(seconds(lambda: detector.upright_turn(turned)))
+        every_turn.append(seconds(lambda: detector.upright_turns([turned])))
     summary = {rule: {label: {outcome: sum(row["position"] == label and row[rule] == outcome for row in rows)
                               for outcome in ("right", "wrong", "none")} for label in POSITIONS.values()}
                for rule in RULES}
@@ -86,7 +86,7 @@ def main() -> None:
     print_table(f"{len(paths)} faces at {args.side} px, each in four positions", ["rule", "position", "right turn",
                 "wrong turn", "left as it stands, not upright"], table)
     cost = {"one_detection_s": statistics.median(one_detection), "upright_turn_s": statistics.median(every_turn)}
-    print(f"\nper photo (median over the faces): one detection {cost['one_detection_s']:.3f} s, upright_turn "
+    print(f"\nper photo (median over the faces): one detection {cost['one_detection_s']:.3f} s, upright_turns "
           f"{cost['upright_turn_s']:.3f} s")
     write_json(args.json, {"side": args.side, "faces": len(paths), "summary": summary, "cost": cost, "positions": rows})
 

@@ -303,3 +303,18 @@ def test_a_sideways_photo_is_protected_turned_upright_exactly_as_the_upright_one
     columns = ["fr_cos_recon", "fr_cos_recon_detected", "faces_in_photo", "psnr_db"]  # measured turned upright too
     assert upright["faces_in_photo"] == 1 and np.allclose(upright[columns].astype(float), turned[columns].astype(float),
                                                           atol=1e-6, equal_nan=True)
+
+
+def test_in_a_batch_each_photo_is_turned_its_own_way(tmp_path):
+    """Three photos in one step: one upright, one on its left, one upside down; each is turned its own way only."""
+    source = tmp_path / "photos"
+    source.mkdir()
+    photo = grace_hopper().crop((0, 0, 512, 512)).resize((96, 96), Image.Resampling.LANCZOS)
+    for name, lying in (("a_upright", 0), ("b_left", 1), ("c_upside_down", 2)):
+        photo.rotate(90 * lying).save(source / f"{name}.png")
+    fit(ProtectionModule(**tiny_module_kwargs(iterations=2)), source, tmp_path / "out", batch_size=3, resolution=96)
+    rows = read_manifest(tmp_path / "out").set_index("uid")
+    assert (rows["status"] == "ok").all()
+    assert rows.loc["a_upright", "message"] == ""
+    assert "turned 90° clockwise" in rows.loc["b_left", "message"]
+    assert "turned upside down" in rows.loc["c_upside_down", "message"]

@@ -41,16 +41,15 @@ def untwist(canvas: torch.Tensor, region: tuple[int, int], turn: int) -> torch.T
 
 def turn_upright(detector: FaceDetector, levels: torch.Tensor, items: list[ImageItem],
                  count: int) -> tuple[torch.Tensor, list[int], FaceGeometry]:
-    """The canvases ([B, 3, H, W] uint8) with each photo turned its `FaceDetector.upright_turn`; the quarter turns
-    (0: as it stands) and the detector's geometry of the canvases returned (`count` faces per image). A photo is
+    """The canvases ([B, 3, H, W] uint8) with each photo turned the way `FaceDetector.upright_turns` picks; the quarter
+    turns (0: as it stands) and the detector's geometry of the canvases returned (`count` faces per image). A photo is
     turned only in a canvas that it still fits turned: a square one (the frame's or, with `data.region: faces`, the
     crop's), or a photo's own (one per batch, `data.resolution: native`), which turns with it."""
     turns = [0] * len(items)
-    for b, item in enumerate(items):
-        if levels.shape[-2] != levels.shape[-1] and len(items) > 1:
-            continue
-        turned = {turn: turn_canvas(levels[b], item.region, turn) for turn in TURNS}
-        turn = turns[b] = detector.upright_turn(turned)
+    turnable = [b for b in range(len(items)) if levels.shape[-2] == levels.shape[-1] or len(items) == 1]
+    candidates = [{turn: turn_canvas(levels[b], items[b].region, turn) for turn in TURNS} for b in turnable]
+    for b, turned, turn in zip(turnable, candidates, detector.upright_turns(candidates)):
+        turns[b] = turn
         if turn and turned[turn].shape != levels.shape[1:]:  # a photo's own canvas (one per batch) turns with it
             levels = turned[turn][None].clone()
         elif turn:

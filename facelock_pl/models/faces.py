@@ -134,14 +134,15 @@ class FaceDetector(nn.Module):
         """The probability of the most probable face in each image ([3, H, W] uint8; 0 where none is found)."""
         return [peak(probs) for _, probs in self.detect_each(images_uint8)]
 
-    def upright_turn(self, turned: dict[int, torch.Tensor]) -> int:
-        """Which way up a photo is: of the photo turned by each of `TURNS` (`turned`: turn -> [3, H, W] uint8), the
-        turn whose most probable face is the most probable; 0 (as it stands) where that ties or no turn shows a face
-        at `min_probability`. MTCNN finds faces in photos turned the wrong way too, sometimes as they stand: of the
+    def upright_turns(self, photos: list[dict[int, torch.Tensor]]) -> list[int]:
+        """Which way up each photo is: of a photo turned by each of `TURNS` (turn -> [3, H, W] uint8), the turn whose
+        most probable face is the most probable; 0 (as it stands) where that ties or no turn shows a face at
+        `min_probability`. MTCNN finds faces in photos turned the wrong way too, sometimes as they stand: of the
         bundle's 104 faces in each of their four positions, "as it stands where a face is found there, else the first
         turn that shows one" left 89 of 312 photos lying down on their side or upside down at 256 px (108 at 512 px);
-        the most probable turn, none (`benchmarks/orientation.py`)."""
-        return self._most_probable(dict(zip(turned, self.probabilities(list(turned.values())))))
+        the most probable turn, none (`benchmarks/orientation.py`). Every photo's turns are detected together."""
+        probabilities = iter(self.probabilities([image for turned in photos for image in turned.values()]))
+        return [self._most_probable({turn: next(probabilities) for turn in turned}) for turned in photos]
 
     def _most_probable(self, probabilities: dict[int, float]) -> int:
         best = max(probabilities, key=probabilities.get)  # the first of equals: as it stands
@@ -149,7 +150,7 @@ class FaceDetector(nn.Module):
 
     def all_boxes_any_turn(self, image_uint8: torch.Tensor) -> torch.Tensor:
         """Every face's box ([K, 4], x1 y1 x2 y2, in the pixels of `image_uint8` [3, H, W] as it stands) found with
-        the image turned its `upright_turn`, turned back."""
+        the image turned the way `upright_turns` picks, turned back."""
         faces = dict(zip(TURNS, self.detect_each([torch.rot90(image_uint8, turn, (1, 2)) for turn in TURNS])))
         turn = self._most_probable({turn: peak(probs) for turn, (_, probs) in faces.items()})
         boxes, probs = faces[turn]
