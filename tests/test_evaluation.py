@@ -636,3 +636,48 @@ def test_a_network_behind_several_crops_is_judged_by_its_worst():
     assert worst == {"fr:sface@worst": 0.5, "fr_all:sface@worst": 0.5, "match:sface@worst": 1.0}  # dlib: one crop only
     no_face = worst_over_crops({**row, "fr:sface": math.nan}, ["sface", "sface@box0"])
     assert math.isnan(no_face["fr:sface@worst"]) and no_face["fr_all:sface@worst"] == 0.5
+
+
+def test_a_photo_lying_down_and_its_edits_are_scored_turned_upright():
+    """A source lying on its left and one upside down are read as the upright source is (their `source_turn`), and
+    their edits, lying the same way, score as the upright photo's edit: face found, the same cosines."""
+    from conftest import grace_hopper
+    from facelock_pl.evaluation.evaluate import Scorers, SourceFeatures, _score
+    from facelock_pl.evaluation.sets import ImageSet
+    from facelock_pl.models import FaceScorer, RecognizerSpec
+
+    faces = FaceScorer([RecognizerSpec(kind="tiny-random")], torch.device("cpu"))
+    upright = torch.from_numpy(np.asarray(grace_hopper().crop((0, 0, 512, 600)).resize((96, 112)))).permute(2, 0, 1)
+    edit = (upright.int() + torch.randint(-6, 7, upright.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 255)
+    edit = edit.to(torch.uint8)  # an "edit": the photo with some noise
+    lying = {"up": 0, "left": 1, "down": 2}  # quarter turns from upright, counter-clockwise
+    sources = {uid: torch.rot90(upright, turn, (1, 2)) for uid, turn in lying.items()}
+    reference = SourceFeatures.of(sources, [["up"], ["left"], ["down"]], None, faces)
+    assert reference.turn == {"up": 0, "left": 3, "down": 2}
+    for uid in ("left", "down"):
+        assert torch.allclose(reference.fr[uid][0], reference.fr["up"][0], atol=1e-6)
+    scorers = Scorers(None, faces, None, torch.device("cpu"))
+    rows = {}
+    for uid, turn in lying.items():  # each on its own: the turned shapes differ (112x96 against 96x112)
+        rows[uid] = _score(ImageSet("p", "P"), 0, [(uid, torch.rot90(edit, turn, (1, 2)))], {}, reference, None, scorers)[0]
+    assert all(row["face_found"] for row in rows.values())
+    assert [rows[uid]["source_turn"] for uid in lying] == [0, 3, 2]
+    assert rows["left"]["fr:tiny-random"] == pytest.approx(rows["up"]["fr:tiny-random"], abs=1e-5)
+    assert rows["down"]["fr:tiny-random"] == pytest.approx(rows["up"]["fr:tiny-random"], abs=1e-5)
+
+
+def test_images_turned_to_different_sizes_are_embedded_apart_and_returned_in_order():
+    from conftest import grace_hopper
+    from facelock_pl.models import FaceScorer, RecognizerSpec
+
+    faces = FaceScorer([RecognizerSpec(kind="tiny-random")], torch.device("cpu"))
+    tall = torch.from_numpy(np.asarray(grace_hopper().crop((0, 0, 512, 600)).resize((96, 112)))).permute(2, 0, 1)
+    wide = torch.from_numpy(np.asarray(grace_hopper().crop((0, 0, 512, 440)).resize((112, 96)))).permute(2, 0, 1)
+    # Three images of one size (112x96); the second is `wide` lying on its right side: turned, it is 96x112.
+    batch = torch.stack([tall, torch.rot90(wide, -1, (1, 2)), tall.flip(-1)])
+    geometry, (embeddings,) = faces.embed_turned(batch, [0, 1, 0])
+    alone = [faces.embed(image[None]) for image in (tall, wide, tall.flip(-1))]
+    assert geometry.found.tolist() == [bool(g.found[0]) for g, _ in alone] == [True, True, True]
+    for got, (_, (want,)) in zip(embeddings, alone):
+        assert torch.allclose(got, want[0], atol=1e-6)
+    assert torch.equal(geometry.boxes[1], alone[1][0].boxes[0])  # in the turned image's pixels

@@ -174,22 +174,27 @@ def _score_all(out: Path, prompt_map: dict, text: list, chunks: list[list[str]],
 
 @dataclass
 class SourceFeatures:
-    """What every edit of a source is compared with: CLIP features, the detected face, FR embeddings (per uid)."""
+    """What every edit of a source is compared with: CLIP features, the detected face, FR embeddings, and the
+    quarter turns that show the face upright (per uid). A photo lying sideways or upside down is scored turned
+    upright, its edits too, as `fit` protects and measures it: a face lying down is often not found, or is found the
+    wrong way up."""
 
     clip: dict[str, torch.Tensor | None]
     geometry: dict[str, FaceGeometry]
     fr: dict[str, list[torch.Tensor]]
+    turn: dict[str, int]
 
     @classmethod
     def of(cls, sources: dict[str, torch.Tensor], chunks: list[list[str]], clip_scorer, faces: FaceScorer) -> "SourceFeatures":
-        features = cls({}, {}, {})
+        features = cls({}, {}, {}, {})
         for chunk in chunks:
             levels = torch.stack([sources[u] for u in chunk])
             clips = clip_scorer.image_features(levels) if clip_scorer else [None] * len(chunk)
-            geometry, embeddings = faces.embed(levels)
+            turns = faces.upright_turns(levels)
+            geometry, embeddings = faces.embed_turned(levels, turns)
             for i, uid in enumerate(chunk):
                 features.clip[uid], features.geometry[uid] = clips[i], geometry.select([i])
-                features.fr[uid] = [e[i] for e in embeddings]
+                features.fr[uid], features.turn[uid] = [e[i] for e in embeddings], turns[i]
         return features
 
 
@@ -222,7 +227,8 @@ def _score(image_set, pid, pairs, clean_edits, reference: SourceFeatures, text_f
         clip_s = scorers.clip.directional(source_clip, edit_clip, text_features[None]).cpu()
         clip_i = metrics.clip_image(source_clip, edit_clip).cpu()
     # Where no face is found in the edit, its embedding is of the crop where the source's face was (FR-all).
-    geometry, embeddings = scorers.faces.embed(edits, FaceGeometry.stack([reference.geometry[u] for u in uids]))
+    geometry, embeddings = scorers.faces.embed_turned(edits, [reference.turn[u] for u in uids],
+                                                      FaceGeometry.stack([reference.geometry[u] for u in uids]))
     comparable = [u for u in uids if clean_edits.get(u) is not None] if image_set.name != CLEAN else []
     versus = {}
     if comparable:
@@ -234,7 +240,8 @@ def _score(image_set, pid, pairs, clean_edits, reference: SourceFeatures, text_f
         found, source_found = bool(geometry.found[i]), bool(reference.geometry[uid].found[0])
         row = {"set": image_set.name, "base_set": image_set.name.split("+")[0], "purification": image_set.purification or "",
                "prompt_id": pid, "uid": uid, "psnr": psnr_db, "ssim": ssim_value, "lpips": lpips_value,
-               "clip_s": float(clip_s[i]), "clip_i": float(clip_i[i]), "face_found": found}
+               "clip_s": float(clip_s[i]), "clip_i": float(clip_i[i]), "face_found": found,
+               "source_turn": reference.turn[uid]}
         for k, name in enumerate(scorers.faces.names):
             cosine = float(embeddings[k][i] @ reference.fr[uid][k]) if source_found else math.nan
             row[f"fr:{name}"] = cosine if found else math.nan  # FR needs a face in the source and in the edit

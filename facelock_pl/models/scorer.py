@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..pixels import levels_to_pm1
-from .faces import FaceDetector, FaceGeometry
+from .faces import TURNS, FaceDetector, FaceGeometry
 from .recognizers import RecognizerSpec, embed_all, load_recognizers
 
 
@@ -45,6 +45,27 @@ class FaceScorer(nn.Module):
         x = levels_to_pm1(levels)
         thetas = [r.theta(aligned, tuple(x.shape[-2:])) for r in self.recognizers]
         return geometry, embed_all(list(self.recognizers), x, thetas)
+
+    def upright_turns(self, levels: torch.Tensor) -> list[int]:
+        """The quarter turns (counter-clockwise) that show each of [B] images ([B, 3, H, W] uint8) upright, as `fit`
+        turns a photo lying down (`FaceDetector.upright_turns`)."""
+        return self.detector.upright_turns([{turn: torch.rot90(image, turn, (1, 2)) for turn in TURNS} for image in levels])
+
+    def embed_turned(self, levels: torch.Tensor, turns: list[int], fallback: FaceGeometry | None = None
+                     ) -> tuple[FaceGeometry, list[torch.Tensor]]:
+        """`embed` of each of [B] images turned by its quarter turns (`turns`), in their order; the `fallback`
+        geometry is of the images turned. Images whose turned sizes differ are embedded apart."""
+        turned = [torch.rot90(image, turn, (1, 2)) for image, turn in zip(levels, turns)]
+        sizes: dict[tuple[int, ...], list[int]] = {}
+        for i, image in enumerate(turned):
+            sizes.setdefault(tuple(image.shape), []).append(i)
+        parts = [(index, *self.embed(torch.stack([turned[i] for i in index]),
+                                     None if fallback is None else fallback.select(index))) for index in sizes.values()]
+        if len(parts) == 1:
+            return parts[0][1], parts[0][2]
+        order = torch.tensor([i for index, _, _ in parts for i in index]).argsort()
+        geometry = FaceGeometry.stack([g for _, g, _ in parts]).select(order)
+        return geometry, [torch.cat(columns)[order] for columns in zip(*(e for _, _, e in parts))]
 
     @torch.no_grad()
     def recognised_by(self, source_levels: torch.Tensor, image_levels: torch.Tensor) -> list[str] | None:
