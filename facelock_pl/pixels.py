@@ -153,6 +153,14 @@ def editor_input(levels: torch.Tensor, resolution: int | str) -> torch.Tensor:
     return resize(levels_to_pil(levels), working_size(levels.shape[-1], levels.shape[-2], resolution))
 
 
+def same_shapes(shapes: list[tuple[int, ...]]) -> list[list[int]]:
+    """The indices of `shapes` grouped by shape, each group and group in first-seen order: what stacks into a batch."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, shape in enumerate(shapes):
+        groups.setdefault(tuple(shape), []).append(i)
+    return list(groups.values())
+
+
 def pad_to(levels: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """[3, h, w] placed at the top left of a [3, height, width] canvas, the border pixels repeated."""
     h, w = levels.shape[-2:]

@@ -27,7 +27,7 @@ from ..data import FaceDataModule
 from ..data.datamodule import absolute_source, is_local
 from ..outputs.manifest import dataset_parts
 from ..outputs.settings import SOURCE_NAME, read_settings
-from ..pixels import editor_input, read_levels, resolution_problem
+from ..pixels import editor_input, read_levels, resolution_problem, same_shapes
 from . import purify
 
 CLEAN = "clean"
@@ -211,7 +211,5 @@ def clean_images(data: DataSpec, known: dict[str, str], output_dir: Path) -> tup
 
 def shape_chunks(uids: list[str], shapes: dict[str, tuple], size: int) -> list[list[str]]:
     """`uids` in chunks of at most `size` whose images share a shape (so they stack into one batch)."""
-    groups: dict[tuple, list[str]] = {}
-    for uid in uids:
-        groups.setdefault(tuple(shapes[uid]), []).append(uid)
-    return [group[i : i + size] for group in groups.values() for i in range(0, len(group), size)]
+    groups = [[uids[i] for i in group] for group in same_shapes([shapes[uid] for uid in uids])]
+    return [group[i : i + size] for group in groups for i in range(0, len(group), size)]

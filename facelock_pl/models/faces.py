@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..pixels import same_shapes
+
 # The standard ArcFace 112x112 template of the five landmarks (eyes, nose, mouth corners).
 ARCFACE_TEMPLATE_112 = torch.tensor(
     [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]]
@@ -69,6 +71,11 @@ def boxes_turned_back(boxes: torch.Tensor, size: tuple[int, int], turn: int) -> 
     return torch.stack(corners, -1)
 
 
+def positions(image: torch.Tensor) -> dict[int, torch.Tensor]:
+    """An image ([3, H, W]) turned by each of `TURNS`: turn -> the image turned."""
+    return {turn: torch.rot90(image, turn, (1, 2)) for turn in TURNS}
+
+
 def peak(probabilities: torch.Tensor) -> float:
     """The highest of the faces' probabilities ([K]); 0 where there is no face."""
     return float(probabilities.max()) if len(probabilities) else 0.0
@@ -111,13 +118,10 @@ class FaceDetector(nn.Module):
         """Every face MTCNN finds in each image ([3, H, W] uint8), whatever its probability: boxes ([K, 4], x1 y1 x2
         y2, pixels) and probabilities ([K]). Images of one size are detected in one batch."""
         result = [(torch.zeros(0, 4), torch.zeros(0))] * len(images_uint8)
-        sizes: dict[tuple[int, ...], list[int]] = {}
-        for i, image in enumerate(images_uint8):
-            sizes.setdefault(tuple(image.shape), []).append(i)
-        for size, index in sizes.items():
-            if min(size[-2:]) < self.mtcnn.min_face_size:  # no face fits (and MTCNN's image pyramid would be empty)
-                continue
+        for index in same_shapes([image.shape for image in images_uint8]):
             batch = torch.stack([images_uint8[i] for i in index])
+            if min(batch.shape[-2:]) < self.mtcnn.min_face_size:  # no face fits (and MTCNN's pyramid would be empty)
+                continue
             self.mtcnn.device = batch.device
             boxes, probs = self.mtcnn.detect(batch.permute(0, 2, 3, 1).float(), landmarks=False)
             for i, box, prob in zip(index, boxes, probs):
@@ -151,7 +155,7 @@ class FaceDetector(nn.Module):
     def all_boxes_any_turn(self, image_uint8: torch.Tensor) -> torch.Tensor:
         """Every face's box ([K, 4], x1 y1 x2 y2, in the pixels of `image_uint8` [3, H, W] as it stands) found with
         the image turned the way `upright_turns` picks, turned back."""
-        faces = dict(zip(TURNS, self.detect_each([torch.rot90(image_uint8, turn, (1, 2)) for turn in TURNS])))
+        faces = dict(zip(TURNS, self.detect_each(list(positions(image_uint8).values()))))
         turn = self._most_probable({turn: peak(probs) for turn, (_, probs) in faces.items()})
         boxes, probs = faces[turn]
         return boxes_turned_back(boxes[probs >= self.min_probability], tuple(image_uint8.shape[-2:]), turn)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..pixels import levels_to_pm1
-from .faces import TURNS, FaceDetector, FaceGeometry
+from ..pixels import levels_to_pm1, same_shapes
+from .faces import FaceDetector, FaceGeometry, positions
 from .recognizers import RecognizerSpec, embed_all, load_recognizers
 
 
@@ -49,18 +49,16 @@ class FaceScorer(nn.Module):
     def upright_turns(self, levels: torch.Tensor) -> list[int]:
         """The quarter turns (counter-clockwise) that show each of [B] images ([B, 3, H, W] uint8) upright, as `fit`
         turns a photo lying down (`FaceDetector.upright_turns`)."""
-        return self.detector.upright_turns([{turn: torch.rot90(image, turn, (1, 2)) for turn in TURNS} for image in levels])
+        return self.detector.upright_turns([positions(image) for image in levels])
 
     def embed_turned(self, levels: torch.Tensor, turns: list[int], fallback: FaceGeometry | None = None
                      ) -> tuple[FaceGeometry, list[torch.Tensor]]:
         """`embed` of each of [B] images turned by its quarter turns (`turns`), in their order; the `fallback`
         geometry is of the images turned. Images whose turned sizes differ are embedded apart."""
         turned = [torch.rot90(image, turn, (1, 2)) for image, turn in zip(levels, turns)]
-        sizes: dict[tuple[int, ...], list[int]] = {}
-        for i, image in enumerate(turned):
-            sizes.setdefault(tuple(image.shape), []).append(i)
         parts = [(index, *self.embed(torch.stack([turned[i] for i in index]),
-                                     None if fallback is None else fallback.select(index))) for index in sizes.values()]
+                                     None if fallback is None else fallback.select(index)))
+                 for index in same_shapes([image.shape for image in turned])]
         if len(parts) == 1:
             return parts[0][1], parts[0][2]
         order = torch.tensor([i for index, _, _ in parts for i in index]).argsort()
