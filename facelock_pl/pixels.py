@@ -167,6 +167,19 @@ def pad_to(levels: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return torch.nn.functional.pad(levels[None].float(), (0, width - w, 0, height - h), mode="replicate")[0].to(levels.dtype)
 
 
+def turned_region(region: tuple[int, int], turn: int) -> tuple[int, int]:
+    """(height, width) of a region after `turn` quarter turns."""
+    return region[::-1] if turn % 2 else region
+
+
+def turn_canvas(canvas: torch.Tensor, region: tuple[int, int], turn: int) -> torch.Tensor:
+    """The canvas ([3, H, W]) of a photo in its top-left `region`, with the photo turned by `turn` quarter turns
+    (counter-clockwise) and padded again at its bottom and right, as the data pipeline pads: a square canvas stays as
+    it is, a photo's own canvas (`data.resolution: native`) turns with it."""
+    h, w = region
+    return pad_to(torch.rot90(canvas[:, :h, :w], turn, (1, 2)), *turned_region(tuple(canvas.shape[-2:]), turn))
+
+
 def read_levels(path: str | Path) -> torch.Tensor:
     """uint8 [3, H, W] of an image file (as RGB, a cutout flattened onto white as the photos it was made from are);
     for files this project wrote (PNG edits, protected images)."""

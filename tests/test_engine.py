@@ -20,7 +20,8 @@ from facelock_pl.engine import ProtectionModule
 from facelock_pl.outputs import read_manifest
 from facelock_pl.outputs.manifest import OutputWriter
 from facelock_pl.outputs.settings import read_settings
-from facelock_pl.pixels import read_levels
+from facelock_pl.models import FrozenVAE
+from facelock_pl.pixels import levels_to_pm1, pil_to_levels, read_levels
 
 
 def fit(module: ProtectionModule, source: Path, out: Path, batch_size: int = 2, resolution: int = 64, **data) -> L.Trainer:
@@ -175,13 +176,15 @@ def test_the_vae_attack_descends_the_unclipped_reconstruction_as_published():
     """Clipping D(E(x)) to [-1, 1] would give saturated pixels no gradient; the published attack does not clip."""
     import torch
 
+    from facelock_pl.models import FaceGeometry
     from facelock_pl.objectives import VAEAttack
 
     nets = ProtectionModule(**tiny_module_kwargs(method="vae")).nets
     with torch.no_grad():
         nets.vae.model.decoder.conv_out.weight.mul_(50)  # reconstructions far outside [-1, 1]
     x = torch.rand(2, 3, 32, 32) * 2 - 1
-    objective, terms = VAEAttack().objective(nets, x, None, torch.zeros(2))
+    clean = nets.clean_features(x, FaceGeometry.whole_image(2, 32, 32), need_latent=False, need_lpips=False)
+    objective, terms = VAEAttack().objective(nets, x, clean, torch.zeros(2))
     unclipped = nets.vae.decode(nets.vae.encode(x)).flatten(1).norm(dim=1)
     assert torch.allclose(terms["recon_norm"], unclipped) and (nets.vae.decode(nets.vae.encode(x)).abs() > 1).any()
     assert torch.allclose(objective, -unclipped)
@@ -291,7 +294,7 @@ def test_a_sideways_photo_is_protected_turned_upright_exactly_as_the_upright_one
     for name, image in (("upright", photo), ("sideways", photo.rotate(90 * lying, expand=True))):
         folders[name].mkdir()
         image.save(folders[name] / "astronaut.png")
-    kwargs = tiny_module_kwargs(iterations=4)
+    kwargs = tiny_module_kwargs(iterations=4, both_positions=False)  # upright only: what the upright photo's loss sees
     fit(ProtectionModule(**kwargs), folders["upright"], tmp_path / "upright-out", resolution=resolution, batch_size=1)
     fit(ProtectionModule(**kwargs), folders["sideways"], tmp_path / "turned-out", resolution=resolution, batch_size=1)
     upright, turned = read_manifest(tmp_path / "upright-out").iloc[0], read_manifest(tmp_path / "turned-out").iloc[0]
@@ -300,7 +303,8 @@ def test_a_sideways_photo_is_protected_turned_upright_exactly_as_the_upright_one
     # Turned back upright, the protected photo is the upright photo's protected copy: the same canvas, start and steps.
     png = {name: read_levels(tmp_path / f"{name}-out" / "images" / "astronaut.png") for name in ("upright", "turned")}
     assert torch.equal(torch.rot90(png["turned"], -lying, (1, 2)), png["upright"])
-    columns = ["fr_cos_recon", "fr_cos_recon_detected", "faces_in_photo", "psnr_db"]  # measured turned upright too
+    # Measured turned upright too (and as it lies, where the tiny autoencoder leaves no face to find either way).
+    columns = ["fr_cos_recon", "fr_cos_recon_detected", "faces_in_photo", "psnr_db"]
     assert upright["faces_in_photo"] == 1 and np.allclose(upright[columns].astype(float), turned[columns].astype(float),
                                                           atol=1e-6, equal_nan=True)
 
@@ -318,3 +322,40 @@ def test_in_a_batch_each_photo_is_turned_its_own_way(tmp_path):
     assert rows.loc["a_upright", "message"] == ""
     assert "turned 90° clockwise" in rows.loc["b_left", "message"]
     assert "turned upside down" in rows.loc["c_upside_down", "message"]
+    # Seen as they lie too (attack.both_positions): the lying photos' copies differ from those made
+    # upright only; the upright photo's, in the same batch, is the same.
+    fit(ProtectionModule(**tiny_module_kwargs(iterations=2, both_positions=False)), source, tmp_path / "upright-only",
+        batch_size=3, resolution=96)
+    same = {name: torch.equal(read_levels(tmp_path / "out" / "images" / f"{name}.png"),
+                              read_levels(tmp_path / "upright-only" / "images" / f"{name}.png"))
+            for name in ("a_upright", "b_left", "c_upside_down")}
+    assert same == {"a_upright": True, "b_left": False, "c_upside_down": False}
+
+
+@pytest.mark.parametrize(("size", "resolution"), [((96, 96), 96), ((104, 128), "native")])
+def test_a_photo_lying_down_is_seen_upright_and_as_it_lies_at_every_iteration(tmp_path, monkeypatch, size, resolution):
+    """An editor may take a lying photo's file as it is or turn it upright first: at every iteration the autoencoder
+    sees the iterate upright and as the file holds it (`attack.both_positions`, the default); upright only with the
+    switch off. Also at a photo's own size, whose canvas is not square and turns with it."""
+    source = tmp_path / "photos"
+    source.mkdir()
+    photo = grace_hopper().crop((0, 0, 512, 512)).resize(size, Image.Resampling.LANCZOS)
+    photo.rotate(90, expand=True).save(source / "lying.png")
+    clean = {name: levels_to_pm1(pil_to_levels(image)) for name, image in (("upright", photo),
+                                                                           ("as it lies", photo.rotate(90, expand=True)))}
+    seen, encode = [], FrozenVAE.encode
+
+    def recording(self, x):
+        if x.requires_grad:  # the iterate's own pass, not a clean image's or a measurement's
+            seen.append(next((name for name, image in clean.items()
+                              if x.shape[1:] == image.shape and (x[0] - image).abs().max() <= 0.03 + 1e-6), "?"))
+        return encode(self, x)
+
+    monkeypatch.setattr(FrozenVAE, "encode", recording)
+    fit(ProtectionModule(**tiny_module_kwargs(iterations=4)), source, tmp_path / "both", batch_size=1,
+        resolution=resolution)
+    assert seen == ["upright", "as it lies"] * 4
+    seen.clear()
+    fit(ProtectionModule(**tiny_module_kwargs(iterations=4, both_positions=False)), source, tmp_path / "upright",
+        batch_size=1, resolution=resolution)
+    assert seen == ["upright"] * 4

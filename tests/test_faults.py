@@ -717,11 +717,21 @@ def test_a_rerun_at_another_working_resolution_is_refused_never_skipped_as_done(
     assert refused.returncode == 2 and "(data.keep_grey differs: false in the folder, true now; see" in refused.stderr.splitlines()[-1]
     assert fit_here(faces, out, "--data.resolution", "96", "--data.keep_grey", "false").returncode == 0
 
+    # One made before `attack.both_positions` optimised a photo lying in its file upright only: the same.
+    settings = json.loads((out / "protection.json").read_text())
+    del settings["attack"]["both_positions"]
+    (out / "protection.json").write_text(json.dumps(settings))
+    (out / "images" / "face0.png").unlink()
+    refused = fit_here(faces, out, "--data.resolution", "96", "--data.keep_grey", "false")
+    assert refused.returncode == 2 and "(attack.both_positions differs: false in the folder, true now; see" in refused.stderr.splitlines()[-1]
+    assert fit_here(faces, out, "--data.resolution", "96", "--data.keep_grey", "false",
+                    "--model.attack.both_positions", "false").returncode == 0
+
     # A folder made before the working image was recorded resumes as it did: its resolution is not known.
     settings = json.loads((out / "protection.json").read_text())
     del settings["data"]
     (out / "protection.json").write_text(json.dumps(settings))
-    assert fit_here(faces, out, "--data.resolution", "128").returncode == 0
+    assert fit_here(faces, out, "--data.resolution", "128", "--model.attack.both_positions", "false").returncode == 0
     assert "data" not in json.loads((out / "protection.json").read_text())
 
 

@@ -289,6 +289,33 @@ def test_a_group_photo_is_measured_by_the_face_that_keeps_the_most_identity():
     assert neither.recognised_by == "" and neither.fr_cos_recon_detected < 0.99 and neither.fr_cos_recon < 0.99
 
 
+def test_a_photo_that_lies_in_its_file_is_measured_as_it_lies_too_and_the_worse_position_counts():
+    """An editor may take a lying photo's file as it is: the manifest reads the round trip of the photo upright and
+    as it lies (turned upright to be read) and reports the position that keeps more identity. Here an editor that
+    swaps the face for another person's when it gets the photo upright (wider than high) and keeps it when it gets
+    the photo as it lies: protected upright, recognised as it lies."""
+    from facelock_pl.pixels import pil_to_levels
+
+    judge = [RecognizerSpec(kind="tiny-random", name="r", threshold=0.999)]  # same pixels: 1.0; another face: 0.96
+    module = ProtectionModule(**tiny_module_kwargs(recognizers=judge))
+    photo = Image.new("RGB", (256, 192), "white")
+    photo.paste(grace_hopper().crop((0, 0, 512, 512)).resize((192, 192)), (32, 0))
+    other = photo.copy()
+    other.paste(astronaut().resize((192, 192)), (32, 0))
+    source, swapped = pil_to_levels(photo)[None], levels_to_pm1(pil_to_levels(other)[None]).float()
+
+    def editor(png_levels):
+        return swapped if png_levels.shape[-1] > png_levels.shape[-2] else levels_to_pm1(png_levels).float()
+
+    module.attack.meter.reconstruct = editor
+    clean = module.attack.clean_features(source)
+    upright_only = module.attack.meter.delivered(source[0], (192, 256), clean, source)
+    assert upright_only.recognised_by == "" and upright_only.fr_cos_recon_detected < 0.99
+    both = module.attack.meter.delivered(source[0], (192, 256), clean, source, stored_turn=3)
+    assert both.recognised_by == "r" and both.fr_cos_recon_detected == pytest.approx(1.0, abs=1e-5)
+    assert both.fr_cos_recon == upright_only.fr_cos_recon  # the objective's own view: upright
+
+
 @pytest.mark.parametrize("settings", [dict(realign=True), dict(crop_jitter=0.2)])
 def test_faces_n_refuses_what_it_does_not_build_on(settings):
     from facelock_pl.objectives import FaceLockObjective

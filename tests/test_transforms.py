@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 
 from conftest import astronaut
-from facelock_pl.objectives.transforms import RandomPurification, Transform, dct_matrix
-from facelock_pl.pixels import pm1_to_levels, reencode
+from facelock_pl.objectives.transforms import RandomPurification, StoredPosition, Transform, dct_matrix
+from facelock_pl.pixels import pad_to, pm1_to_levels, reencode
 from facelock_pl.seeding import uid_generator
 
 
@@ -128,3 +128,53 @@ def test_single_transformations_keep_their_four_draws():
     expected = torch.rand(4, generator=uid_generator(5, "eot/u/2/0"))
     assert purification.width == 4
     assert torch.equal(purification.draws(5, ["u"], torch.tensor([2]), 0)[0], expected)
+
+
+def test_a_stored_position_lays_each_photo_down_as_its_file_holds_it_and_stands_it_up_again():
+    """Square canvases ([B, 3, 32, 32]) with each photo upright in its top left: one that lies on its side in its file
+    (32 high and 24 wide as stored, turned counter-clockwise to stand upright: 24 × 32) and one that stands upright."""
+    gen = torch.Generator().manual_seed(0)
+    stored = torch.rand(3, 32, 24, generator=gen) * 2 - 1
+    upright = torch.rand(3, 32, 32, generator=gen) * 2 - 1
+    canvases = torch.stack([pad_to(torch.rot90(stored, 1, (1, 2)), 32, 32), upright]).requires_grad_(True)
+    position = StoredPosition(turns=[1, 0], regions=[(24, 32), (32, 32)])
+    laid = position.lay_down(canvases)
+    assert laid.shape == canvases.shape
+    assert torch.equal(laid[0, :, :32, :24], stored) and torch.equal(laid[0, :, :, 24:], stored[:, :, -1:].expand(3, 32, 8))
+    assert torch.equal(laid[1], upright)  # seen upright at this iteration: untouched
+    stood = position.stand_up(laid)
+    assert torch.equal(stood[0, :, :24], canvases[0, :, :24]) and torch.equal(stood[1], upright)
+    stood[0, :, :24].sum().backward()  # differentiable: every pixel of the photo gets its gradient back, the border none
+    assert (canvases.grad[0, :, :24] == 1).all() and (canvases.grad[0, :, 24:] == 0).all() and (canvases.grad[1] == 0).all()
+
+
+def test_the_facelock_terms_of_a_photo_seen_as_stored_are_its_round_trip_as_stored_turned_upright():
+    """An iteration that shows the first of two images in its stored position (a quarter turn from upright): its FR
+    cosine is that of D(E(the image as stored)) turned upright, and its latent distance is from the stored photo's
+    latent; the second image's terms are those of an iteration that sees both upright."""
+    from facelock_pl.models import FaceGeometry
+    from facelock_pl.objectives import FaceLockObjective, Networks
+    from facelock_pl.objectives.methods import build_method
+    from test_ensembles import recognizer, vae
+
+    gen = torch.Generator().manual_seed(1)
+    x = torch.rand(2, 3, 32, 32, generator=gen) * 2 - 1
+    x_adv = (x + 0.1 * torch.randn(x.shape, generator=gen)).clamp(-1, 1)
+    nets = Networks([vae(0)], [recognizer(1, 1.0)], None)
+    position = StoredPosition(turns=[3, 0], regions=[(32, 32), (32, 32)])
+    whole = FaceGeometry.whole_image(2, 32, 32)
+    face = FaceGeometry(torch.ones(2, dtype=torch.bool), whole.boxes, whole.landmarks)  # a face found: the FR term on
+    clean = nets.clean_features(x, face, need_latent=True, need_lpips=False)
+    clean.stored_latents = [z.float() for z in nets.encode(x, position)]
+    method = build_method("facelock", FaceLockObjective(lpips_weight=0, fr_start=0))
+    _, terms = method.objective(nets, x_adv, clean.in_position(position), torch.zeros(2))
+    _, upright_terms = method.objective(nets, x_adv, clean, torch.zeros(2))
+
+    as_stored = torch.rot90(x_adv[:1], -3, (2, 3))
+    recon_upright = torch.rot90(nets.reconstruct(nets.vae.encode(as_stored)), 3, (2, 3))
+    assert torch.allclose(terms["fr_cos"][0], nets.fr_cos(recon_upright, clean.select(torch.tensor([0])))[0], atol=1e-6)
+    stored_latent = nets.vae.encode(torch.rot90(x[:1], -3, (2, 3)))
+    assert torch.allclose(terms["latent_mse"][0], (nets.vae.encode(as_stored) - stored_latent).pow(2).mean(), atol=1e-7)
+    assert not torch.isclose(terms["fr_cos"][0], upright_terms["fr_cos"][0])
+    for name in ("fr_cos", "latent_mse"):
+        assert torch.allclose(terms[name][1], upright_terms[name][1])

@@ -7,7 +7,7 @@ fixed number of slots that each hold one image at its own iteration (continuous 
     done = attack.finish()        # images that reached their iterations (or stopped early), as saved
 
 The iteration itself, top to bottom: the method's objective on the iterate (as the PNG will store it, under
-random purifications if asked), its input gradient (summed over the channels for a photo without colour), the
+random purifications if asked; a photo lying in its file both upright and as it lies), its input gradient (summed over the channels for a photo without colour), the
 transfer aids on that gradient, the adaptive stopping check, and the fused projected sign update (`SignPGD` →
 `facelock_pl.kernels.pgd_step_`).
 """
@@ -23,14 +23,15 @@ import torch
 from ..data.items import ImageItem
 from ..models import FaceDetector, FaceGeometry, FaceScorer
 from ..objectives import CleanFeatures, Networks, ProtectionMethod
-from ..objectives.transforms import RandomPurification, crop_draws, parse_chain
+from ..objectives.transforms import RandomPurification, StoredPosition, crop_draws, parse_chain
 from ..outputs.records import ProtectedImage
-from ..pixels import budget_levels, levels_to_pil, levels_to_pm1, quantise_to_levels, resize, straight_through_levels
+from ..pixels import (budget_levels, levels_to_pil, levels_to_pm1, quantise_to_levels, resize, straight_through_levels,
+                      turned_region)
 from .delivery import deliver
 from .gradients import grey_where, momentum_update_, smooth_gradient
 from .measure import ProtectionMeter
 from .optimizer import SignPGD
-from .orientation import TURNED_NOTE, turn_upright, turned_region, untwist
+from .orientation import turn_upright, turned_note, untwist
 from .schedule import random_start, step_sizes
 from .speed import SpeedConfig
 from .stopping import AdaptiveStopping
@@ -61,6 +62,11 @@ class AttackConfig:
             ball's corner (a sign-PGD iterate leaves ~40% of its pixels inside; PSNR ≈ 40 → 38.9 dB at ε 0.03).
             The optimisation is unchanged: on the tuning faces an objective that saw the filled image gained
             nothing, the fill after it did (benchmarks/robustness.md, "Filling the budget").
+        both_positions: a photo optimised turned upright (it lies sideways or upside down with no EXIF orientation
+            to say so) is also seen at every iteration in the position it is stored in, as an editor that takes the
+            file as it is sees it (`objectives.transforms.StoredPosition`; the objective is the mean of the two), so
+            it is protected whether or not the editor turns it upright first, at twice the passes; False: upright
+            only. Photos that stand upright are not affected.
     """
 
     eps: float = 0.03
@@ -73,6 +79,7 @@ class AttackConfig:
     grad_smoothing: float = 0.0
     momentum: float = 0.0
     fill_budget: bool = False
+    both_positions: bool = True
 
     def __post_init__(self) -> None:
         if not 0 < self.eps <= 2 or self.step_size <= 0 or self.iterations < 1 or self.eot_samples < 1:
@@ -105,6 +112,7 @@ class SlotState:
         self.clean = clean.slots(slots)
         self.items: list[ImageItem | None] = [None] * slots
         self.turns = [0] * slots  # quarter turns (counter-clockwise) the slot's canvas holds its photo turned by
+        self.regions = [(0, 0)] * slots  # the photo's (height, width) in the top left of the slot's canvas
         self.started = [0.0] * slots
         self.terms: dict[str, torch.Tensor] = {}  # the last value of each term, per slot (NaN: not computed)
 
@@ -175,6 +183,9 @@ class PGDAttack:
         if self.detector is not None:
             levels, turns, geometry = turn_upright(self.detector, levels, items, self.nets.faces)
         clean = self.clean_features(levels, geometry)
+        regions = [turned_region(item.region, turn) for item, turn in zip(items, turns)]
+        if self.config.both_positions and clean.latents is not None:
+            clean.stored_latents = self._stored_latents(levels, clean.latents, StoredPosition(turns, regions))
         if self.slots is None or self.slots.levels.shape[1:] != levels.shape[1:]:
             if self.busy:  # canvases of one size per batch; `data.resolution: native` runs one image per step
                 raise ValueError(f"a {tuple(levels.shape[-2:])} canvas cannot join a batch of {tuple(self.slots.levels.shape[-2:])}")
@@ -182,7 +193,6 @@ class PGDAttack:
         s, index, x = self.slots, torch.tensor(slots, device=levels.device), levels_to_pm1(levels)
         s.clean.assign_(index, clean)
         s.levels[index], s.x[index] = levels, x
-        regions = [turned_region(item.region, turn) for item, turn in zip(items, turns)]
         s.valid[index] = torch.stack([self._region_mask(region, levels.shape[-2:]) for region in regions]).to(levels.device)
         s.grey[index] = grey = torch.tensor([item.grey for item in items], device=levels.device)
         s.any_grey = s.any_grey or any(item.grey for item in items)
@@ -196,8 +206,16 @@ class PGDAttack:
         for store in s.terms.values():
             store[index] = float("nan")
         now = time.perf_counter()
-        for slot, item, turn in zip(slots, items, turns):
-            s.items[slot], s.started[slot], s.turns[slot] = item, now, turn
+        for slot, item, turn, region in zip(slots, items, turns, regions):
+            s.items[slot], s.started[slot], s.turns[slot], s.regions[slot] = item, now, turn, region
+
+    @torch.no_grad()
+    def _stored_latents(self, levels: torch.Tensor, latents: list[torch.Tensor], position: StoredPosition) -> list[torch.Tensor]:
+        """E(x) of each photo in the position it is stored in: `latents` where it stands upright."""
+        if not any(position.turns):
+            return latents
+        with self.speed.autocast(levels.device):
+            return [z.float() for z in self.nets.encode(self.speed.layout(levels_to_pm1(levels)), position)]
 
     @staticmethod
     def _region_mask(region: tuple[int, int], canvas: tuple[int, int]) -> torch.Tensor:
@@ -242,11 +260,28 @@ class PGDAttack:
 
     def _objective(self, x: torch.Tensor, active: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The method's objective ([B]) and terms; under EOT or crop jitter, their mean over `eot_samples` random
-        purifications and crops."""
-        s, cfg = self.slots, self.config
-        progress = s.iteration[active].float() / cfg.iterations
+        purifications and crops; for a photo that lies in its file (`both_positions`), their mean over the photo seen
+        upright and as it lies."""
+        s = self.slots
         # All slots busy (the usual case): the stored features as they are, no per-iteration gather.
         clean = s.clean if len(active) == len(s.occupied) else s.clean.select(active)
+        objective, terms = self._expected_objective(x, active, clean)
+        lying = self._lying(active)
+        if lying is None:
+            return objective, terms
+        index, position = lying
+        laid_objective, laid_terms = self._expected_objective(x[index], active[index],
+                                                              clean.select(index).in_position(position))
+        objective = objective.index_put((index,), (objective[index] + laid_objective) / 2)
+        terms = {name: value.index_put((index,), (value[index] + laid_terms[name]) / 2) if name in laid_terms else value
+                 for name, value in terms.items()}  # a term none of the lying photos needs now: as seen upright
+        return objective, terms
+
+    def _expected_objective(self, x: torch.Tensor, active: torch.Tensor,
+                            clean: CleanFeatures) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The objective and terms of `active`'s iterates `x`, their mean over the EOT draws and crops."""
+        s, cfg = self.slots, self.config
+        progress = s.iteration[active].float() / cfg.iterations
         if self.eot is None and not self.nets.crop_jitter:
             return self.method.objective(self.nets, x, clean, progress)
         uids, iterations = [s.items[slot].uid for slot in active.tolist()], s.iteration[active]
@@ -258,6 +293,16 @@ class PGDAttack:
             draws.append(self.method.objective(self.nets, seen, clean, progress))
         objective = sum(o for o, _ in draws) / len(draws)
         return objective, {name: sum(t[name] for _, t in draws) / len(draws) for name in draws[0][1]}
+
+    def _lying(self, active: torch.Tensor) -> tuple[torch.Tensor, StoredPosition] | None:
+        """The rows of `active` whose photos lie in their files (`both_positions`), and the position that shows them
+        as they lie; None where there are none."""
+        s, slots = self.slots, active.tolist()
+        rows = [row for row, slot in enumerate(slots) if s.turns[slot]] if self.config.both_positions else []
+        if not rows:
+            return None
+        return (torch.tensor(rows, device=active.device),
+                StoredPosition([s.turns[slots[row]] for row in rows], [s.regions[slots[row]] for row in rows]))
 
     def _shape_gradient(self, grad: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
         """The transfer aids, in the order of the TI-MI attack: smoothing, then momentum."""
@@ -286,7 +331,8 @@ class PGDAttack:
         several faces in the term, the face that keeps the most identity is measured (the term is their mean)."""
         s = self.slots
         if (self.config.quantise_forward and not self.config.fill_budget and self.eot is None
-                and len(self.nets.vaes) == 1 and "fr_cos" in terms and self.nets.loss_fr_is_reported):
+                and len(self.nets.vaes) == 1 and "fr_cos" in terms and self.nets.loss_fr_is_reported
+                and self._lying(active) is None):
             per_slot = torch.zeros(len(s.occupied), device=s.x.device)
             per_slot[active] = terms["fr_cos"].detach().float()
             return per_slot[slots]
@@ -320,18 +366,18 @@ class PGDAttack:
         x_adv, x = (untwist(canvas, item.region, turn) for canvas in (s.x_adv[slot], s.x[slot]))
         png = deliver(x_adv, x, item.region, item.native, self.config.eps, item.crop, self.config.fill_budget)
         # The editor sees the whole frame: in face-region mode, compare with the clean frame as it sees it. A photo
-        # protected turned upright is measured turned so, as the person's face is seen.
+        # protected turned upright is measured turned so, as the person's face is seen, and as it lies in its file.
         source_seen = resize(levels_to_pil(item.native), item.view[::-1])[None].to(png.device)
         measured_png, view = torch.rot90(png, turn, (1, 2)), turned_region(item.view, turn)
         source_seen = torch.rot90(source_seen, turn, (2, 3))
         if turn:
-            item.message = "; ".join(filter(None, [item.message, TURNED_NOTE[turn]]))
+            item.message = "; ".join(filter(None, [item.message, turned_note(turn, self.config.both_positions)]))
         if item.crop is None:  # the slot's features, aligned on the frame padded to the canvas
             clean, canvas = s.clean.select(torch.tensor([slot])), tuple(s.levels.shape[-2:])
         else:
             clean, canvas = self.clean_features(source_seen), None
         protected = self._faces_protected(slot)
-        measured = self.meter.delivered(measured_png, view, clean, source_seen, protected, canvas)
+        measured = self.meter.delivered(measured_png, view, clean, source_seen, protected, canvas, stored_turn=turn)
         return ProtectedImage(
             item=item, levels=png.cpu(), source_levels=item.native, iterations=int(s.iteration[slot]),
             face_found=bool(s.clean.face_found[slot]), terms={name: float(v[slot]) for name, v in s.terms.items()},

@@ -79,30 +79,43 @@ class ProtectionMeter:
 
     @torch.no_grad()
     def delivered(self, png: torch.Tensor, view: tuple[int, int], clean: CleanFeatures, source_seen: torch.Tensor,
-                  faces: int = 1, canvas: tuple[int, int] | None = None) -> Delivered:
+                  faces: int = 1, canvas: tuple[int, int] | None = None, stored_turn: int = 0) -> Delivered:
         """What the manifest reports of one protected native image [3, H, W] as the editor sees it: resized to the
         working size of the frame (`view`: height, width). `source_seen`: the clean frame at that size ([1, 3, H, W]
         uint8), which the judges outside the loss compare with. `faces`: the faces of the FR term; with more than one,
         every number is of the face that keeps the most identity. `canvas`: (height, width) that `clean`'s alignments
         were computed at, the frame padded at its bottom and right (None: the frame itself); `fr_cos_recon`, whose
-        crops are in the canvas's coordinates, is of the round trip of the frame padded alike, as the objective saw it."""
+        crops are in the canvas's coordinates, is of the round trip of the frame padded alike, as the objective saw it.
+        `stored_turn`: a photo measured turned upright whose file holds it lying, the quarter turns that stood it up;
+        an editor may also take the file as it is, so the detected numbers are also read off the round trip of the
+        photo as it lies (turned upright to be read), and the position that keeps the most identity is reported."""
         if not self.measures:
             return Delivered()
         seen = resize(levels_to_pil(png), (view[1], view[0])).to(png.device)[None]
         recon = self.reconstruct(seen)
-        recon_levels = pm1_to_levels(recon)
         boxes = self.detector.all_boxes(source_seen)[0]
         padded = canvas is not None and canvas != tuple(view)
         aligned = self.reconstruct(pad_to(seen[0], *canvas)[None]) if padded else recon
         fr_cos = float(self.fr_cos_worst_face(aligned, clean)[0])
-        if faces > 1 and len(boxes) > 1:
-            return Delivered(fr_cos, *self._worst_face_in_windows(recon_levels, source_seen, boxes[:faces]), len(boxes))
+        recons = [recon]
+        if stored_turn:
+            recons.append(torch.rot90(self.reconstruct(torch.rot90(seen, -stored_turn, (2, 3))), stored_turn, (2, 3)))
+        read = [self._detected(pm1_to_levels(r), clean, source_seen, boxes[:faces]) for r in recons]
+        cosines = [cosine for cosine, _ in read if cosine is not None]
+        verdicts = [labels for _, labels in read if labels is not None]
+        labels = None if not verdicts else ",".join(dict.fromkeys(label for v in verdicts for label in v))
+        return Delivered(fr_cos, max(cosines, default=None), labels, len(boxes))
+
+    def _detected(self, recon_levels: torch.Tensor, clean: CleanFeatures, source_seen: torch.Tensor,
+                  boxes: torch.Tensor) -> tuple[float | None, list[str] | None]:
+        """`fr_cos_recon_detected` and `recognised_by`'s labels of one 8-bit reconstruction (None: no face found, or
+        no verdict); with several faces in `boxes`, each found anew in a window around it."""
+        if len(boxes) > 1:
+            return self._worst_face_in_windows(recon_levels, source_seen, boxes)
         cosines = self.cosines_detected(recon_levels, clean)
         if cosines.isnan().any():
-            return Delivered(fr_cos, None, None, len(boxes))
-        labels = self._verdict(cosines, recon_levels, source_seen)
-        return Delivered(fr_cos, float(self.nets.fr_cos_of(cosines)[0]), None if labels is None else ",".join(labels),
-                         len(boxes))
+            return None, None
+        return float(self.nets.fr_cos_of(cosines)[0]), self._verdict(cosines, recon_levels, source_seen)
 
     def fr_cos_worst_face(self, images: torch.Tensor, clean: CleanFeatures) -> torch.Tensor:
         """[B]: `fr_cos` of the face of the FR term that keeps the most identity (the largest, or with
@@ -115,11 +128,11 @@ class ProtectionMeter:
         return worst
 
     def _worst_face_in_windows(self, recon_levels: torch.Tensor, source_seen: torch.Tensor,
-                               boxes: torch.Tensor) -> tuple[float | None, str | None]:
-        """`fr_cos_recon_detected` and `recognised_by` of a photo of several people: each face (`boxes` of the clean
-        frame) detected anew in a window around it, in the clean frame and in the reconstruction, as an evaluation
-        scores a group photo; the highest cosine, and every recogniser that recognises any face (None: no face was
-        found in both, or no verdict)."""
+                               boxes: torch.Tensor) -> tuple[float | None, list[str] | None]:
+        """`fr_cos_recon_detected` and `recognised_by`'s labels of a photo of several people: each face (`boxes` of the
+        clean frame) detected anew in a window around it, in the clean frame and in the reconstruction, as an
+        evaluation scores a group photo; the highest cosine, and every recogniser that recognises any face (None: no
+        face was found in both, or no verdict)."""
         worst, labels, judged = None, [], False
         for rows, columns in face_windows(boxes, *source_seen.shape[-2:]):
             source, recon = source_seen[..., rows, columns], recon_levels[..., rows, columns]
@@ -137,7 +150,7 @@ class ProtectionMeter:
             if verdict is not None:
                 judged = True
                 labels += [label for label in verdict if label not in labels]
-        return worst, ",".join(labels) if judged else None
+        return worst, labels if judged else None
 
     def _verdict(self, cosines: torch.Tensor, recon_levels: torch.Tensor, source_seen: torch.Tensor) -> list[str] | None:
         """`recognised_by`'s labels: the loss's entries, then the judges', that still recognise the face; None where

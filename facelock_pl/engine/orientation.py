@@ -1,7 +1,8 @@
 """A photo lying sideways or upside down with no EXIF orientation to say so (a scan, a photo whose metadata an app
 stripped) is protected turned upright: where the detector finds a face more probable once the photo is turned by a
-quarter turn or two, the optimisation sees it turned so, and the perturbation is turned back onto the photo as it
-stands at delivery. Turns are counter-clockwise, as `torch.rot90` turns dims (H, W).
+quarter turn or two, the optimisation sees it turned so (and as it lies in its file: `AttackConfig.both_positions`),
+and the perturbation is turned back onto the photo as it stands at delivery. Turns are counter-clockwise, as
+`torch.rot90` turns dims (H, W).
 """
 
 from __future__ import annotations
@@ -11,23 +12,16 @@ import torch
 from ..data.items import ImageItem
 from ..models import FaceDetector, FaceGeometry
 from ..models.faces import TURNS
-from ..pixels import pad_to
+from ..pixels import turn_canvas, turned_region
 
-TURNED_NOTE = {turn: f"the face is upright once the photo is turned {how} (no EXIF orientation says so): protected and "
-                     "measured turned so" for turn, how in ((1, "90° counter-clockwise"), (3, "90° clockwise"), (2, "upside down"))}
-
-
-def turned_region(region: tuple[int, int], turn: int) -> tuple[int, int]:
-    """(height, width) of a region after `turn` quarter turns."""
-    return region[::-1] if turn % 2 else region
+TURNS_SAID = {1: "90° counter-clockwise", 3: "90° clockwise", 2: "upside down"}
 
 
-def turn_canvas(canvas: torch.Tensor, region: tuple[int, int], turn: int) -> torch.Tensor:
-    """The canvas ([3, H, W]) of a photo in its top-left `region`, with the photo turned by `turn` quarter turns
-    (counter-clockwise) and padded again at its bottom and right, as the data pipeline pads: a square canvas stays as
-    it is, a photo's own canvas (`data.resolution: native`) turns with it."""
-    h, w = region
-    return pad_to(torch.rot90(canvas[:, :h, :w], turn, (1, 2)), *turned_region(tuple(canvas.shape[-2:]), turn))
+def turned_note(turn: int, both_positions: bool) -> str:
+    """The manifest's `message` for a photo protected turned upright by `turn` quarter turns."""
+    protected = "protected turned so and as it lies" if both_positions else "protected turned so"
+    return (f"the face is upright once the photo is turned {TURNS_SAID[turn]} (no EXIF orientation says so): {protected}; "
+            "measured both ways, the position that keeps more identity reported")
 
 
 def untwist(canvas: torch.Tensor, region: tuple[int, int], turn: int) -> torch.Tensor:

@@ -153,10 +153,10 @@ class FaceLock(ProtectionMethod):
 
     def objective(self, nets, x_adv, clean, progress):
         weights = self.term_weights(progress, clean.face_found)
-        latents = nets.encode(x_adv)
+        latents = nets.encode(x_adv, clean.position)
         terms = {"latent_mse": nets.latent_mse(latents, clean)}
         if (weights["fr_cos"] != 0).any() or (weights["lpips"] != 0).any() or self.face_mse_weight:
-            recons = nets.reconstruct_all(latents)
+            recons = nets.reconstruct_all(latents, clean.position)
             if (weights["fr_cos"] != 0).any():
                 fr = [nets.fr_terms(r, clean) for r in recons]
                 terms |= {name: nets.vae_mean([f[name] for f in fr]) for name in fr[0]}
@@ -176,7 +176,7 @@ class PhotoGuard(ProtectionMethod):
     name = "photoguard"
 
     def objective(self, nets, x_adv, clean, progress):
-        distance = nets.vae_mean([z.float().flatten(1).norm(dim=1) for z in nets.encode(x_adv)])  # to the zero latent
+        distance = nets.vae_mean([z.float().flatten(1).norm(dim=1) for z in nets.encode(x_adv, clean.position)])  # to the zero latent
         return -distance, {"latent_target_dist": distance}
 
 
@@ -188,7 +188,7 @@ class EncoderAttack(ProtectionMethod):
     needs_latent = True
 
     def objective(self, nets, x_adv, clean, progress):
-        mse = nets.latent_mse(nets.encode(x_adv), clean)
+        mse = nets.latent_mse(nets.encode(x_adv, clean.position), clean)
         return mse, {"latent_mse": mse}
 
 
@@ -200,7 +200,7 @@ class VAEAttack(ProtectionMethod):
     name = "vae"
 
     def objective(self, nets, x_adv, clean, progress):
-        recons = [vae.decode(z) for vae, z in zip(nets.vaes, nets.encode(x_adv))]
+        recons = [vae.decode(z) for vae, z in zip(nets.vaes, nets.encode(x_adv, clean.position))]
         norm = nets.vae_mean([r.float().flatten(1).norm(dim=1) for r in recons])
         return -norm, {"recon_norm": norm}
 
@@ -241,7 +241,7 @@ class CarliniWagnerL2(ProtectionMethod):
     def objective(self, nets, x_adv, clean, progress):
         distortion = ((x_adv + 1) / 2 - (clean.image + 1) / 2).pow(2).flatten(1).sum(1)
         latent_distance = nets.vae_mean([(z.float() - c).norm(dim=-1).flatten(1).sum(1)
-                                         for z, c in zip(nets.encode(x_adv), clean.latents)])
+                                         for z, c in zip(nets.encode(x_adv, clean.position), clean.latents)])
         cost = distortion - self.c * latent_distance
         return -cost, {"latent_l2": latent_distance, "l2_distortion": distortion}
 

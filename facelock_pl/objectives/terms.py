@@ -22,6 +22,7 @@ from ..models.faces import jitter_theta
 from ..models.landmarks import LandmarkReader
 from ..models.recognizers import calibrated, group_by_network
 from .targets import TargetPool
+from .transforms import StoredPosition
 
 FACE_MSE_GROWTH = 0.1  # `face_mse`: the box grown by 10% of its size on each side, so the jaw and brow count
 WORST_CROP_TEMPERATURE = 0.05  # `worst_crop`, in cosine units: margins 0.1 apart weigh e^2 ≈ 7.4 : 1
@@ -48,6 +49,10 @@ class CleanFeatures:
     other_thetas: list[torch.Tensor] | None = None  # per recogniser: [B, K, 2, 3]
     other_embeddings: list[torch.Tensor] | None = None  # per recogniser: FR of those faces in x, [B, K, D]
     other_found: torch.Tensor | None = None  # [B, K] bool
+    # A photo optimised turned upright (`attack.both_positions`): E(x) of the photo in the position it is stored in
+    # (E(x) itself where it stands upright), and the samples this iteration shows so (set per iteration)
+    stored_latents: list[torch.Tensor] | None = None
+    position: StoredPosition | None = None
 
     def _map(self, fn) -> "CleanFeatures":
         def each(tensors):
@@ -61,7 +66,8 @@ class CleanFeatures:
                              geometry(self.detected), geometry(self.reading), each(self.target_embeddings),
                              face_boxes=None if self.face_boxes is None else fn(self.face_boxes),
                              other_thetas=each(self.other_thetas), other_embeddings=each(self.other_embeddings),
-                             other_found=None if self.other_found is None else fn(self.other_found))
+                             other_found=None if self.other_found is None else fn(self.other_found),
+                             stored_latents=each(self.stored_latents))
 
     def other_face(self, rank: int) -> "CleanFeatures":
         """These features with the `rank`-th other face (`objective.faces` > 1, 0: the second largest) in the place of
@@ -69,6 +75,15 @@ class CleanFeatures:
         return dataclasses.replace(self, thetas=[t[:, rank] for t in self.other_thetas],
                                    embeddings=[e[:, rank] for e in self.other_embeddings],
                                    face_found=self.other_found[:, rank])
+
+    def in_position(self, position: StoredPosition) -> "CleanFeatures":
+        """These features for an iteration that shows the images `position` turns in their stored position: the
+        autoencoders see them so, and their latents are compared with the stored photo's."""
+        stored = torch.tensor(position.turns, device=self.face_found.device) != 0
+        latents = None if self.latents is None else [
+            torch.where(stored.view(-1, *[1] * (clean.dim() - 1)), laid, clean) if laid.shape == clean.shape else laid
+            for clean, laid in zip(self.latents, self.stored_latents)]  # a photo's own canvas turns alone in its batch
+        return dataclasses.replace(self, latents=latents, position=position)
 
     def select(self, index: torch.Tensor) -> "CleanFeatures":
         """The features of samples `index` (a gather: the result does not share memory)."""
@@ -84,6 +99,7 @@ class CleanFeatures:
             for m, t in zip(mine or [], theirs or []):
                 m[index] = t
         put(self.latents, other.latents)
+        put(self.stored_latents, other.stored_latents)
         put(self.thetas, other.thetas)
         put(self.embeddings, other.embeddings)
         put(self.lpips_features, other.lpips_features)
@@ -208,16 +224,19 @@ class Networks(nn.Module):
             other_thetas=other_thetas, other_embeddings=other_embeddings, other_found=other_found,
         )
 
-    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """E(x) of every autoencoder."""
+    def encode(self, x: torch.Tensor, position: StoredPosition | None = None) -> list[torch.Tensor]:
+        """E(x) of every autoencoder; of the images `position` shows in their stored position, turned so."""
+        x = x if position is None else position.lay_down(x)
         return [vae.encode(x) for vae in self.vaes]
 
     def reconstruct(self, latent: torch.Tensor, index: int = 0) -> torch.Tensor:
         """D(z) of autoencoder `index`, clipped to the valid range as FaceLock does before FR and LPIPS."""
         return self.vaes[index].decode(latent).clamp(-1, 1)
 
-    def reconstruct_all(self, latents: list[torch.Tensor]) -> list[torch.Tensor]:
-        return [self.reconstruct(z, i) for i, z in enumerate(latents)]
+    def reconstruct_all(self, latents: list[torch.Tensor], position: StoredPosition | None = None) -> list[torch.Tensor]:
+        """`reconstruct` of each autoencoder's latent of `encode(x, position)`, turned upright where it was laid down."""
+        recons = [self.reconstruct(z, i) for i, z in enumerate(latents)]
+        return recons if position is None else [position.stand_up(r) for r in recons]
 
     def vae_mean(self, values: list[torch.Tensor]) -> torch.Tensor:
         """Weighted mean over the autoencoders of per-sample values."""

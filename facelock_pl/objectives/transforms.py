@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..pixels import levels_to_pm1, pm1_to_levels, reencode
+from ..pixels import levels_to_pm1, pm1_to_levels, reencode, turn_canvas, turned_region
 from ..seeding import uid_generator
 
 DEFAULT_RANGES = {"jpeg": (50.0, 95.0), "jpeg_real": (50.0, 95.0), "webp_real": (50.0, 95.0), "resize": (0.5, 1.0),
@@ -163,6 +163,34 @@ class RandomPurification:
                     y = transform.apply(y, uniforms[picked, 1 + 3 * j: 4 + 3 * j])
                 out[picked] = y.to(x.dtype)
         return out
+
+
+@dataclass(frozen=True)
+class StoredPosition:
+    """Photos optimised turned upright, seen at this iteration by an editor that takes the file as it is: its
+    autoencoder runs on each photo in the position the photo is stored in, and the recognisers (which need the face
+    upright) read the reconstruction turned upright again. Such a photo is protected only against the editor its
+    loss saw: protected upright alone, the autoencoder run on it as it lies gave back most of the identity (README,
+    "Photos lying down").
+
+    Args:
+        turns: per image, the quarter turns (counter-clockwise) that turned its stored photo upright; 0: seen
+            upright at this iteration.
+        regions: per image, the photo's (height, width) upright in the top left of its canvas.
+    """
+
+    turns: list[int]
+    regions: list[tuple[int, int]]
+
+    def lay_down(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, 3, H, W] upright canvases → each photo turned back as it is stored (a square canvas keeps its shape)."""
+        return torch.stack([turn_canvas(xi, region, -turn) if turn else xi
+                            for xi, region, turn in zip(x, self.regions, self.turns)])
+
+    def stand_up(self, images: torch.Tensor) -> torch.Tensor:
+        """The inverse of `lay_down`: [B, 3, H, W] canvases of the stored photos → turned upright again."""
+        return torch.stack([turn_canvas(image, turned_region(region, turn), turn) if turn else image
+                            for image, region, turn in zip(images, self.regions, self.turns)])
 
 
 def crop_draws(seed: int, uids: list[str], iterations: torch.Tensor, draw: int) -> torch.Tensor:

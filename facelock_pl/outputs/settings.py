@@ -18,7 +18,7 @@ SETTINGS_NAME = "protection.json"
 SOURCE_NAME = "source.json"
 RECORDED_LATER = ("data",)  # groups that folders made by earlier versions lack
 # Settings recorded from some version on, as the folders made before it were made (a folder that lacks one).
-EARLIER_DEFAULTS = {"data": {"keep_grey": False}}
+EARLIER_DEFAULTS = {"data": {"keep_grey": False}, "attack": {"both_positions": False}}
 
 
 def read_settings(output_dir: Path, name: str = SETTINGS_NAME) -> dict | None:
