@@ -141,7 +141,7 @@ def test_a_stored_position_lays_each_photo_down_as_its_file_holds_it_and_stands_
     laid = position.lay_down(canvases)
     assert laid.shape == canvases.shape
     assert torch.equal(laid[0, :, :32, :24], stored) and torch.equal(laid[0, :, :, 24:], stored[:, :, -1:].expand(3, 32, 8))
-    assert torch.equal(laid[1], upright)  # seen upright at this iteration: untouched
+    assert torch.equal(laid[1], upright)  # upright in its file: untouched
     stood = position.stand_up(laid)
     assert torch.equal(stood[0, :, :24], canvases[0, :, :24]) and torch.equal(stood[1], upright)
     stood[0, :, :24].sum().backward()  # differentiable: every pixel of the photo gets its gradient back, the border none
@@ -149,9 +149,9 @@ def test_a_stored_position_lays_each_photo_down_as_its_file_holds_it_and_stands_
 
 
 def test_the_facelock_terms_of_a_photo_seen_as_stored_are_its_round_trip_as_stored_turned_upright():
-    """An iteration that shows the first of two images in its stored position (a quarter turn from upright): its FR
-    cosine is that of D(E(the image as stored)) turned upright, and its latent distance is from the stored photo's
-    latent; the second image's terms are those of an iteration that sees both upright."""
+    """The pass that shows two images as their files hold them, the first lying (a quarter turn from upright), the
+    second upright: the first's FR cosine is that of D(E(the image as stored)) turned upright, and its latent distance
+    is from the stored photo's latent; the second's terms are those of the upright pass."""
     from facelock_pl.models import FaceGeometry
     from facelock_pl.objectives import FaceLockObjective, Networks
     from facelock_pl.objectives.methods import build_method

@@ -50,7 +50,7 @@ class CleanFeatures:
     other_embeddings: list[torch.Tensor] | None = None  # per recogniser: FR of those faces in x, [B, K, D]
     other_found: torch.Tensor | None = None  # [B, K] bool
     # A photo optimised turned upright (`attack.both_positions`): E(x) of the photo in the position it is stored in
-    # (E(x) itself where it stands upright), and the samples this iteration shows so (set per iteration)
+    # (E(x) itself where it stands upright), and, in the pass that shows the photos so, how to lay them down
     stored_latents: list[torch.Tensor] | None = None
     position: StoredPosition | None = None
 
@@ -77,13 +77,9 @@ class CleanFeatures:
                                    face_found=self.other_found[:, rank])
 
     def in_position(self, position: StoredPosition) -> "CleanFeatures":
-        """These features for an iteration that shows the images `position` turns in their stored position: the
-        autoencoders see them so, and their latents are compared with the stored photo's."""
-        stored = torch.tensor(position.turns, device=self.face_found.device) != 0
-        latents = None if self.latents is None else [
-            torch.where(stored.view(-1, *[1] * (clean.dim() - 1)), laid, clean) if laid.shape == clean.shape else laid
-            for clean, laid in zip(self.latents, self.stored_latents)]  # a photo's own canvas turns alone in its batch
-        return dataclasses.replace(self, latents=latents, position=position)
+        """These features for a pass that shows the images as `position` lays them down, as their files hold them:
+        the autoencoders see them so, and their latents are compared with the stored photos' (`stored_latents`)."""
+        return dataclasses.replace(self, latents=self.stored_latents, position=position)
 
     def select(self, index: torch.Tensor) -> "CleanFeatures":
         """The features of samples `index` (a gather: the result does not share memory)."""

@@ -167,15 +167,14 @@ class RandomPurification:
 
 @dataclass(frozen=True)
 class StoredPosition:
-    """Photos optimised turned upright, seen at this iteration by an editor that takes the file as it is: its
-    autoencoder runs on each photo in the position the photo is stored in, and the recognisers (which need the face
-    upright) read the reconstruction turned upright again. Such a photo is protected only against the editor its
-    loss saw: protected upright alone, the autoencoder run on it as it lies gave back most of the identity (README,
-    "Photos lying down").
+    """Photos optimised turned upright, as an editor that takes the file as it is sees them: its autoencoder runs on
+    each photo in the position the photo is stored in, and the recognisers (which need the face upright) read the
+    reconstruction turned upright again. Such a photo is protected only against the editor its loss saw: protected
+    upright alone, the autoencoder run on it as it lies gave back most of the identity (README, "Photos lying down").
 
     Args:
-        turns: per image, the quarter turns (counter-clockwise) that turned its stored photo upright; 0: seen
-            upright at this iteration.
+        turns: per image, the quarter turns (counter-clockwise) that turned its stored photo upright (0: it stands
+            upright in its file).
         regions: per image, the photo's (height, width) upright in the top left of its canvas.
     """
 
