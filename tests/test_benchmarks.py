@@ -600,3 +600,25 @@ def test_the_face_region_benchmark_tells_a_crop_that_holds_the_face_from_one_tha
     assert face_region.outcome((480, 880, 60, 60), 50) == "misses it"  # ends at 940: the face's right edge is at 950
     assert face_region.outcome((0, 0, 300, 300), 50) == "misses it"
     assert face_region.outcome(None, 50) == "no crop"
+
+
+def test_the_lying_photos_benchmark_lays_faces_down_by_turns_and_stands_them_up_losslessly(tmp_path):
+    from conftest import astronaut, grace_hopper
+
+    lying = benchmark_module("lying_photos")
+    faces = []
+    for name, photo in (("a", astronaut()), ("b", grace_hopper()), ("c", astronaut()), ("d", grace_hopper())):
+        photo.crop((0, 0, 96, 64)).save(tmp_path / f"{name}.jpg")
+        faces.append(tmp_path / f"{name}.jpg")
+    turns = lying.lay_down(faces, tmp_path / "photos")
+    assert turns == {"a": 1, "b": 3, "c": 2, "d": 1}  # on its left side, on its right, upside down, then again
+    with Image.open(faces[0]) as upright, Image.open(tmp_path / "photos" / "a.png") as laid:
+        assert laid.size == (64, 96) and laid.getpixel((0, 95)) == upright.convert("RGB").getpixel((0, 0))  # top left: bottom left
+    lying.stand_up(tmp_path / "photos", turns, tmp_path / "upright")
+    for path in faces:
+        with Image.open(path) as upright, Image.open(tmp_path / "upright" / f"{path.stem}.png") as stood:
+            assert list(stood.getdata()) == list(upright.convert("RGB").getdata())
+
+    frame = pd.DataFrame({"loss": ["upright only"] * 3, "editor": ["as it lies"] * 3, "set": ["protected"] * 3,
+                          "fr:sface": [0.2, 0.5, 0.8], "match:sface": [0.0, 1.0, 1.0]})
+    assert lying.table_rows(frame, ["sface"]) == [["upright only", "as it lies", "protected", "67% (0.50)"]]
