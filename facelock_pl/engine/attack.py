@@ -297,8 +297,11 @@ class PGDAttack:
     def _lying(self, active: torch.Tensor) -> tuple[torch.Tensor, StoredPosition] | None:
         """The rows of `active` whose photos lie in their files (`both_positions`), and the position that shows them
         as they lie; None where there are none."""
-        s, slots = self.slots, active.tolist()
-        rows = [row for row, slot in enumerate(slots) if s.turns[slot]] if self.config.both_positions else []
+        s = self.slots
+        if not self.config.both_positions or not any(s.turns):  # the usual case: no slot reads the iterates' indices
+            return None
+        slots = active.tolist()
+        rows = [row for row, slot in enumerate(slots) if s.turns[slot]]
         if not rows:
             return None
         return (torch.tensor(rows, device=active.device),
