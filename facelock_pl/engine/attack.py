@@ -7,9 +7,9 @@ fixed number of slots that each hold one image at its own iteration (continuous 
     done = attack.finish()        # images that reached their iterations (or stopped early), as saved
 
 The iteration itself, top to bottom: the method's objective on the iterate (as the PNG will store it, under
-random purifications if asked; a photo lying in its file both upright and as it lies), its input gradient (summed over the channels for a photo without colour), the
-transfer aids on that gradient, the adaptive stopping check, and the fused projected sign update (`SignPGD` →
-`facelock_pl.kernels.pgd_step_`).
+random purifications if asked; a photo lying in its file both upright and as it lies), its input gradient (summed
+over the channels for a photo without colour), the transfer aids on that gradient, the adaptive stopping check, and
+the fused projected sign update (`SignPGD` → `facelock_pl.kernels.pgd_step_`).
 """
 
 from __future__ import annotations
