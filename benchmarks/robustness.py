@@ -32,6 +32,8 @@ FaceLock = SFace + TAESD, no EOT, the published loop at `--iterations`; the conf
   only:NAME    that network alone in the FR term, behind its crops (e.g. `w600k+allcrops+only:w600k-mbf`): how far a
                white-box attack takes one network whose goal the recipes miss (w600k_mbf's transfer, SFace's 0%);
   vaes         TAESD + TAESDXL in the latent and reconstruction terms (an autoencoder ensemble);
+  taesdxl      TAESDXL alone in them instead of TAESD (a white-box ceiling against an SDXL-family editor: score it
+               with `--editor-vae taesdxl`);
   ensemble     both of the above;
   eot          the config's random purifications inside the loop;
   realjpeg     EOT with the real JPEG codec (BPDA gradient) down to quality 50, down-scaling to 0.25 and a chain
@@ -61,7 +63,8 @@ FaceLock = SFace + TAESD, no EOT, the published loop at `--iterations`; the conf
 Faces: `--split held-out` (default) takes the last `--faces` of the sorted shared CelebA-HQ faces,
 `--split tune` the first ones — tune on those, report on the held-out ones. Each variant runs through
 `python -m facelock_pl fit` at 256 px, ε = 0.03; the protected PNGs are scored with the offline evaluation
-(`edit-offline.yaml` and `--evaluate-config`): the TAESD round trip with the face detected anew, as is and after
+(`edit-offline.yaml` and `--evaluate-config`): the TAESD round trip (`--editor-vae taesdxl`: TAESDXL's, the stand-in
+for an SDXL-family editor, in WORK/eval-taesdxl) with the face detected anew, as is and after
 JPEG-75, JPEG-50 and a 0.5x resize (`--purify` names others, e.g. `webp:75 avif:60 heic:60`; a later run into the
 same work dir adds them to its edits). The default judges (`evaluate-offline.yaml`) are SFace, facenet CASIA-WebFace and
 w600k_mbf (never in any loss: the transfer check); `configs/evaluate-transfer.yaml` adds the reserved judges,
@@ -94,8 +97,8 @@ from offline_runs import ROOT, cli, options, print_table, work_dir, worst_judges
 
 RENAMED_KEYS = {f"--{old}": f"--{new}" for old, new in _RENAMED.items()}  # `fr_start:0` -> --model.objective.fr_start
 
-PARTS = ("recognizers", "rotated", "w600k", "vggface2", "efficientnet", "mobilefacenet", "vaes", "ensemble", "eot", "realjpeg",
-         "webp", "ssa", "realign", "jitter", "target", "crops", "allcrops", "morecrops", "features", "late_features", "quantised",
+PARTS = ("recognizers", "rotated", "w600k", "vggface2", "efficientnet", "mobilefacenet", "vaes", "taesdxl", "ensemble", "eot",
+         "realjpeg", "webp", "ssa", "realign", "jitter", "target", "crops", "allcrops", "morecrops", "features", "late_features", "quantised",
          "early_fr", "smoothing", "momentum", "robust_facenet", "add_robust_facenet", "robust_sface", "worst_crop",
          "fill")
 # The crop conventions besides each network's own, as evaluate-crops.yaml (box40's margin: 0.4/1.4 of the input size).
@@ -127,6 +130,7 @@ ROBUST_EOT = ["jpeg:50-90", "resize:0.5-1.0", "blur:0-1.0", "shift:3"]  # facelo
 WEBP_EOT = [*ROBUST_EOT, "webp_real:60-90"]
 SSA_EOT = [f"{spec}>spectrum:0.5" for spec in ROBUST_EOT]
 DEFAULT_PURIFICATIONS = ["jpeg:75", "jpeg:50", "resize:0.5"]
+EDITOR_VAES = ("taesd", "taesdxl")  # the bundle's autoencoders an edit can round-trip through (`--editor-vae`)
 
 
 def column_name(spec: str) -> str:
@@ -159,6 +163,11 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
     return name, parts
 
 
+def vae_spec(assets: Path, name: str) -> dict:
+    """The bundle's tiny autoencoder `name` (`taesd`: SD 1.x's latent space; `taesdxl`: SDXL's) as a `VAESpec`."""
+    return {"kind": "taesd", "path": str(assets / "vae" / name), "subfolder": None, "name": name}
+
+
 def fit_args(assets: Path, parts: list[str], targets: Path | None = None,
              thresholds: dict[str, float] | None = None) -> list[str]:
     """The `fit` options of a variant; `targets`: the folder of identity targets (part `target`)."""
@@ -180,8 +189,6 @@ def fit_args(assets: Path, parts: list[str], targets: Path | None = None,
                     "weights": str(assets / "fr/memento-efficientnet/memento_efficientnet_b0.safetensors")}
     mobilefacenet = {"kind": "onnx", "name": "mobilefacenet", "input_scale": 127.5 / 128, "input_offset": 0.0,
                      "weights": str(assets / "fr/mobilefacenet-expo/mobilefacenet_expo.onnx")}
-    taesd = {"kind": "taesd", "path": str(assets / "vae/taesd"), "subfolder": None, "name": "taesd"}
-    taesdxl = {"kind": "taesd", "path": str(assets / "vae/taesdxl"), "subfolder": None, "name": "taesdxl"}
     recognizers = [facenet, sface] if "recognizers" in parts or "ensemble" in parts else [sface]
     if "rotated" in parts:
         recognizers = [sface, w600k]
@@ -224,9 +231,9 @@ def fit_args(assets: Path, parts: list[str], targets: Path | None = None,
     # Every entry the evaluation calibrated carries its threshold, so `fit` writes the manifest's recognised_by;
     # outside worst_crop a threshold changes no protection.
     recognizers = [{**r, "threshold": known[r["name"]]} if r["name"] in known else r for r in recognizers]
-    vaes = "vaes" in parts or "ensemble" in parts
+    vaes = ["taesd", "taesdxl"] if "vaes" in parts or "ensemble" in parts else ["taesdxl" if "taesdxl" in parts else "taesd"]
     args = ["--model.recognizers", json.dumps(recognizers),
-            "--model.vae", json.dumps([taesd, taesdxl] if vaes else [taesd])]
+            "--model.vae", json.dumps([vae_spec(assets, name) for name in vaes])]
     off = {"eot": ["--model.attack.eot", "null"], "quantised": ["--model.attack.quantise_forward", "false"],
            "early_fr": ["--model.objective.fr_start", "0.35"],
            "smoothing": ["--model.attack.grad_smoothing", "0"], "momentum": ["--model.attack.momentum", "0"]}
@@ -280,6 +287,9 @@ def main() -> None:
                         help="purifications before the round trip (evaluation specs: jpeg:Q, webp:Q, avif:Q, resize:S, ...)")
     parser.add_argument("--variant", action="append", default=None, metavar="NAME=PARTS",
                         help=f"repeatable; default: the issue's four rows {list(VARIANTS)}")
+    parser.add_argument("--editor-vae", choices=EDITOR_VAES, default="taesd",
+                        help="the editor's autoencoder for the round trip (taesdxl: an SDXL-family editor, which no "
+                             "variant but `vaes` optimises against); its edits and scores go to WORK/eval-NAME")
     args = parser.parse_args()
     assets, work = args.assets.resolve(), work_dir(args, "facelock-robustness-")
     faces = work / "faces"
@@ -313,12 +323,13 @@ def main() -> None:
             "--output_dir", out, "--trainer.enable_progress_bar", "false", *fit_args(assets, parts, targets, thresholds))
         sets[name] = out
     set_names = {f"v{i}": name for i, name in enumerate(sets)}
+    scores = work / ("eval" if args.editor_vae == "taesd" else f"eval-{args.editor_vae}")
     cli("edit", "--config", ROOT / "configs/edit-offline.yaml", "--assets", assets, "--data.source", faces, "--output_dir",
-        work / "eval", "--sets", json.dumps({f"v{i}": str(p) for i, p in enumerate(sets.values())}),
-        "--purify", json.dumps(args.purify))
-    cli("evaluate", "--config", args.evaluate_config, "--assets", assets, "--output_dir", work / "eval")
+        scores, "--sets", json.dumps({f"v{i}": str(p) for i, p in enumerate(sets.values())}),
+        "--purify", json.dumps(args.purify), "--editor.vae", json.dumps(vae_spec(assets, args.editor_vae)))
+    cli("evaluate", "--config", args.evaluate_config, "--assets", assets, "--output_dir", scores)
 
-    frame = pd.read_parquet(work / "eval/report/per_image.parquet")
+    frame = pd.read_parquet(scores / "report/per_image.parquet")
     recognizers = worst_judges(frame)
     rows = []
     for set_name, label in [("clean", "no protection"), *set_names.items()]:
@@ -341,7 +352,8 @@ def main() -> None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         scores = [c for c in frame.columns if c.startswith(("match:", "fr:"))]
         per_face = frame[["set", "uid", *scores]]  # set: "clean", "v0", "v0+jpeg75", ...; "sets" names them
-        args.json.write_text(json.dumps({"split": args.split, "faces": sorted(p.name for p in faces.iterdir()),
+        args.json.write_text(json.dumps({"split": args.split, "editor_vae": args.editor_vae,
+                                         "faces": sorted(p.name for p in faces.iterdir()),
                                          "iterations": args.iterations, "variants": variants, "rows": rows,
                                          "sets": set_names, "per_face": json.loads(per_face.to_json(orient="records"))},
                                         indent=2))
@@ -354,7 +366,8 @@ def main() -> None:
         table.append([row["variant"], *cells, *[f"{row[k]:.2f}" if k in row else "–"
                                                 for k in ("linf_255_max", "psnr_db_min", "seconds_per_image")]])
     print_table(f"{args.split} faces: {args.faces}, 256 px, eps 0.03 and {args.iterations} iterations unless a variant "
-                "sets them; match rate (mean cosine) after the TAESD round trip, face detected anew (lower is better)",
+                f"sets them; match rate (mean cosine) after the {args.editor_vae.upper()} round trip, face detected anew "
+                "(lower is better)",
                 ["variant", *[f"{r}{p}" for r in recognizers for p in purifications.values()], "max linf_255",
                  "min PSNR dB", "s/image"], table)
     if args.json:

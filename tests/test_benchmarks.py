@@ -109,6 +109,8 @@ def test_robustness_variants_switch_parts_and_pass_settings():
     both = settings("ensemble+eot")
     assert names(both["--model.recognizers"][0]) == ["facenet-casia", "sface"]
     assert names(both["--model.vae"][0]) == ["taesd", "taesdxl"] and "--model.attack.eot" not in both
+    sdxl = json.loads(settings("recognizers+taesdxl")["--model.vae"][0])  # the SDXL-family autoencoder alone
+    assert sdxl == [{"kind": "taesd", "path": "/assets/vae/taesdxl", "subfolder": None, "name": "taesdxl"}]
     assert names(settings("rotated")["--model.recognizers"][0]) == ["sface", "w600k-mbf"]
     assert names(settings("recognizers+w600k")["--model.recognizers"][0]) == ["facenet-casia", "sface", "w600k-mbf"]
     three = json.loads(settings("recognizers+w600k+allcrops")["--model.recognizers"][0])
