@@ -98,9 +98,9 @@ from offline_runs import ROOT, cli, options, print_table, work_dir, worst_judges
 RENAMED_KEYS = {f"--{old}": f"--{new}" for old, new in _RENAMED.items()}  # `fr_start:0` -> --model.objective.fr_start
 
 PARTS = ("recognizers", "rotated", "w600k", "vggface2", "efficientnet", "mobilefacenet", "vaes", "taesdxl", "ensemble", "eot",
-         "realjpeg", "webp", "ssa", "realign", "jitter", "target", "crops", "allcrops", "morecrops", "features", "late_features", "quantised",
-         "early_fr", "smoothing", "momentum", "robust_facenet", "add_robust_facenet", "robust_sface", "worst_crop",
-         "fill")
+         "realjpeg", "webp", "ssa", "realign", "jitter", "target", "crops", "allcrops", "morecrops", "features",
+         "late_features", "quantised", "early_fr", "smoothing", "momentum", "robust_facenet", "add_robust_facenet",
+         "robust_sface", "worst_crop", "fill")
 # The crop conventions besides each network's own, as evaluate-crops.yaml (box40's margin: 0.4/1.4 of the input size).
 OTHER_CROPS = {
     "sface": {"box40": {"alignment": "box", "margin": 32}, "box0": {"alignment": "box", "margin": 0},
@@ -231,7 +231,9 @@ def fit_args(assets: Path, parts: list[str], targets: Path | None = None,
     # Every entry the evaluation calibrated carries its threshold, so `fit` writes the manifest's recognised_by;
     # outside worst_crop a threshold changes no protection.
     recognizers = [{**r, "threshold": known[r["name"]]} if r["name"] in known else r for r in recognizers]
-    vaes = ["taesd", "taesdxl"] if "vaes" in parts or "ensemble" in parts else ["taesdxl" if "taesdxl" in parts else "taesd"]
+    vaes = ["taesd", "taesdxl"] if "vaes" in parts or "ensemble" in parts else ["taesd"]
+    if "taesdxl" in parts:  # SDXL's autoencoder alone
+        vaes = ["taesdxl"]
     args = ["--model.recognizers", json.dumps(recognizers),
             "--model.vae", json.dumps([vae_spec(assets, name) for name in vaes])]
     off = {"eot": ["--model.attack.eot", "null"], "quantised": ["--model.attack.quantise_forward", "false"],
@@ -288,8 +290,8 @@ def main() -> None:
     parser.add_argument("--variant", action="append", default=None, metavar="NAME=PARTS",
                         help=f"repeatable; default: the issue's four rows {list(VARIANTS)}")
     parser.add_argument("--editor-vae", choices=EDITOR_VAES, default="taesd",
-                        help="the editor's autoencoder for the round trip (taesdxl: an SDXL-family editor, which no "
-                             "variant but `vaes` optimises against); its edits and scores go to WORK/eval-NAME")
+                        help="the editor's autoencoder for the round trip (taesdxl: an SDXL-family editor, which only the "
+                             "parts `vaes` and `taesdxl` optimise against); its edits and scores go to WORK/eval-NAME")
     args = parser.parse_args()
     assets, work = args.assets.resolve(), work_dir(args, "facelock-robustness-")
     faces = work / "faces"
@@ -323,13 +325,13 @@ def main() -> None:
             "--output_dir", out, "--trainer.enable_progress_bar", "false", *fit_args(assets, parts, targets, thresholds))
         sets[name] = out
     set_names = {f"v{i}": name for i, name in enumerate(sets)}
-    scores = work / ("eval" if args.editor_vae == "taesd" else f"eval-{args.editor_vae}")
+    eval_dir = work / ("eval" if args.editor_vae == "taesd" else f"eval-{args.editor_vae}")
     cli("edit", "--config", ROOT / "configs/edit-offline.yaml", "--assets", assets, "--data.source", faces, "--output_dir",
-        scores, "--sets", json.dumps({f"v{i}": str(p) for i, p in enumerate(sets.values())}),
+        eval_dir, "--sets", json.dumps({f"v{i}": str(p) for i, p in enumerate(sets.values())}),
         "--purify", json.dumps(args.purify), "--editor.vae", json.dumps(vae_spec(assets, args.editor_vae)))
-    cli("evaluate", "--config", args.evaluate_config, "--assets", assets, "--output_dir", scores)
+    cli("evaluate", "--config", args.evaluate_config, "--assets", assets, "--output_dir", eval_dir)
 
-    frame = pd.read_parquet(scores / "report/per_image.parquet")
+    frame = pd.read_parquet(eval_dir / "report/per_image.parquet")
     recognizers = worst_judges(frame)
     rows = []
     for set_name, label in [("clean", "no protection"), *set_names.items()]:
