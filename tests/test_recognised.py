@@ -68,7 +68,9 @@ def test_fit_writes_the_verdict_and_the_summary_counts_it(face_folder, tmp_path)
     assert manifest.loc[~found, "recognised_by"].isna().all()
     folder = json.loads((tmp_path / "out" / "summary.json").read_text())["folder"]
     assert folder["judged"] == judged and folder["still_recognised"] == judged
-    assert f"{judged} of {judged} judged image(s)" in describe(module.summary, tmp_path / "out")
+    report = describe(module.summary, tmp_path / "out", module.vae_specs[0].name)
+    assert f"{judged} of {judged} judged image(s)" in report
+    assert f"round trip through the loss's autoencoder ({module.vae_specs[0].name})" in report
 
 
 def test_no_face_in_the_reconstruction_is_not_judged(face_folder, tmp_path):

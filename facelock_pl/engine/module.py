@@ -261,6 +261,6 @@ class ProtectionModule(L.LightningModule):
         last_run = {**RunStats.summarise(per_rank.cpu()), "interrupted": self.interrupted_by, "version": __version__}
         if self.trainer.is_global_zero:
             self.summary = write_summary(self.output_dir, last_run)
-            logs.info(describe(self.summary, self.output_dir))
+            logs.info(describe(self.summary, self.output_dir, self.vae_specs[0].name))
         self.summary = self.trainer.strategy.broadcast(self.summary, src=0)
         self.stop_requests.restore()  # only now: a stop signal must not break into the gather or the summary

@@ -98,14 +98,16 @@ def _number(value: float | None, digits: int) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
-def describe(summary: dict, output_dir: Path) -> str:
-    """A short report for the terminal."""
+def describe(summary: dict, output_dir: Path, autoencoder: str = "vae") -> str:
+    """A short report for the terminal; `autoencoder`: the name of the loss's (first) autoencoder, the one the FR
+    columns read the round trip of: an editor on another autoencoder is not measured (and, measured, not protected)."""
     run, folder = summary["last_run"], summary["folder"]
     lines = [f"facelock_pl: this run: {run['images']} image(s): ok {run['ok']}, no_face {run['no_face']}, "
              f"error {run['error']} in {run['wall_seconds']:.0f} s ({run['images_per_s_total']:.3f} images/s over "
              f"{run['world_size']} process(es))" + (f"; INTERRUPTED by {run['interrupted']}" if run.get("interrupted") else ""),
              f"  {output_dir} holds {folder['images']} image(s): ok {folder['ok']}, no_face {folder['no_face']}, error "
-             f"{folder['error']}; mean FR cosine after the VAE round trip, face detected anew as an evaluation does: "
+             f"{folder['error']}; mean FR cosine after the round trip through the loss's autoencoder ({autoencoder}), face "
+             "detected anew as an evaluation does: "
              f"{_number(folder['mean_fr_cos_recon_detected'], 3)} (at the source's face: "
              f"{_number(folder['mean_fr_cos_recon'], 3)}); mean PSNR {_number(folder['mean_psnr_db'], 2)} dB"]
     if folder["judged"]:
