@@ -259,6 +259,53 @@ def test_a_feature_layer_is_recorded_where_set_so_older_folders_keep_resuming(tm
         keep_settings(tmp_path, plain, write=True)
 
 
+def test_a_folder_resumes_with_its_weights_moved_but_not_with_other_weights(tmp_path):
+    """A bundle moved (or copied to a node's scratch disk) resumes a folder; changed weights at a path do not."""
+    import hashlib
+    import json
+    import shutil
+
+    from facelock_pl.config_files import ConfigError
+    from facelock_pl.models import RecognizerSpec, VAESpec
+    from facelock_pl.outputs.settings import SETTINGS_NAME, keep_settings
+
+    bundle, out = tmp_path / "bundle", tmp_path / "out"
+    (bundle / "vae").mkdir(parents=True)
+    (bundle / "vae" / "decoder.safetensors").write_bytes(b"decoder")
+    (bundle / "fr.onnx").write_bytes(b"recogniser")
+    out.mkdir()
+
+    def settings(where: Path) -> dict:  # the random kinds load nothing: the paths are only recorded
+        return ProtectionModule(**tiny_module_kwargs(
+            vae=VAESpec(kind="tiny-random-kl", path=str(where / "vae")),
+            recognizers=[RecognizerSpec(kind="tiny-random", weights=str(where / "fr.onnx")),
+                         RecognizerSpec(kind="tiny-random", weights="vggface2")])).protection_settings()
+
+    keep_settings(out, settings(bundle), write=True)
+    record = json.loads((out / SETTINGS_NAME).read_text())
+    assert record["files"][str(bundle / "fr.onnx")] == "sha256:" + hashlib.sha256(b"recogniser").hexdigest()
+    assert set(record["files"]) == {str(bundle / "vae"), str(bundle / "fr.onnx")}  # a hub id names no local file
+    scratch = tmp_path / "scratch"
+    bundle.rename(scratch)
+    keep_settings(out, settings(scratch), write=True)  # resumes
+    assert json.loads((out / SETTINGS_NAME).read_text()) == record  # the first run's record stays
+
+    (scratch / "fr.onnx").write_bytes(b"fine-tuned")
+    with pytest.raises(ConfigError, match=r"\(recognizers differs; see"):
+        keep_settings(out, settings(scratch), write=True)
+    (scratch / "fr.onnx").write_bytes(b"recogniser")
+    shutil.copy(scratch / "vae" / "decoder.safetensors", scratch / "vae" / "encoder.safetensors")
+    with pytest.raises(ConfigError, match=r"\(vae differs; see"):  # a folder's digest covers every file in it
+        keep_settings(out, settings(scratch), write=True)
+    (scratch / "vae" / "encoder.safetensors").unlink()
+    keep_settings(out, settings(scratch), write=True)
+
+    del record["files"]  # a folder made before the digests were recorded compares the paths themselves
+    (out / SETTINGS_NAME).write_text(json.dumps(record))
+    with pytest.raises(ConfigError, match="recognizers differs, vae differs"):
+        keep_settings(out, settings(scratch), write=True)
+
+
 def test_a_photo_without_colour_keeps_a_grey_perturbation_beside_a_colour_one(face_folder, tmp_path, monkeypatch):
     Image.open(face_folder / "grace_hopper.jpg").convert("L").save(face_folder / "grace_hopper.png")
     (face_folder / "grace_hopper.jpg").unlink()

@@ -1,14 +1,19 @@
 """`OUT/protection.json`: the settings a protected set was made with (method, attack, objective, stopping,
 autoencoders, recognisers, the working resolution and region). Written by the first run into an output folder; a later run with other settings
-is refused, so every image of a folder is protected alike. The evaluation report reads it to show how each
-set was made and which recognisers were in its loss.
+is refused, so every image of a folder is protected alike. Its `files` group holds the SHA-256 of every local file and
+folder the settings name (weights, identity targets): a run that names them elsewhere — the bundle moved, or copied to a
+node's scratch disk — resumes where the content is the same. The evaluation report reads it to show how each set was
+made and which recognisers were in its loss.
 
 `OUT/source.json`: where the last run into the folder read its photos, and how (the `data.*` options that name
 them); `edit` reads the clean photos from there when it is given no `data.source`."""
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from ..config_files import ConfigError
@@ -16,6 +21,7 @@ from .atomic import write_bytes_atomic
 
 SETTINGS_NAME = "protection.json"
 SOURCE_NAME = "source.json"
+FILES = "files"  # the group of protection.json that maps each local path the settings name to its content's digest
 RECORDED_LATER = ("data",)  # groups that folders made by earlier versions lack
 # Settings recorded from some version on, as the folders made before it were made (a folder that lacks one).
 EARLIER_DEFAULTS = {"data": {"keep_grey": False}, "attack": {"both_positions": False}}
@@ -33,18 +39,58 @@ def record_source(output_dir: Path, reading: dict) -> None:
 def keep_settings(output_dir: Path, settings: dict, write: bool) -> None:
     """Refuse `settings` that differ from those the folder was made with; record them if new (when `write`).
     A group earlier versions did not record (`RECORDED_LATER`) is not checked in a folder they made, and a setting
-    they did not record is read as what they did (`EARLIER_DEFAULTS`)."""
+    they did not record is read as what they did (`EARLIER_DEFAULTS`). A path that differs is the same setting where
+    what it names now has the digest recorded for the folder's path (`FILES`; folders made before it compare paths)."""
     settings = json.loads(json.dumps(settings))  # as they read back from JSON
     recorded = read_settings(output_dir)
-    if recorded is not None:
-        settings = {k: v for k, v in settings.items() if k in recorded or k not in RECORDED_LATER}
-        recorded |= {group: earlier | recorded[group] for group, earlier in EARLIER_DEFAULTS.items() if group in recorded}
-    if recorded is not None and recorded != settings:
-        changed = ", ".join(_change(*difference) for difference in _differences(settings, recorded))
-        raise ConfigError(f"{output_dir} holds images protected with other settings ({changed}; see "
+    if recorded is None:
+        if write:
+            files = {path: _digest(path) for path in sorted(_local_paths(settings))}
+            write_bytes_atomic(Path(output_dir) / SETTINGS_NAME, json.dumps(settings | {FILES: files}, indent=2).encode())
+        return
+    recorded_files = recorded.pop(FILES, {})
+    settings = {k: v for k, v in settings.items() if k in recorded or k not in RECORDED_LATER}
+    recorded |= {group: earlier | recorded[group] for group, earlier in EARLIER_DEFAULTS.items() if group in recorded}
+    digest = functools.cache(_digest)  # a weights file several recognisers name is read once
+    changed = [difference for difference in _differences(settings, recorded)
+               if not _same(*difference[1:], recorded_files, digest)]
+    if changed:
+        raise ConfigError(f"{output_dir} holds images protected with other settings "
+                          f"({', '.join(_change(*difference) for difference in changed)}; see "
                           f"{Path(output_dir) / SETTINGS_NAME}): use a new --output_dir, or the folder's values")
-    if recorded is None and write:
-        write_bytes_atomic(Path(output_dir) / SETTINGS_NAME, json.dumps(settings, indent=2).encode())
+
+
+def _local_paths(node) -> set[str]:
+    """The absolute paths of existing files and folders among the values of `node` (hub ids are not paths)."""
+    if isinstance(node, dict):
+        return set().union(*map(_local_paths, node.values()))
+    if isinstance(node, list):
+        return set().union(*map(_local_paths, node))
+    return {node} if isinstance(node, str) and Path(node).is_absolute() and Path(node).exists() else set()
+
+
+def _same(now: object, was: object, recorded_files: dict[str, str], digest: Callable[[str], str]) -> bool:
+    """Whether the value `now` is the recorded `was`: equal, but for local paths whose content has the digest the
+    folder recorded for the path in `was` at the same place."""
+    if isinstance(now, dict) and isinstance(was, dict):
+        return now.keys() == was.keys() and all(_same(now[k], was[k], recorded_files, digest) for k in now)
+    if isinstance(now, list) and isinstance(was, list):
+        return len(now) == len(was) and all(_same(n, w, recorded_files, digest) for n, w in zip(now, was))
+    return now == was or (isinstance(now, str) and isinstance(was, str) and was in recorded_files
+                          and now in _local_paths(now) and digest(now) == recorded_files[was])
+
+
+def _digest(path: str) -> str:
+    """SHA-256 of a file's bytes, or of a folder's files (every one below it, with its relative name)."""
+    path, sha = Path(path), hashlib.sha256()
+    if path.is_file():
+        with path.open("rb") as stream:
+            for chunk in iter(lambda: stream.read(1 << 20), b""):
+                sha.update(chunk)
+    else:
+        for file in sorted(p for p in path.rglob("*") if p.is_file()):
+            sha.update(f"{file.relative_to(path).as_posix()}\0{_digest(str(file))}\n".encode())
+    return "sha256:" + sha.hexdigest()
 
 
 def _differences(new: dict, old: dict, prefix: str = "") -> list[tuple[str, object, object]]:
