@@ -359,6 +359,27 @@ def test_evaluate_scores_what_edit_recorded_and_refuses_what_it_did_not(face_fol
     assert "other editor" in refused(*edit, "--editor.steps", "5")
 
 
+def test_an_edit_resumes_with_its_editor_weights_moved_but_not_with_other_weights(face_folder, protected_set, tmp_path,
+                                                                                  capsys):
+    """Edits made with the bundle's weights were refused as "edits made with other editor" once the bundle moved."""
+    weights, out = tmp_path / "pipeline", tmp_path / "eval"
+    weights.mkdir()
+    (weights / "unet.safetensors").write_bytes(b"unet")  # the tiny random editor loads nothing: the path is recorded
+    edit = ["edit", "--config", ROOT / "configs" / "edit-tiny.yaml", "--data.source", face_folder, "--sets",
+            f"{{facelock: {protected_set}}}", "--purify", "[]", "--prompt_ids", "[0]", "--output_dir", out]
+    assert run_cli(*edit, "--editor.path", weights) == 0
+    record = json.loads((out / "edits" / "edit.json").read_text())
+    assert list(record["files"]) == [str(weights)] and record["files"][str(weights)].startswith("sha256:")
+    scratch = tmp_path / "scratch"
+    weights.rename(scratch)
+    capsys.readouterr()
+    assert run_cli(*edit, "--editor.path", scratch) == 0
+    assert "4 edits already done" in capsys.readouterr().err  # clean and protected, one prompt, two photos
+    assert json.loads((out / "edits" / "edit.json").read_text()) == record
+    (scratch / "unet.safetensors").write_bytes(b"fine-tuned")
+    assert run_cli(*edit, "--editor.path", scratch) == 2 and "other editor" in capsys.readouterr().err
+
+
 def test_evaluate_finds_the_clean_photos_where_they_moved_and_checks_each(face_folder, protected_set, tmp_path, capsys,
                                                                          caplog):
     """The clean folder or a protected set moved, or the edits were copied to another machine: `evaluate` stopped

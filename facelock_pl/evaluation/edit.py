@@ -19,6 +19,7 @@ from ..data import ImageItem
 from ..logs import first_few
 from ..outputs import write_bytes_atomic
 from ..outputs.lock import FolderGuard
+from ..outputs.settings import local_digests
 from ..pixels import png_bytes
 from ..progress import CountProgress
 from .editors import Editor, EditorSpec, edit_seed
@@ -150,7 +151,8 @@ def run_edit(
     all_sets = image_sets(record.sets, record.purify)  # a set that cannot be read is refused before anything is recorded
     items = clean_sources(data, record.sets, out)  # refused before anything is recorded: no photo the sets protected
     previous = EditRecord.load(out)
-    merged = previous.merged_with(record) if previous else record  # refused before any work if it cannot merge
+    # Refused before any work if it cannot merge; a new folder records its editor's weights by content.
+    merged = previous.merged_with(record) if previous else dataclasses.replace(record, files=local_digests(record.editor))
     changed = {uid for uid, item in items.items() if merged.photo_changed(uid, item.source_sha256)}
     sources = {uid: item.native for uid, item in items.items()}
     _name_absent(all_sets, sources)

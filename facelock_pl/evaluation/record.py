@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..config_files import ConfigError
 from ..outputs import write_bytes_atomic
+from ..outputs.settings import same_setting
 from .sets import DataSpec, expand_sweeps
 
 log = logging.getLogger("facelock_pl")
@@ -29,6 +30,8 @@ class EditRecord:
         seed: the base seed of the edits.
         source_sha256: uid -> the SHA-256 of the clean photo its edits were made from: a photo replaced since has
             its edits made again by `edit` and is left out by `evaluate` until then.
+        files: the digest of each local file and folder the editor's settings name (its weights), by path: a later
+            `edit` that names the same weights elsewhere (the bundle moved) merges with these edits.
     """
 
     data: DataSpec
@@ -39,6 +42,7 @@ class EditRecord:
     editor: dict
     seed: int
     source_sha256: dict[str, str] = dataclasses.field(default_factory=dict)
+    files: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def photo_changed(self, uid: str, source_sha256: str) -> bool:
         """Whether `uid`'s edits were made from a photo with other bytes (False for a photo not edited yet)."""
@@ -72,7 +76,7 @@ class EditRecord:
                                     (newer.data.source, newer.data.resolution, newer.data.reading())),
                                    ("prompts", self.prompts, newer.prompts), ("editor", self.editor, newer.editor),
                                    ("seed", self.seed, newer.seed)):
-            if mine != theirs:
+            if not same_setting(theirs, mine, self.files):
                 raise ConfigError(f"this output folder holds edits made with other {name} ({mine!r}, now {theirs!r}): "
                                  "give a new --output_dir")
         for name in (n for n in self.sets.keys() & newer.sets.keys() if _moved(self.sets[n], newer.sets[n])):

@@ -45,19 +45,28 @@ def keep_settings(output_dir: Path, settings: dict, write: bool) -> None:
     recorded = read_settings(output_dir)
     if recorded is None:
         if write:
-            files = {path: _digest(path) for path in sorted(_local_paths(settings))}
-            write_bytes_atomic(Path(output_dir) / SETTINGS_NAME, json.dumps(settings | {FILES: files}, indent=2).encode())
+            write_bytes_atomic(Path(output_dir) / SETTINGS_NAME, json.dumps(settings | {FILES: local_digests(settings)}, indent=2).encode())
         return
     recorded_files = recorded.pop(FILES, {})
     settings = {k: v for k, v in settings.items() if k in recorded or k not in RECORDED_LATER}
     recorded |= {group: earlier | recorded[group] for group, earlier in EARLIER_DEFAULTS.items() if group in recorded}
-    digest = functools.cache(_digest)  # a weights file several recognisers name is read once
     changed = [difference for difference in _differences(settings, recorded)
-               if not _same(*difference[1:], recorded_files, digest)]
+               if not same_setting(*difference[1:], recorded_files)]
     if changed:
         raise ConfigError(f"{output_dir} holds images protected with other settings "
                           f"({', '.join(_change(*difference) for difference in changed)}; see "
                           f"{Path(output_dir) / SETTINGS_NAME}): use a new --output_dir, or the folder's values")
+
+
+def local_digests(settings: dict) -> dict[str, str]:
+    """The digest of every local file and folder that `settings` name (by absolute path), by path."""
+    return {path: _digest(path) for path in sorted(_local_paths(settings))}
+
+
+def same_setting(now: object, was: object, recorded_digests: dict[str, str]) -> bool:
+    """Whether the setting `now` is the recorded `was`: equal, but for local paths where `now` names a file or folder
+    with the digest recorded for the path `was` names at the same place (`local_digests`: the weights moved)."""
+    return _same(now, was, recorded_digests, functools.cache(_digest))  # a file named several times is read once
 
 
 def _local_paths(node) -> set[str]:
@@ -70,8 +79,6 @@ def _local_paths(node) -> set[str]:
 
 
 def _same(now: object, was: object, recorded_files: dict[str, str], digest: Callable[[str], str]) -> bool:
-    """Whether the value `now` is the recorded `was`: equal, but for local paths whose content has the digest the
-    folder recorded for the path in `was` at the same place."""
     if isinstance(now, dict) and isinstance(was, dict):
         return now.keys() == was.keys() and all(_same(now[k], was[k], recorded_files, digest) for k in now)
     if isinstance(now, list) and isinstance(was, list):
