@@ -45,7 +45,8 @@ def keep_settings(output_dir: Path, settings: dict, write: bool) -> None:
     recorded = read_settings(output_dir)
     if recorded is None:
         if write:
-            write_bytes_atomic(Path(output_dir) / SETTINGS_NAME, json.dumps(settings | {FILES: local_digests(settings)}, indent=2).encode())
+            record = settings | {FILES: local_digests(settings)}
+            write_bytes_atomic(Path(output_dir) / SETTINGS_NAME, json.dumps(record, indent=2).encode())
         return
     recorded_files = recorded.pop(FILES, {})
     settings = {k: v for k, v in settings.items() if k in recorded or k not in RECORDED_LATER}
@@ -75,7 +76,11 @@ def _local_paths(node) -> set[str]:
         return set().union(*map(_local_paths, node.values()))
     if isinstance(node, list):
         return set().union(*map(_local_paths, node))
-    return {node} if isinstance(node, str) and Path(node).is_absolute() and Path(node).exists() else set()
+    return {node} if _is_local(node) else set()
+
+
+def _is_local(value: object) -> bool:
+    return isinstance(value, str) and Path(value).is_absolute() and Path(value).exists()
 
 
 def _same(now: object, was: object, recorded_files: dict[str, str], digest: Callable[[str], str]) -> bool:
@@ -83,8 +88,8 @@ def _same(now: object, was: object, recorded_files: dict[str, str], digest: Call
         return now.keys() == was.keys() and all(_same(now[k], was[k], recorded_files, digest) for k in now)
     if isinstance(now, list) and isinstance(was, list):
         return len(now) == len(was) and all(_same(n, w, recorded_files, digest) for n, w in zip(now, was))
-    return now == was or (isinstance(now, str) and isinstance(was, str) and was in recorded_files
-                          and now in _local_paths(now) and digest(now) == recorded_files[was])
+    return now == was or (isinstance(was, str) and was in recorded_files and _is_local(now)
+                          and digest(now) == recorded_files[was])
 
 
 def _digest(path: str) -> str:
