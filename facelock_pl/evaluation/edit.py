@@ -152,7 +152,8 @@ def run_edit(
     items = clean_sources(data, record.sets, out)  # refused before anything is recorded: no photo the sets protected
     previous = EditRecord.load(out)
     # Refused before any work if it cannot merge; a new folder records its editor's weights by content.
-    merged = previous.merged_with(record) if previous else dataclasses.replace(record, files=local_digests(record.editor))
+    merged = (previous.merged_with(record) if previous
+              else dataclasses.replace(record, files=local_digests(record.editor)))
     changed = {uid for uid, item in items.items() if merged.photo_changed(uid, item.source_sha256)}
     sources = {uid: item.native for uid, item in items.items()}
     _name_absent(all_sets, sources)
