@@ -11,7 +11,8 @@ one run's match rate says little about a goal like "≤ 15%". Pooled over runs, 
 crop conventions by its worst, `NAME@worst`) and purification gets: the match rate over every (run, face) with a
 95% Wilson interval over the faces (n = faces: a face's runs mostly agree), each run's rate, the faces matched in at
 least one run and in every run, and the mean cosine. The runs must hold the same faces. Seeds run as variants of one
-`benchmarks/robustness.py` work dir are sets of one evaluation: name each run's with `--set`. JSON only with --json.
+`benchmarks/robustness.py` work dir are sets of one evaluation: name each run's with `--set`. One `--run` alone gives
+that run's rates, every judge of its folders in one table, with the same intervals. JSON only with --json.
 """
 
 from __future__ import annotations
@@ -108,8 +109,6 @@ def main() -> None:
                              "--run W/eval --set v0 --run W/eval --set v1 ...)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    if len(args.run) < 2:
-        parser.error("give at least two --run (one per seed)")
     sets = args.set or [None]
     if len(sets) not in (1, len(args.run)):
         parser.error(f"give --set once, or once per --run ({len(args.run)}); got {len(sets)}")
@@ -127,8 +126,8 @@ def main() -> None:
     rows = [[judge, *(cell(by_purification.get(p)) for p in purifications),
              f"{by_purification['none']['faces_matched_in_any_run']} / {by_purification['none']['faces_matched_in_every_run']}"
              if "none" in by_purification else "–"] for judge, by_purification in pooled.items()]
-    print_table(f"{len(args.run)} runs pooled: match % over every (run, face) [95% Wilson interval over the faces] "
-                "(each run's %)", ["judge", *purifications, "faces matched plain: in any run / in every run"], rows)
+    pooling = f"{len(args.run)} runs pooled: match % over every (run, face)" if len(args.run) > 1 else "one run: match %"
+    print_table(f"{pooling} [95% Wilson interval over the faces] (each run's %)", ["judge", *purifications, "faces matched plain: in any run / in every run"], rows)
     write_json(args.json, {"runs": [[str(f) for f in folders] for folders in args.run], "sets": sets,
                            "pooled": pooled})
 

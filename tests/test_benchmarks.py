@@ -412,7 +412,8 @@ def test_seeds_benchmark_prints_a_table_and_writes_json(tmp_path):
     assert report["pooled"]["sface@worst"]["none"]["match_pct_per_run"] == [50, 0]
     one = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "seeds.py"), "--run", str(runs[0])],
                          capture_output=True, text=True, timeout=120)
-    assert one.returncode == 2 and "at least two --run" in one.stderr
+    assert one.returncode == 0 and "one run: match % [95% Wilson" in one.stdout  # one seed's judges side by side
+    assert "| sface@worst | 50% [" in one.stdout and "(50) |" in one.stdout and "| 1 / 1 |" in one.stdout
 
 
 def test_seeds_pool_the_sets_of_one_evaluation_one_set_per_run(tmp_path, monkeypatch, capsys):
