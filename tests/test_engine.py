@@ -259,7 +259,7 @@ def test_a_feature_layer_is_recorded_where_set_so_older_folders_keep_resuming(tm
         keep_settings(tmp_path, plain, write=True)
 
 
-def test_a_folder_resumes_with_its_weights_moved_but_not_with_other_weights(tmp_path):
+def test_a_folder_resumes_with_its_weights_moved_but_not_with_other_weights(tmp_path, caplog):
     """A bundle moved (or copied to a node's scratch disk) resumes a folder; changed weights at a path do not."""
     import hashlib
     import json
@@ -287,7 +287,9 @@ def test_a_folder_resumes_with_its_weights_moved_but_not_with_other_weights(tmp_
     assert set(record["files"]) == {str(bundle / "vae"), str(bundle / "fr.onnx")}  # a hub id names no local file
     scratch = tmp_path / "scratch"
     bundle.rename(scratch)
-    keep_settings(out, settings(scratch), write=True)  # resumes
+    with caplog.at_level("INFO", logger="facelock_pl"):
+        keep_settings(out, settings(scratch), write=True)  # resumes, and says why
+    assert "recognizers, vae name(s) the weights at other paths, with the content recorded" in caplog.text
     assert json.loads((out / SETTINGS_NAME).read_text()) == record  # the first run's record stays
 
     (scratch / "fr.onnx").write_bytes(b"fine-tuned")

@@ -16,7 +16,9 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+from .. import logs
 from ..config_files import ConfigError
+from ..logs import first_few
 from .atomic import write_bytes_atomic
 
 SETTINGS_NAME = "protection.json"
@@ -51,12 +53,15 @@ def keep_settings(output_dir: Path, settings: dict, write: bool) -> None:
     recorded_files = recorded.pop(FILES, {})
     settings = {k: v for k, v in settings.items() if k in recorded or k not in RECORDED_LATER}
     recorded |= {group: earlier | recorded[group] for group, earlier in EARLIER_DEFAULTS.items() if group in recorded}
-    changed = [difference for difference in _differences(settings, recorded)
-               if not same_setting(*difference[1:], recorded_files)]
+    differences = _differences(settings, recorded)
+    changed = [difference for difference in differences if not same_setting(*difference[1:], recorded_files)]
     if changed:
         raise ConfigError(f"{output_dir} holds images protected with other settings "
                           f"({', '.join(_change(*difference) for difference in changed)}; see "
                           f"{Path(output_dir) / SETTINGS_NAME}): use a new --output_dir, or the folder's values")
+    if differences:
+        moved = first_few(difference[0] for difference in differences)
+        logs.info(f"facelock_pl: {output_dir}: {moved} name(s) the weights at other paths, with the content recorded")
 
 
 def local_digests(settings: dict) -> dict[str, str]:
