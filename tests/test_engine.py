@@ -259,15 +259,15 @@ def test_a_feature_layer_is_recorded_where_set_so_older_folders_keep_resuming(tm
         keep_settings(tmp_path, plain, write=True)
 
 
-def test_a_folder_resumes_with_its_weights_moved_but_not_with_other_weights(tmp_path, caplog):
-    """A bundle moved (or copied to a node's scratch disk) resumes a folder; changed weights at a path do not."""
+def test_a_folder_compares_its_weights_by_content_moved_or_replaced_in_place(tmp_path, caplog):
+    """A bundle moved (or copied to a node's scratch disk) resumes a folder; other bytes, at any path, do not."""
     import hashlib
     import json
     import shutil
 
     from facelock_pl.config_files import ConfigError
     from facelock_pl.models import RecognizerSpec, VAESpec
-    from facelock_pl.outputs.settings import SETTINGS_NAME, keep_settings
+    from facelock_pl.outputs.settings import SETTINGS_NAME, keep_settings, same_setting
 
     bundle, out = tmp_path / "bundle", tmp_path / "out"
     (bundle / "vae").mkdir(parents=True)
@@ -306,6 +306,17 @@ def test_a_folder_resumes_with_its_weights_moved_but_not_with_other_weights(tmp_
     (out / SETTINGS_NAME).write_text(json.dumps(record))
     with pytest.raises(ConfigError, match="recognizers differs, vae differs"):
         keep_settings(out, settings(scratch), write=True)
+
+    # Other bytes at the very path the folder was made with (weights replaced in place) are other settings too.
+    again = tmp_path / "again"
+    again.mkdir()
+    keep_settings(again, settings(scratch), write=True)
+    recorded_digests = json.loads((again / SETTINGS_NAME).read_text())["files"]
+    (scratch / "fr.onnx").write_bytes(b"replaced")
+    with pytest.raises(ConfigError, match=f"{scratch / 'fr.onnx'} holds other bytes than when the folder was made"):
+        keep_settings(again, settings(scratch), write=True)
+    onnx = str(scratch / "fr.onnx")  # as `edit` compares its editor's weights
+    assert not same_setting(onnx, onnx, recorded_digests) and same_setting("vggface2", "vggface2", recorded_digests)
 
 
 def test_a_photo_without_colour_keeps_a_grey_perturbation_beside_a_colour_one(face_folder, tmp_path, monkeypatch):

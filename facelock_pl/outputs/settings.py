@@ -1,8 +1,9 @@
 """`OUT/protection.json`: the settings a protected set was made with (method, attack, objective, stopping,
 autoencoders, recognisers, the working resolution and region). Written by the first run into an output folder; a later run with other settings
 is refused, so every image of a folder is protected alike. Its `files` group holds the SHA-256 of every local file and
-folder the settings name (weights, identity targets): a run that names them elsewhere — the bundle moved, or copied to a
-node's scratch disk — resumes where the content is the same. The evaluation report reads it to show how each set was
+folder the settings name (weights, identity targets), so that they are compared by content: a run that names them
+elsewhere — the bundle moved, or copied to a node's scratch disk — resumes, and other bytes at the recorded path are
+other settings. The evaluation report reads it to show how each set was
 made and which recognisers were in its loss.
 
 `OUT/source.json`: where the last run into the folder read its photos, and how (the `data.*` options that name
@@ -41,8 +42,9 @@ def record_source(output_dir: Path, reading: dict) -> None:
 def keep_settings(output_dir: Path, settings: dict, write: bool) -> None:
     """Refuse `settings` that differ from those the folder was made with; record them if new (when `write`).
     A group earlier versions did not record (`RECORDED_LATER`) is not checked in a folder they made, and a setting
-    they did not record is read as what they did (`EARLIER_DEFAULTS`). A path that differs is the same setting where
-    what it names now has the digest recorded for the folder's path (`FILES`; folders made before it compare paths)."""
+    they did not record is read as what they did (`EARLIER_DEFAULTS`). Weights are compared by content where the
+    folder recorded it (`FILES`): named at another path with the same bytes is the same setting, other bytes at the
+    same path are not (folders made before the digests compare paths)."""
     settings = json.loads(json.dumps(settings))  # as they read back from JSON
     recorded = read_settings(output_dir)
     if recorded is None:
@@ -53,11 +55,15 @@ def keep_settings(output_dir: Path, settings: dict, write: bool) -> None:
     recorded_files = recorded.pop(FILES, {})
     settings = {k: v for k, v in settings.items() if k in recorded or k not in RECORDED_LATER}
     recorded |= {group: earlier | recorded[group] for group, earlier in EARLIER_DEFAULTS.items() if group in recorded}
+    digest = functools.cache(_digest)  # a weights file several recognisers name is read once
     differences = _differences(settings, recorded)
-    changed = [difference for difference in differences if not same_setting(*difference[1:], recorded_files)]
-    if changed:
-        raise ConfigError(f"{output_dir} holds images protected with other settings "
-                          f"({', '.join(_change(*difference) for difference in changed)}; see "
+    if not _same(settings, recorded, recorded_files, digest):
+        changed = [_change(*difference) for difference in differences
+                   if not _same(*difference[1:], recorded_files, digest)]
+        rewritten = sorted(path for path in _local_paths(settings) & recorded_files.keys()
+                           if digest(path) != recorded_files[path])
+        changed += [f"{path} holds other bytes than when the folder was made" for path in rewritten]
+        raise ConfigError(f"{output_dir} holds images protected with other settings ({', '.join(changed)}; see "
                           f"{Path(output_dir) / SETTINGS_NAME}): use a new --output_dir, or the folder's values")
     if differences:
         moved = first_few(difference[0] for difference in differences)
@@ -70,9 +76,10 @@ def local_digests(settings: dict) -> dict[str, str]:
 
 
 def same_setting(now: object, was: object, recorded_digests: dict[str, str]) -> bool:
-    """Whether the setting `now` is the recorded `was`: equal, but for local paths where `now` names a file or folder
-    with the digest recorded for the path `was` names at the same place (`local_digests`: the weights moved)."""
-    return _same(now, was, recorded_digests, functools.cache(_digest))  # a file named several times is read once
+    """Whether the setting `now` is the recorded `was`, local paths compared by content where `recorded_digests`
+    (`local_digests` of `was`) has it: the same bytes elsewhere are the same setting, other bytes at the same path
+    are not."""
+    return _same(now, was, recorded_digests, functools.cache(_digest))
 
 
 def _local_paths(node) -> set[str]:
@@ -93,8 +100,9 @@ def _same(now: object, was: object, recorded_files: dict[str, str], digest: Call
         return now.keys() == was.keys() and all(_same(now[k], was[k], recorded_files, digest) for k in now)
     if isinstance(now, list) and isinstance(was, list):
         return len(now) == len(was) and all(_same(n, w, recorded_files, digest) for n, w in zip(now, was))
-    return now == was or (isinstance(was, str) and was in recorded_files and _is_local(now)
-                          and digest(now) == recorded_files[was])
+    if isinstance(was, str) and was in recorded_files and _is_local(now):
+        return digest(now) == recorded_files[was]
+    return now == was
 
 
 def _digest(path: str) -> str:
