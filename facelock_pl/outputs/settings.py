@@ -65,7 +65,7 @@ def keep_settings(output_dir: Path, settings: dict, write: bool) -> None:
         changed += [f"{path} holds other bytes than when the folder was made" for path in rewritten]
         raise ConfigError(f"{output_dir} holds images protected with other settings ({', '.join(changed)}; see "
                           f"{Path(output_dir) / SETTINGS_NAME}): use a new --output_dir, or the folder's values")
-    if differences:
+    if differences and write:  # said once: `fit` checks without writing first, before its resume step
         moved = first_few(difference[0] for difference in differences)
         logs.info(f"facelock_pl: {output_dir}: {moved} name(s) the weights at other paths, with the content recorded")
 
