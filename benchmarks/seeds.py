@@ -127,7 +127,8 @@ def main() -> None:
              f"{by_purification['none']['faces_matched_in_any_run']} / {by_purification['none']['faces_matched_in_every_run']}"
              if "none" in by_purification else "–"] for judge, by_purification in pooled.items()]
     pooling = f"{len(args.run)} runs pooled: match % over every (run, face)" if len(args.run) > 1 else "one run: match %"
-    print_table(f"{pooling} [95% Wilson interval over the faces] (each run's %)", ["judge", *purifications, "faces matched plain: in any run / in every run"], rows)
+    print_table(f"{pooling} [95% Wilson interval over the faces] (each run's %)",
+                ["judge", *purifications, "faces matched plain: in any run / in every run"], rows)
     write_json(args.json, {"runs": [[str(f) for f in folders] for folders in args.run], "sets": sets,
                            "pooled": pooled})
 

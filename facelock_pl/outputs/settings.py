@@ -1,10 +1,10 @@
 """`OUT/protection.json`: the settings a protected set was made with (method, attack, objective, stopping,
-autoencoders, recognisers, the working resolution and region). Written by the first run into an output folder; a later run with other settings
-is refused, so every image of a folder is protected alike. Its `files` group holds the SHA-256 of every local file and
-folder the settings name (weights, identity targets), so that they are compared by content: a run that names them
-elsewhere — the bundle moved, or copied to a node's scratch disk — resumes, and other bytes at the recorded path are
-other settings. The evaluation report reads it to show how each set was
-made and which recognisers were in its loss.
+autoencoders, recognisers, the working resolution and region). Written by the first run into an output folder; a later
+run with other settings is refused, so every image of a folder is protected alike. Its `files` group holds the SHA-256
+of every local file and folder the settings name (weights, identity targets), so that they are compared by content: a
+run that names them elsewhere — the bundle moved, or copied to a node's scratch disk — resumes, and other bytes at the
+recorded path are other settings. The evaluation report reads it to show how each set was made and which recognisers
+were in its loss.
 
 `OUT/source.json`: where the last run into the folder read its photos, and how (the `data.*` options that name
 them); `edit` reads the clean photos from there when it is given no `data.source`."""
@@ -19,7 +19,6 @@ from pathlib import Path
 
 from .. import logs
 from ..config_files import ConfigError
-from ..logs import first_few
 from .atomic import write_bytes_atomic
 
 SETTINGS_NAME = "protection.json"
@@ -66,7 +65,7 @@ def keep_settings(output_dir: Path, settings: dict, write: bool) -> None:
         raise ConfigError(f"{output_dir} holds images protected with other settings ({', '.join(changed)}; see "
                           f"{Path(output_dir) / SETTINGS_NAME}): use a new --output_dir, or the folder's values")
     if differences and write:  # said once: `fit` checks without writing first, before its resume step
-        moved = first_few(difference[0] for difference in differences)
+        moved = logs.first_few(difference[0] for difference in differences)
         logs.info(f"facelock_pl: {output_dir}: {moved} name(s) the weights at other paths, with the content recorded")
 
 
@@ -105,17 +104,23 @@ def _same(now: object, was: object, recorded_files: dict[str, str], digest: Call
     return now == was
 
 
+def file_sha256(path: Path) -> str:
+    """The hex SHA-256 of a file's bytes, read a MiB at a time (weights files run to hundreds of MB)."""
+    sha = hashlib.sha256()
+    with Path(path).open("rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            sha.update(chunk)
+    return sha.hexdigest()
+
+
 def _digest(path: str) -> str:
     """SHA-256 of a file's bytes, or of a folder's files (every one below it, with its relative name)."""
-    path, sha = Path(path), hashlib.sha256()
+    path = Path(path)
     if path.is_file():
-        with path.open("rb") as stream:
-            for chunk in iter(lambda: stream.read(1 << 20), b""):
-                sha.update(chunk)
-    else:
-        for file in sorted(p for p in path.rglob("*") if p.is_file()):
-            sha.update(f"{file.relative_to(path).as_posix()}\0{_digest(str(file))}\n".encode())
-    return "sha256:" + sha.hexdigest()
+        return "sha256:" + file_sha256(path)
+    listing = "".join(f"{file.relative_to(path).as_posix()}\0{_digest(str(file))}\n"
+                      for file in sorted(p for p in path.rglob("*") if p.is_file()))
+    return "sha256:" + hashlib.sha256(listing.encode()).hexdigest()
 
 
 def _differences(new: dict, old: dict, prefix: str = "") -> list[tuple[str, object, object]]:
