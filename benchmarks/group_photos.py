@@ -30,13 +30,14 @@ import yaml
 from facelock_pl.config_files import read_config
 from facelock_pl.data.images import load_photo
 from facelock_pl.evaluation.evaluate import load_edit, worst_over_crops
+from facelock_pl.evaluation.rates import worst_judges
 from facelock_pl.models import FaceScorer, RecognizerSpec
 from facelock_pl.models.faces import face_windows
 from facelock_pl.outputs import read_manifest
 from facelock_pl.pixels import editor_input, pil_to_levels
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from offline_runs import ROOT, cli, options, print_table, work_dir, worst_judges, write_json  # noqa: E402
+from offline_runs import ROOT, cli, options, print_table, work_dir, write_json  # noqa: E402
 
 RESOLUTION = 256  # protect-offline.yaml's and edit-offline.yaml's working size
 SETS = ("clean", "protected", "protected+jpeg75")

@@ -23,10 +23,11 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image
 
+from facelock_pl.evaluation.rates import judges
 from facelock_pl.outputs import read_manifest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from offline_runs import ROOT, cli, held_out_faces, judges, options, print_table, work_dir, write_json  # noqa: E402
+from offline_runs import ROOT, cli, held_out_faces, options, print_table, work_dir, write_json  # noqa: E402
 
 LYING = (1, 3, 2)  # quarter turns counter-clockwise from upright: on its left side, on its right, upside down
 LOSSES = {"upright only": "false", "upright and as it lies": "true"}

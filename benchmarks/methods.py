@@ -20,8 +20,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from facelock_pl.evaluation.rates import judges
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from offline_runs import ROOT, cli, held_out_faces, judges, options, print_table, work_dir, write_json  # noqa: E402
+from offline_runs import ROOT, cli, held_out_faces, options, print_table, work_dir, write_json  # noqa: E402
 
 from facelock_pl.outputs import read_manifest  # noqa: E402
 

@@ -44,19 +44,6 @@ def held_out_faces(assets: Path, count: int) -> list[Path]:
     return sorted((assets / "faces" / "celebahq").glob("*.jpg"))[-count:]
 
 
-def judges(frame) -> list[str]:
-    """The recognisers an evaluation's per-image frame scored, in column order."""
-    return [c.removeprefix("match:") for c in frame.columns if c.startswith("match:")]
-
-
-def worst_judges(frame) -> list[str]:
-    """The judges a table shows: a network listed behind several crop conventions once, by its worst
-    (`NAME@worst`), every other recogniser as it is."""
-    names = judges(frame)
-    grouped = {name.split("@")[0] for name in names if name.endswith("@worst")}
-    return [name for name in names if name.endswith("@worst") or name.split("@")[0] not in grouped]
-
-
 def write_json(path: Path | None, payload: dict) -> None:
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)

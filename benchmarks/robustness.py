@@ -87,13 +87,14 @@ import yaml
 
 from facelock_pl.config_files import RENAMED_KEYS as _RENAMED
 from facelock_pl.evaluation import purify
+from facelock_pl.evaluation.rates import worst_judges
 from facelock_pl.models.recognizers import RESERVED_FOR_EVALUATION
 from facelock_pl.outputs import read_manifest
 from facelock_pl.outputs.atomic import write_bytes_atomic
 from facelock_pl.outputs.manifest import FINAL_STATUSES
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from offline_runs import ROOT, cli, options, print_table, work_dir, worst_judges  # noqa: E402
+from offline_runs import ROOT, cli, options, print_table, work_dir  # noqa: E402
 
 RENAMED_KEYS = {f"--{old}": f"--{new}" for old, new in _RENAMED.items()}  # `fr_start:0` -> --model.objective.fr_start
 

@@ -18,14 +18,15 @@ that run's rates, every judge of its folders in one table, with the same interva
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 
 import pandas as pd
 
+from facelock_pl.evaluation.rates import wilson_95, worst_judges
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from offline_runs import print_table, worst_judges, write_json  # noqa: E402
+from offline_runs import print_table, write_json  # noqa: E402
 
 
 def read_run(folders: list[Path], protected_set: str | None) -> pd.DataFrame:
@@ -55,14 +56,6 @@ def read_run(folders: list[Path], protected_set: str | None) -> pd.DataFrame:
             raise SystemExit(f"seeds: {folder} scores {twice[0].split(':', 1)[1]} again: give each judge once per run")
         seen |= set(frame.columns)
     return pd.concat(frames, axis=1, sort=False)  # rows in the evaluation's order: plain first, then purifications
-
-
-def wilson_95(rate: float, n: int) -> tuple[float, float]:
-    """The 95% Wilson score interval of a proportion `rate` observed over `n` trials (`rate * n` need not be whole)."""
-    z = 1.959963984540054
-    centre = (rate + z * z / (2 * n)) / (1 + z * z / n)
-    half = z / (1 + z * z / n) * math.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n))
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def pool(runs: list[pd.DataFrame]) -> dict:

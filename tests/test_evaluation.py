@@ -702,3 +702,57 @@ def test_images_turned_to_different_sizes_are_embedded_apart_and_returned_in_ord
     for got, (_, (want,)) in zip(embeddings, alone):
         assert torch.allclose(got, want[0], atol=1e-6)
     assert torch.equal(geometry.boxes[1], alone[1][0].boxes[0])  # in the turned image's pixels
+
+
+def test_the_report_gives_rates_their_wilson_interval_and_each_network_its_worst_crop(tmp_path):
+    from scipy.stats import binomtest
+
+    from facelock_pl.evaluation.rates import by_worst, wilson_95
+    from facelock_pl.evaluation.report import ReportContext, _fr_histograms, markdown_table, match_summary, networks_table
+    from facelock_pl.models import RecognizerSpec
+
+    def wilson(k: int, n: int) -> str:
+        interval = binomtest(k, n).proportion_ci(method="wilson")
+        return f"[{100 * interval.low:.0f}–{100 * interval.high:.0f}]"
+
+    # Set a: 4 edits, one without a face; crop `r` recognises 1 face, crop `r@box0` 2 others: by its worst, 3 of 4.
+    frame = pd.DataFrame({
+        "set": ["a"] * 4 + ["clean"] * 2, "prompt_id": [0] * 6, "uid": list("wxyzwx"), "psnr": [30.0] * 4 + [math.nan] * 2,
+        "ssim": [0.9] * 4 + [math.nan] * 2, "face_found": [True, True, True, False, True, True],
+        "fr:r": [0.5, 0.1, 0.1, math.nan, 0.9, 0.9], "match:r": [1.0, 0.0, 0.0, 0.0, 1.0, 1.0],
+        "fr:r@box0": [0.1, 0.6, 0.7, math.nan, 0.9, 0.9], "match:r@box0": [0.0, 1.0, 1.0, 0.0, 1.0, 1.0],
+        "fr:r@worst": [0.5, 0.6, 0.7, math.nan, 0.9, 0.9], "match:r@worst": [1.0, 1.0, 1.0, 0.0, 1.0, 1.0],
+    })
+    specs = [RecognizerSpec(kind="onnx", weights="r.onnx", name="r", threshold=0.4),
+             RecognizerSpec(kind="onnx", weights="r.onnx", name="r@box0", threshold=0.5)]
+    context = ReportContext(specs, {"a": {"method": "facelock", "objective": {"fr_weight": 1.0},
+                                          "recognizers": [{"kind": "onnx", "weights": "r.onnx"}]}}, {0: "p"}, prompt_free=True)
+    by_set = aggregate(frame, ["set"], ["r", "r@box0"])
+    expected = binomtest(1, 4).proportion_ci(method="wilson")
+    assert by_set.loc["a", "match:r_mean"] == 0.25
+    assert by_set.loc["a", ["match:r_low", "match:r_high"]].tolist() == pytest.approx([expected.low, expected.high])
+    assert by_set.loc["a", "fdfr_mean"] == 0.25 and by_set.loc["clean", "fdfr_high"] == pytest.approx(wilson_95(0, 2)[1])
+    assert by_set.loc["a", "match:r@worst_mean"] == 0.75 and by_set.loc["a", "fr:r@worst_mean"] == pytest.approx(0.6)
+    assert "fr:r_low" not in by_set  # a cosine is a score with a spread, not a share
+    table = markdown_table(by_set, frame, ["r", "r@box0"], context)
+    assert f"| 25% {wilson(1, 4)} (in loss) |" in table and f"50% {wilson(2, 4)} (in loss)" in table
+    assert f"| 25% {wilson(1, 4)} | 0.233 ± 0.231 (in loss)" in table  # FDFR, then FR(r) over the 3 faces found
+    assert "100% [34–100]" in table.splitlines()[-1]  # 2 of 2: the interval of two edits, not a certain 100%
+    networks = networks_table(by_set, frame, ["r", "r@box0"], context)
+    assert networks.splitlines()[0] == "| set | r, worst of its crops ↓ | n |"
+    assert f"| a | 75% {wilson(3, 4)} (cos 0.60) (in loss) | 4 |" in networks
+    assert networks_table(by_set, frame.drop(columns=["fr:r@worst", "match:r@worst"]), ["r", "r@box0"], context) == ""
+    summary = match_summary(by_set, frame, ["r", "r@box0"], context)  # the terminal's verdict: the same numbers
+    assert summary[1].split() == ["set", "r", "(worst", "crop)"] and summary[2].split()[:3] == ["a", "75%", wilson(3, 4)]
+    assert summary[2].endswith("(in loss)") and summary[3].split() == ["clean", "100%", "[34–100]"]
+    assert match_summary(by_set, frame.drop(columns=[c for c in frame if c.startswith("match:")]), ["r"], context) == []
+
+    # One panel per network: by its worst crop where it has several; a lone crop with its threshold.
+    assert _fr_histograms(frame, ["r", "r@box0"], dict(zip(["r", "r@box0"], specs)), tmp_path / "h.png") == ["r@worst"]
+    one_crop = frame.drop(columns=["fr:r@worst", "match:r@worst"])
+    assert _fr_histograms(one_crop, ["r"], {"r": specs[0]}, tmp_path / "one.png") == ["r"] and (tmp_path / "one.png").is_file()
+    no_face = one_crop.assign(**{c: math.nan for c in one_crop.columns if c.startswith("fr:")})
+    assert _fr_histograms(no_face, ["r"], {"r": specs[0]}, tmp_path / "none.png") == [] and not (tmp_path / "none.png").exists()
+
+    assert by_worst(["sface", "sface@box0", "sface@worst", "dlib"]) == ["sface@worst", "dlib"]
+    assert wilson_95(0.0, 16)[0] == 0 and wilson_95(0.0, 16)[1] == pytest.approx(0.194, abs=1e-3)

@@ -100,8 +100,10 @@ def run_evaluate(
         raise ConfigError(f"no edits found under {out / 'edits'}: run `python -m facelock_pl edit` first")
     context = ReportContext(recognizers or [RecognizerSpec()], {n: read_settings(Path(f)) for n, f in record.sets.items()},
                             prompt_map, prompt_free=record.editor["kind"] == "vae-roundtrip", resolution=resolution)
-    write_report(frame, out / "report", faces.names, sources, all_sets, samples, context)
+    summary = write_report(frame, out / "report", faces.names, sources, all_sets, samples, context)
     log.info("facelock_pl evaluate: %d rows; report in %s", len(frame), out / "report")
+    for line in summary:
+        log.info("  %s", line)
     return frame
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ from ..models import RecognizerSpec
 from ..outputs import write_bytes_atomic
 from ..pixels import png_bytes, read_levels
 from .edit import edit_path
+from .rates import by_worst, judges, wilson_95
 from .sets import CLEAN, ImageSet
 
 LEGEND = ("Arrows: the direction that is better for the defence. PSNR, SSIM and LPIPS compare edit(set) with edit(clean); "
@@ -31,8 +33,13 @@ LEGEND = ("Arrows: the direction that is better for the defence. PSNR, SSIM and 
           "source; FR is cos(FR(source), FR(edit)) over edits with a detected face; FDFR is the share of edits where no "
           "face was found; FR-all, as the published evaluation aggregates it, is over every edit (an edit without a detected "
           "face is scored on the crop where the source's face was); a match rate is the share of edits whose face is still "
-          "recognised as the source person (a detected face with cosine at or above the recogniser's threshold). \"in "
-          "loss\": the set was optimised against that recogniser; every other recogniser is unseen by it.")
+          "recognised as the source person (a detected face with cosine at or above the recogniser's threshold). Scores "
+          "are the mean ± standard deviation over the edits; FDFR and match rates are in %, with their 95% Wilson interval "
+          "over the edits in brackets (16 edits: one edit is about 6 points). \"in loss\": the set was optimised against "
+          "that recogniser; every other recogniser is unseen by it.")
+NETWORKS_LEGEND = ("By network: a network scored behind several crop conventions recognises a face when any of its crops "
+                   "does (its worst crop, as a real pipeline of any of those conventions might be): match rate in % [95% "
+                   "Wilson interval] and the mean of its highest cosine over the crops.")
 
 
 @dataclass
@@ -68,15 +75,49 @@ def metric_columns(fr_names: list[str], frame: pd.DataFrame) -> list[tuple[str, 
     return [c for c in columns if c[0] in present.columns and present[c[0]].notna().any()]
 
 
+def is_rate(column: str) -> bool:
+    """A column of 0/1 outcomes whose mean is a share of edits: FDFR and the match rates."""
+    return column == "fdfr" or column.startswith("match:")
+
+
+def worst_columns(frame: pd.DataFrame) -> list[str]:
+    """`fr:NAME@worst` and `match:NAME@worst` of each network scored behind several crop conventions."""
+    return [c for c in frame.columns if c.endswith("@worst") and c.split(":")[0] in ("fr", "match")]
+
+
 def aggregate(frame: pd.DataFrame, by: list[str], fr_names: list[str]) -> pd.DataFrame:
-    """Mean and std of every metric per group; FDFR is the share of edits without a detected face, a match
+    """Mean and std of every metric per group (and of each network's worst crop), and for a rate its 95% Wilson
+    interval over the edits it counts (`_low`, `_high`); FDFR is the share of edits without a detected face, a match
     rate the share of edits still recognised as the source person (cosine above the threshold)."""
     frame = frame.assign(fdfr=1.0 - frame["face_found"].astype(float), scope="all")
-    columns = [c for c, _, _ in metric_columns(fr_names, frame)]
+    columns = [c for c, _, _ in metric_columns(fr_names, frame)] + worst_columns(frame)
     grouped = frame.groupby(by or ["scope"], sort=False)
     stats = grouped[columns].agg(["mean", "std"])
     stats.columns = [f"{c}_{s}" for c, s in stats.columns]
+    counts = grouped[columns].count()
+    for column in filter(is_rate, columns):
+        bounds = [wilson_95(rate, n) if n else (math.nan, math.nan)
+                  for rate, n in zip(stats[f"{column}_mean"], counts[column])]
+        stats[f"{column}_low"], stats[f"{column}_high"] = [list(b) for b in zip(*bounds)] or ([], [])
     return stats.assign(n=grouped.size())
+
+
+def _cell(row: pd.Series, column: str) -> str:
+    """`0.420 ± 0.031` for a score, `25% [10–49]` for a rate (its Wilson interval), `–` without data."""
+    mean = row[f"{column}_mean"]
+    if pd.isna(mean):
+        return "–"
+    if is_rate(column):
+        return f"{100 * mean:.0f}% [{100 * row[f'{column}_low']:.0f}–{100 * row[f'{column}_high']:.0f}]"
+    std = row[f"{column}_std"]
+    return f"{mean:.3f} ± {0.0 if pd.isna(std) else std:.3f}"
+
+
+def _marked(cell: str, set_name: str, name: str, specs: dict[str, RecognizerSpec], context: ReportContext) -> str:
+    """The cell, marked "(in loss)" where the set was optimised against recogniser `name` (`NAME@worst`: any of its
+    crops, all of one network)."""
+    recognizer = specs.get(name) or next((s for n, s in specs.items() if n.split("@")[0] == name.split("@")[0]), None)
+    return cell + (" (in loss)" if recognizer and context.in_loss(set_name, recognizer) else "")
 
 
 def markdown_table(by_set: pd.DataFrame, frame: pd.DataFrame, fr_names: list[str], context: ReportContext) -> str:
@@ -87,12 +128,44 @@ def markdown_table(by_set: pd.DataFrame, frame: pd.DataFrame, fr_names: list[str
     for name, row in by_set.iterrows():
         cells = []
         for column, _, _ in columns:
-            mean, std = row[f"{column}_mean"], row[f"{column}_std"]
-            cell = "–" if pd.isna(mean) else f"{mean:.3f} ± {0.0 if pd.isna(std) else std:.3f}"
-            recognizer = specs.get(column.split(":", 1)[-1]) if ":" in column else None
-            cells.append(cell + (" (in loss)" if recognizer and context.in_loss(str(name), recognizer) else ""))
+            recognizer = column.split(":", 1)[1] if ":" in column else ""  # PSNR, SSIM, ...: no recogniser
+            cells.append(_marked(_cell(row, column), str(name), recognizer, specs, context))
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {int(row['n'])} |")
-    return "\n".join(lines) + "\n\n" + LEGEND + "\n"
+    return "\n".join(lines) + "\n"
+
+
+def networks_table(by_set: pd.DataFrame, frame: pd.DataFrame, fr_names: list[str], context: ReportContext) -> str:
+    """Each network behind several crop conventions once, by its worst crop: match rate [Wilson] (mean cosine) per
+    set; empty when no network is scored behind more than one crop."""
+    networks = [name for name in by_worst(judges(frame)) if name.endswith("@worst")]
+    if not networks:
+        return ""
+    specs = dict(zip(fr_names, context.recognizers))
+    lines = ["| set | " + " | ".join(f"{name.removesuffix('@worst')}, worst of its crops ↓" for name in networks) + " | n |",
+             "|" + "---|" * (len(networks) + 2)]
+    for set_name, row in by_set.iterrows():
+        cells = []
+        for name in networks:
+            cosine = row[f"fr:{name}_mean"]
+            cell = _cell(row, f"match:{name}") + ("" if pd.isna(cosine) else f" (cos {cosine:.2f})")
+            cells.append(_marked(cell, str(set_name), name, specs, context))
+        lines.append(f"| {set_name} | " + " | ".join(cells) + f" | {int(row['n'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def match_summary(by_set: pd.DataFrame, frame: pd.DataFrame, fr_names: list[str], context: ReportContext) -> list[str]:
+    """The verdict in a few lines for the terminal: per set, each judge's match rate [95% Wilson interval] (a network
+    behind several crops by its worst), marked where the set was optimised against it; none without thresholds."""
+    names = by_worst(judges(frame))
+    if not names:
+        return []
+    specs = dict(zip(fr_names, context.recognizers))
+    header = ["set", *(n.replace("@worst", " (worst crop)") for n in names)]
+    rows = [[str(set_name), *(_marked(_cell(row, f"match:{n}"), str(set_name), n, specs, context) for n in names)]
+            for set_name, row in by_set.iterrows()]
+    widths = [max(len(line[i]) for line in [header, *rows]) for i in range(len(header))]
+    return ["match rate of the face detected anew in the edit [95% Wilson interval]:"] + [
+        "  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in [header, *rows]]
 
 
 def _bars(by_set: pd.DataFrame, frame: pd.DataFrame, fr_names: list[str], path: Path) -> None:
@@ -106,9 +179,14 @@ def _bars(by_set: pd.DataFrame, frame: pd.DataFrame, fr_names: list[str], path: 
     for ax in axes.flat[len(columns):]:
         ax.axis("off")
     for ax, (column, label, arrow) in zip(axes.flat, columns):
-        means, stds = by_set[f"{column}_mean"], by_set[f"{column}_std"].fillna(0)
+        means = by_set[f"{column}_mean"]
         shown = means.notna().to_numpy()
-        ax.bar(np.arange(len(by_set))[shown], means[shown], yerr=stds[shown], capsize=3, color="#4c72b0")
+        if is_rate(column):  # the Wilson interval: asymmetric, inside [0, 1], not empty at 0 or 1
+            errors = np.stack([means - by_set[f"{column}_low"], by_set[f"{column}_high"] - means])[:, shown]
+            ax.set_ylim(0, 1.05)
+        else:
+            errors = by_set[f"{column}_std"].fillna(0)[shown]
+        ax.bar(np.arange(len(by_set))[shown], means[shown], yerr=errors, capsize=3, color="#4c72b0")
         ax.set_xticks(range(len(by_set)), by_set.index, rotation=90 if crowded else 30,
                       ha="center" if crowded else "right", fontsize=8 if crowded else 10)
         ax.set_title(f"{label} {arrow}", fontsize=12)
@@ -118,20 +196,37 @@ def _bars(by_set: pd.DataFrame, frame: pd.DataFrame, fr_names: list[str], path: 
     plt.close(fig)
 
 
-def _fr_histogram(frame: pd.DataFrame, column: str, path: Path) -> None:
+def _fr_histograms(frame: pd.DataFrame, fr_names: list[str], specs: dict[str, RecognizerSpec], path: Path) -> list[str]:
+    """FR per set, one panel per network (behind several crops: its worst), the sets side by side in each bin so that
+    equal distributions stay visible, and a recogniser's same-person threshold as a dashed line. Returns the names
+    drawn (none: no file)."""
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(9, 4.5))
-    for name, group in frame.groupby("set", sort=False):
-        values = group[column].dropna()
-        if len(values):
-            ax.hist(values, bins=20, range=(-1, 1), histtype="step", linewidth=2, label=name)
-    ax.set_xlabel(f"{column.replace('fr:', 'FR ')}: cos(source, edit)", fontsize=12)
-    ax.set_ylabel("edits", fontsize=12)
-    ax.legend(fontsize=10)
+    worst = [c.removeprefix("fr:") for c in worst_columns(frame) if c.startswith("fr:")]
+    names = [n for n in by_worst(fr_names + worst) if frame[f"fr:{n}"].notna().any()][:12]
+    if not names:
+        return []
+    per_row = min(2, len(names))
+    rows = -(-len(names) // per_row)
+    fig, axes = plt.subplots(rows, per_row, figsize=(7.5 * per_row, 3.6 * rows), squeeze=False)
+    for ax in axes.flat[len(names):]:
+        ax.axis("off")
+    sets = list(frame["set"].unique())
+    for ax, name in zip(axes.flat, names):
+        values = [frame.loc[frame["set"] == s, f"fr:{name}"].dropna().to_numpy() for s in sets]
+        ax.hist(values, bins=20, range=(-1, 1), histtype="bar", label=sets)
+        threshold = specs[name].threshold if name in specs else None
+        if threshold is not None:
+            ax.axvline(threshold, color="black", linestyle="--", linewidth=1, label=f"threshold {threshold:g}")
+        title = f"{name.removesuffix('@worst')}, worst of its crops" if name.endswith("@worst") else name
+        ax.set_title(title, fontsize=12)
+        ax.set_xlabel("FR: cos(source, edit)", fontsize=10)
+        ax.set_ylabel("edits", fontsize=10)
+    axes.flat[0].legend(fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+    return names
 
 
 def _fr_heatmap(frame: pd.DataFrame, column: str, prompts: dict[int, str], path: Path) -> None:
@@ -241,7 +336,8 @@ def _working_image(data: dict | None) -> str:
 
 
 def write_report(frame: pd.DataFrame, out: Path, fr_names: list[str], sources: dict, sets: list[ImageSet], samples: int,
-                 context: ReportContext) -> None:
+                 context: ReportContext) -> list[str]:
+    """Write the report's files into `out`; returns the match rates in a few lines for the terminal."""
     out.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     frame.to_parquet(buffer, index=False)
@@ -252,26 +348,33 @@ def write_report(frame: pd.DataFrame, out: Path, fr_names: list[str], sources: d
         tables["by_prompt"] = aggregate(frame, ["set", "prompt_id"], fr_names)
     for name, table in tables.items():
         write_bytes_atomic(out / f"{name}.csv", table.to_csv().encode())
-    table_md = markdown_table(by_set, frame, fr_names, context)
-    write_bytes_atomic(out / "table.md", table_md.encode())
+    results = markdown_table(by_set, frame, fr_names, context)
+    networks = networks_table(by_set, frame, fr_names, context)
+    shown = {"Results": results, **({"By network, each by its worst crop": networks} if networks else {})}
+    legend = LEGEND + (" " + NETWORKS_LEGEND if networks else "")
+    table_md = "\n".join(table if title == "Results" else f"{title}:\n\n{table}" for title, table in shown.items())
+    write_bytes_atomic(out / "table.md", f"{table_md}\n{legend}\n".encode())
 
-    plots = {"Metrics per set (mean ± std)": "metrics.png"}
+    plots = {"Metrics per set (mean ± std; rates with their 95% Wilson interval)": "metrics.png"}
     _bars(by_set, frame, fr_names, out / "metrics.png")
     if _budget_plot(by_set, fr_names, out / "fr_vs_eps.png"):
         plots["FR against the budget ε"] = "fr_vs_eps.png"
+    if _fr_histograms(frame, fr_names, dict(zip(fr_names, context.recognizers)), out / "fr_histogram.png"):
+        plots["FR per set, each network, with its same-person threshold"] = "fr_histogram.png"
     primary = next((f"fr:{n}" for n in fr_names if frame[f"fr:{n}"].notna().any()), None)
-    if primary is not None:
-        plots[f"{primary[3:]}: distribution of FR per set"] = "fr_histogram.png"
-        _fr_histogram(frame, primary, out / "fr_histogram.png")
-        if not context.prompt_free and frame["prompt_id"].nunique() > 1:
-            plots[f"{primary[3:]}: mean FR per prompt and set"] = "fr_heatmap.png"
-            _fr_heatmap(frame, primary, context.prompts, out / "fr_heatmap.png")
-    write_bytes_atomic(out / "index.html", _page(frame, table_md, plots, out, sets, sources, samples, context).encode())
+    if primary is not None and not context.prompt_free and frame["prompt_id"].nunique() > 1:
+        plots[f"{primary[3:]}: mean FR per prompt and set"] = "fr_heatmap.png"
+        _fr_heatmap(frame, primary, context.prompts, out / "fr_heatmap.png")
+    write_bytes_atomic(out / "index.html", _page(frame, shown, legend, plots, out, sets, sources, samples, context).encode())
+    return match_summary(by_set, frame, fr_names, context)
 
 
-def _page(frame, table_md, plots, out, sets, sources, samples, context) -> str:
-    table_lines = [line for line in table_md.splitlines() if line.startswith("|") and not line.startswith("|---")]
-    cells = [[c.strip() for c in line.strip("|").split("|")] for line in table_lines]
+def _page(frame, tables, legend, plots, out, sets, sources, samples, context) -> str:
+    results = ""
+    for title, table in tables.items():
+        lines = [line for line in table.splitlines() if line.startswith("|") and not line.startswith("|---")]
+        cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
+        results += f"<h2>{html.escape(title)}</h2>{_html_table(cells[0], cells[1:])}"
     images = "".join(f'<h3>{html.escape(title)}</h3><img src="{_data_uri((out / name).read_bytes())}">'
                      for title, name in plots.items())
     grids = "".join(f'<h3>{html.escape(title)}</h3><p>source | protected | edit of clean | edit of protected</p>'
@@ -288,6 +391,6 @@ def _page(frame, table_md, plots, out, sets, sources, samples, context) -> str:
         "<h2>Protected sets</h2>" + _html_table(["set", "method", "ε", "iterations", "working image",
                                                  "recognisers in the loss", "autoencoders"],
                                                 _settings_rows(context)) +
-        f"<h2>Results</h2>{_html_table(cells[0], cells[1:])}<p class='legend'>{html.escape(LEGEND)}</p>"
+        f"{results}<p class='legend'>{html.escape(legend)}</p>"
         f"<h2>Plots</h2>{images}<h2>Samples</h2>{grids}{prompts}</body></html>"
     )
