@@ -708,7 +708,8 @@ def test_the_report_gives_rates_their_wilson_interval_and_each_network_its_worst
     from scipy.stats import binomtest
 
     from facelock_pl.evaluation.rates import by_worst, wilson_95
-    from facelock_pl.evaluation.report import ReportContext, _fr_histograms, markdown_table, match_summary, networks_table
+    from facelock_pl.evaluation.report import (ReportContext, _fr_histograms, markdown_table, match_summary,
+                                               networks_table, still_recognised)
     from facelock_pl.models import RecognizerSpec
 
     def wilson(k: int, n: int) -> str:
@@ -746,6 +747,14 @@ def test_the_report_gives_rates_their_wilson_interval_and_each_network_its_worst
     assert summary[1].split() == ["set", "r", "(worst", "crop)"] and summary[2].split()[:3] == ["a", "75%", wilson(3, 4)]
     assert summary[2].endswith("(in loss)") and summary[3].split() == ["clean", "100%", "[34–100]"]
     assert match_summary(by_set, frame.drop(columns=[c for c in frame if c.startswith("match:")]), ["r"], context) == []
+
+    # The photos to protect again: protected edits a judge still recognises (by its worst crop), never the clean ones.
+    recognised = still_recognised(frame.assign(**{"match:q": [0.0, 1.0, 0.0, 0.0, 1.0, 1.0]}))
+    assert recognised.to_dict("records") == [
+        {"set": "a", "prompt_id": 0, "uid": "w", "recognised_by": "r"},
+        {"set": "a", "prompt_id": 0, "uid": "x", "recognised_by": "r,q"},
+        {"set": "a", "prompt_id": 0, "uid": "y", "recognised_by": "r"}]
+    assert still_recognised(frame.drop(columns=[c for c in frame if c.startswith("match:")])).empty
 
     # One panel per network: by its worst crop where it has several; a lone crop with its threshold.
     assert _fr_histograms(frame, ["r", "r@box0"], dict(zip(["r", "r@box0"], specs)), tmp_path / "h.png") == ["r@worst"]

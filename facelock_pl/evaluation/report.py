@@ -168,6 +168,18 @@ def match_summary(by_set: pd.DataFrame, frame: pd.DataFrame, fr_names: list[str]
         "  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in [header, *rows]]
 
 
+def still_recognised(frame: pd.DataFrame) -> pd.DataFrame:
+    """The edits of protected sets whose face a judge still recognises (a network behind several crops by its worst):
+    `set`, `prompt_id`, `uid`, `recognised_by` (the judges, comma-separated) — the photos a user may protect again,
+    e.g. at a larger budget. Empty without thresholds."""
+    names = by_worst(judges(frame))
+    protected = frame[frame["set"] != CLEAN]
+    matched = protected[[f"match:{n}" for n in names]].eq(1.0).to_numpy()
+    hits = matched.any(axis=1) if names else np.zeros(len(protected), dtype=bool)
+    recognised_by = [",".join(n.removesuffix("@worst") for n, hit in zip(names, row) if hit) for row in matched[hits]]
+    return protected.loc[hits, ["set", "prompt_id", "uid"]].assign(recognised_by=recognised_by).reset_index(drop=True)
+
+
 def _bars(by_set: pd.DataFrame, frame: pd.DataFrame, fr_names: list[str], path: Path) -> None:
     import matplotlib.pyplot as plt
 
@@ -365,16 +377,29 @@ def write_report(frame: pd.DataFrame, out: Path, fr_names: list[str], sources: d
     if primary is not None and not context.prompt_free and frame["prompt_id"].nunique() > 1:
         plots[f"{primary[3:]}: mean FR per prompt and set"] = "fr_heatmap.png"
         _fr_heatmap(frame, primary, context.prompts, out / "fr_heatmap.png")
-    write_bytes_atomic(out / "index.html", _page(frame, shown, legend, plots, out, sets, sources, samples, context).encode())
-    return match_summary(by_set, frame, fr_names, context)
+    recognised = still_recognised(frame)
+    write_bytes_atomic(out / "still_recognised.csv", recognised.to_csv(index=False).encode())
+    page = _page(frame, shown, legend, recognised, plots, out, sets, sources, samples, context)
+    write_bytes_atomic(out / "index.html", page.encode())
+    protected_edits = int((frame["set"] != CLEAN).sum())
+    return match_summary(by_set, frame, fr_names, context) + (
+        [f"{len(recognised)} of {protected_edits} edits of protected sets still recognised by a judge; "
+         f"{out / 'still_recognised.csv'} names them"] if judges(frame) and protected_edits else [])
 
 
-def _page(frame, tables, legend, plots, out, sets, sources, samples, context) -> str:
+def _page(frame, tables, legend, recognised, plots, out, sets, sources, samples, context) -> str:
     results = ""
     for title, table in tables.items():
         lines = [line for line in table.splitlines() if line.startswith("|") and not line.startswith("|---")]
         cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
         results += f"<h2>{html.escape(title)}</h2>{_html_table(cells[0], cells[1:])}"
+    results += f"<p class='legend'>{html.escape(legend)}</p>"
+    if judges(frame):
+        columns = ["set", "uid", "recognised_by"] if context.prompt_free else ["set", "prompt_id", "uid", "recognised_by"]
+        shown = recognised[columns].head(100)
+        results += (f"<h2>Still recognised</h2><p>{len(recognised)} edit(s) of protected sets whose face a judge still "
+                    f"recognises (a network behind several crops by its worst){'; the first 100' if len(recognised) > 100 else ''}; "
+                    "all in <code>still_recognised.csv</code>.</p>" + _html_table(columns, shown.values.tolist()))
     images = "".join(f'<h3>{html.escape(title)}</h3><img src="{_data_uri((out / name).read_bytes())}">'
                      for title, name in plots.items())
     grids = "".join(f'<h3>{html.escape(title)}</h3><p>source | protected | edit of clean | edit of protected</p>'
@@ -390,7 +415,6 @@ def _page(frame, tables, legend, plots, out, sets, sources, samples, context) ->
         f"edit: {html.escape(edit)}; sets: {html.escape(', '.join(frame['set'].unique()))}.</p>"
         "<h2>Protected sets</h2>" + _html_table(["set", "method", "ε", "iterations", "working image",
                                                  "recognisers in the loss", "autoencoders"],
-                                                _settings_rows(context)) +
-        f"{results}<p class='legend'>{html.escape(legend)}</p>"
+                                                _settings_rows(context)) + results +
         f"<h2>Plots</h2>{images}<h2>Samples</h2>{grids}{prompts}</body></html>"
     )
