@@ -210,8 +210,8 @@ def _bars(by_set: pd.DataFrame, frame: pd.DataFrame, fr_names: list[str], path: 
 
 def _fr_histograms(frame: pd.DataFrame, fr_names: list[str], specs: dict[str, RecognizerSpec], path: Path) -> list[str]:
     """FR per set, one panel per network (behind several crops: its worst), the sets side by side in each bin so that
-    equal distributions stay visible, and a recogniser's same-person threshold as a dashed line. Returns the names
-    drawn (none: no file)."""
+    equal distributions stay visible, and a recogniser's same-person threshold as a dashed line; the first 12 networks
+    with data. Returns the names drawn (none: no file)."""
     import matplotlib.pyplot as plt
 
     worst = [c.removeprefix("fr:") for c in worst_columns(frame) if c.startswith("fr:")]
