@@ -241,7 +241,16 @@ def test_face_region_mode_turns_a_sideways_crowd_photo_upright(tmp_path):
     assert 450 < top and bottom < 800 and 0 <= left and right < 300  # around the face at (560..660, 100..220) turned
     row = read_manifest(tmp_path / "out").iloc[0]
     assert row.status == "ok" and (row.width, row.height) == (600, 800)
-    assert "turned 90° counter-clockwise" in row.message
+    assert "turned 90° counter-clockwise" in row.message and "smaller than it is" not in row.message
+
+    # The whole frame at the working size: no face, and the row says why and what finds it.
+    protect(faces, tmp_path / "frame", resolution=64)
+    row = read_manifest(tmp_path / "frame").iloc[0]
+    assert row.status == "no_face" and "the photo is seen at 48x64, 12x smaller than it is" in row.message
+    assert "a face under about 20 px there (250 px in the photo)" in row.message and "`data.region: faces`" in row.message
+    from facelock_pl.models.faces import FaceDetector
+    from facelock_pl.outputs.records import SMALLEST_FACE_PX
+    assert FaceDetector().mtcnn.min_face_size == SMALLEST_FACE_PX  # the hint's number is the detector's
 
 
 @pytest.mark.parametrize("fill", [False, True])

@@ -114,6 +114,7 @@ class ManifestRow:
                 terms.pop(name, None)
         notes = [item.message] if item.message else []
         notes += [] if image.face_found else ["no face detected: protected without the face-recognition term"]
+        notes += [] if image.face_found else _small_faces_hint(item)
         protected = max(1, image.faces_protected or 0)
         if (image.faces_in_photo or 0) > protected:
             which = "only the largest is" if protected == 1 else f"only the {protected} largest are"
@@ -135,6 +136,20 @@ class ManifestRow:
     def failed(cls, item: ImageItem, method: str) -> "ManifestRow":
         return cls(**_source_columns(item), status="error", message=item.message, method=method, width=item.width,
                    height=item.height, working_width=0, working_height=0, iterations=0, extra_json=jsonable(item.extra))
+
+
+SMALLEST_FACE_PX = 20  # the detector's smallest face (MTCNN's `min_face_size`, models/faces.py)
+
+
+def _small_faces_hint(item: ImageItem) -> list[str]:
+    """Why a photo much larger than its working size may show no face there (a group photo, a crowd), and the remedy."""
+    height, width = item.view if max(item.view) > 0 else item.region
+    shrink = max(item.width, item.height) / max(height, width, 1)
+    if item.crop is not None or shrink < 2:
+        return []
+    return [f"the photo is seen at {width}x{height}, {shrink:.0f}x smaller than it is: a face under about "
+            f"{SMALLEST_FACE_PX} px there ({SMALLEST_FACE_PX * shrink:.0f} px in the photo) is not found; "
+            "`data.region: faces` searches the photo at up to 1280 px, a larger `data.resolution` shows it larger"]
 
 
 def _source_columns(item: ImageItem) -> dict:
