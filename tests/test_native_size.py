@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import datasets
@@ -248,9 +249,13 @@ def test_face_region_mode_turns_a_sideways_crowd_photo_upright(tmp_path):
     row = read_manifest(tmp_path / "frame").iloc[0]
     assert row.status == "no_face" and "the photo is seen at 48x64, 12x smaller than it is" in row.message
     assert "a face under about 20 px there (250 px in the photo)" in row.message and "`data.region: faces`" in row.message
+    from facelock_pl.engine.summary import describe, folder_summary
     from facelock_pl.models.faces import FaceDetector
     from facelock_pl.outputs.records import SMALLEST_FACE_PX
     assert FaceDetector().mtcnn.min_face_size == SMALLEST_FACE_PX  # the hint's number is the detector's
+    summary = json.loads((tmp_path / "frame" / "summary.json").read_text())
+    assert summary["folder"]["no_face_seen_small"] == 1 and folder_summary(tmp_path / "out")["no_face_seen_small"] == 0
+    assert "1 no_face photo(s) were seen at least 2x smaller than they are" in describe(summary, tmp_path / "frame")
 
 
 @pytest.mark.parametrize("fill", [False, True])

@@ -12,6 +12,7 @@ import pandas as pd
 import torch
 
 from ..outputs import ManifestRow, read_manifest, write_bytes_atomic
+from ..outputs.records import SMALLEST_FACE_PX
 
 _FIELDS = ("ok", "no_face", "error", "fr_n", "fr_sum", "psnr_n", "psnr_sum", "iterations_sum", "seconds")
 
@@ -77,7 +78,10 @@ def folder_summary(output_dir: Path) -> dict:
     manifest = read_manifest(output_dir)
     counts = manifest["status"].value_counts()
     judged = manifest["recognised_by"].dropna()
+    no_face = manifest[manifest["status"] == "no_face"]
+    seen_small = no_face[["width", "height"]].max(axis=1) >= 2 * no_face[["working_width", "working_height"]].max(axis=1)
     return {"images": len(manifest), **{s: int(counts.get(s, 0)) for s in ("ok", "no_face", "error")},
+            "no_face_seen_small": int(seen_small.sum()),  # a face too small at the working size is not found
             "mean_fr_cos_recon": _mean(manifest["fr_cos_recon"]),
             "mean_fr_cos_recon_detected": _mean(manifest["fr_cos_recon_detected"]),
             "judged": len(judged), "still_recognised": int((judged != "").sum()),
@@ -118,6 +122,10 @@ def describe(summary: dict, output_dir: Path, autoencoder: str = "vae") -> str:
         lines.append(f"  {folder['more_faces_than_protected']} photo(s) show more faces than the FR term protected: the "
                      "others keep their identity (the manifest's `faces_in_photo` and `faces_protected`; "
                      "--model.objective.faces N protects the N largest)")
+    if folder.get("no_face_seen_small"):  # summaries of earlier versions lack the count
+        lines.append(f"  {folder['no_face_seen_small']} no_face photo(s) were seen at least 2x smaller than they are, "
+                     f"where a face under about {SMALLEST_FACE_PX} px is not found: --data.region faces (or a larger "
+                     "--data.resolution) may find their faces")
     if run.get("interrupted"):
         lines.append("  finished images are kept: rerun the same command to protect the rest")
     if run["error"]:
