@@ -176,6 +176,7 @@ def test_extreme_aspect_ratios_16_bit_and_cmyk_are_protected_at_native_size(tmp_
         assert levels(tmp_path / "out" / "images" / f"{uid}.png").shape[:2] == shape
         assert rows.loc[uid, "linf_255"] <= 3
     assert (rows.loc["strip", "working_width"], rows.loc["strip", "working_height"]) == (64, 8)
+    assert "smaller than it is" not in rows.loc["strip", "message"]  # a face 31x the detector's smallest cannot fit in it
 
 
 def test_images_over_the_pixel_limit_are_refused_or_shrunk_by_choice(tmp_path):

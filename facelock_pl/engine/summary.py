@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 
 from ..outputs import ManifestRow, read_manifest, write_bytes_atomic
-from ..outputs.records import SMALLEST_FACE_PX
+from ..outputs.records import SMALLEST_FACE_PX, shrunk_past_faces
 
 _FIELDS = ("ok", "no_face", "error", "fr_n", "fr_sum", "psnr_n", "psnr_sum", "iterations_sum", "seconds")
 
@@ -79,9 +79,10 @@ def folder_summary(output_dir: Path) -> dict:
     counts = manifest["status"].value_counts()
     judged = manifest["recognised_by"].dropna()
     no_face = manifest[manifest["status"] == "no_face"]
-    seen_small = no_face[["width", "height"]].max(axis=1) >= 2 * no_face[["working_width", "working_height"]].max(axis=1)
+    seen_small = [shrunk_past_faces(*sizes) is not None
+                  for sizes in no_face[["width", "height", "working_width", "working_height"]].itertuples(index=False)]
     return {"images": len(manifest), **{s: int(counts.get(s, 0)) for s in ("ok", "no_face", "error")},
-            "no_face_seen_small": int(seen_small.sum()),  # a face too small at the working size is not found
+            "no_face_seen_small": sum(seen_small),  # a face too small at the working size is not found
             "mean_fr_cos_recon": _mean(manifest["fr_cos_recon"]),
             "mean_fr_cos_recon_detected": _mean(manifest["fr_cos_recon_detected"]),
             "judged": len(judged), "still_recognised": int((judged != "").sum()),

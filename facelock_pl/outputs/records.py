@@ -141,11 +141,18 @@ class ManifestRow:
 SMALLEST_FACE_PX = 20  # the detector's smallest face (MTCNN's `min_face_size`, models/faces.py)
 
 
+def shrunk_past_faces(width: int, height: int, working_width: int, working_height: int) -> float | None:
+    """How many times smaller than it is a photo was seen, where that hides faces: at least 2x, and a face the
+    detector misses at the working size would still fit in the photo. None otherwise."""
+    shrink = max(width, height) / max(working_width, working_height, 1)
+    return shrink if shrink >= 2 and min(width, height) >= SMALLEST_FACE_PX * shrink else None
+
+
 def _small_faces_hint(item: ImageItem) -> list[str]:
     """Why a photo much larger than its working size may show no face there (a group photo, a crowd), and the remedy."""
     height, width = item.view if max(item.view) > 0 else item.region
-    shrink = max(item.width, item.height) / max(height, width, 1)
-    if item.crop is not None or shrink < 2:
+    shrink = shrunk_past_faces(item.width, item.height, width, height)
+    if item.crop is not None or shrink is None:
         return []
     return [f"the photo is seen at {width}x{height}, {shrink:.0f}x smaller than it is: a face under about "
             f"{SMALLEST_FACE_PX} px there ({SMALLEST_FACE_PX * shrink:.0f} px in the photo) is not found; "
