@@ -302,10 +302,22 @@ def test_a_folder_compares_its_weights_by_content_moved_or_replaced_in_place(tmp
     (scratch / "vae" / "encoder.safetensors").unlink()
     keep_settings(out, settings(scratch), write=True)
 
-    del record["files"]  # a folder made before the digests were recorded compares the paths themselves
+    # A folder made before the digests were recorded has only its paths: the weights named elsewhere are the same
+    # where the recorded paths still hold their bytes, not when those paths are gone or hold other bytes.
+    del record["files"]
     (out / SETTINGS_NAME).write_text(json.dumps(record))
     with pytest.raises(ConfigError, match="recognizers differs, vae differs"):
+        keep_settings(out, settings(scratch), write=True)  # the recorded bundle is gone
+    shutil.copytree(scratch, bundle)
+    caplog.clear()
+    with caplog.at_level("INFO", logger="facelock_pl"):
         keep_settings(out, settings(scratch), write=True)
+    assert "recognizers, vae name(s) the weights at other paths, with the bytes at the recorded paths" in caplog.text
+    assert json.loads((out / SETTINGS_NAME).read_text()) == record  # nothing recorded after the fact
+    (bundle / "fr.onnx").write_bytes(b"another")
+    with pytest.raises(ConfigError, match=r"\(recognizers differs; see"):
+        keep_settings(out, settings(scratch), write=True)
+    shutil.rmtree(bundle)
 
     # Other bytes at the very path the folder was made with (weights replaced in place) are other settings too.
     again = tmp_path / "again"

@@ -379,6 +379,17 @@ def test_an_edit_resumes_with_its_editor_weights_moved_but_not_with_other_weight
     (scratch / "unet.safetensors").write_bytes(b"fine-tuned")
     assert run_cli(*edit, "--editor.path", scratch) == 2 and "other editor" in capsys.readouterr().err
 
+    # A record made before the digests: the weights named elsewhere merge where the recorded path holds the same bytes.
+    del record["files"]
+    (out / "edits" / "edit.json").write_text(json.dumps(record))
+    weights.mkdir()
+    (weights / "unet.safetensors").write_bytes(b"unet")
+    assert run_cli(*edit, "--editor.path", scratch) == 2 and "other editor" in capsys.readouterr().err  # fine-tuned
+    (scratch / "unet.safetensors").write_bytes(b"unet")
+    assert run_cli(*edit, "--editor.path", scratch) == 0 and "4 edits already done" in capsys.readouterr().err
+    shutil.rmtree(weights)
+    assert run_cli(*edit, "--editor.path", scratch) == 2 and "other editor" in capsys.readouterr().err  # nothing to compare
+
 
 def test_evaluate_finds_the_clean_photos_where_they_moved_and_checks_each(face_folder, protected_set, tmp_path, capsys,
                                                                          caplog):

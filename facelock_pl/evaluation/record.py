@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..config_files import ConfigError
 from ..outputs import write_bytes_atomic
-from ..outputs.settings import same_setting
+from ..outputs.settings import local_digests, same_setting
 from .sets import DataSpec, expand_sweeps
 
 log = logging.getLogger("facelock_pl")
@@ -70,13 +70,15 @@ class EditRecord:
         # The clean photos moved: the same photos, checked one by one against `source_sha256` (`edit` makes the edits
         # of a photo whose bytes differ again); without digests to check them by, another folder is refused.
         relocated = self.source_sha256 and _moved(self.data.source, newer.data.source)
+        # A record made before the digests: the editor's weights as its recorded paths hold them now.
+        files = self.files or local_digests(self.editor)
         source = newer.data.source if relocated else self.data.source
         data = dataclasses.replace(self.data, source=source, limit=None if None in limits else max(limits))
         for name, mine, theirs in (("sources", (source, self.data.resolution, self.data.reading()),
                                     (newer.data.source, newer.data.resolution, newer.data.reading())),
                                    ("prompts", self.prompts, newer.prompts), ("editor", self.editor, newer.editor),
                                    ("seed", self.seed, newer.seed)):
-            if not same_setting(theirs, mine, self.files):
+            if not same_setting(theirs, mine, files):
                 raise ConfigError(f"this output folder holds edits made with other {name} ({mine!r}, now {theirs!r}): "
                                  "give a new --output_dir")
         for name in (n for n in self.sets.keys() & newer.sets.keys() if _moved(self.sets[n], newer.sets[n])):

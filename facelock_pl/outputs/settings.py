@@ -43,7 +43,8 @@ def keep_settings(output_dir: Path, settings: dict, write: bool) -> None:
     A group earlier versions did not record (`RECORDED_LATER`) is not checked in a folder they made, and a setting
     they did not record is read as what they did (`EARLIER_DEFAULTS`). Weights are compared by content where the
     folder recorded it (`FILES`): named at another path with the same bytes is the same setting, other bytes at the
-    same path are not (folders made before the digests compare paths)."""
+    same path are not. A folder made before the digests has only its paths: one named elsewhere is the same setting
+    where the recorded path still holds the same bytes (as trusted as the path itself was)."""
     settings = json.loads(json.dumps(settings))  # as they read back from JSON
     recorded = read_settings(output_dir)
     if recorded is None:
@@ -51,7 +52,9 @@ def keep_settings(output_dir: Path, settings: dict, write: bool) -> None:
             record = settings | {FILES: local_digests(settings)}
             write_bytes_atomic(Path(output_dir) / SETTINGS_NAME, json.dumps(record, indent=2).encode())
         return
-    recorded_files = recorded.pop(FILES, {})
+    recorded_files = recorded.pop(FILES, None)
+    if recorded_files is None:  # made before the digests: what its recorded paths hold now
+        recorded_files = local_digests(recorded)
     settings = {k: v for k, v in settings.items() if k in recorded or k not in RECORDED_LATER}
     recorded |= {group: earlier | recorded[group] for group, earlier in EARLIER_DEFAULTS.items() if group in recorded}
     digest = functools.cache(_digest)  # a weights file several recognisers name is read once
@@ -66,7 +69,8 @@ def keep_settings(output_dir: Path, settings: dict, write: bool) -> None:
                           f"{Path(output_dir) / SETTINGS_NAME}): use a new --output_dir, or the folder's values")
     if differences and write:  # said once: `fit` checks without writing first, before its resume step
         moved = logs.first_few(difference[0] for difference in differences)
-        logs.info(f"facelock_pl: {output_dir}: {moved} name(s) the weights at other paths, with the content recorded")
+        content = "the content recorded" if FILES in read_settings(output_dir) else "the bytes at the recorded paths"
+        logs.info(f"facelock_pl: {output_dir}: {moved} name(s) the weights at other paths, with {content}")
 
 
 def local_digests(settings: dict) -> dict[str, str]:
