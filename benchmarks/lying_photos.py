@@ -23,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image
 
-from facelock_pl.evaluation.rates import judges
+from facelock_pl.evaluation.rates import worst_judges
 from facelock_pl.outputs import read_manifest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -93,7 +93,7 @@ def main() -> None:
     clean = frame[(frame["set"] == "clean") & (frame["loss"] == next(iter(LOSSES)))].assign(loss="(the clean photo)")
     frame = pd.concat([clean, frame[frame["set"] != "clean"]], ignore_index=True)
     frame = frame.sort_values("editor", kind="stable")
-    names = judges(frame)
+    names = worst_judges(frame)  # a network behind several crops once, by its worst
     write_json(args.json, {"config": str(args.config), "faces": {uid: turn for uid, turn in turns.items()},
                            "iterations": args.iterations, "judges": names, "seconds": seconds,
                            "per_image": json.loads(frame.to_json(orient="records"))})
