@@ -776,3 +776,10 @@ def test_the_report_gives_rates_their_wilson_interval_and_each_network_its_worst
 
     assert by_worst(["sface", "sface@box0", "sface@worst", "dlib"]) == ["sface@worst", "dlib"]
     assert wilson_95(0.0, 16)[0] == 0 and wilson_95(0.0, 16)[1] == pytest.approx(0.194, abs=1e-3)
+    assert all(low <= k / n <= high for n in range(1, 60) for k in range(n + 1) for low, high in [wilson_95(k / n, n)])
+
+    # The metrics plot of 10 edits all recognised: the interval's upper end is the rate itself, not an ulp below.
+    from facelock_pl.evaluation.report import _bars
+    ten = pd.DataFrame({"set": ["a"] * 10, "face_found": [True] * 10, "fr:r": [0.9] * 10, "match:r": [1.0] * 10})
+    _bars(aggregate(ten, ["set"], ["r"]), ten, ["r"], tmp_path / "bars.png")
+    assert (tmp_path / "bars.png").stat().st_size > 1000

@@ -20,7 +20,9 @@ def wilson_95(rate: float, n: int) -> tuple[float, float]:
     z2 = Z_95 * Z_95
     centre = (rate + z2 / (2 * n)) / (1 + z2 / n)
     half = Z_95 / (1 + z2 / n) * math.sqrt(rate * (1 - rate) / n + z2 / (4 * n * n))
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # The interval holds the rate; in floats its ends can miss it by an ulp (10 of 10: 1 - 1e-16), which a plot's
+    # error bar would read as a negative length.
+    return max(0.0, min(rate, centre - half)), min(1.0, max(rate, centre + half))
 
 
 def judges(frame: pd.DataFrame) -> list[str]:
