@@ -120,18 +120,22 @@ def _marked(cell: str, set_name: str, name: str, specs: dict[str, RecognizerSpec
     return cell + (" (in loss)" if recognizer and context.in_loss(set_name, recognizer) else "")
 
 
+def _markdown(header: list[str], rows: list[list[str]]) -> str:
+    return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+                      *("| " + " | ".join(row) + " |" for row in rows)]) + "\n"
+
+
 def markdown_table(by_set: pd.DataFrame, frame: pd.DataFrame, fr_names: list[str], context: ReportContext) -> str:
     columns = metric_columns(fr_names, frame)
     specs = dict(zip(fr_names, context.recognizers))
-    lines = ["| set | " + " | ".join(f"{label} {arrow}" for _, label, arrow in columns) + " | n |",
-             "|" + "---|" * (len(columns) + 2)]
+    rows = []
     for name, row in by_set.iterrows():
         cells = []
         for column, _, _ in columns:
             recognizer = column.split(":", 1)[1] if ":" in column else ""  # PSNR, SSIM, ...: no recogniser
             cells.append(_marked(_cell(row, column), str(name), recognizer, specs, context))
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {int(row['n'])} |")
-    return "\n".join(lines) + "\n"
+        rows.append([str(name), *cells, str(int(row["n"]))])
+    return _markdown(["set", *(f"{label} {arrow}" for _, label, arrow in columns), "n"], rows)
 
 
 def networks_table(by_set: pd.DataFrame, frame: pd.DataFrame, fr_names: list[str], context: ReportContext) -> str:
@@ -141,16 +145,15 @@ def networks_table(by_set: pd.DataFrame, frame: pd.DataFrame, fr_names: list[str
     if not networks:
         return ""
     specs = dict(zip(fr_names, context.recognizers))
-    lines = ["| set | " + " | ".join(f"{name.removesuffix('@worst')}, worst of its crops ↓" for name in networks) + " | n |",
-             "|" + "---|" * (len(networks) + 2)]
+    rows = []
     for set_name, row in by_set.iterrows():
         cells = []
         for name in networks:
             cosine = row[f"fr:{name}_mean"]
             cell = _cell(row, f"match:{name}") + ("" if pd.isna(cosine) else f" (cos {cosine:.2f})")
             cells.append(_marked(cell, str(set_name), name, specs, context))
-        lines.append(f"| {set_name} | " + " | ".join(cells) + f" | {int(row['n'])} |")
-    return "\n".join(lines) + "\n"
+        rows.append([str(set_name), *cells, str(int(row["n"]))])
+    return _markdown(["set", *(f"{n.removesuffix('@worst')}, worst of its crops ↓" for n in networks), "n"], rows)
 
 
 def match_summary(by_set: pd.DataFrame, frame: pd.DataFrame, fr_names: list[str], context: ReportContext) -> list[str]:
