@@ -52,12 +52,12 @@ def keep_settings(output_dir: Path, settings: dict, write: bool) -> None:
             record = settings | {FILES: local_digests(settings)}
             write_bytes_atomic(Path(output_dir) / SETTINGS_NAME, json.dumps(record, indent=2).encode())
         return
-    recorded_files = recorded.pop(FILES, None)
-    if recorded_files is None:  # made before the digests: what its recorded paths hold now
-        recorded_files = local_digests(recorded)
+    digest = functools.cache(_digest)  # a weights file several recognisers (or both records) name is read once
+    made_with_digests = FILES in recorded
+    # Made before the digests: what its recorded paths hold now.
+    recorded_files = recorded.pop(FILES) if made_with_digests else local_digests(recorded, digest)
     settings = {k: v for k, v in settings.items() if k in recorded or k not in RECORDED_LATER}
     recorded |= {group: earlier | recorded[group] for group, earlier in EARLIER_DEFAULTS.items() if group in recorded}
-    digest = functools.cache(_digest)  # a weights file several recognisers name is read once
     differences = _differences(settings, recorded)
     if not _same(settings, recorded, recorded_files, digest):
         changed = [_change(*difference) for difference in differences
@@ -69,13 +69,13 @@ def keep_settings(output_dir: Path, settings: dict, write: bool) -> None:
                           f"{Path(output_dir) / SETTINGS_NAME}): use a new --output_dir, or the folder's values")
     if differences and write:  # said once: `fit` checks without writing first, before its resume step
         moved = logs.first_few(difference[0] for difference in differences)
-        content = "the content recorded" if FILES in read_settings(output_dir) else "the bytes at the recorded paths"
+        content = "the content recorded" if made_with_digests else "the bytes at the recorded paths"
         logs.info(f"facelock_pl: {output_dir}: {moved} name(s) the weights at other paths, with {content}")
 
 
-def local_digests(settings: dict) -> dict[str, str]:
+def local_digests(settings: dict, digest: Callable[[str], str] | None = None) -> dict[str, str]:
     """The digest of every local file and folder that `settings` name (by absolute path), by path."""
-    return {path: _digest(path) for path in sorted(_local_paths(settings))}
+    return {path: (digest or _digest)(path) for path in sorted(_local_paths(settings))}
 
 
 def same_setting(now: object, was: object, recorded_digests: dict[str, str]) -> bool:
