@@ -26,7 +26,7 @@ def fixed(value: float, batch: int = 1) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("spec", ["jpeg:60-90", "jpeg_real:50-90", "webp_real:50-90", "resize:0.5-0.9", "blur:0.5-1.5", "shift:3",
-                                  "colorjitter:0.2", "spectrum:0.5"])
+                                  "phase:8", "colorjitter:0.2", "spectrum:0.5"])
 def test_each_transformation_is_differentiable(face, spec):
     x = face.clone().requires_grad_(True)
     out = Transform.parse(spec).apply(x, fixed(0.7))
@@ -87,6 +87,26 @@ def test_parameters_follow_the_declared_ranges():
     counts = torch.bincount(choice, minlength=3).float() / 2000
     assert torch.allclose(counts, torch.full((3,), 1 / 3), atol=0.05)  # each transformation about equally often
     assert 0.45 < draws[:, 1].mean() < 0.55
+
+
+def test_phase_moves_images_by_whole_pixels_through_every_phase_of_the_latent_grid(face):
+    """`phase:8`: −4 to 3 pixels each way, the border repeated, nothing resampled — every offset of an 8-pixel grid."""
+    assert Transform.parse("phase") == Transform("phase", 8.0, 8.0)
+    for bad in ("phase:0", "phase:2.5", "phase:4-8"):
+        with pytest.raises(ValueError):
+            Transform.parse(bad)
+    phase = Transform.parse("phase:8")
+    assert torch.equal(phase.apply(face, fixed(0.5)), face)  # the middle draw: no move
+    seen = set()
+    for dy in range(8):
+        for dx in range(8):
+            moved = phase.apply(face, torch.tensor([[(dy + 0.5) / 8, (dx + 0.5) / 8, 0.0]]))
+            down, right = 4 - dy, 4 - dx  # where the image's top-left pixel lands
+            inner = moved[..., max(down, 0) : 64 + min(down, 0), max(right, 0) : 64 + min(right, 0)]
+            source = face[..., max(-down, 0) : 64 - max(down, 0), max(-right, 0) : 64 - max(right, 0)]
+            assert torch.equal(inner, source)  # the same pixel values, moved: not blurred
+            seen.add((down % 8, right % 8))
+    assert len(seen) == 64
 
 
 def test_draws_are_reproducible_and_per_image():

@@ -30,7 +30,8 @@ from ..pixels import levels_to_pm1, pm1_to_levels, reencode, turn_canvas, turned
 from ..seeding import uid_generator
 
 DEFAULT_RANGES = {"jpeg": (50.0, 95.0), "jpeg_real": (50.0, 95.0), "webp_real": (50.0, 95.0), "resize": (0.5, 1.0),
-                  "blur": (0.0, 1.5), "shift": (0.0, 4.0), "colorjitter": (0.0, 0.1), "spectrum": (0.5, 0.5)}
+                  "blur": (0.0, 1.5), "shift": (0.0, 4.0), "colorjitter": (0.0, 0.1), "spectrum": (0.5, 0.5),
+                  "phase": (8.0, 8.0)}
 SPECTRUM_NOISE_255 = 16.0  # SSA's σ on the 0-255 scale
 REAL_CODECS = {"jpeg_real": "JPEG", "webp_real": "WEBP"}  # the codec in the forward pass, JPEG's gradient (BPDA)
 QUALITY_KINDS = {"jpeg", *REAL_CODECS}
@@ -47,7 +48,7 @@ class Transform:
         kind, _, value = spec.partition(":")
         if kind not in DEFAULT_RANGES:
             raise ValueError(f"unknown EOT transformation {spec!r}; use jpeg, jpeg_real, webp_real, resize, blur, shift, "
-                             "colorjitter or spectrum")
+                             "phase, colorjitter or spectrum")
         low, high = DEFAULT_RANGES[kind]
         if value:
             parts = [float(v) for v in value.split("-")]
@@ -55,7 +56,7 @@ class Transform:
             if kind in ("shift", "colorjitter") and len(parts) == 1:
                 low, high = 0.0, parts[0]
         if low > high or low < 0 or (kind in QUALITY_KINDS and not 1 <= low <= high <= 100) or (
-                kind in ("resize", "spectrum") and high > 1):
+                kind in ("resize", "spectrum") and high > 1) or (kind == "phase" and (low != high or low < 1 or low % 1)):
             raise ValueError(f"EOT transformation {spec!r} has an invalid range")
         return cls(kind, low, high)
 
@@ -85,6 +86,8 @@ class Transform:
             return gaussian_blur2d(x, kernel_size=2 * int(3 * self.high + 0.5) + 1, sigma=sigma, border_type="reflect")
         if self.kind == "spectrum":
             return _spectrum_simulation(x, amount, u[:, 1])
+        if self.kind == "phase":
+            return _whole_pixel_shift(x, u[:, :2], int(self.high))
         if self.kind == "shift":
             from kornia.geometry.transform import translate
 
@@ -99,6 +102,18 @@ class Transform:
         image = adjust_contrast(image, factors[:, 1].to(x))
         image = adjust_saturation(image, factors[:, 2].to(x))
         return image.clamp(0, 1) * 2 - 1
+
+
+def _whole_pixel_shift(x: torch.Tensor, u: torch.Tensor, period: int) -> torch.Tensor:
+    """Images x [B, 3, H, W] moved by whole pixels, −period/2 to period/2 − 1 each way (from uniforms u [B, 2]), the
+    border repeated: at period 8, every phase of the autoencoders' latent grid, which a crop of the photo by a few
+    pixels changes (a protection optimised at one phase alone is mostly lost at the others; README, "The latent
+    grid's phase"). Whole pixels: nothing is resampled, so the image is not blurred as a sub-pixel `shift` blurs it."""
+    height, width = x.shape[-2:]
+    pad = period // 2
+    padded = F.pad(x, (pad, pad, pad, pad), mode="replicate")
+    offsets = (u * period).long().clamp_max(period - 1).tolist()
+    return torch.cat([padded[i : i + 1, :, dy : dy + height, dx : dx + width] for i, (dy, dx) in enumerate(offsets)])
 
 
 @functools.lru_cache(maxsize=8)

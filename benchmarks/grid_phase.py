@@ -1,0 +1,81 @@
+"""The latent grid's phase: does a protection survive the photo moved by a few pixels (a crop of its edge)?
+
+The autoencoders work on 8x8-pixel blocks (one latent pixel each). A crop of a photo's top or left edge by a number of
+pixels that is not a multiple of 8 at the editor's working size puts every block elsewhere on the face. This benchmark
+takes protected images and their clean sources (matched by file stem), brings each to the editor's working size, cuts
+`s` pixels off its top and left edge (the border repeated at the bottom and right, so the size stays), makes the
+autoencoder round trip of `configs/edit-offline.yaml` (TAESD) and scores the face detected anew against the clean
+photo cut alike, with the recognisers of `--evaluate-config` (a network behind several crops judged by its worst).
+Prints a Markdown table (match rate and mean cosine per shift) and writes JSON with every face's scores.
+
+    python benchmarks/grid_phase.py --assets BUNDLE --protected OUT/images --clean PHOTOS \\
+        --evaluate-config configs/evaluate-crops.yaml [--shifts 0,1,2,4,8] [--json W.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pandas as pd
+import torch
+import yaml
+from PIL import Image
+
+from facelock_pl.config_files import read_config
+from facelock_pl.evaluation.editors import Editor, EditorSpec
+from facelock_pl.evaluation.rates import worst_judges
+from facelock_pl.models import FaceScorer, RecognizerSpec, VAESpec
+from facelock_pl.pixels import pad_to, resize
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from group_photos import score_faces  # noqa: E402
+from offline_runs import ROOT, print_table, write_json  # noqa: E402
+
+EDIT_RESOLUTION = 256  # edit-offline.yaml's working size
+
+
+def cut(levels: torch.Tensor, pixels: int) -> torch.Tensor:
+    """uint8 [3, H, W] with `pixels` cut off its top and left edge, its bottom and right border repeated."""
+    return pad_to(levels[:, pixels:, pixels:].contiguous(), *levels.shape[-2:])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--assets", type=Path, required=True, help="the offline bundle")
+    parser.add_argument("--protected", type=Path, required=True, help="the protected images (a run's OUT/images)")
+    parser.add_argument("--clean", type=Path, required=True, help="their sources, by file stem")
+    parser.add_argument("--evaluate-config", type=Path, default=ROOT / "configs" / "evaluate-offline.yaml")
+    parser.add_argument("--shifts", default="0,1,2,4,8", help="pixels cut off at the working size")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    assets = args.assets.resolve()
+    config = yaml.safe_load(read_config(args.evaluate_config, assets))
+    scorer = FaceScorer([RecognizerSpec(**entry) for entry in config["recognizers"]])
+    editor_spec = yaml.safe_load(read_config(ROOT / "configs" / "edit-offline.yaml", assets))["editor"]
+    editor = Editor(EditorSpec(**{**editor_spec, "vae": VAESpec(**editor_spec["vae"])}), torch.device("cpu"))
+    shifts = [int(s) for s in args.shifts.split(",")]
+    rows = []
+    for path in sorted(args.protected.glob("*.png")):
+        source = next(args.clean.glob(f"{path.stem}.*"))
+        clean, protected = (resize(Image.open(p).convert("RGB"), (EDIT_RESOLUTION, EDIT_RESOLUTION))
+                            for p in (source, path))
+        for shift in shifts:
+            edit = editor(cut(protected, shift)[None], "", [0])[0]
+            scores = score_faces(scorer, cut(clean, shift), edit)
+            rows.append({"face": path.stem, "shift": shift, **(scores[0] if scores else {})})
+    frame = pd.DataFrame(rows)
+    judges = worst_judges(frame)
+    table = [[str(shift), str(len(group)),
+              *(f"{100 * group[f'match:{j}'].fillna(0).mean():.0f}% ({group[f'fr:{j}'].mean():.2f})" for j in judges)]
+             for shift, group in frame.groupby("shift")]
+    write_json(args.json, {"protected": str(args.protected), "clean": str(args.clean), "shifts": shifts,
+                           "judges": judges, "per_face": rows})
+    print_table(f"{frame['face'].nunique()} protected photos at {EDIT_RESOLUTION} px, cut by s pixels at the top and "
+                "left, TAESD round trip, the face detected anew: match rate (mean cosine)",
+                ["s (pixels cut)", "faces", *judges], table)
+
+
+if __name__ == "__main__":
+    main()
