@@ -1,6 +1,6 @@
 """`data.region: faces`: is the crop found around a small face, in colour and in grey, and at what cost?
 
-The face region is searched on a copy of the photo whose longest side is the search side (`faces_crop`); a face
+The face region is searched on a copy of the photo whose longest side is the search side (`faces_squares`); a face
 smaller than MTCNN's 20 px there is not found, and the photo is then protected whole at the working size, where the
 face is smaller still. This benchmark pastes each of the last `--faces` shared CelebA-HQ faces (held out) at several
 widths into a 1600x1200 frame of dull noise, in colour and made grey, and counts for each search side the photos whose
@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from facelock_pl.data.items import faces_crop
+from facelock_pl.data.items import faces_squares
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from offline_runs import held_out_faces, print_table, write_json  # noqa: E402
@@ -36,12 +36,13 @@ def frame_with_face(face: Image.Image, width: int) -> Image.Image:
     return photo
 
 
-def outcome(crop: tuple[int, int, int, int] | None, width: int) -> str:
-    if crop is None:
+def outcome(squares: list[tuple[int, int, int]], width: int) -> str:
+    if not squares:
         return "no crop"
-    top, left, side, _ = crop
     (x, y) = FACE_AT
-    return "holds the face" if top <= y and left <= x and top + side >= y + width and left + side >= x + width else "misses it"
+    holds = any(top <= y and left <= x and top + side >= y + width and left + side >= x + width
+                for top, left, side in squares)
+    return "holds the face" if holds else "misses it"
 
 
 def main() -> None:
@@ -63,7 +64,7 @@ def main() -> None:
     for side in (int(s) for s in args.search_sides.split(",")):
         counts, started = {}, time.perf_counter()
         for kind, width, photo in photos:
-            key = (kind, outcome(faces_crop(photo, 0.5, side), width))
+            key = (kind, outcome(faces_squares(photo, 0.5, side), width))
             counts[key] = counts.get(key, 0) + 1
         seconds = (time.perf_counter() - started) / len(photos)
         results[side] = {"seconds_per_photo": seconds, **{f"{kind}: {what}": n for (kind, what), n in sorted(counts.items())}}

@@ -591,10 +591,33 @@ def test_the_face_region_benchmark_tells_a_crop_that_holds_the_face_from_one_tha
     photo = face_region.frame_with_face(Image.new("RGB", (30, 30), (255, 0, 0)), 50)
     assert photo.size == (1600, 1200) and photo.getpixel((900, 500)) == photo.getpixel((949, 549)) == (255, 0, 0)
     assert photo.getpixel((899, 500)) != (255, 0, 0) and photo.getpixel((950, 549)) != (255, 0, 0)
-    assert face_region.outcome((480, 880, 90, 90), 50) == "holds the face"
-    assert face_region.outcome((480, 880, 60, 60), 50) == "misses it"  # ends at 940: the face's right edge is at 950
-    assert face_region.outcome((0, 0, 300, 300), 50) == "misses it"
-    assert face_region.outcome(None, 50) == "no crop"
+    assert face_region.outcome([(480, 880, 90)], 50) == "holds the face"
+    assert face_region.outcome([(480, 880, 60)], 50) == "misses it"  # ends at 940: the face's right edge is at 950
+    assert face_region.outcome([(0, 0, 300)], 50) == "misses it"
+    assert face_region.outcome([(0, 0, 300), (480, 880, 90)], 50) == "holds the face"  # a square of another face too
+    assert face_region.outcome([], 50) == "no crop"
+
+
+def test_the_spread_faces_benchmark_pastes_faces_far_apart_and_crops_each_person_out():
+    spread = benchmark_module("spread_faces")
+    colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255)]
+    photo = spread.group_photo([Image.new("RGB", (30, 30), colour) for colour in colours])
+    assert photo.size == spread.FRAME and spread.FACE_PX == 160
+    for (x, y), colour in zip(spread.PLACES, colours):
+        assert photo.getpixel((x, y)) == photo.getpixel((x + 159, y + 159)) == colour
+        assert photo.getpixel((x - 1, y)) != colour and photo.getpixel((x + 160, y + 159)) != colour
+        crop = spread.person_crop(photo, (x, y)).permute(1, 2, 0).numpy()
+        assert crop.shape == (256, 256, 3)  # 320 px (the face grown by half its size each way) at the editor's size
+        assert (crop[70:186, 70:186] == colour).all() and not (crop[:60, :60] == colour).all(-1).any()
+
+
+def test_the_grid_phase_benchmark_cuts_the_top_and_left_edge_and_keeps_the_size():
+    grid_phase = benchmark_module("grid_phase")
+    levels = torch.arange(3 * 16 * 16, dtype=torch.int32).reshape(3, 16, 16).to(torch.uint8)
+    cut = grid_phase.cut(levels, 3)
+    assert cut.shape == levels.shape and torch.equal(cut[:, :13, :13], levels[:, 3:, 3:])
+    assert torch.equal(cut[:, 13:, :13], levels[:, 15:, 3:].expand(3, 3, 13))  # the bottom border repeated
+    assert torch.equal(grid_phase.cut(levels, 0), levels)
 
 
 def test_the_lying_photos_benchmark_lays_faces_down_by_turns_and_stands_them_up_losslessly(tmp_path):

@@ -15,7 +15,7 @@ from PIL import Image, ImageCms
 
 from conftest import astronaut, grace_hopper, random_image, tiny_module_kwargs
 from facelock_pl.data import FaceDataModule
-from facelock_pl.data.items import faces_crop
+from facelock_pl.data.items import faces_squares
 from facelock_pl.engine import ProtectionModule
 from facelock_pl.engine.delivery import deliver
 from facelock_pl.outputs import read_manifest
@@ -224,9 +224,66 @@ def test_the_face_region_of_a_small_face_in_a_large_photo_is_found(grey):
     photo = Image.fromarray(random_image((1200, 1600), seed=3) // 4 + 96)
     photo.paste(astronaut().crop((150, 30, 300, 210)).resize((50, 60)), (900, 500))  # the face at x 900..950, y 500..560
     photo = photo.convert("L").convert("RGB") if grey else photo
-    top, left, side, _ = faces_crop(photo, 0.5)
+    [(top, left, side)] = faces_squares(photo, 0.5)
     assert top <= 500 and left <= 900 and top + side >= 560 and left + side >= 950 and side < 120
-    assert faces_crop(photo, 0.5, search_side=640) is None
+    assert faces_squares(photo, 0.5, search_side=640) == []
+
+
+def group_photo(gap: int) -> Image.Image:
+    """Two faces (astronaut, Grace Hopper) 100x120 px on a dull 1200x900 background: the astronaut's at (100, 100),
+    Grace Hopper's at (200 + gap, 220 + gap)."""
+    photo = Image.fromarray(random_image((900, 1200), seed=3) // 4 + 96)
+    photo.paste(astronaut().crop((150, 30, 300, 210)).resize((100, 120)), (100, 100))
+    photo.paste(grace_hopper().crop((130, 60, 410, 400)).resize((100, 120)), (200 + gap, 220 + gap))
+    return photo
+
+
+def test_faces_far_apart_get_a_cell_each_and_only_their_squares_change(tmp_path):
+    """Two faces far apart: one joint crop would be most of the frame, each face a few pixels at the working size
+    (until this version: the astronaut's only, a 64 px canvas, the other dropped); now a square each, side by side in
+    the canvas, each delivered into its own place — and the manifest measures the faces there."""
+    from facelock_pl.data.items import SMALLEST_CELL_PX, Decoding, face_cells
+
+    far, close = group_photo(550), group_photo(0)
+    squares = faces_squares(far, 0.5)
+
+    def holds(square, x, y):  # the square holds the face pasted at (x, y), 100x120
+        top, left, side = square
+        return top <= y and left <= x and top + side >= y + 120 and left + side >= x + 100
+
+    assert len(squares) == 2 and all(100 < side < 300 for _, _, side in squares)
+    assert holds(squares[0], 100, 100) != holds(squares[1], 100, 100) and any(holds(q, 750, 770) for q in squares)
+    (t1, l1, s1), (t2, l2, s2) = squares
+    assert t1 + s1 <= t2 or t2 + s2 <= t1 or l1 + s1 <= l2 or l2 + s2 <= l1  # no pixel in both
+    [joint] = faces_squares(close, 0.5)  # squares that would overlap: one square around both faces, as before
+    assert joint[0] <= 100 and joint[1] <= 100 and joint[0] + joint[2] >= 340 and joint[1] + joint[2] >= 300
+
+    cells = face_cells(squares, 128)
+    assert [(c.cell_top, c.cell_left, c.cell_side) for c in cells] == [(0, 0, 64), (0, 64, 64)]
+    assert [(c.top, c.left, c.side) for c in cells] == squares and len(face_cells(squares * 9, 256)) == 16
+    assert len(face_cells(squares, 64)) == 1 and 64 // SMALLEST_CELL_PX == 1
+    # A square smaller than its cell is shown at its own size, trimmed to a multiple of 8: never enlarged.
+    assert face_cells([(0, 0, 300), (500, 600, 101)], 256) == [(0, 0, 300, 0, 0, 128), (500, 600, 96, 0, 128, 96)]
+    assert face_cells([(40, 50, 170)], 256) == [(40, 50, 168, 0, 0, 168)]
+    buffer = io.BytesIO()
+    far.save(buffer, format="PNG")
+    item = Decoding(resolution=64, region="faces").item("far", "far.png", buffer.getvalue())
+    assert "2 face regions, the 1 largest protected" in item.message and len(item.crops) == 1
+
+    faces = tmp_path / "faces"
+    faces.mkdir()
+    far.save(faces / "far.png")
+    protect(faces, tmp_path / "out", resolution=128, region="faces", face_margin=0.5,
+            settings={"faces": 2})
+    changed = np.abs(levels(tmp_path / "out" / "images" / "far.png") - levels(faces / "far.png")).max(-1)
+    inside = np.zeros_like(changed, dtype=bool)
+    for top, left, side in squares:
+        inside[top : top + side, left : left + side] = True
+        assert (changed[top : top + side, left : left + side] > 0).mean() > 0.3  # each face's square is protected
+    assert changed[~inside].max() == 0 and changed.max() <= 3
+    row = read_manifest(tmp_path / "out").iloc[0]
+    assert row.status == "ok" and row.faces_in_photo == 2 and row.faces_protected == 2
+    assert (row.working_width, row.working_height) == (128, 128) and not np.isnan(row.fr_cos_recon)
 
 
 def test_face_region_mode_turns_a_sideways_crowd_photo_upright(tmp_path):

@@ -100,9 +100,10 @@ class FaceDataModule(L.LightningDataModule):
             written as a greyscale PNG; False: a colour perturbation in an RGB PNG, which protects more until
             someone removes its colour (a black-and-white photo desaturated looks the same) and far less after
             (README, "Native size").
-        region: `frame` optimises the whole frame; `faces` (for small faces in large photos) optimises a square crop
-            around the detected faces, grown by `face_margin` of their box on each side, at the working
-            resolution, and changes only that part of the photo (an image without a detected face: the frame).
+        region: `frame` optimises the whole frame; `faces` (for small faces in large photos) optimises a square
+            around each detected face, its box grown by `face_margin` on each side (faces whose squares would
+            overlap share one), each in its own cell of the working canvas, and changes only those parts of the
+            photo (an image without a detected face: the frame).
         allow_external_paths: let dataset cells name image files outside the dataset's own folder.
         output_dir: the run's output folder (linked from the top-level `--output_dir`).
     """

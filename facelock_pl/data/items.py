@@ -3,15 +3,30 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 import torch
 
 from ..pixels import NATIVE, pad_to, pil_to_levels, resize, working_size
 from .images import DEFAULT_MAX_PIXELS, BadImageError, Photo, load_photo
+
+SMALLEST_CELL_PX = 64  # a face region's cell in the working canvas: its face (half the cell at margin 0.5) 32 px wide
+
+
+class FaceCrop(NamedTuple):
+    """One region of a photo optimised in face-region mode: the square (`top`, `left`, `side`) in the photo's
+    pixels, shown in the square cell (`cell_top`, `cell_left`, `cell_side`) of the working canvas."""
+
+    top: int
+    left: int
+    side: int
+    cell_top: int
+    cell_left: int
+    cell_side: int
 
 
 @dataclass
@@ -26,8 +41,8 @@ class ImageItem:
             square (so that images of any shape share a batch); None when the image could not be read.
         region: (height, width) of the image inside the canvas: the perturbation lives there only.
         native: uint8 [3, H, W], the source at its own size: the protected copy is made from it.
-        crop: (top, left, height, width) in native pixels of the part the canvas shows (face-region mode);
-            None: the whole frame.
+        crops: face-region mode: the squares of the photo the canvas shows, each in its own cell (one square fills
+            the canvas; several, a grid of cells); empty: the whole frame.
         view: (height, width) of the whole frame as the editor sees it (the working size of the frame).
         width, height: the native size after EXIF orientation (0 when unknown).
         status: `ok`, or `error` when the image could not be read (`message` says why).
@@ -56,7 +71,7 @@ class ImageItem:
     icc_profile: bytes | None = None
     exif: bytes | None = None
     metadata_removed: str = ""
-    crop: tuple[int, int, int, int] | None = None
+    crops: list[FaceCrop] = field(default_factory=list)
     view: tuple[int, int] = (0, 0)
     source_sha256: str = ""
     source_stat: tuple[int, int] | None = None
@@ -72,15 +87,14 @@ class ImageItem:
 
     @classmethod
     def from_photo(cls, uid: str, source: str, photo: Photo, resolution: int | str, extra: dict | None = None,
-                   crop: tuple[int, int, int, int] | None = None) -> "ImageItem":
+                   crops: list[FaceCrop] | None = None) -> "ImageItem":
         """The item of a decoded photo, with its working canvas for `resolution` (pixels, or `native`): the whole
-        frame, or the square `crop` (top, left, side, side) of it."""
+        frame, or the `crops` of it (`face_cells`)."""
         native = pil_to_levels(photo.image)
         height, width = native.shape[-2:]
         view = (height, width) if resolution == NATIVE else working_size(width, height, resolution)[::-1]
-        if crop is not None:
-            top, left, side, _ = crop
-            work = resize(photo.image.crop((left, top, left + side, top + side)), (resolution, resolution))
+        if crops:
+            work = crops_canvas(photo.image, crops, resolution)
         else:
             work = native if resolution == NATIVE else resize(photo.image, view[::-1])
         h, w = work.shape[-2:]
@@ -91,14 +105,14 @@ class ImageItem:
                          f"{photo.downscaled_from[0]}x{photo.downscaled_from[1]}")
         cutout = None if photo.cutout is None else torch.from_numpy(np.array(photo.cutout)).permute(2, 0, 1).contiguous()
         return cls(uid, source, canvas, width, height, "ok", "; ".join(notes), extra or {}, native, (h, w),
-                   photo.icc_profile, photo.exif, photo.removed, crop, view, cutout=cutout, grey=photo.grey)
+                   photo.icc_profile, photo.exif, photo.removed, crops or [], view, cutout=cutout, grey=photo.grey)
 
 
 @dataclass(frozen=True)
 class Decoding:
     """How inputs become items: working resolution (pixels or `native`), the pixel limit and what happens above
     it (`error` or `downscale`), whether the protected copy keeps all metadata, and whether the whole frame or the
-    region around the faces is optimised (`region: faces`, with `face_margin` of the faces' box on each side), and
+    regions around the faces are optimised (`region: faces`, with `face_margin` of a face's box on each side), and
     whether a photo without colour keeps none (`keep_grey`)."""
 
     resolution: int | str = 512
@@ -121,11 +135,17 @@ class Decoding:
         except BadImageError as error:
             return ImageItem.failed(uid, source, str(error), *error.size, extra=extra, source_sha256=digest,
                                     source_stat=stat)
-        crop = faces_crop(photo.image, self.face_margin) if self.region == "faces" else None
-        item = ImageItem.from_photo(uid, source, photo, self.resolution, extra, crop)
+        squares = faces_squares(photo.image, self.face_margin) if self.region == "faces" else []
+        crops = face_cells(squares, self.resolution)
+        item = ImageItem.from_photo(uid, source, photo, self.resolution, extra, crops)
         item.source_sha256, item.source_stat = digest, stat
-        if self.region == "faces" and crop is None:
-            item.message = "; ".join(filter(None, [item.message, "no face found: the whole frame is protected"]))
+        notes = [item.message]
+        if self.region == "faces" and not crops:
+            notes.append("no face found: the whole frame is protected")
+        if len(crops) < len(squares):
+            notes.append(f"{len(squares)} face regions, the {len(crops)} largest protected: the working canvas holds "
+                         f"no more cells of {SMALLEST_CELL_PX} px (a larger `data.resolution` holds more)")
+        item.message = "; ".join(filter(None, notes))
         return item
 
 
@@ -147,12 +167,13 @@ def file_stat(path: Path) -> tuple[int, int] | None:
 _DETECTOR = None  # one face detector per loader process, loaded on first use
 
 
-def faces_crop(image, margin: float, search_side: int = 1280) -> tuple[int, int, int, int] | None:
-    """The square (top, left, side, side), in the image's pixels, around every face found (their joint box grown by
-    `margin` of its size on each side, kept inside the image); None when no face is found (the whole frame is
-    then protected). Faces are searched on a copy whose longest side is at most `search_side`, in the position
-    (as it stands, or turned: the engine then turns the crop upright) that shows the most probable face. At 640
-    instead of 1280, faces 50 to 100 px wide in a 1600x1200 frame were missed: 12 of 80 in colour, 21 of 80 grey
+def faces_squares(image, margin: float, search_side: int = 1280) -> list[tuple[int, int, int]]:
+    """The squares (top, left, side), in the image's pixels, around the faces found, largest first: a face's box grown
+    by `margin` of its size on each side, kept inside the image; faces whose squares would overlap share one square,
+    around their joint box, so no pixel is in two. Empty when no face is found (the whole frame is then protected).
+    Faces are searched on a copy whose longest side is at most `search_side`, in the position (as it stands, or
+    turned: the engine then turns the canvas upright) that shows the most probable face. At 640 instead of 1280,
+    faces 50 to 100 px wide in a 1600x1200 frame were missed: 12 of 80 in colour, 21 of 80 grey
     (`benchmarks/face_region.py`), for a third of the search's time (0.21 s a photo instead of 0.61, 2-core CPU)."""
     global _DETECTOR
     if _DETECTOR is None:
@@ -162,11 +183,56 @@ def faces_crop(image, margin: float, search_side: int = 1280) -> tuple[int, int,
     scale = min(1.0, search_side / max(image.size))
     small = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale)))) if scale < 1 else image
     boxes = _DETECTOR.all_boxes_any_turn(pil_to_levels(small)) / scale
-    if len(boxes) == 0:
-        return None
+    groups = [[face] for face in range(len(boxes))]
+    while True:
+        squares = [_square_around(boxes[group], margin, *image.size) for group in groups]
+        pair = next(((a, b) for a in range(len(squares)) for b in range(a + 1, len(squares))
+                     if _overlap(squares[a], squares[b])), None)
+        if pair is None:
+            return sorted(squares, key=lambda square: (-square[2], square[0], square[1]))
+        groups[pair[0]] += groups.pop(pair[1])
+
+
+def _square_around(boxes: torch.Tensor, margin: float, width: int, height: int) -> tuple[int, int, int]:
+    """The square (top, left, side) around the joint box of `boxes` ([N, 4], x1 y1 x2 y2), grown by `margin` of its
+    size on each side and kept inside a `width` x `height` image."""
     x1, y1 = boxes[:, 0].min().item(), boxes[:, 1].min().item()
     x2, y2 = boxes[:, 2].max().item(), boxes[:, 3].max().item()
-    side = min(int(max(x2 - x1, y2 - y1) * (1 + 2 * margin)), image.width, image.height)
-    left = int(min(max((x1 + x2 - side) / 2, 0), image.width - side))
-    top = int(min(max((y1 + y2 - side) / 2, 0), image.height - side))
-    return top, left, side, side
+    side = min(int(max(x2 - x1, y2 - y1) * (1 + 2 * margin)), width, height)
+    left = int(min(max((x1 + x2 - side) / 2, 0), width - side))
+    top = int(min(max((y1 + y2 - side) / 2, 0), height - side))
+    return top, left, side
+
+
+def _overlap(a: tuple[int, int, int], b: tuple[int, int, int]) -> bool:
+    """Whether two squares (top, left, side) share a pixel."""
+    return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[2] and b[1] < a[1] + a[2]
+
+
+def face_cells(squares: list[tuple[int, int, int]], resolution: int | str) -> list[FaceCrop]:
+    """Where each square (largest first) is shown in the `resolution` x `resolution` working canvas: one square
+    fills it; several, a grid of square cells (sides multiples of 8, so that each cell is whole latent pixels of the
+    autoencoders), row by row — as many as cells of at least `SMALLEST_CELL_PX` fit, the largest squares first. A
+    square smaller than its cell is shown at its own size (its side trimmed to a multiple of 8) in the cell's top
+    left, never enlarged: a perturbation finer than the photo's pixels would be lost when it is carried to them."""
+    if not squares:
+        return []
+    most = (resolution // SMALLEST_CELL_PX) ** 2
+    squares = squares[: max(1, most)]
+    grid = math.ceil(math.sqrt(len(squares)))
+    cell = resolution if grid == 1 else resolution // grid // 8 * 8
+    crops = []
+    for index, (top, left, side) in enumerate(squares):
+        shown = min(cell, side // 8 * 8)
+        crops.append(FaceCrop(top, left, side if shown == cell else shown, index // grid * cell, index % grid * cell, shown))
+    return crops
+
+
+def crops_canvas(image, crops: list[FaceCrop], resolution: int) -> torch.Tensor:
+    """uint8 [3, resolution, resolution]: each crop of the PIL `image` resized into its cell, mid-grey elsewhere."""
+    canvas = torch.full((3, resolution, resolution), 128, dtype=torch.uint8)
+    for crop in crops:
+        square = image.crop((crop.left, crop.top, crop.left + crop.side, crop.top + crop.side))
+        cell = slice(crop.cell_top, crop.cell_top + crop.cell_side), slice(crop.cell_left, crop.cell_left + crop.cell_side)
+        canvas[:, cell[0], cell[1]] = resize(square, (crop.cell_side, crop.cell_side))
+    return canvas

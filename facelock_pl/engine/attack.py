@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..data.items import ImageItem
+from ..data.items import ImageItem, crops_canvas
 from ..models import FaceDetector, FaceGeometry, FaceScorer
 from ..objectives import CleanFeatures, Networks, ProtectionMethod
 from ..objectives.transforms import RandomPurification, StoredPosition, crop_draws, parse_chain
@@ -367,18 +367,22 @@ class PGDAttack:
         """One finished image at its native size, measured as the editor will see it."""
         s, item, turn = self.slots, self.slots.items[slot], self.slots.turns[slot]
         x_adv, x = (untwist(canvas, item.region, turn) for canvas in (s.x_adv[slot], s.x[slot]))
-        png = deliver(x_adv, x, item.region, item.native, self.config.eps, item.crop, self.config.fill_budget)
-        # The editor sees the whole frame: in face-region mode, compare with the clean frame as it sees it. A photo
-        # protected turned upright is measured turned so, as the person's face is seen, and as it lies in its file.
-        source_seen = resize(levels_to_pil(item.native), item.view[::-1])[None].to(png.device)
-        measured_png, view = torch.rot90(png, turn, (1, 2)), turned_region(item.view, turn)
-        source_seen = torch.rot90(source_seen, turn, (2, 3))
+        png = deliver(x_adv, x, item.region, item.native, self.config.eps, item.crops, self.config.fill_budget)
+        # Measured as the editor sees it: the whole frame at its working size or, in face-region mode, each face's
+        # square in its cell of the canvas, as the optimisation saw it (an editor given the person's crop; in the
+        # frame, a face small enough to need the mode is not even found). A photo protected turned upright is
+        # measured turned so, as the person's face is seen, and as it lies in its file.
+        if item.crops:
+            seen = crops_canvas(levels_to_pil(png), item.crops, item.region[0])
+            source_seen, view = item.image, item.region
+        else:
+            seen, source_seen, view = png, resize(levels_to_pil(item.native), item.view[::-1]), item.view
+        measured_png, view = torch.rot90(seen.to(png.device), turn, (1, 2)), turned_region(view, turn)
+        source_seen = torch.rot90(source_seen[None].to(png.device), turn, (2, 3))
         if turn:
             item.message = "; ".join(filter(None, [item.message, turned_note(turn, self.config.both_positions)]))
-        if item.crop is None:  # the slot's features, aligned on the frame padded to the canvas
-            clean, canvas = s.clean.select(torch.tensor([slot])), tuple(s.levels.shape[-2:])
-        else:
-            clean, canvas = self.clean_features(source_seen), None
+        # The slot's features, aligned on the canvas (the frame padded to it, or the face cells)
+        clean, canvas = s.clean.select(torch.tensor([slot])), tuple(s.levels.shape[-2:])
         protected = self._faces_protected(slot)
         measured = self.meter.delivered(measured_png, view, clean, source_seen, protected, canvas, stored_turn=turn)
         return ProtectedImage(

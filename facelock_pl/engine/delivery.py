@@ -12,19 +12,23 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..data.items import FaceCrop
 from ..pixels import levels_to_pm1, quantise_to_levels, row_strips
 
 
 def deliver(x_adv: torch.Tensor, x: torch.Tensor, region: tuple[int, int], native: torch.Tensor, eps: float,
-            crop: tuple[int, int, int, int] | None = None, fill: bool = False) -> torch.Tensor:
+            crops: list[FaceCrop] | None = None, fill: bool = False) -> torch.Tensor:
     """The protected native image (uint8 [3, H, W]) of one canvas iterate `x_adv` ([3, R, R], source canvas `x`);
-    with a `crop` (top, left, height, width), the canvas shows that part of the frame, and only it changes;
+    with `crops` (face-region mode), each cell of the canvas shows a square of the frame, and only those change;
     `fill`: every changed pixel moves the whole budget (`pixels.quantise_to_levels`), at native size."""
-    if crop is not None:
-        top, left, height, width = crop
+    if crops:
         protected = native.clone().to(x_adv.device)
-        part = native[:, top : top + height, left : left + width]
-        protected[:, top : top + height, left : left + width] = deliver(x_adv, x, region, part, eps, fill=fill)
+        for crop in crops:
+            square = slice(crop.top, crop.top + crop.side), slice(crop.left, crop.left + crop.side)
+            cell = (slice(None), slice(crop.cell_top, crop.cell_top + crop.cell_side),
+                    slice(crop.cell_left, crop.cell_left + crop.cell_side))
+            protected[:, square[0], square[1]] = deliver(x_adv[cell], x[cell], (crop.cell_side, crop.cell_side),
+                                                         native[:, square[0], square[1]], eps, fill=fill)
         return protected
     h, w = region
     native = native.to(x_adv.device)
