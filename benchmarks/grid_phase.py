@@ -20,18 +20,14 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-import yaml
 from PIL import Image
 
-from facelock_pl.config_files import read_config
-from facelock_pl.evaluation.editors import Editor, EditorSpec
 from facelock_pl.evaluation.rates import worst_judges
-from facelock_pl.models import FaceScorer, RecognizerSpec, VAESpec
 from facelock_pl.pixels import pad_to, resize
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from group_photos import score_faces  # noqa: E402
-from offline_runs import ROOT, print_table, write_json  # noqa: E402
+from offline_runs import ROOT, judges_scorer, offline_editor, print_table, write_json  # noqa: E402
 
 EDIT_RESOLUTION = 256  # edit-offline.yaml's working size
 
@@ -51,10 +47,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     assets = args.assets.resolve()
-    config = yaml.safe_load(read_config(args.evaluate_config, assets))
-    scorer = FaceScorer([RecognizerSpec(**entry) for entry in config["recognizers"]])
-    editor_spec = yaml.safe_load(read_config(ROOT / "configs" / "edit-offline.yaml", assets))["editor"]
-    editor = Editor(EditorSpec(**{**editor_spec, "vae": VAESpec(**editor_spec["vae"])}), torch.device("cpu"))
+    scorer = judges_scorer(args.evaluate_config, assets)
+    editor = offline_editor(assets)
     shifts = [int(s) for s in args.shifts.split(",")]
     rows = []
     for path in sorted(args.protected.glob("*.png")):

@@ -25,19 +25,17 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-import yaml
 
-from facelock_pl.config_files import read_config
 from facelock_pl.data.images import load_photo
 from facelock_pl.evaluation.evaluate import load_edit, worst_over_crops
 from facelock_pl.evaluation.rates import worst_judges
-from facelock_pl.models import FaceScorer, RecognizerSpec
+from facelock_pl.models import FaceScorer
 from facelock_pl.models.faces import face_windows
 from facelock_pl.outputs import read_manifest
 from facelock_pl.pixels import editor_input, pil_to_levels
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from offline_runs import ROOT, cli, options, print_table, work_dir, write_json  # noqa: E402
+from offline_runs import ROOT, cli, judges_scorer, options, print_table, work_dir, write_json  # noqa: E402
 
 RESOLUTION = 256  # protect-offline.yaml's and edit-offline.yaml's working size
 SETS = ("clean", "protected", "protected+jpeg75")
@@ -85,8 +83,7 @@ def main() -> None:
     parser.add_argument("--objective-faces", type=int, default=1, help="faces of each photo in the FR term")
     args = parser.parse_args()
     assets, work = args.assets.resolve(), work_dir(args, "group-photos-")
-    config = yaml.safe_load(read_config(args.evaluate_config, assets))
-    scorer = FaceScorer([RecognizerSpec(**entry) for entry in config["recognizers"]])
+    scorer = judges_scorer(args.evaluate_config, assets)
     photos = work / "photos"
     photos.mkdir(parents=True, exist_ok=True)
     for path in group_photos(scorer, assets / "faces" / "pairs"):

@@ -39,6 +39,30 @@ def work_dir(args: argparse.Namespace, prefix: str) -> Path:
     return (args.work_dir or Path(tempfile.mkdtemp(prefix=prefix))).resolve()
 
 
+def judges_scorer(evaluate_config: Path, assets: Path):
+    """The recognisers of an evaluate config (its paths in the bundle `assets`), as `evaluate` scores with them."""
+    import yaml
+
+    from facelock_pl.config_files import read_config
+    from facelock_pl.models import FaceScorer, RecognizerSpec
+
+    config = yaml.safe_load(read_config(evaluate_config, assets))
+    return FaceScorer([RecognizerSpec(**entry) for entry in config["recognizers"]])
+
+
+def offline_editor(assets: Path):
+    """`configs/edit-offline.yaml`'s editor (the TAESD round trip) on the CPU, its weights in the bundle `assets`."""
+    import torch
+    import yaml
+
+    from facelock_pl.config_files import read_config
+    from facelock_pl.evaluation.editors import Editor, EditorSpec
+    from facelock_pl.models import VAESpec
+
+    spec = yaml.safe_load(read_config(ROOT / "configs" / "edit-offline.yaml", assets))["editor"]
+    return Editor(EditorSpec(**{**spec, "vae": VAESpec(**spec["vae"])}), torch.device("cpu"))
+
+
 def held_out_faces(assets: Path, count: int) -> list[Path]:
     """The last `count` of the sorted shared CelebA-HQ faces: never used for tuning."""
     return sorted((assets / "faces" / "celebahq").glob("*.jpg"))[-count:]

@@ -24,30 +24,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import yaml
 from PIL import Image
 
-from facelock_pl.config_files import read_config
 from facelock_pl.data.items import face_cells, faces_squares
 from facelock_pl.evaluation import purify
-from facelock_pl.evaluation.editors import Editor, EditorSpec
 from facelock_pl.evaluation.metrics import psnr
 from facelock_pl.evaluation.rates import worst_judges
-from facelock_pl.models import FaceScorer, RecognizerSpec, VAESpec
 from facelock_pl.outputs import read_manifest
 from facelock_pl.pixels import pil_to_levels, resize
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from group_photos import score_faces  # noqa: E402
-from offline_runs import (  # noqa: E402
-    ROOT,
-    cli,
-    held_out_faces,
-    options,
-    print_table,
-    work_dir,
-    write_json,
-)
+from offline_runs import (ROOT, cli, held_out_faces, judges_scorer, offline_editor, options,  # noqa: E402
+                          print_table, work_dir, write_json)
 
 FRAME = (2400, 1600)  # width, height
 FACE_PX = 160  # at 256 px the frame shows such a face 17 px wide: under MTCNN's 20 px
@@ -98,11 +87,8 @@ def main() -> None:
                         help="the person's crop at the editor's 256 px, or at the scale its face was optimised at")
     args = parser.parse_args()
     assets, work = args.assets.resolve(), work_dir(args, "spread-faces-")
-    config = yaml.safe_load(read_config(args.evaluate_config, assets))
-    scorer = FaceScorer([RecognizerSpec(**entry) for entry in config["recognizers"]])
-    editor_config = yaml.safe_load(read_config(ROOT / "configs" / "edit-offline.yaml", assets))
-    editor_spec = editor_config["editor"]
-    editor = Editor(EditorSpec(**{**editor_spec, "vae": VAESpec(**editor_spec["vae"])}), torch.device("cpu"))
+    scorer = judges_scorer(args.evaluate_config, assets)
+    editor = offline_editor(assets)
     faces = held_out_faces(assets, args.faces)
     photos = work / "photos"
     photos.mkdir(parents=True, exist_ok=True)

@@ -28,6 +28,17 @@ class FaceCrop(NamedTuple):
     cell_left: int
     cell_side: int
 
+    @property
+    def square(self) -> tuple[slice, slice]:
+        """(rows, columns) of the square in the photo."""
+        return slice(self.top, self.top + self.side), slice(self.left, self.left + self.side)
+
+    @property
+    def cell(self) -> tuple[slice, slice]:
+        """(rows, columns) of the cell in the canvas."""
+        return (slice(self.cell_top, self.cell_top + self.cell_side),
+                slice(self.cell_left, self.cell_left + self.cell_side))
+
 
 @dataclass
 class ImageItem:
@@ -233,6 +244,5 @@ def crops_canvas(image, crops: list[FaceCrop], resolution: int) -> torch.Tensor:
     canvas = torch.full((3, resolution, resolution), 128, dtype=torch.uint8)
     for crop in crops:
         square = image.crop((crop.left, crop.top, crop.left + crop.side, crop.top + crop.side))
-        cell = slice(crop.cell_top, crop.cell_top + crop.cell_side), slice(crop.cell_left, crop.cell_left + crop.cell_side)
-        canvas[:, cell[0], cell[1]] = resize(square, (crop.cell_side, crop.cell_side))
+        canvas[(slice(None), *crop.cell)] = resize(square, (crop.cell_side, crop.cell_side))
     return canvas

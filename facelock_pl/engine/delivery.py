@@ -24,11 +24,9 @@ def deliver(x_adv: torch.Tensor, x: torch.Tensor, region: tuple[int, int], nativ
     if crops:
         protected = native.clone().to(x_adv.device)
         for crop in crops:
-            square = slice(crop.top, crop.top + crop.side), slice(crop.left, crop.left + crop.side)
-            cell = (slice(None), slice(crop.cell_top, crop.cell_top + crop.cell_side),
-                    slice(crop.cell_left, crop.cell_left + crop.cell_side))
-            protected[:, square[0], square[1]] = deliver(x_adv[cell], x[cell], (crop.cell_side, crop.cell_side),
-                                                         native[:, square[0], square[1]], eps, fill=fill)
+            square, cell = (slice(None), *crop.square), (slice(None), *crop.cell)
+            protected[square] = deliver(x_adv[cell], x[cell], (crop.cell_side, crop.cell_side), native[square], eps,
+                                        fill=fill)
         return protected
     h, w = region
     native = native.to(x_adv.device)
