@@ -4,12 +4,13 @@ The autoencoders work on 8x8-pixel blocks (one latent pixel each). A crop of a p
 pixels that is not a multiple of 8 at the editor's working size puts every block elsewhere on the face. This benchmark
 takes protected images and their clean sources (matched by file stem), brings each to the editor's working size, cuts
 `s` pixels off its top and left edge (the border repeated at the bottom and right, so the size stays), makes the
-autoencoder round trip of `configs/edit-offline.yaml` (TAESD) and scores the face detected anew against the clean
+autoencoder round trip of `configs/edit-offline.yaml` (TAESD) — after `--purify` (e.g. `jpeg:75`: the cropped photo
+re-uploaded), where given — and scores the face detected anew against the clean
 photo cut alike, with the recognisers of `--evaluate-config` (a network behind several crops judged by its worst).
 Prints a Markdown table (match rate and mean cosine per shift) and writes JSON with every face's scores.
 
     python benchmarks/grid_phase.py --assets BUNDLE --protected OUT/images --clean PHOTOS \\
-        --evaluate-config configs/evaluate-crops.yaml [--shifts 0,1,2,4,8] [--json W.json]
+        --evaluate-config configs/evaluate-crops.yaml [--shifts 0,1,2,4,8] [--purify jpeg:75] [--json W.json]
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import pandas as pd
 import torch
 from PIL import Image
 
+from facelock_pl.config_files import ConfigError
+from facelock_pl.evaluation import purify
 from facelock_pl.evaluation.rates import worst_judges
 from facelock_pl.pixels import pad_to, resize
 
@@ -44,8 +47,13 @@ def main() -> None:
     parser.add_argument("--clean", type=Path, required=True, help="their sources, by file stem")
     parser.add_argument("--evaluate-config", type=Path, default=ROOT / "configs" / "evaluate-offline.yaml")
     parser.add_argument("--shifts", default="0,1,2,4,8", help="pixels cut off at the working size")
+    parser.add_argument("--purify", default=None, help="a purification of the cut photo before the round trip (jpeg:75)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
+    try:  # a bad spec is refused before the networks load
+        purify.label(args.purify or "jpeg")
+    except ConfigError as error:
+        parser.error(str(error))
     assets = args.assets.resolve()
     scorer = judges_scorer(args.evaluate_config, assets)
     editor = offline_editor(assets)
@@ -56,7 +64,9 @@ def main() -> None:
         clean, protected = (resize(Image.open(p).convert("RGB"), (EDIT_RESOLUTION, EDIT_RESOLUTION))
                             for p in (source, path))
         for shift in shifts:
-            edit = editor(cut(protected, shift)[None], "", [0])[0]
+            uploaded = cut(protected, shift)
+            uploaded = purify.apply(args.purify, uploaded, path.stem) if args.purify else uploaded
+            edit = editor(uploaded[None], "", [0])[0]
             scores = score_faces(scorer, cut(clean, shift), edit)
             rows.append({"face": path.stem, "shift": shift, **(scores[0] if scores else {})})
     frame = pd.DataFrame(rows)
@@ -65,9 +75,10 @@ def main() -> None:
               *(f"{100 * group[f'match:{j}'].fillna(0).mean():.0f}% ({group[f'fr:{j}'].mean():.2f})" for j in judges)]
              for shift, group in frame.groupby("shift")]
     write_json(args.json, {"protected": str(args.protected), "clean": str(args.clean), "shifts": shifts,
+                           "purify": args.purify,
                            "judges": judges, "per_face": rows})
     print_table(f"{frame['face'].nunique()} protected photos at {EDIT_RESOLUTION} px, cut by s pixels at the top and "
-                "left, TAESD round trip, the face detected anew: match rate (mean cosine)",
+                "left, " + (f"{args.purify}, " if args.purify else "") + "TAESD round trip, the face detected anew: match rate (mean cosine)",
                 ["s (pixels cut)", "faces", *judges], table)
 
 

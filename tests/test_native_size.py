@@ -316,6 +316,31 @@ def test_face_region_mode_turns_a_sideways_crowd_photo_upright(tmp_path):
     assert "1 no_face photo(s) were seen at least 2x smaller than they are" in describe(summary, tmp_path / "frame")
 
 
+def test_a_face_region_run_that_finds_no_face_says_where_it_searched_instead_of_suggesting_itself(tmp_path):
+    """A photo without a face protected with `data.region: faces`: the row and the run's summary told the user to try
+    `data.region: faces` (they counted a photo seen small by its sizes alone). The row now says where the face search
+    looked (at up to 1280 px) and what it cannot find there; the summary counts no photo as seen small."""
+    faces = tmp_path / "faces"
+    faces.mkdir()
+    smooth = np.linspace(60, 200, 1600, dtype=np.float32)[None, :, None] + np.zeros((1200, 1, 3), np.float32)
+    Image.fromarray(smooth.astype(np.uint8)).save(faces / "wall.png")  # 1600x1200, no face
+    protect(faces, tmp_path / "out", resolution=64, region="faces")
+    row = read_manifest(tmp_path / "out").iloc[0]
+    assert row.status == "no_face" and (row.working_width, row.working_height) == (64, 48)
+    assert ("no face found in the photo searched at 1280x960 (a face under about 20 px there, 25 px in the photo, is "
+            "not found): the whole frame is protected") in row.message
+    assert "`data.region: faces`" not in row.message and "smaller than it is" not in row.message
+    from facelock_pl.engine.summary import describe
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["folder"]["no_face"] == 1 and summary["folder"]["no_face_seen_small"] == 0
+    assert "--data.region faces" not in describe(summary, tmp_path / "out")
+
+    protect(faces, tmp_path / "frame", resolution=64)  # the whole frame only: the remedy is the face search
+    row = read_manifest(tmp_path / "frame").iloc[0]
+    assert row.status == "no_face" and "`data.region: faces` searches the photo at up to 1280 px" in row.message
+    assert json.loads((tmp_path / "frame" / "summary.json").read_text())["folder"]["no_face_seen_small"] == 1
+
+
 @pytest.mark.parametrize("fill", [False, True])
 def test_delivery_in_strips_of_rows_gives_the_pixels_of_one_pass(monkeypatch, fill):
     """A 48-megapixel photo's delivery runs in strips (3.8 GB of float32 temporaries in one pass); the strips, ragged

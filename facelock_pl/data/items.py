@@ -11,6 +11,7 @@ from typing import Literal, NamedTuple
 import numpy as np
 import torch
 
+from ..outputs.records import SMALLEST_FACE_PX
 from ..pixels import NATIVE, pad_to, pil_to_levels, resize, working_size
 from .images import DEFAULT_MAX_PIXELS, BadImageError, Photo, load_photo
 
@@ -54,6 +55,8 @@ class ImageItem:
         native: uint8 [3, H, W], the source at its own size: the protected copy is made from it.
         crops: face-region mode: the squares of the photo the canvas shows, each in its own cell (one square fills
             the canvas; several, a grid of cells); empty: the whole frame.
+        faces_searched: face-region mode: the photo was searched for faces (`faces_squares`); with no `crops`, none was
+            found there and the whole frame is protected.
         view: (height, width) of the whole frame as the editor sees it (the working size of the frame).
         width, height: the native size after EXIF orientation (0 when unknown).
         status: `ok`, or `error` when the image could not be read (`message` says why).
@@ -88,6 +91,7 @@ class ImageItem:
     source_stat: tuple[int, int] | None = None
     cutout: torch.Tensor | None = None
     grey: bool = False
+    faces_searched: bool = False
 
     @classmethod
     def failed(cls, uid: str, source: str, message: str, width: int = 0, height: int = 0,
@@ -150,9 +154,10 @@ class Decoding:
         crops = face_cells(squares, self.resolution)
         item = ImageItem.from_photo(uid, source, photo, self.resolution, extra, crops)
         item.source_sha256, item.source_stat = digest, stat
+        item.faces_searched = self.region == "faces"
         notes = [item.message]
-        if self.region == "faces" and not crops:
-            notes.append("no face found: the whole frame is protected")
+        if item.faces_searched and not crops:
+            notes.append(_no_face_found(*photo.image.size))
         if len(crops) < len(squares):
             notes.append(f"{len(squares)} face regions, the {len(crops)} largest protected: the working canvas holds "
                          f"no more cells of {SMALLEST_CELL_PX} px (a larger `data.resolution` holds more)")
@@ -176,9 +181,18 @@ def file_stat(path: Path) -> tuple[int, int] | None:
 
 
 _DETECTOR = None  # one face detector per loader process, loaded on first use
+FACE_SEARCH_PX = 1280  # `faces_squares` searches a photo at up to this longest side
 
 
-def faces_squares(image, margin: float, search_side: int = 1280) -> list[tuple[int, int, int]]:
+def _no_face_found(width: int, height: int) -> str:
+    """The row's note for a photo in which the face search found no face."""
+    scale = min(1.0, FACE_SEARCH_PX / max(width, height))
+    return (f"no face found in the photo searched at {round(width * scale)}x{round(height * scale)} (a face under about "
+            f"{SMALLEST_FACE_PX} px there, {SMALLEST_FACE_PX / scale:.0f} px in the photo, is not found): the whole "
+            "frame is protected")
+
+
+def faces_squares(image, margin: float, search_side: int = FACE_SEARCH_PX) -> list[tuple[int, int, int]]:
     """The squares (top, left, side), in the image's pixels, around the faces found, largest first: a face's box grown
     by `margin` of its size on each side, kept inside the image; faces whose squares would overlap share one square,
     around their joint box, so no pixel is in two. Empty when no face is found (the whole frame is then protected).

@@ -13,6 +13,7 @@ import torch
 
 from ..outputs import ManifestRow, read_manifest, write_bytes_atomic
 from ..outputs.records import SMALLEST_FACE_PX, shrunk_past_faces
+from ..outputs.settings import read_settings
 
 _FIELDS = ("ok", "no_face", "error", "fr_n", "fr_sum", "psnr_n", "psnr_sum", "iterations_sum", "seconds")
 
@@ -79,8 +80,11 @@ def folder_summary(output_dir: Path) -> dict:
     counts = manifest["status"].value_counts()
     judged = manifest["recognised_by"].dropna()
     no_face = manifest[manifest["status"] == "no_face"]
-    seen_small = [shrunk_past_faces(*sizes) is not None
-                  for sizes in no_face[["width", "height", "working_width", "working_height"]].itertuples(index=False)]
+    # In face-region mode (every image of a folder is protected alike) the face search saw each photo larger already.
+    faces_searched = (read_settings(output_dir) or {}).get("data", {}).get("region") == "faces"
+    seen_small = [] if faces_searched else [
+        shrunk_past_faces(*sizes) is not None
+        for sizes in no_face[["width", "height", "working_width", "working_height"]].itertuples(index=False)]
     return {"images": len(manifest), **{s: int(counts.get(s, 0)) for s in ("ok", "no_face", "error")},
             "no_face_seen_small": sum(seen_small),  # a face too small at the working size is not found
             "mean_fr_cos_recon": _mean(manifest["fr_cos_recon"]),

@@ -152,7 +152,7 @@ def _small_faces_hint(item: ImageItem) -> list[str]:
     """Why a photo much larger than its working size may show no face there (a group photo, a crowd), and the remedy."""
     height, width = item.view if max(item.view) > 0 else item.region
     shrink = shrunk_past_faces(item.width, item.height, width, height)
-    if item.crops or shrink is None:
+    if item.faces_searched or shrink is None:  # the face search already looked at the photo larger (its own note)
         return []
     return [f"the photo is seen at {width}x{height}, {shrink:.0f}x smaller than it is: a face under about "
             f"{SMALLEST_FACE_PX} px there ({SMALLEST_FACE_PX * shrink:.0f} px in the photo) is not found; "
