@@ -3,7 +3,8 @@
 The autoencoders work on 8x8-pixel blocks (one latent pixel each). A crop of a photo's top or left edge by a number of
 pixels that is not a multiple of 8 at the editor's working size puts every block elsewhere on the face. This benchmark
 takes protected images and their clean sources (matched by file stem), brings each to the editor's working size, cuts
-`s` pixels off its top and left edge (the border repeated at the bottom and right, so the size stays), makes the
+`s` pixels off its top and left edge (the purification `crop:s`: the border repeated at the bottom and right, so the
+size stays; `evaluate --purify crop:N` measures the same on any editor), makes the
 autoencoder round trip of `configs/edit-offline.yaml` (TAESD) — after `--purify` (e.g. `jpeg:75`: the cropped photo
 re-uploaded), where given — and scores the face detected anew against the clean
 photo cut alike, with the recognisers of `--evaluate-config` (a network behind several crops judged by its worst).
@@ -20,24 +21,18 @@ import sys
 from pathlib import Path
 
 import pandas as pd
-import torch
 from PIL import Image
 
 from facelock_pl.config_files import ConfigError
 from facelock_pl.evaluation import purify
 from facelock_pl.evaluation.rates import worst_judges
-from facelock_pl.pixels import pad_to, resize
+from facelock_pl.pixels import resize
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from group_photos import score_faces  # noqa: E402
 from offline_runs import ROOT, judges_scorer, offline_editor, print_table, write_json  # noqa: E402
 
 EDIT_RESOLUTION = 256  # edit-offline.yaml's working size
-
-
-def cut(levels: torch.Tensor, pixels: int) -> torch.Tensor:
-    """uint8 [3, H, W] with `pixels` cut off its top and left edge, its bottom and right border repeated."""
-    return pad_to(levels[:, pixels:, pixels:].contiguous(), *levels.shape[-2:])
 
 
 def main() -> None:
@@ -64,10 +59,10 @@ def main() -> None:
         clean, protected = (resize(Image.open(p).convert("RGB"), (EDIT_RESOLUTION, EDIT_RESOLUTION))
                             for p in (source, path))
         for shift in shifts:
-            uploaded = cut(protected, shift)
-            uploaded = purify.apply(args.purify, uploaded, path.stem) if args.purify else uploaded
+            cut = f"crop:{shift}"  # the purification: the top and left edge cut, the size kept
+            uploaded = purify.apply(cut + (f">{args.purify}" if args.purify else ""), protected, path.stem)
             edit = editor(uploaded[None], "", [0])[0]
-            scores = score_faces(scorer, cut(clean, shift), edit)
+            scores = score_faces(scorer, purify.apply(cut, clean), edit)
             rows.append({"face": path.stem, "shift": shift, **(scores[0] if scores else {})})
     frame = pd.DataFrame(rows)
     judges = worst_judges(frame)

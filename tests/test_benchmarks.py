@@ -611,15 +611,6 @@ def test_the_spread_faces_benchmark_pastes_faces_far_apart_and_crops_each_person
         assert (crop[70:186, 70:186] == colour).all() and not (crop[:60, :60] == colour).all(-1).any()
 
 
-def test_the_grid_phase_benchmark_cuts_the_top_and_left_edge_and_keeps_the_size():
-    grid_phase = benchmark_module("grid_phase")
-    levels = torch.arange(3 * 16 * 16, dtype=torch.int32).reshape(3, 16, 16).to(torch.uint8)
-    cut = grid_phase.cut(levels, 3)
-    assert cut.shape == levels.shape and torch.equal(cut[:, :13, :13], levels[:, 3:, 3:])
-    assert torch.equal(cut[:, 13:, :13], levels[:, 15:, 3:].expand(3, 3, 13))  # the bottom border repeated
-    assert torch.equal(grid_phase.cut(levels, 0), levels)
-
-
 def test_the_lying_photos_benchmark_lays_faces_down_by_turns_and_stands_them_up_losslessly(tmp_path):
     from conftest import astronaut, grace_hopper
 

@@ -102,11 +102,19 @@ def test_purifications_do_what_they_say():
     assert purify.label("jpeg:75") == "jpeg75" and purify.label("resize:0.5") == "resize0.5"
     assert purify.label("resize:0.5>jpeg:50") == "resize0.5-jpeg50"
     assert torch.equal(purify.apply("resize:0.5>jpeg:50", levels), purify.apply("jpeg:50", resized))
+    ramp = torch.arange(3 * 16 * 16, dtype=torch.int32).reshape(3, 16, 16).to(torch.uint8)
+    cut = purify.apply("crop:3", ramp)  # the photo moved up and left by 3 pixels, its size kept
+    assert cut.shape == ramp.shape and torch.equal(cut[:, :13, :13], ramp[:, 3:, 3:])
+    assert torch.equal(cut[:, 13:, :13], ramp[:, 15:, 3:].expand(3, 3, 13))  # the bottom border repeated
+    assert torch.equal(cut[:, :13, 13:], ramp[:, 3:, 15:].expand(3, 13, 3))  # and the right one
+    assert torch.equal(purify.apply("crop:0", ramp), ramp) and purify.label("crop:3") == "crop3"
+    with pytest.raises(ConfigError, match="the image is only 16x16"):
+        purify.apply("crop:16", ramp)
     with pytest.raises(ConfigError, match="unknown purification"):
         purify.apply("resize:0.5>sharpen", levels)
     for bad, message in (("jpeg:0", "out of range"), ("webp:101", "out of range"), ("resize:2", "out of range"),
                          ("blur:-1", "out of range"), ("blur:inf", "out of range"), ("blur:nan", "out of range"),
-                         ("grey:1.5", "out of range"),
+                         ("grey:1.5", "out of range"), ("crop:2.5", "out of range"), ("crop:-1", "out of range"),
                          ("jpeg:abc", "'abc' is not a number"), ("sharpen:1", "unknown purification")):
         with pytest.raises(ConfigError, match=message):
             purify.parse(bad)
