@@ -5,9 +5,10 @@ pixels that is not a multiple of 8 at the editor's working size puts every block
 takes protected images and their clean sources (matched by file stem), brings each to the editor's working size, cuts
 `s` pixels off its top and left edge (the purification `crop:s`: the border repeated at the bottom and right, so the
 size stays; `evaluate --purify crop:N` measures the same on any editor), makes the
-autoencoder round trip of `configs/edit-offline.yaml` (TAESD) — after `--purify` (e.g. `jpeg:75`: the cropped photo
-re-uploaded), where given — and scores the face detected anew against the clean
+autoencoder round trip of `configs/edit-offline.yaml` (TAESD) and scores the face detected anew against the clean
 photo cut alike, with the recognisers of `--evaluate-config` (a network behind several crops judged by its worst).
+`--purify` (e.g. `jpeg:75`) re-saves each protected photo at its own size first, as a platform serves it before
+someone crops it.
 Prints a Markdown table (match rate and mean cosine per shift) and writes JSON with every face's scores.
 
     python benchmarks/grid_phase.py --assets BUNDLE --protected OUT/images --clean PHOTOS \\
@@ -26,7 +27,7 @@ from PIL import Image
 from facelock_pl.config_files import ConfigError
 from facelock_pl.evaluation import purify
 from facelock_pl.evaluation.rates import worst_judges
-from facelock_pl.pixels import resize
+from facelock_pl.pixels import levels_to_pil, pil_to_levels, resize
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from group_photos import score_faces  # noqa: E402
@@ -42,7 +43,8 @@ def main() -> None:
     parser.add_argument("--clean", type=Path, required=True, help="their sources, by file stem")
     parser.add_argument("--evaluate-config", type=Path, default=ROOT / "configs" / "evaluate-offline.yaml")
     parser.add_argument("--shifts", default="0,1,2,4,8", help="pixels cut off at the working size")
-    parser.add_argument("--purify", default=None, help="a purification of the cut photo before the round trip (jpeg:75)")
+    parser.add_argument("--purify", default=None, help="a purification of each protected photo at its own size, before "
+                        "the cut (jpeg:75: a platform's re-save)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     try:  # a bad spec is refused before the networks load
@@ -56,12 +58,14 @@ def main() -> None:
     rows = []
     for path in sorted(args.protected.glob("*.png")):
         source = next(args.clean.glob(f"{path.stem}.*"))
-        clean, protected = (resize(Image.open(p).convert("RGB"), (EDIT_RESOLUTION, EDIT_RESOLUTION))
-                            for p in (source, path))
+        served = Image.open(path).convert("RGB")
+        if args.purify:
+            served = levels_to_pil(purify.apply(args.purify, pil_to_levels(served), path.stem))
+        clean, protected = (resize(image, (EDIT_RESOLUTION, EDIT_RESOLUTION))
+                            for image in (Image.open(source).convert("RGB"), served))
         for shift in shifts:
             cut = f"crop:{shift}"  # the purification: the top and left edge cut, the size kept
-            uploaded = purify.apply(cut + (f">{args.purify}" if args.purify else ""), protected, path.stem)
-            edit = editor(uploaded[None], "", [0])[0]
+            edit = editor(purify.apply(cut, protected)[None], "", [0])[0]
             scores = score_faces(scorer, purify.apply(cut, clean), edit)
             rows.append({"face": path.stem, "shift": shift, **(scores[0] if scores else {})})
     frame = pd.DataFrame(rows)
@@ -73,7 +77,7 @@ def main() -> None:
                            "purify": args.purify,
                            "judges": judges, "per_face": rows})
     print_table(f"{frame['face'].nunique()} protected photos at {EDIT_RESOLUTION} px, cut by s pixels at the top and "
-                "left, " + (f"{args.purify}, " if args.purify else "") + "TAESD round trip, the face detected anew: match rate (mean cosine)",
+                "left" + (f" after {args.purify} at their own size" if args.purify else "") + ", TAESD round trip, the face detected anew: match rate (mean cosine)",
                 ["s (pixels cut)", "faces", *judges], table)
 
 
