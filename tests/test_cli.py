@@ -145,6 +145,25 @@ def test_missing_weights_stop_before_any_work(face_folder, tmp_path, capsys, mon
     assert not (out / "images").exists() and not (out / "manifest").exists()
 
 
+@pytest.mark.parametrize("recipe", ["protect-offline.yaml", "protect.yaml"])
+def test_the_any_crop_overlay_changes_the_budget_and_the_eot_and_keeps_the_rest_of_the_recipe(recipe, capsys):
+    """`larger-budget-any-crop.yaml` is added after a recipe: ε 0.045 and `phase` in every purification of the EOT,
+    its own output folder, every other value the recipe's."""
+    assert run_cli("fit", "--config", ROOT / "configs" / recipe, "--print_config") == 0
+    alone = yaml.safe_load(capsys.readouterr().out)
+    assert run_cli("fit", "--config", ROOT / "configs" / recipe, "--config", ROOT / "configs" / "larger-budget-any-crop.yaml",
+                   "--print_config") == 0
+    both = yaml.safe_load(capsys.readouterr().out)
+    attack = both["model"]["attack"]
+    assert attack["eps"] == 0.045 and alone["model"]["attack"]["eps"] == 0.03
+    assert attack["eot"] == ["jpeg:50-90>phase", "resize:0.5-1.0>phase", "blur:0-1.0>phase", "phase"]
+    assert [spec.split(">")[0] for spec in attack["eot"][:3]] == alone["model"]["attack"]["eot"][:3]  # the recipe's, moved
+    assert both["output_dir"] == "outputs/larger-budget-any-crop" != alone["output_dir"]
+    for section in (both, alone):
+        del section["model"]["attack"]["eps"], section["model"]["attack"]["eot"], section["output_dir"]
+    assert both == alone
+
+
 @pytest.mark.parametrize("config", ["facelock.yaml", "photoguard.yaml", "protect.yaml", "protect-offline.yaml", "offline.yaml",
                                     "offline-sface.yaml", "tiny.yaml", "facelock-robust.yaml", "facelock-paper.yaml"])
 def test_shipped_configs_parse(config, capsys):
