@@ -47,10 +47,11 @@ def main() -> None:
                         "the cut (jpeg:75: a platform's re-save)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    try:  # a bad spec is refused before the networks load
-        purify.label(args.purify or "jpeg")
-    except ConfigError as error:
-        parser.error(str(error))
+    if args.purify:  # a bad spec is refused before the networks load
+        try:
+            purify.label(args.purify)
+        except ConfigError as error:
+            parser.error(str(error))
     assets = args.assets.resolve()
     scorer = judges_scorer(args.evaluate_config, assets)
     editor = offline_editor(assets)
