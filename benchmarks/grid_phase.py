@@ -55,17 +55,17 @@ def main() -> None:
         except ConfigError as error:
             parser.error(str(error))
     assets = args.assets.resolve()
-    protected = sorted(args.protected.glob("*.png"))
-    sources = {path.stem: next(args.clean.glob(f"{path.stem}.*"), None) for path in protected}
-    if not protected or None in sources.values():
+    photos = sorted(args.protected.glob("*.png"))
+    sources = {path.stem: next(args.clean.glob(f"{path.stem}.*"), None) for path in photos}
+    if not photos or None in sources.values():
         missing = [stem for stem, source in sources.items() if source is None]
         parser.error(f"no clean photo in {args.clean} for {missing}" if missing else f"no PNG in {args.protected}")
-    refuse_reserved_judges_off_held_out(args.evaluate_config, assets, protected)
+    refuse_reserved_judges_off_held_out(args.evaluate_config, assets, photos)
     scorer = judges_scorer(args.evaluate_config, assets)
     editor = offline_editor(assets)
     shifts = [int(s) for s in args.shifts.split(",")]
     rows = []
-    for path in protected:
+    for path in photos:
         served = Image.open(path).convert("RGB")
         if args.purify:
             served = levels_to_pil(purify.apply(args.purify, pil_to_levels(served), path.stem))

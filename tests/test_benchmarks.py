@@ -274,13 +274,16 @@ def test_grid_phase_refuses_reserved_judges_on_tuning_faces_and_photos_without_a
     protected, clean = tmp_path / "protected", tmp_path / "clean"
     for folder in (protected, clean):
         folder.mkdir()
-    (protected / f"{stems[0]}.png").touch()
 
     def run(config: str) -> None:
         monkeypatch.setattr(sys, "argv", ["grid_phase.py", "--assets", str(tmp_path / "bundle"), "--protected",
                                           str(protected), "--clean", str(clean), "--evaluate-config", config])
         grid_phase.main()
 
+    with pytest.raises(SystemExit):
+        run(str(ROOT / "configs" / "evaluate-crops-tune.yaml"))
+    assert f"no PNG in {protected}" in capsys.readouterr().err
+    (protected / f"{stems[0]}.png").touch()
     with pytest.raises(SystemExit):
         run(str(ROOT / "configs" / "evaluate-crops.yaml"))
     assert f"no clean photo in {clean} for ['{stems[0]}']" in capsys.readouterr().err
